@@ -1,0 +1,61 @@
+"""One job, start to finish: validate -> plan -> fetch images -> run -> deliver.
+
+``run_job`` is a generator: it yields the final payload, or one ``{"error": ...}``. It never
+raises, so the worker keeps serving the next job whatever this one did.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterator
+
+from src import generate
+from src.deliver import deliver
+from src.errors import InputError
+from src.images import load_image
+from src.models import Models
+from src.plan import make_plan
+from src.schema import validate
+
+log = logging.getLogger(__name__)
+
+
+def run_job(models: Models, job: dict) -> Iterator[dict]:
+    job_id = str(job.get("id", "local"))
+    started = time.perf_counter()
+    try:
+        request = validate(job.get("input"))
+        plan = make_plan(request, models.has_refiner)
+        log.info("job %s: %s, %s, %d image(s), prompt %r", job_id, plan.task, plan.refine, len(plan.seeds),
+                 _truncate(request["prompt"]))
+        init_image = None
+        if request["image"] is not None or request["image_url"] is not None:
+            field = "image" if request["image"] is not None else "image_url"
+            init_image = load_image(request[field], field)
+        result = generate.run(models, request, plan, init_image)
+        encode_started = time.perf_counter()
+        images = deliver(result.images)
+        timings = dict(result.timings, encode=_ms(encode_started), total=_ms(started))
+        yield {
+            "images": images,
+            "image_url": images[0],
+            "seed": plan.seeds[0],
+            "seeds": list(plan.seeds),
+            "timings": timings,
+        }
+    except InputError as error:
+        log.info("job %s refused: %s", job_id, error)
+        yield {"error": str(error)}
+    except Exception:
+        log.exception("job %s failed", job_id)
+        yield {"error": f"The worker hit an internal error on job {job_id}; the details are in the worker's log."}
+
+
+def _truncate(text: str | None, limit: int = 80) -> str:
+    text = text or ""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _ms(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)

@@ -1,0 +1,45 @@
+"""`python handler.py` outside RunPod: run one job through the real generator and save the images.
+
+runpod's own local mode never iterates a generator handler; this does, and prints a short
+summary instead of walls of base64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+from pathlib import Path
+
+
+def run_local(handler, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="handler.py", description="Run one job locally.")
+    parser.add_argument("--test_input", help="the job as JSON: {\"input\": {...}}; default: test_input.json")
+    parser.add_argument("--output_dir", default="output", help="where the images are written (default: output/)")
+    args, _ = parser.parse_known_args(argv)
+    job = json.loads(args.test_input) if args.test_input else json.loads(Path("test_input.json").read_text())
+    job.setdefault("id", "local-test")
+
+    final = None
+    for update in handler(job):
+        if "preview" in update:
+            print(f"preview: {update.get('stage')} step {update.get('step')}/{update.get('total_steps')}")
+        final = update
+    if final is None or "error" in final:
+        print(f"error: {final.get('error') if final else 'the handler yielded nothing'}")
+        return 1
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for index, (image, seed) in enumerate(zip(final["images"], final["seeds"])):
+        path = out / f"{job['id']}-{index}-{seed}.png"
+        if image.startswith("data:"):
+            header, _, payload = image.partition(",")
+            suffix = header.split("/")[1].split(";")[0]
+            path = path.with_suffix("." + ("jpg" if suffix == "jpeg" else suffix))
+            path.write_bytes(base64.b64decode(payload))
+            print(f"image {index}: {path} (seed {seed})")
+        else:
+            print(f"image {index}: {image} (seed {seed})")
+    print("timings (ms): " + ", ".join(f"{k} {v}" for k, v in final["timings"].items()))
+    return 0

@@ -1,0 +1,340 @@
+"""The job input schema: the one source of truth for every input, its default and range.
+
+``validate(raw)`` checks a job's ``input`` against it (jsonschema, Draft 2020-12) and
+returns the request with defaults filled in, or raises InputError with one sentence per
+problem, each naming the field. The README's input table is generated from INPUT_SCHEMA
+(``python -m src.schema``) and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+
+from jsonschema import Draft202012Validator
+from jsonschema.validators import extend
+
+from src.errors import InputError
+from src.schedulers import SCHEDULERS as SCHEDULER_CLASSES
+
+MAX_SEED = 2**63 - 1
+MAX_PROMPT_CHARS = 10_000  # keeps a megabyte prompt from tying up the tokenizers and the GPU
+MAX_IMAGE_CHARS = 30_000_000  # an image as base64 or a URL: about 22 MB of file
+
+SCHEDULERS = list(SCHEDULER_CLASSES)
+TASKS = ["txt2img", "img2img", "refine"]
+REFINE_MODES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
+
+_IMAGE = {
+    "type": ["string", "null"],
+    "minLength": 1,
+    "maxLength": MAX_IMAGE_CHARS,
+    "default": None,
+}
+
+INPUT_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "SDXL worker job input",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        # --- what to draw ---
+        "prompt": {
+            "type": ["string", "null"],
+            "maxLength": MAX_PROMPT_CHARS,
+            "default": None,
+            "description": "What to draw. Required unless `image` or `image_url` is given.",
+        },
+        "negative_prompt": {
+            "type": ["string", "null"],
+            "maxLength": MAX_PROMPT_CHARS,
+            "default": None,
+            "description": "What to keep out of the image. Reaches the base and the refiner.",
+        },
+        "width": {
+            "type": ["integer", "null"],
+            "minimum": 256,
+            "maximum": 2048,
+            "multipleOf": 8,
+            "default": None,
+            "description": "Output width in pixels, a multiple of 8. Unset: 1024, or the input image's width.",
+        },
+        "height": {
+            "type": ["integer", "null"],
+            "minimum": 256,
+            "maximum": 2048,
+            "multipleOf": 8,
+            "default": None,
+            "description": "Output height in pixels, a multiple of 8. Unset: 1024, or the input image's height.",
+        },
+        "num_images": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 4,
+            "default": 1,
+            "description": "Images per job, generated in one batch; image i uses seed + i.",
+        },
+        "seed": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "maximum": MAX_SEED,
+            "default": None,
+            "description": "Seed of the first image. Unset: a random one, returned in the output.",
+        },
+        # --- how to denoise ---
+        "scheduler": {
+            "type": "string",
+            "enum": SCHEDULERS,
+            "default": "DDIM",
+            "description": "Sampler, built fresh for each job; the refiner uses the same kind.",
+        },
+        "num_inference_steps": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 200,
+            "default": 25,
+            "description": "Base steps. With `high_noise_frac`, the whole schedule shared by base and refiner.",
+        },
+        "guidance_scale": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 50,
+            "default": 7.5,
+            "description": "Classifier-free guidance; reaches the base and the refiner.",
+        },
+        # --- the refiner ---
+        "refine": {
+            "type": ["string", "null"],
+            "enum": REFINE_MODES + [None],
+            "default": None,
+            "description": (
+                "How the refiner runs after the base. Unset: `base_image_refiner`, or "
+                "`expert_ensemble_refiner` when `high_noise_frac` is set; `no_refiner` when the "
+                "worker has no refiner."
+            ),
+        },
+        "high_noise_frac": {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "exclusiveMaximum": 1,
+            "default": None,
+            "description": (
+                "Expert ensemble hand-off: the base denoises this fraction of the schedule, the "
+                "refiner the rest (0.8 when `refine` is `expert_ensemble_refiner` and this is unset)."
+            ),
+        },
+        "refiner_inference_steps": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 200,
+            "default": 50,
+            "description": "Refiner steps for `base_image_refiner` and the `refine` task, before `strength`.",
+        },
+        "strength": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1,
+            "default": 0.3,
+            "description": (
+                "How much the refiner repaints its input (`base_image_refiner`, `refine` task): "
+                "it runs about strength x `refiner_inference_steps` steps."
+            ),
+        },
+        # --- input images ---
+        "task": {
+            "type": ["string", "null"],
+            "enum": TASKS + [None],
+            "default": None,
+            "description": (
+                "`txt2img`, `img2img` (`image` through the base) or `refine` (refiner only). "
+                "Unset: decided by which of `image` and `image_url` is given."
+            ),
+        },
+        "image": {
+            **_IMAGE,
+            "description": "Input image for img2img: an http(s) URL, a data URL or bare base64.",
+        },
+        "image_url": {
+            **_IMAGE,
+            "description": "Input image for the refiner alone (worker-sdxl's refine path); same forms as `image`.",
+        },
+        "prompt_strength": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1,
+            "default": 0.8,
+            "description": "img2img: how much of `image` the base repaints (1 = all of it).",
+        },
+    },
+}
+
+
+def _is_finite_number(checker, value) -> bool:
+    """A JSON number, but not a boolean, NaN or an infinity (Python's json lets those through)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value)
+
+
+def _is_integer(checker, value) -> bool:
+    return _is_finite_number(checker, value) and float(value).is_integer()
+
+
+_Validator = extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"number": _is_finite_number, "integer": _is_integer}
+    ),
+)
+_VALIDATOR = _Validator(INPUT_SCHEMA)
+_PROPERTIES = INPUT_SCHEMA["properties"]
+
+
+def defaults() -> dict:
+    return {name: spec.get("default") for name, spec in _PROPERTIES.items()}
+
+
+def validate(raw) -> dict:
+    """The job input with defaults filled in, or InputError naming every problem."""
+    if not isinstance(raw, dict):
+        raise InputError("The job's 'input' must be a JSON object of parameters, e.g. {\"prompt\": \"a cat\"}.")
+    problems = [_sentence(error) for error in _VALIDATOR.iter_errors(raw)]
+    if not problems:
+        problems = _cross_field_problems(raw)
+    if problems:
+        raise InputError(" ".join(dict.fromkeys(problems)))  # ordered, without repeats
+    request = defaults()
+    request.update(raw)
+    for name, spec in _PROPERTIES.items():  # 1024.0 is a valid integer in JSON Schema
+        if "integer" in _types(spec) and isinstance(request[name], float):
+            request[name] = int(request[name])
+    return request
+
+
+def _cross_field_problems(raw: dict) -> list[str]:
+    problems = []
+    has_image = any(raw.get(name) is not None for name in ("image", "image_url"))
+    if not has_image and not (raw.get("prompt") or "").strip():
+        problems.append("'prompt' is required unless 'image' or 'image_url' is given.")
+    if raw.get("image") is not None and raw.get("image_url") is not None:
+        problems.append(
+            "Give either 'image' (img2img through the base) or 'image_url' (refiner only), not both."
+        )
+    task = raw.get("task")
+    if task == "txt2img" and has_image:
+        problems.append("'task' is 'txt2img' but an input image was given; drop the image or use 'img2img'.")
+    if task in ("img2img", "refine") and not has_image:
+        problems.append(f"'task' is '{task}' but no input image was given in 'image' or 'image_url'.")
+    return problems
+
+
+def _types(spec: dict) -> list[str]:
+    kind = spec.get("type", [])
+    return [kind] if isinstance(kind, str) else list(kind)
+
+
+def _field(error) -> str:
+    path = ""
+    for part in error.absolute_path:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "input"
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _sentence(error) -> str:
+    """One readable sentence for one schema violation, naming the field and never echoing payloads."""
+    name, value, kind, bound = _field(error), error.instance, error.validator, error.validator_value
+    if kind == "additionalProperties":
+        unknown = sorted(set(value) - set(error.schema.get("properties", {})))
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), list(error.schema.get("properties", {})), n=1)
+            hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        return f"Unknown input {', '.join(hints)}; see the README for the inputs this worker takes."
+    if kind == "type":
+        wanted = " or ".join("a whole number" if t == "integer" else "a number" if t == "number" else t
+                             for t in ([bound] if isinstance(bound, str) else bound))
+        return f"'{name}' must be {wanted}, got {_describe(value)}."
+    if kind == "enum":
+        options = ", ".join(str(option) for option in bound if option is not None)
+        return f"'{name}' must be one of {options}; got {_show(value)}."
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        spec = error.schema
+        low = spec.get("minimum", spec.get("exclusiveMinimum"))
+        high = spec.get("maximum", spec.get("exclusiveMaximum"))
+        low_text = f"greater than {low}" if "exclusiveMinimum" in spec else f"at least {low}"
+        high_text = f"less than {high}" if "exclusiveMaximum" in spec else f"at most {high}"
+        if low is not None and high is not None:
+            return f"'{name}' must be {low_text} and {high_text}, got {_show(value)}."
+        return f"'{name}' is out of range ({kind} {bound}), got {_show(value)}."
+    if kind == "multipleOf":
+        return f"'{name}' must be a multiple of {bound}, got {_show(value)}."
+    if kind == "maxLength":
+        return f"'{name}' is too long: at most {bound} characters, got {len(value)}."
+    if kind == "minLength":
+        return f"'{name}' must not be empty."
+    if kind in ("maxItems", "minItems"):
+        return f"'{name}' must have {'at most' if kind == 'maxItems' else 'at least'} {bound} items."
+    if kind == "required":
+        return f"'{name}' is missing {error.message.split(' is a required')[0]}."
+    return f"'{name}' is invalid: {error.message[:120]}."
+
+
+def _describe(value) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} (not a finite number)"
+    if isinstance(value, str):
+        return f"the text {_show(value)}"
+    if value is None:
+        return "null"
+    return f"{type(value).__name__} {_show(value)}" if isinstance(value, (int, float)) else f"a {_json_kind(value)}"
+
+
+def _json_kind(value) -> str:
+    return {dict: "JSON object", list: "list"}.get(type(value), type(value).__name__)
+
+
+def markdown_table() -> str:
+    """The README's input table, generated from INPUT_SCHEMA."""
+    rows = ["| input | type | default | range | description |", "| --- | --- | --- | --- | --- |"]
+    for name, spec in _PROPERTIES.items():
+        kinds = [t for t in _types(spec) if t != "null"]
+        rows.append(
+            f"| `{name}` | {' or '.join(kinds)} | {_default_text(spec)} | {_range_text(spec)} | "
+            f"{spec.get('description', '')} |"
+        )
+    return "\n".join(rows)
+
+
+def _default_text(spec: dict) -> str:
+    value = spec.get("default")
+    return "unset" if value is None else f"`{str(value).lower() if isinstance(value, bool) else value}`"
+
+
+def _range_text(spec: dict) -> str:
+    if "enum" in spec:
+        return ", ".join(f"`{option}`" for option in spec["enum"] if option is not None)
+    parts = []
+    low = spec.get("minimum", spec.get("exclusiveMinimum"))
+    high = spec.get("maximum", spec.get("exclusiveMaximum"))
+    if low is not None or high is not None:
+        left = "(" if "exclusiveMinimum" in spec else "["
+        right = ")" if "exclusiveMaximum" in spec else "]"
+        parts.append(f"{left}{low if low is not None else ''}, {high if high is not None else ''}{right}")
+    if "multipleOf" in spec:
+        parts.append(f"multiple of {spec['multipleOf']}")
+    if "maxLength" in spec:
+        parts.append(f"at most {spec['maxLength']:,} characters")
+    if "maxItems" in spec:
+        parts.append(f"at most {spec['maxItems']} items")
+    return "; ".join(parts) or "-"
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,74 @@
+"""A real HTTP round trip through `python handler.py --rp_serve_api` (runpod's local API)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import decode
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def post(url: str, body: dict, timeout: float = 120) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def local_api(tmp_path_factory):
+    port = free_port()
+    env = dict(os.environ, BASE_MODEL="tiny", REFINER_MODEL="tiny", PYTHONUNBUFFERED="1")
+    log = (tmp_path_factory.mktemp("api") / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "handler.py", "--rp_serve_api", "--rp_api_port", str(port), "--rp_api_host", "127.0.0.1"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"the local API exited early: {Path(log.name).read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(base + "/docs", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        pytest.fail("the local API did not start within 120 s")
+    yield base
+    server.terminate()
+    server.wait(timeout=30)
+    log.close()
+
+
+def test_runsync_returns_the_images(local_api):
+    job = {"input": {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 3,
+                     "refiner_inference_steps": 4, "strength": 0.5, "seed": 3, "num_images": 2}}
+    reply = post(local_api + "/runsync", job)
+    assert reply["status"] == "COMPLETED", reply
+    result = reply["output"][-1]
+    assert result["seeds"] == [3, 4]
+    assert [decode(image).size for image in result["images"]] == [(256, 256), (256, 256)]
+
+
+def test_a_bad_job_gives_one_error_and_the_server_keeps_serving(local_api):
+    reply = post(local_api + "/runsync", {"input": {"prompt": "a", "num_images": 9}})
+    errors = [chunk for chunk in reply["output"] if "error" in chunk]
+    assert len(errors) == 1 and "'num_images'" in errors[0]["error"]
+    good = post(local_api + "/runsync", {"input": {"prompt": "a", "width": 256, "height": 256,
+                                                   "num_inference_steps": 2, "refine": "no_refiner"}})
+    assert "images" in good["output"][-1]

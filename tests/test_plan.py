@@ -1,0 +1,55 @@
+"""Planning decisions, without a model."""
+
+import pytest
+
+from src.errors import InputError
+from src.plan import make_plan
+from src.schema import validate
+
+
+def plan(has_refiner=True, **inputs):
+    inputs.setdefault("prompt", "a cat")
+    return make_plan(validate(inputs), has_refiner)
+
+
+def test_txt2img_refines_the_base_image_by_default():
+    p = plan()
+    assert (p.task, p.refine, p.width, p.height) == ("txt2img", "base_image_refiner", 1024, 1024)
+
+
+def test_high_noise_frac_selects_the_expert_ensemble():
+    p = plan(high_noise_frac=0.7)
+    assert (p.refine, p.high_noise_frac) == ("expert_ensemble_refiner", 0.7)
+    assert plan(refine="expert_ensemble_refiner").high_noise_frac == 0.8
+
+
+def test_image_url_is_the_refiner_alone_and_image_is_img2img():
+    assert plan(image_url="https://e.com/a.png").task == "refine"
+    p = plan(image="https://e.com/a.png")
+    assert (p.task, p.width, p.height) == ("img2img", None, None)
+
+
+def test_without_a_refiner_nothing_is_refined():
+    assert plan(has_refiner=False).refine == "no_refiner"
+    with pytest.raises(InputError, match="'refine'"):
+        plan(has_refiner=False, refine="base_image_refiner")
+    with pytest.raises(InputError, match="REFINER_MODEL"):
+        plan(has_refiner=False, image_url="https://e.com/a.png")
+
+
+def test_seeds_count_up_from_the_given_one_or_a_random_one():
+    assert plan(seed=7, num_images=3).seeds == (7, 8, 9)
+    drawn = {plan(num_images=2).seeds[0] for _ in range(5)}
+    assert len(drawn) > 1 and all(0 <= s < 2**63 for s in drawn)
+
+
+def test_high_noise_frac_with_another_mode_is_an_error():
+    with pytest.raises(InputError, match="'high_noise_frac'"):
+        plan(refine="base_image_refiner", high_noise_frac=0.5)
+
+
+def test_steps_that_round_to_nothing_are_refused():
+    with pytest.raises(InputError, match="'strength'"):
+        plan(strength=0.01, refiner_inference_steps=50)
+    with pytest.raises(InputError, match="'prompt_strength'"):
+        plan(image="https://e.com/a.png", prompt_strength=0.01, num_inference_steps=10)

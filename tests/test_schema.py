@@ -1,0 +1,118 @@
+"""The input schema: defaults, every constraint, and error sentences that name the field."""
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from src import schema
+from src.errors import InputError
+
+
+def error_for(inputs: dict) -> str:
+    with pytest.raises(InputError) as caught:
+        schema.validate(inputs)
+    return str(caught.value)
+
+
+def test_defaults_are_worker_sdxls():
+    request = schema.validate({"prompt": "a cat"})
+    assert request["scheduler"] == "DDIM"
+    assert request["num_inference_steps"] == 25
+    assert request["refiner_inference_steps"] == 50
+    assert request["guidance_scale"] == 7.5
+    assert request["strength"] == 0.3
+    assert request["num_images"] == 1
+    assert request["high_noise_frac"] is None
+    assert request["seed"] is None
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("width", 1001),  # not a multiple of 8
+        ("width", 128),  # below the range
+        ("height", 4096),  # above the range
+        ("height", "1024"),  # a string is not an integer
+        ("width", "１０２４"),  # full-width digits neither
+        ("width", True),  # a boolean is not an integer
+        ("num_images", 0),
+        ("num_images", 5),
+        ("num_inference_steps", 0),
+        ("num_inference_steps", 201),
+        ("refiner_inference_steps", 0),
+        ("guidance_scale", -1),
+        ("guidance_scale", 51),
+        ("guidance_scale", math.nan),
+        ("guidance_scale", math.inf),
+        ("strength", 0),
+        ("strength", 1.5),
+        ("prompt_strength", 0),
+        ("high_noise_frac", 0),
+        ("high_noise_frac", 1),
+        ("seed", -1),
+        ("seed", 2**63),
+        ("seed", 1.5),
+        ("scheduler", "EULER_FANCY"),
+        ("refine", "sometimes"),
+        ("task", "upscale"),
+        ("prompt", 42),
+        ("prompt", "x" * (schema.MAX_PROMPT_CHARS + 1)),
+        ("negative_prompt", ["no"]),
+        ("image", ""),
+    ],
+)
+def test_each_constraint_names_its_field(field, value):
+    inputs = {"prompt": "a cat", field: value}
+    message = error_for(inputs)
+    assert f"'{field}'" in message
+    assert "Traceback" not in message and "\n" not in message
+
+
+def test_an_unknown_key_is_named_with_a_suggestion():
+    message = error_for({"prompt": "a cat", "num_image": 2})
+    assert "'num_image'" in message and "num_images" in message
+
+
+def test_all_problems_in_one_message():
+    message = error_for({"prompt": "a cat", "width": 1001, "num_images": 9, "scheduler": "nope"})
+    for field in ("width", "num_images", "scheduler"):
+        assert f"'{field}'" in message
+
+
+def test_an_unknown_scheduler_lists_the_valid_ones():
+    message = error_for({"prompt": "a cat", "scheduler": "nope"})
+    for name in schema.SCHEDULERS:
+        assert name in message
+
+
+def test_prompt_is_required_unless_an_image_is_given():
+    assert "'prompt'" in error_for({})
+    assert "'prompt'" in error_for({"prompt": "   "})
+    assert schema.validate({"image_url": "https://example.com/a.png"})["prompt"] is None
+
+
+def test_input_must_be_an_object():
+    assert "input" in error_for(["a cat"])
+
+
+def test_segminds_big_seed_and_integral_floats_are_accepted():
+    request = schema.validate({"prompt": "a", "seed": 98877465625, "width": 1024.0})
+    assert request["seed"] == 98877465625
+    assert request["width"] == 1024 and isinstance(request["width"], int)
+
+
+def test_task_and_images_must_agree():
+    assert "'task'" in error_for({"prompt": "a", "task": "img2img"})
+    assert "'task'" in error_for({"prompt": "a", "task": "txt2img", "image": "https://example.com/a.png"})
+    message = error_for({"prompt": "a", "image": "https://e.com/a.png", "image_url": "https://e.com/b.png"})
+    assert "'image'" in message and "'image_url'" in message
+
+
+def test_readme_input_table_is_generated_from_the_schema():
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    text = readme.read_text()
+    table = re.search(r"<!-- inputs:start -->\n(.*?)\n<!-- inputs:end -->", text, re.S)
+    assert table, "README.md lacks the generated input table markers"
+    assert table.group(1).strip() == schema.markdown_table().strip(), "run: python -m src.schema, paste into README"
