@@ -165,6 +165,10 @@ INPUT_SCHEMA: dict = {
             "default": 0.8,
             "description": "img2img: how much of `image` the base repaints (1 = all of it).",
         },
+        # --- inpainting, watermark (issue 4) ---
+        # --- previews (issue 3) ---
+        # --- LoRA (issue 5) ---
+        # --- delivery (issue 6) ---
     },
 }
 
