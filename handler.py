@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # import-time chatter is noise in a worker's log
+
 from src.job import run_job
 from src.models import ModelUnavailable, load_models
 

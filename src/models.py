@@ -85,10 +85,11 @@ def _load(loader, name: str, variable: str, **kwargs):
         return loader.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:
         where = "the local folder" if local else "the Hugging Face hub id"
+        fallback = "base to use the checkpoint's own VAE" if variable == "VAE_MODEL" else "tiny to try the built-in test model"
         raise ModelUnavailable(
-            f"Could not load {variable}={name!r} ({where}): {str(error).splitlines()[0]} "
+            f"Could not load {variable}={name!r} ({where}): {str(error).splitlines()[0].rstrip('.')}. "
             f"Bake the weights into the image (builder/download_weights.py), point {variable} "
-            f"at a folder in diffusers layout, or set {variable}=tiny to try the built-in test model."
+            f"at a folder in diffusers layout, or set {variable}={fallback}."
         ) from None
 
 
