@@ -12,18 +12,20 @@ import sys
 
 from src.job import run_job
 from src.models import ModelUnavailable, load_models
+from src.storage import StorageConfigError, storage_from_env
 
 
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
     try:
+        storage = storage_from_env()  # first: a half-configured bucket fails in a second, not after loading
         models = load_models()
-    except ModelUnavailable as error:
+    except (StorageConfigError, ModelUnavailable) as error:
         logging.getLogger("handler").error("%s", error)
         sys.exit(1)
 
     def handler(job):
-        yield from run_job(models, job)
+        yield from run_job(models, job, storage)
 
     if _serving():
         import runpod
