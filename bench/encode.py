@@ -7,8 +7,9 @@ mild sensor noise) and pure noise (the worst case for every lossless coder).
 
     python bench/encode.py [--runs 9]
 
-Prints median milliseconds and bytes (the data URL) per format and the speed-up over
-worker-sdxl's way; "same pixels" checks that the lossless ones decode to the input exactly.
+Prints median milliseconds (methods timed round-robin) and bytes (the data URL) per format and
+the speed-up over worker-sdxl's way; "same pixels" checks that the lossless ones decode to the
+input exactly.
 """
 
 from __future__ import annotations
@@ -68,13 +69,10 @@ def ours(encoding: Encoding):
     return lambda image: data_url(encode(image, encoding), MIME[encoding.format])
 
 
-def median_ms(work, runs: int) -> tuple[float, str]:
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        result = work()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times), result
+def timed(work) -> tuple[float, str]:
+    started = time.perf_counter()
+    result = work()
+    return (time.perf_counter() - started) * 1000, result
 
 
 def same_pixels(url: str, image: Image.Image) -> bool:
@@ -101,15 +99,18 @@ def main() -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
     with tempfile.TemporaryDirectory() as folder:
         for image_name, image in (("photo-like", photo_like()), ("noise", pure_noise())):
-            baseline_ms = baseline_bytes = None
-            for label, method, lossless in methods:
-                work = (lambda: worker_sdxl_way(image, Path(folder))) if method is None else (lambda: method(image))
-                ms, url = median_ms(work, args.runs)
-                baseline_ms, baseline_bytes = baseline_ms or ms, baseline_bytes or len(url)
+            works = [(lambda: worker_sdxl_way(image, Path(folder))) if method is None
+                     else (lambda method=method: method(image)) for _, method, _ in methods]
+            times, urls = [[] for _ in works], [None] * len(works)
+            for _ in range(args.runs):  # round-robin, so a busy moment on the host hits every method alike
+                for index, work in enumerate(works):
+                    ms, urls[index] = timed(work)
+                    times[index].append(ms)
+            medians = [statistics.median(row) for row in times]
+            for (label, _, lossless), ms, url in zip(methods, medians, urls):
                 pixels = ("yes" if same_pixels(url, image) else "NO") if lossless else "lossy"
-                print(f"| {image_name} | {label} | {ms:.1f} | {len(url):,} | {baseline_ms / ms:.2f}x | "
-                      f"{len(url) / baseline_bytes:.2f} | {pixels} |")
-
+                print(f"| {image_name} | {label} | {ms:.1f} | {len(url):,} | {medians[0] / ms:.2f}x | "
+                      f"{len(url) / len(urls[0]):.2f} | {pixels} |")
 
 if __name__ == "__main__":
     main()
