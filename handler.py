@@ -10,17 +10,24 @@ import logging
 import os
 import sys
 
-from src.job import run_job
-from src.models import ModelUnavailable, load_models
 from src.storage import StorageConfigError, storage_from_env
 
 
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
     try:
-        storage = storage_from_env()  # first: a half-configured bucket fails in a second, not after loading
+        storage = storage_from_env()
+    except StorageConfigError as error:
+        logging.getLogger("handler").error("%s", error)
+        sys.exit(1)
+
+    # Imported after the storage check: a misconfigured worker stops in a second, before torch loads.
+    from src.job import run_job
+    from src.models import ModelUnavailable, load_models
+
+    try:
         models = load_models()
-    except (StorageConfigError, ModelUnavailable) as error:
+    except ModelUnavailable as error:
         logging.getLogger("handler").error("%s", error)
         sys.exit(1)
 

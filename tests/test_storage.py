@@ -77,7 +77,9 @@ def fetch(url: str) -> tuple[bytes, str]:
 
 @pytest.mark.parametrize("fmt, mime, extension", [("png", "image/png", "png"), ("jpeg", "image/jpeg", "jpg"),
                                                    ("webp", "image/webp", "webp")])
-def test_images_land_with_their_keys_and_types_and_urls_return_the_bytes(s3_endpoint, bucket, fmt, mime, extension):
+def test_images_land_with_their_keys_and_types_and_urls_return_the_bytes(s3_endpoint, bucket, fmt, mime, extension,
+                                                                         caplog):
+    caplog.set_level(logging.DEBUG)
     name, client = bucket
     storage = storage_from_env(env_for(s3_endpoint, name, BUCKET_KEY_PREFIX="/renders/"))
     images = [picture(1), picture(2)]
@@ -93,6 +95,7 @@ def test_images_land_with_their_keys_and_types_and_urls_return_the_bytes(s3_endp
         if fmt == "png":
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(body))), np.asarray(images[index]))
     assert delivery.warnings == [] and delivery.timings["upload"] >= 0
+    assert SECRET not in caplog.text
 
 
 def test_a_whole_job_returns_presigned_urls(s3_endpoint, bucket, models):
@@ -120,14 +123,10 @@ def decode_url(url: str) -> Image.Image:
     return Image.open(io.BytesIO(fetch(url)[0]))
 
 
-def dead_port() -> int:
-    port = free_port()  # bound then closed: nothing listens there
-    return port
-
-
 def test_a_dead_endpoint_is_retried_then_images_arrive_inline(caplog):
     caplog.set_level(logging.DEBUG)
-    storage = storage_from_env(env_for(f"http://127.0.0.1:{dead_port()}", "nowhere",
+    # free_port() binds a port and closes it again: nothing listens there, connections are refused
+    storage = storage_from_env(env_for(f"http://127.0.0.1:{free_port()}", "nowhere",
                                        BUCKET_UPLOAD_ATTEMPTS="3", BUCKET_RETRY_DELAY_S="0.01"))
     images = [picture(3), picture(4)]
     delivery = deliver(images, validate({"prompt": "a"}), storage, job_id="job-dead")
@@ -143,7 +142,7 @@ def test_a_dead_endpoint_is_retried_then_images_arrive_inline(caplog):
 
 def test_the_deadline_stops_retries_early(caplog):
     caplog.set_level(logging.WARNING)
-    storage = storage_from_env(env_for(f"http://127.0.0.1:{dead_port()}", "nowhere", BUCKET_UPLOAD_ATTEMPTS="10",
+    storage = storage_from_env(env_for(f"http://127.0.0.1:{free_port()}", "nowhere", BUCKET_UPLOAD_ATTEMPTS="10",
                                        BUCKET_RETRY_DELAY_S="5", BUCKET_UPLOAD_DEADLINE_S="1"))
     delivery = deliver([picture(5)], validate({"prompt": "a"}), storage, job_id="job-late")
     assert "within 1 s, 1 attempt(s)" in delivery.warnings[0]
