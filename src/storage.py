@@ -86,7 +86,7 @@ def config_from_env(env: Mapping[str, str] = os.environ) -> StorageConfig | None
         url_lifetime_s=int(_number(env, "BUCKET_URL_LIFETIME_S", MAX_URL_LIFETIME_S, 1, MAX_URL_LIFETIME_S)),
         attempts=int(_number(env, "BUCKET_UPLOAD_ATTEMPTS", 4, 1, 10)),
         retry_delay_s=_number(env, "BUCKET_RETRY_DELAY_S", 1.0, 0, 10),
-        connect_timeout_s=_number(env, "BUCKET_CONNECT_TIMEOUT_S", 5.0, 0.1, 30),
+        connect_timeout_s=_number(env, "BUCKET_CONNECT_TIMEOUT_S", 5.0, 0.1, 10),
         read_timeout_s=_number(env, "BUCKET_READ_TIMEOUT_S", 20.0, 0.1, 30),
         deadline_s=_number(env, "BUCKET_UPLOAD_DEADLINE_S", 60.0, 0, 60),
     )

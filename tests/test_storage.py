@@ -7,6 +7,7 @@ import itertools
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -138,6 +139,36 @@ def test_a_dead_endpoint_is_retried_then_images_arrive_inline(caplog):
     assert [np.array_equal(np.asarray(decode(url)), np.asarray(image))
             for url, image in zip(delivery.images, images)] == [True, True]
     assert SECRET not in caplog.text and ACCESS_KEY not in caplog.text
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A TCP server that accepts connections and never answers: a hung store. Counts the connections."""
+    server = socket.create_server(("127.0.0.1", 0))
+    connections = []
+
+    def accept():
+        while True:
+            try:
+                connections.append(server.accept()[0])
+            except OSError:  # the server socket was closed: the test is over
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", connections
+    server.close()
+    for connection in connections:
+        connection.close()
+
+
+def test_a_hung_store_times_out_on_every_attempt_then_images_arrive_inline(silent_endpoint):
+    endpoint, connections = silent_endpoint
+    storage = storage_from_env(env_for(endpoint, "hung", BUCKET_UPLOAD_ATTEMPTS="2", BUCKET_RETRY_DELAY_S="0",
+                                       BUCKET_READ_TIMEOUT_S="0.2"))
+    delivery = deliver([picture(7)], validate({"prompt": "a"}), storage, job_id="job-hung")
+    assert len(connections) == 2  # one connection per attempt, no hidden retries inside botocore
+    assert "after 2 attempts (ReadTimeoutError)" in delivery.warnings[0]
+    assert delivery.images[0].startswith("data:image/png;base64,")
 
 
 def test_the_deadline_stops_retries_early(caplog):
