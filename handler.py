@@ -12,12 +12,21 @@ import sys
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # import-time chatter is noise in a worker's log
 
-from src.job import run_job
-from src.models import ModelUnavailable, load_models
+from src.storage import StorageConfigError, storage_from_env
 
 
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        storage = storage_from_env()
+    except StorageConfigError as error:
+        logging.getLogger("handler").error("%s", error)
+        sys.exit(1)
+
+    # Imported after the storage check: a misconfigured worker stops in a second, before torch loads.
+    from src.job import run_job
+    from src.models import ModelUnavailable, load_models
+
     try:
         models = load_models()
     except ModelUnavailable as error:
@@ -25,7 +34,7 @@ def main() -> None:
         sys.exit(1)
 
     def handler(job):
-        yield from run_job(models, job)
+        yield from run_job(models, job, storage)
 
     if _serving():
         import runpod

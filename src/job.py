@@ -11,21 +11,23 @@ import time
 from typing import Iterator
 
 from src import generate
-from src.deliver import deliver
+from src.deliver import check_request, deliver
 from src.errors import InputError
 from src.images import load_image
 from src.models import Models
 from src.plan import make_plan
 from src.schema import validate
+from src.storage import Storage
 
 log = logging.getLogger(__name__)
 
 
-def run_job(models: Models, job: dict) -> Iterator[dict]:
+def run_job(models: Models, job: dict, storage: Storage | None = None) -> Iterator[dict]:
     job_id = str(job.get("id", "local"))
     started = time.perf_counter()
     try:
         request = validate(job.get("input"))
+        check_request(request, storage)
         plan = make_plan(request, models.has_refiner)
         log.info("job %s: %s, %s, %d image(s), prompt %r", job_id, plan.task, plan.refine, len(plan.seeds),
                  _truncate(request["prompt"]))
@@ -34,16 +36,17 @@ def run_job(models: Models, job: dict) -> Iterator[dict]:
             field = "image" if request["image"] is not None else "image_url"
             init_image = load_image(request[field], field)
         result = generate.run(models, request, plan, init_image)
-        encode_started = time.perf_counter()
-        images = deliver(result.images)
-        timings = dict(result.timings, encode=_ms(encode_started), total=_ms(started))
-        yield {
-            "images": images,
-            "image_url": images[0],
+        delivery = deliver(result.images, request, storage, job_id)
+        payload = {
+            "images": delivery.images,
+            "image_url": delivery.images[0],
             "seed": plan.seeds[0],
             "seeds": list(plan.seeds),
-            "timings": timings,
+            "timings": dict(result.timings, **delivery.timings, total=_ms(started)),
         }
+        if delivery.warnings:
+            payload["warnings"] = delivery.warnings
+        yield payload
     except InputError as error:
         log.info("job %s refused: %s", job_id, error)
         yield {"error": str(error)}

@@ -169,6 +169,27 @@ INPUT_SCHEMA: dict = {
         # --- previews (issue 3) ---
         # --- LoRA (issue 5) ---
         # --- delivery (issue 6) ---
+        "output_format": {
+            "type": "string",
+            "enum": ["png", "jpeg", "webp"],
+            "default": "png",
+            "description": "File format of the images: `png` (lossless), `jpeg` or `webp` (lossy, see `output_quality`).",
+        },
+        "output_quality": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 100,
+            "default": 90,
+            "description": "Quality of `jpeg` and `webp` images (100 = best, largest); `png` ignores it.",
+        },
+        "upload": {
+            "type": ["boolean", "null"],
+            "default": None,
+            "description": (
+                "Unset: presigned S3 URLs when the worker has storage (BUCKET_* variables), else data URLs. "
+                "`false`: always data URLs. `true`: storage required (an error when the worker has none)."
+            ),
+        },
     },
 }
 
