@@ -123,13 +123,17 @@ def _cached_download(url: str, index: int, label: str) -> Path:
         data = fetch(url, f"loras[{index}].path", max_bytes=max_file_bytes())
     except InputError as error:
         raise InputError(f"LoRA {label}: {error}") from None
-    _check_safetensors(data, index, label)  # never cache a file that cannot load
     folder.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(dir=folder, suffix=".part")
-    with os.fdopen(handle, "wb") as out:
-        out.write(data)
-    os.replace(staging, file)  # atomic: a reader sees the whole file or none
-    log.info("LoRA %s downloaded: %.1f MB in %.2fs", label, len(data) / 2**20, time.perf_counter() - started)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        del data
+        _check_safetensors(staging, index, label)  # never cache a file that cannot load
+        os.replace(staging, file)  # atomic: a reader sees the whole file or none
+    finally:
+        Path(staging).unlink(missing_ok=True)
+    log.info("LoRA %s downloaded: %.1f MB in %.2fs", label, file.stat().st_size / 2**20, time.perf_counter() - started)
     evict(folder, cache_cap_bytes(), keep=file)
     return file
 
@@ -152,11 +156,13 @@ def evict(folder: Path, cap_bytes: int, keep: Path | None = None) -> list[Path]:
     return removed
 
 
-def _check_safetensors(data: bytes, index: int, label: str) -> None:
-    from safetensors.torch import load
+def _check_safetensors(path: str, index: int, label: str) -> None:
+    """The header parses and matches the file's length: a safetensors file, not a pickle or a page."""
+    from safetensors import safe_open
 
     try:
-        load(data)
+        with safe_open(path, framework="pt") as file:
+            file.keys()
     except Exception:
         raise InputError(
             f"LoRA {label}: 'loras[{index}].path' is not a valid .safetensors file (other formats are refused)."

@@ -28,22 +28,31 @@ def baseline(models):
     return _pixels(list(run_job(models, {"id": "baseline", "input": FAST})))
 
 
-def _make_lora(part: str, targets: list[str], seed: int) -> bytes:
-    """A LoRA in diffusers' format for the tiny model's ``part`` UNet, with non-zero weights."""
+def _make_lora(part: str, targets: list[str], seed: int, text_encoders: bool = False) -> bytes:
+    """A LoRA in diffusers' format for the tiny model's ``part`` UNet (and text encoders), non-zero."""
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig
+    from peft import LoraConfig, get_peft_model
     from peft.utils import get_peft_model_state_dict
     from src.tiny import ensure_tiny_model
 
-    unet = UNet2DConditionModel.from_pretrained(ensure_tiny_model() / part / "unet")
+    folder = ensure_tiny_model() / part
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
     torch.manual_seed(seed)
     # init_lora_weights=False: both halves random, so the LoRA changes the output from the start.
     unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    with tempfile.TemporaryDirectory() as folder:
-        StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
-        return (Path(folder) / loras.DEFAULT_WEIGHT_NAME).read_bytes()
+    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))}
+    if text_encoders:
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+            config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+            encoder = get_peft_model(cls.from_pretrained(folder / name), config)
+            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(
+                get_peft_model_state_dict(encoder.base_model.model))
+    with tempfile.TemporaryDirectory() as out:
+        StableDiffusionXLPipeline.save_lora_weights(out, **layers, safe_serialization=True)
+        return (Path(out) / loras.DEFAULT_WEIGHT_NAME).read_bytes()
 
 
 def _incompatible_lora() -> bytes:
@@ -78,6 +87,7 @@ def server():
     """A real HTTP server for the test LoRAs; ``hits`` lists every path requested."""
     _Files.files = {
         "/fox.safetensors": _make_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1),
+        "/with-text.safetensors": _make_lora("base", ["to_q"], seed=3, text_encoders=True),
         "/refiner-only.safetensors": _make_lora("refiner", ["to_q", "to_k", "to_v", "to_out.0"], seed=2),
         "/corrupt.safetensors": b"this is not a safetensors file at all" * 10,
         "/other-model.safetensors": _incompatible_lora(),
@@ -122,6 +132,21 @@ def test_scales_add_up_and_a_second_lora_stacks(run, server, baseline):
     assert half.tolist() != baseline.tolist()
     doubled = _pixels(run(dict(JOB, loras=[dict(fox, scale=0.5), dict(fox, scale=0.5)])))
     assert np.abs(doubled.astype(int) - full).max() <= 1  # two halves of one LoRA: the whole LoRA
+
+
+def test_a_lora_with_text_encoder_layers(run, server, baseline, models):
+    from safetensors.torch import load
+
+    keys = load(_Files.files["/with-text.safetensors"]).keys()
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("text_encoder_2.") for k in keys)
+    with loras.applied(models, [{"path": f"{server}/with-text.safetensors"}]):
+        # Its to_q layers fit both UNets (same sizes in the tiny base and refiner); text_encoder_2 is shared.
+        for model in (models.base.unet, models.refiner.unet, models.base.text_encoder, models.base.text_encoder_2):
+            assert list(model.peft_config) == ["job_lora_0"]
+    with_text = _pixels(run(dict(FAST, loras=[{"path": f"{server}/with-text.safetensors"}])))
+    assert with_text.tolist() != baseline.tolist()
+    assert _pixels(run(FAST)).tolist() == baseline.tolist()
+    assert not hasattr(models.base.text_encoder, "peft_config") or not models.base.text_encoder.peft_config
 
 
 def test_a_refiner_lora_goes_to_the_refiner_only(run, server):
