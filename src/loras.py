@@ -71,6 +71,8 @@ def resolve(lora: dict, index: int) -> Path:
     """The local .safetensors file a LoRA entry names, downloading it if it is a URL."""
     path, weight_name = lora["path"].strip(), lora.get("weight_name")
     label = _label(lora)
+    if weight_name and not weight_name.endswith(".safetensors"):
+        raise InputError(f"LoRA {label}: 'loras[{index}].weight_name' must name a .safetensors file.")
     if path.lower().startswith(("http://", "https://")):
         return _cached_download(path, index, label)
     local = Path(path).expanduser()
@@ -78,6 +80,8 @@ def resolve(lora: dict, index: int) -> Path:
         file = local / (weight_name or DEFAULT_WEIGHT_NAME) if local.is_dir() else local
         if not file.is_file():
             raise InputError(f"LoRA {label}: the folder in 'loras[{index}].path' has no file {file.name!r}.")
+        if file.suffix != ".safetensors":  # pickled weights can run code when loaded
+            raise InputError(f"LoRA {label}: 'loras[{index}].path' must be a .safetensors file.")
         return file
     if path.startswith(("/", ".", "~")) or not _HUB_ID.match(path):
         raise InputError(

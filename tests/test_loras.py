@@ -184,6 +184,10 @@ def test_unreachable_local_and_hub_loras_are_named(run, tmp_path):
     assert "'gone.safetensors'" in error and "could not be downloaded" in error
     error = run(dict(JOB, loras=[{"path": str(tmp_path / "nowhere.safetensors")}]))[-1]["error"]
     assert "'nowhere.safetensors'" in error and "loras[0].path" in error
+    pickle = tmp_path / "weights.bin"
+    pickle.write_bytes(b"not loaded")
+    error = run(dict(JOB, loras=[{"path": str(pickle)}]))[-1]["error"]
+    assert "'weights.bin'" in error and ".safetensors" in error
     error = run(dict(JOB, loras=[{"path": "someone/some-lora", "weight_name": "style.safetensors"}]))[-1]["error"]
     assert "'some-lora'" in error and "'style.safetensors'" in error and "hub" in error
 
