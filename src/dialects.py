@@ -194,6 +194,7 @@ def _replicate(raw: dict, out: dict, put, sent_as: dict, replicate: bool) -> Non
         sent, url = raw["lora_weights"]
         if url not in (None, ""):
             put("loras", [{"path": url}], sent)
+            sent_as.update({"loras[0]": sent, "loras[0].path": sent})  # one URL, not a list
     if "lora_scale" in raw:
         sent, scale = raw["lora_scale"]
         loras = out.get("loras")
