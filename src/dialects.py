@@ -45,10 +45,9 @@ STABILITY_DEFAULT_IMAGE_STRENGTH = 0.35  # Stability's default: keep 35% of the 
 class Translation:
     """A request in this worker's names, and the names the user sent for the fields renamed."""
 
-    def __init__(self, input, sent_as: dict[str, str] | None = None, dialect: str = "this worker's"):
+    def __init__(self, input, sent_as: dict[str, str] | None = None):
         self.input = input
         self.sent_as = sent_as or {}
-        self.dialect = dialect
 
     def explain(self, message: str) -> str:
         """An error message with each renamed field called by the name the user sent."""
@@ -108,7 +107,7 @@ def translate(raw) -> Translation:
                         (("Stability", stability), ("Segmind", segmind), ("Replicate", replicate)) if used)
     if dialect:
         log.info("request written for %s; renamed %s", dialect, sent_as or "nothing")
-    return Translation(out, sent_as, dialect or "this worker's")
+    return Translation(out, sent_as)
 
 
 def _stability(raw: dict, out: dict, put, sent_as: dict) -> None:
@@ -133,9 +132,9 @@ def _stability(raw: dict, out: dict, put, sent_as: dict) -> None:
         sent, keep = raw.get("image_strength", ("image_strength", STABILITY_DEFAULT_IMAGE_STRENGTH))
         if not _number(keep) or not 0 <= keep < 1:
             raise InputError(f"'{sent}' must be a number from 0 to less than 1, got {str(keep)[:40]}.")
-        if "image" in out or "image_strength" in raw:
+        if "image_strength" in raw or ("image" in out and "prompt_strength" not in out):
             put("prompt_strength", round(1 - keep, 6), sent, shown=f"1 - {sent}")
-    elif "image" in out or "step_schedule_start" in raw:
+    elif "step_schedule_start" in raw or ("image" in out and "prompt_strength" not in out):
         # Where the schedule starts, 1 being pure noise: exactly diffusers' strength.
         sent, start = raw.get("step_schedule_start", ("step_schedule_start", 1 - STABILITY_DEFAULT_IMAGE_STRENGTH))
         if not _number(start) or not 0 < start <= 1:

@@ -161,6 +161,7 @@ def test_stability_img2img_keeps_image_strength_of_the_input(run):
     # image_strength 0.35 keeps 35% of the input: diffusers strength (our prompt_strength) 0.65.
     assert translate(dict(stability, image_strength=0.35)).input["prompt_strength"] == 0.65
     assert translate(stability).input["prompt_strength"] == 0.65  # Stability's default image_strength
+    assert translate(dict(stability, prompt_strength=0.5)).input["prompt_strength"] == 0.5  # ours, if given
     ours = _pixels(run(dict(common, prompt="a red fox", image=image, num_inference_steps=4, prompt_strength=0.65)))
     kept = _pixels(run(dict(stability, image_strength=0.35, refine="no_refiner")))
     assert kept.tolist() == ours.tolist()
