@@ -239,10 +239,20 @@ def _unload(models) -> None:
     for pipe in (models.base, models.refiner):
         if pipe is not None:
             pipe.unload_lora_weights()  # unet and both text encoders (img2img shares the base's)
-    leftover = [n for pipe in (models.base, models.refiner) if pipe is not None
-                for n, module in pipe.unet.named_modules() if "lora" in type(module).__name__.lower()]
-    if leftover:
-        log.error("LoRA layers left after unloading: %s", leftover[:5])
+    if leftover_layers(models):
+        log.error("LoRA layers left after unloading: %s", leftover_layers(models)[:5])
+
+
+def leftover_layers(models) -> list[str]:
+    """Names of any LoRA layers still in the pipelines' UNets and text encoders (none, normally)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    parts = {"unet": models.base.unet, "text_encoder": models.base.text_encoder,
+             "text_encoder_2": models.base.text_encoder_2}
+    if models.refiner is not None:
+        parts["refiner.unet"] = models.refiner.unet
+    return [f"{part}.{name}" for part, model in parts.items() if model is not None
+            for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
 
 
 # --- matching a LoRA's layers to a model ---

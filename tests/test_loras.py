@@ -111,13 +111,14 @@ def _pixels(outputs) -> np.ndarray:
     return np.asarray(decode(outputs[-1]["images"][0]))
 
 
-def test_lora_changes_the_image_and_leaves_nothing_behind(run, server):
+def test_lora_changes_the_image_and_leaves_nothing_behind(run, server, models):
     before = _pixels(run(JOB))
     fox = {"path": f"{server}/fox.safetensors", "scale": 1.0}
     with_lora = _pixels(run(dict(JOB, loras=[fox])))
     assert np.abs(with_lora.astype(int) - before).mean() > 1  # visibly different
     assert _pixels(run(dict(JOB, loras=[dict(fox, scale=0)]))).tolist() == before.tolist()
     assert _pixels(run(JOB)).tolist() == before.tolist()  # the job after a LoRA: the same pixels
+    assert loras.leftover_layers(models) == []
     assert _Files.hits == ["/fox.safetensors"]  # downloaded once, then served from the disk cache
     assert _pixels(run(dict(JOB, loras=[fox]))).tolist() == with_lora.tolist()  # and from the cache alike
     assert _Files.hits == ["/fox.safetensors"]
@@ -140,13 +141,14 @@ def test_a_lora_with_text_encoder_layers(run, server, baseline, models):
     keys = load(_Files.files["/with-text.safetensors"]).keys()
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("text_encoder_2.") for k in keys)
     with loras.applied(models, [{"path": f"{server}/with-text.safetensors"}]):
+        assert len(loras.leftover_layers(models)) > 0  # the check below can see LoRA layers
         # Its to_q layers fit both UNets (same sizes in the tiny base and refiner); text_encoder_2 is shared.
         for model in (models.base.unet, models.refiner.unet, models.base.text_encoder, models.base.text_encoder_2):
             assert list(model.peft_config) == ["job_lora_0"]
     with_text = _pixels(run(dict(FAST, loras=[{"path": f"{server}/with-text.safetensors"}])))
     assert with_text.tolist() != baseline.tolist()
     assert _pixels(run(FAST)).tolist() == baseline.tolist()
-    assert not hasattr(models.base.text_encoder, "peft_config") or not models.base.text_encoder.peft_config
+    assert loras.leftover_layers(models) == []
 
 
 def test_a_refiner_lora_goes_to_the_refiner_only(run, server):
