@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Iterator
 
-from src import generate
+from src import dialects, generate, loras
 from src.deliver import check_request, deliver
 from src.errors import InputError
 from src.images import load_image
@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 def run_job(models: Models, job: dict, storage: Storage | None = None) -> Iterator[dict]:
     job_id = str(job.get("id", "local"))
     started = time.perf_counter()
+    names = dialects.AS_SENT  # puts errors back in the words of the API the request was written for
     try:
-        request = validate(job.get("input"))
+        names = dialects.translate(job.get("input"))
+        request = validate(names.input)
         check_request(request, storage)
         plan = make_plan(request, models.has_refiner)
         log.info("job %s: %s, %s, %d image(s), prompt %r", job_id, plan.task, plan.refine, len(plan.seeds),
@@ -35,7 +37,8 @@ def run_job(models: Models, job: dict, storage: Storage | None = None) -> Iterat
         if request["image"] is not None or request["image_url"] is not None:
             field = "image" if request["image"] is not None else "image_url"
             init_image = load_image(request[field], field)
-        result = generate.run(models, request, plan, init_image)
+        with loras.applied(models, request["loras"]):
+            result = generate.run(models, request, plan, init_image)
         delivery = deliver(result.images, request, storage, job_id)
         payload = {
             "images": delivery.images,
@@ -49,7 +52,7 @@ def run_job(models: Models, job: dict, storage: Storage | None = None) -> Iterat
         yield payload
     except InputError as error:
         log.info("job %s refused: %s", job_id, error)
-        yield {"error": str(error)}
+        yield {"error": names.explain(str(error))}
     except Exception:
         log.exception("job %s failed", job_id)
         yield {"error": f"The worker hit an internal error on job {job_id}; the details are in the worker's log."}

@@ -15,6 +15,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.validators import extend
 
 from src.errors import InputError
+from src.loras import MAX_LORAS
 from src.schedulers import SCHEDULERS as SCHEDULER_CLASSES
 
 MAX_SEED = 2**63 - 1
@@ -168,6 +169,25 @@ INPUT_SCHEMA: dict = {
         # --- inpainting, watermark (issue 4) ---
         # --- previews (issue 3) ---
         # --- LoRA (issue 5) ---
+        "loras": {
+            "type": ["array", "null"],
+            "maxItems": MAX_LORAS,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["path"],
+                "properties": {
+                    "path": {"type": "string", "minLength": 1, "maxLength": 2048},
+                    "scale": {"type": "number", "minimum": -4, "maximum": 4, "default": 1.0},
+                    "weight_name": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+                },
+            },
+            "default": None,
+            "description": (
+                "LoRAs for this job only: a list of `{\"path\", \"scale\", \"weight_name\"}`; `path` is an "
+                "https URL of a .safetensors file, a hub id or a local path; `scale` in [-4, 4], default 1."
+            ),
+        },
         # --- delivery (issue 6) ---
         "output_format": {
             "type": "string",

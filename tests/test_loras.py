@@ -1,0 +1,228 @@
+"""LoRAs per job on the tiny model: made here with peft, served over real HTTP, loaded, unloaded."""
+
+import http.server
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from src import loras
+from tests.conftest import decode, png_data_url
+
+JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 7,
+       "refiner_inference_steps": 4, "strength": 0.5}
+
+FAST = dict(JOB, refine="no_refiner")
+
+
+@pytest.fixture(scope="module")
+def baseline(models):
+    """FAST's pixels before any LoRA was loaded."""
+    from src.job import run_job
+
+    return _pixels(list(run_job(models, {"id": "baseline", "input": FAST})))
+
+
+def _make_lora(part: str, targets: list[str], seed: int, text_encoders: bool = False) -> bytes:
+    """A LoRA in diffusers' format for the tiny model's ``part`` UNet (and text encoders), non-zero."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model
+    from peft.utils import get_peft_model_state_dict
+    from src.tiny import ensure_tiny_model
+
+    folder = ensure_tiny_model() / part
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    torch.manual_seed(seed)
+    # init_lora_weights=False: both halves random, so the LoRA changes the output from the start.
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))}
+    if text_encoders:
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+            config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+            encoder = get_peft_model(cls.from_pretrained(folder / name), config)
+            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(
+                get_peft_model_state_dict(encoder.base_model.model))
+    with tempfile.TemporaryDirectory() as out:
+        StableDiffusionXLPipeline.save_lora_weights(out, **layers, safe_serialization=True)
+        return (Path(out) / loras.DEFAULT_WEIGHT_NAME).read_bytes()
+
+
+def _incompatible_lora() -> bytes:
+    """Right format, wrong sizes: a layer the tiny UNet has, with another model's width."""
+    from safetensors.torch import save
+
+    layer = "unet.down_blocks.2.attentions.0.transformer_blocks.0.attn1.to_q"
+    return save({f"{layer}.lora.down.weight": torch.ones(4, 320), f"{layer}.lora.up.weight": torch.ones(64, 4)})
+
+
+class _Files(http.server.BaseHTTPRequestHandler):
+    files: dict = {}
+    hits: list = []
+
+    def do_GET(self):
+        self.hits.append(self.path)
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A real HTTP server for the test LoRAs; ``hits`` lists every path requested."""
+    _Files.files = {
+        "/fox.safetensors": _make_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1),
+        "/with-text.safetensors": _make_lora("base", ["to_q"], seed=3, text_encoders=True),
+        "/refiner-only.safetensors": _make_lora("refiner", ["to_q", "to_k", "to_v", "to_out.0"], seed=2),
+        "/corrupt.safetensors": b"this is not a safetensors file at all" * 10,
+        "/other-model.safetensors": _incompatible_lora(),
+    }
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def lora_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")  # the test server is on loopback
+    monkeypatch.setenv("LORA_CACHE_DIR", str(tmp_path / "lora-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _Files.hits.clear()
+
+
+def _pixels(outputs) -> np.ndarray:
+    assert "error" not in outputs[-1], outputs[-1]
+    return np.asarray(decode(outputs[-1]["images"][0]))
+
+
+def test_lora_changes_the_image_and_leaves_nothing_behind(run, server, models):
+    before = _pixels(run(JOB))
+    fox = {"path": f"{server}/fox.safetensors", "scale": 1.0}
+    with_lora = _pixels(run(dict(JOB, loras=[fox])))
+    assert np.abs(with_lora.astype(int) - before).mean() > 1  # visibly different
+    assert _pixels(run(dict(JOB, loras=[dict(fox, scale=0)]))).tolist() == before.tolist()
+    assert _pixels(run(JOB)).tolist() == before.tolist()  # the job after a LoRA: the same pixels
+    assert loras.leftover_layers(models) == []
+    assert _Files.hits == ["/fox.safetensors"]  # downloaded once, then served from the disk cache
+    assert _pixels(run(dict(JOB, loras=[fox]))).tolist() == with_lora.tolist()  # and from the cache alike
+    assert _Files.hits == ["/fox.safetensors"]
+
+
+def test_scales_add_up_and_a_second_lora_stacks(run, server, baseline):
+    JOB = FAST
+    fox = {"path": f"{server}/fox.safetensors"}
+    half = _pixels(run(dict(JOB, loras=[dict(fox, scale=0.5)])))
+    full = _pixels(run(dict(JOB, loras=[dict(fox, scale=1.0)])))
+    assert half.tolist() != full.tolist()
+    assert half.tolist() != baseline.tolist()
+    doubled = _pixels(run(dict(JOB, loras=[dict(fox, scale=0.5), dict(fox, scale=0.5)])))
+    assert np.abs(doubled.astype(int) - full).max() <= 1  # two halves of one LoRA: the whole LoRA
+
+
+def test_a_lora_with_text_encoder_layers(run, server, baseline, models):
+    from safetensors.torch import load
+
+    keys = load(_Files.files["/with-text.safetensors"]).keys()
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("text_encoder_2.") for k in keys)
+    with loras.applied(models, [{"path": f"{server}/with-text.safetensors"}]):
+        assert len(loras.leftover_layers(models)) > 0  # the check below can see LoRA layers
+        # Its to_q layers fit both UNets (same sizes in the tiny base and refiner); text_encoder_2 is shared.
+        for model in (models.base.unet, models.refiner.unet, models.base.text_encoder, models.base.text_encoder_2):
+            assert list(model.peft_config) == ["job_lora_0"]
+    with_text = _pixels(run(dict(FAST, loras=[{"path": f"{server}/with-text.safetensors"}])))
+    assert with_text.tolist() != baseline.tolist()
+    assert _pixels(run(FAST)).tolist() == baseline.tolist()
+    assert loras.leftover_layers(models) == []
+
+
+def test_a_refiner_lora_goes_to_the_refiner_only(run, server):
+    refiner_lora = [{"path": f"{server}/refiner-only.safetensors"}]
+    base_only = dict(JOB, refine="no_refiner")
+    assert _pixels(run(dict(base_only, loras=refiner_lora))).tolist() == _pixels(run(base_only)).tolist()
+    source = png_data_url(decode(run(base_only)[-1]["images"][0]))
+    refine = {"image_url": source, "refiner_inference_steps": 4, "strength": 0.5, "seed": 3}
+    assert _pixels(run(dict(refine, loras=refiner_lora))).tolist() != _pixels(run(refine)).tolist()
+
+
+@pytest.mark.parametrize(
+    "path, words",
+    [
+        ("/missing.safetensors", ["'missing.safetensors'", "loras[1].path", "could not be downloaded"]),
+        ("/corrupt.safetensors", ["'corrupt.safetensors'", "not a valid .safetensors"]),
+        ("/other-model.safetensors", ["'other-model.safetensors'", "does not fit"]),
+    ],
+)
+def test_broken_loras_fail_the_job_by_name_and_the_worker_keeps_serving(run, server, path, words, baseline):
+    error = run(dict(FAST, loras=[{"path": f"{server}/fox.safetensors"}, {"path": server + path}]))[-1]["error"]
+    for word in words:
+        assert word in error
+    assert "loras[1]" in error  # the second LoRA is the broken one
+    assert _pixels(run(FAST)).tolist() == baseline.tolist()  # the good LoRA loaded first was unloaded too
+
+
+def test_unreachable_local_and_hub_loras_are_named(run, tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    error = run(dict(JOB, loras=[{"path": f"http://127.0.0.1:{port}/gone.safetensors"}]))[-1]["error"]
+    assert "'gone.safetensors'" in error and "could not be downloaded" in error
+    error = run(dict(JOB, loras=[{"path": str(tmp_path / "nowhere.safetensors")}]))[-1]["error"]
+    assert "'nowhere.safetensors'" in error and "loras[0].path" in error
+    pickle = tmp_path / "weights.bin"
+    pickle.write_bytes(b"not loaded")
+    error = run(dict(JOB, loras=[{"path": str(pickle)}]))[-1]["error"]
+    assert "'weights.bin'" in error and ".safetensors" in error
+    error = run(dict(JOB, loras=[{"path": "someone/some-lora", "weight_name": "style.safetensors"}]))[-1]["error"]
+    assert "'some-lora'" in error and "'style.safetensors'" in error and "hub" in error
+
+
+def test_a_local_lora_file_and_folder_load(run, server, tmp_path):
+    JOB = FAST
+    folder = tmp_path / "my-lora"
+    folder.mkdir()
+    (folder / loras.DEFAULT_WEIGHT_NAME).write_bytes(_Files.files["/fox.safetensors"])
+    by_url = _pixels(run(dict(JOB, loras=[{"path": f"{server}/fox.safetensors"}])))
+    assert _pixels(run(dict(JOB, loras=[{"path": str(folder)}]))).tolist() == by_url.tolist()
+    file = folder / loras.DEFAULT_WEIGHT_NAME
+    assert _pixels(run(dict(JOB, loras=[{"path": str(file)}]))).tolist() == by_url.tolist()
+
+
+def test_too_many_or_too_large_loras_are_refused(run, server, monkeypatch):
+    many = [{"path": f"{server}/fox.safetensors"}] * (loras.MAX_LORAS + 1)
+    assert run(dict(JOB, loras=many))[-1]["error"] == f"'loras' must have at most {loras.MAX_LORAS} items."
+    monkeypatch.setenv("LORA_MAX_MB", "0.001")  # about 1 KB
+    error = run(dict(JOB, loras=[{"path": f"{server}/fox.safetensors"}]))[-1]["error"]
+    assert "'fox.safetensors'" in error and "larger than" in error
+    error = run(dict(JOB, loras=[{"path": f"{server}/fox.safetensors", "scale": 9}]))[-1]["error"]
+    assert "'loras[0].scale'" in error
+
+
+def test_the_cache_evicts_the_least_recently_used_first(tmp_path):
+    now = time.time()
+    for age, name in enumerate(["new", "middle", "old"]):
+        file = tmp_path / f"{name}.safetensors"
+        file.write_bytes(b"x" * 1000)
+        os.utime(file, (now - age * 100, now - age * 100))
+    removed = loras.evict(tmp_path, cap_bytes=2000)
+    assert [file.name for file in removed] == ["old.safetensors"]
+    removed = loras.evict(tmp_path, cap_bytes=0, keep=tmp_path / "middle.safetensors")
+    assert [file.name for file in removed] == ["new.safetensors"]
+    assert [file.name for file in tmp_path.iterdir()] == ["middle.safetensors"]
