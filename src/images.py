@@ -1,4 +1,4 @@
-"""Input images: fetched (src/fetch.py), checked to be an image, decoded to RGB."""
+"""Input images and masks: fetched (src/fetch.py), checked to be an image, decoded to RGB or grey."""
 
 from __future__ import annotations
 
@@ -37,4 +37,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGBA")
         canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(canvas, image).convert("RGB")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit greyscale (PNG): plain convert clips everything above 255 to white.
+        image = image.convert("I").point(lambda value: value / 257).convert("L")
     return image.convert("RGB")
+
+
+def load_mask(source: str, field: str, size: tuple[int, int]) -> Image.Image:
+    """The inpainting mask as greyscale (white = repaint, black = keep), resized to ``size``.
+
+    Transparency counts as white (repaint), as in to_rgb; a mask of another size than its
+    image is stretched to it, so the same regions line up.
+    """
+    mask = decode_image(fetch(source, field), field).convert("L")
+    if mask.size != size:
+        mask = mask.resize(size, Image.Resampling.LANCZOS)
+    return mask

@@ -13,7 +13,7 @@ from typing import Iterator
 from src import generate
 from src.deliver import deliver
 from src.errors import InputError
-from src.images import load_image
+from src.images import load_image, load_mask
 from src.models import Models
 from src.plan import make_plan
 from src.schema import validate
@@ -33,7 +33,8 @@ def run_job(models: Models, job: dict) -> Iterator[dict]:
         if request["image"] is not None or request["image_url"] is not None:
             field = "image" if request["image"] is not None else "image_url"
             init_image = load_image(request[field], field)
-        result = generate.run(models, request, plan, init_image)
+        mask = load_mask(request["mask"], "mask", init_image.size) if request["mask"] is not None else None
+        result = generate.run(models, request, plan, init_image, mask=mask)
         encode_started = time.perf_counter()
         images = deliver(result.images)
         timings = dict(result.timings, encode=_ms(encode_started), total=_ms(started))
