@@ -99,8 +99,8 @@ def _parsed(prompt: str, negative_prompt: str | None) -> tuple[str, str]:
             PromptParser().parse_conjunction(text)
         except Exception as error:
             raise InputError(
-                f"'{field}' has weighting syntax that cannot be read ({type(error).__name__}); "
-                "check its brackets, or escape literal ones as \\( and \\)."
+                f"'{field}' has weighting syntax that cannot be read ({type(error).__name__}): check its "
+                "brackets and any .blend()/.and() weights, or escape literal brackets as \\( and \\)."
             ) from None
         texts.append(text)
     return texts[0], texts[1]
