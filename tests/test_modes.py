@@ -50,7 +50,7 @@ def test_image_and_mask_make_an_inpaint_job_of_the_images_size(run):
     assert decode(sized["images"][0]).size == (256, 320)
 
 
-@pytest.mark.parametrize("refine", REFINE_MODES)
+@pytest.mark.parametrize("refine", ["no_refiner"])  # the refine modes: in the latent test below
 def test_the_mask_reaches_the_pipelines(run, refine):
     black = pixels(final(run({**INPAINT, "refine": refine, "mask": png_data_url(mask_image("black"))})))
     white = pixels(final(run({**INPAINT, "refine": refine, "mask": png_data_url(mask_image("white"))})))
@@ -85,6 +85,23 @@ def clean_latents(models, data_url: str):
 
 def torch_close(a, b) -> bool:
     return bool((a - b).abs().max() < 1e-4)
+
+
+@pytest.mark.parametrize(
+    "inputs, steps",
+    [
+        ({"num_inference_steps": 10, "high_noise_frac": 0.8, "scheduler": "K_EULER"}, {"base": 8, "refiner": 2}),
+        ({"num_inference_steps": 6, "refiner_inference_steps": 10, "strength": 0.3, "refine": "base_image_refiner"},
+         {"base": 6, "refiner": 3}),
+    ],
+)
+def test_inpaint_refine_modes_run_the_promised_steps(models, inputs, steps):
+    seen = {"base": 0, "refiner": 0}
+    request = validate({**INPAINT, **inputs, "prompt_strength": 1.0, "mask": png_data_url(mask_image("right"))})
+    plan = make_plan(request, has_refiner=True)
+    generate.run(models, request, plan, decode(INPAINT["image"]).convert("RGB"), mask=mask_image("right"),
+                 on_step=lambda stage, step, kwargs: seen.__setitem__(stage, step))
+    assert seen == steps
 
 
 def test_a_mask_without_an_image_is_refused(run):
@@ -126,7 +143,7 @@ def test_a_batch_is_one_pass_over_all_images(models):
     assert steps.count("base") == 4 and steps.count("refiner") == 2  # steps once, not once per image
 
 
-@pytest.mark.parametrize("refine", ["no_refiner", "base_image_refiner"])
+@pytest.mark.parametrize("refine", ["base_image_refiner"])  # both stages get the per-image generators
 def test_each_image_of_a_batch_is_distinct_and_made_again_alone_from_its_seed(run, refine):
     batch = final(run({**FAST, "refine": refine, "num_images": 4, "seed": 100}))
     images = [pixels(batch, i).astype(int) for i in range(4)]

@@ -47,7 +47,7 @@ def test_words_past_token_77_reach_the_refiner(run):
     assert not np.array_equal(first, second)
 
 
-@pytest.mark.parametrize("refine", ["no_refiner", "base_image_refiner"])
+@pytest.mark.parametrize("refine", ["base_image_refiner"])
 def test_weights_change_the_image_and_a1111_means_the_same_as_compel(run, refine):
     base = {**FAST, "refine": refine}
     plain = pixels(final(run({**base, "prompt": "a lighthouse at dusk"})))
