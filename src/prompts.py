@@ -10,17 +10,24 @@ padded to the same length (a long prompt makes a long conditioning).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
 import torch
 from compel import Compel, ReturnedEmbeddingsType
-from compel.prompt_parser import PromptParser
+from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment, PromptParser
 
 from src.errors import InputError
 
 # A1111's explicit weight at the end of a parenthesised group: "(text:1.3)", "(text: .8)".
 _A1111_WEIGHT = re.compile(r":\s*(\d+(?:\.\d*)?|\.\d+)\s*$")
+# Characters compel's syntax is made of; a prompt without any of them has no weights.
+_SYNTAX = frozenset('()[]"+-\\<>')
+# Ten chunks of 75 tokens. Every token is a key in every cross-attention layer at every step, so
+# this bounds what a long prompt costs the GPU; it also bounds compel's parser (pyparsing, about
+# 1 s of CPU per 1,000 characters with weights).
+MAX_PROMPT_TOKENS = 750
 
 
 @dataclass
@@ -71,39 +78,61 @@ def from_a1111(text: str) -> str:
 
 def encode_for_base(pipe, prompt: str, negative_prompt: str | None) -> Conditioning:
     """Conditioning for the SDXL base (text_encoder and text_encoder_2)."""
-    prompt, negative = _parsed(prompt, negative_prompt)
+    texts, conjunctions = _parsed(pipe.tokenizer_2, prompt, negative_prompt)
     first = _compel(pipe.tokenizer, pipe.text_encoder, pooled=False, pipe=pipe)
     second = _compel(pipe.tokenizer_2, pipe.text_encoder_2, pooled=True, pipe=pipe)
-    texts = [prompt, negative or ""]
-    hidden_1 = first(texts)
-    hidden_2, pooled = second(texts)
-    hidden_1, hidden_2 = _same_length(first, hidden_1, second, hidden_2)
-    embeds = torch.cat([hidden_1, hidden_2], dim=-1)
-    return _split(pipe, embeds, pooled, has_negative=bool(negative))
+    with torch.inference_mode():
+        hidden_1 = _hidden_states(first, conjunctions)
+        hidden_2 = _hidden_states(second, conjunctions)
+        pooled = second.conditioning_provider.get_pooled_embeddings(texts, device=second.device)
+        hidden_1, hidden_2 = _same_length(first, hidden_1, second, hidden_2)
+        embeds = torch.cat([hidden_1, hidden_2], dim=-1)
+    return _split(pipe, embeds, pooled, has_negative=bool((negative_prompt or "").strip()))
 
 
 def encode_for_refiner(pipe, prompt: str, negative_prompt: str | None) -> Conditioning:
     """Conditioning for the SDXL refiner (text_encoder_2 only)."""
-    prompt, negative = _parsed(prompt, negative_prompt)
+    texts, conjunctions = _parsed(pipe.tokenizer_2, prompt, negative_prompt)
     second = _compel(pipe.tokenizer_2, pipe.text_encoder_2, pooled=True, pipe=pipe)
-    embeds, pooled = second([prompt, negative or ""])
-    return _split(pipe, embeds, pooled, has_negative=bool(negative))
+    with torch.inference_mode():
+        embeds = _hidden_states(second, conjunctions)
+        pooled = second.conditioning_provider.get_pooled_embeddings(texts, device=second.device)
+    return _split(pipe, embeds, pooled, has_negative=bool((negative_prompt or "").strip()))
 
 
-def _parsed(prompt: str, negative_prompt: str | None) -> tuple[str, str]:
-    """Both prompts in compel's syntax, checked to parse; InputError naming the field if not."""
-    texts = []
+def _parsed(tokenizer, prompt: str | None, negative_prompt: str | None) -> tuple[list[str], list[Conjunction]]:
+    """Both prompts in compel's syntax and parsed, once; InputError naming the field if too long or unreadable."""
+    texts, conjunctions = [], []
     for field, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
         text = from_a1111(text or "")
-        try:
-            PromptParser().parse_conjunction(text)
-        except Exception as error:
+        tokens = len(tokenizer(text, truncation=False).input_ids) - 2  # without the start and end markers
+        if tokens > MAX_PROMPT_TOKENS:
             raise InputError(
-                f"'{field}' has weighting syntax that cannot be read ({type(error).__name__}): check its "
-                "brackets and any .blend()/.and() weights, or escape literal brackets as \\( and \\)."
-            ) from None
+                f"'{field}' is {tokens:,} tokens long; the limit is {MAX_PROMPT_TOKENS} tokens "
+                f"(about {MAX_PROMPT_TOKENS * 4:,} characters of English)."
+            )
         texts.append(text)
-    return texts[0], texts[1]
+        conjunctions.append(_conjunction(text, field))
+    return texts, conjunctions
+
+
+def _conjunction(text: str, field: str) -> Conjunction:
+    if not _SYNTAX.intersection(text):
+        # No weights possible: what compel's parser would return, without its cost (it is
+        # pyparsing: about a tenth of a second per 100 characters).
+        return Conjunction([FlattenedPrompt([Fragment(" ".join(text.split()), 1.0)])])
+    try:
+        return _parser().parse_conjunction(text)
+    except Exception as error:
+        raise InputError(
+            f"'{field}' has weighting syntax that cannot be read ({type(error).__name__}): check its "
+            "brackets and any .blend()/.and() weights, or escape literal brackets as \\( and \\)."
+        ) from None
+
+
+@functools.cache
+def _parser() -> PromptParser:
+    return PromptParser()  # building the grammar is a cost of its own: once per process
 
 
 def _compel(tokenizer, text_encoder, pooled: bool, pipe) -> Compel:
@@ -117,6 +146,12 @@ def _compel(tokenizer, text_encoder, pooled: bool, pipe) -> Compel:
         dtype_for_device_getter=lambda device: dtype,
         device=pipe._execution_device,
     )
+
+
+def _hidden_states(compel: Compel, conjunctions: list[Conjunction]) -> torch.Tensor:
+    """One row per conjunction, padded to the longest (a long prompt makes a long conditioning)."""
+    rows = [compel.build_conditioning_tensor_for_conjunction(conjunction)[0] for conjunction in conjunctions]
+    return torch.cat(compel.pad_conditioning_tensors_to_same_length(rows))
 
 
 def _same_length(first: Compel, hidden_1: torch.Tensor, second: Compel, hidden_2: torch.Tensor):

@@ -67,3 +67,19 @@ def test_weights_in_the_negative_prompt_count(run):
 def test_unreadable_weighting_is_named(run):
     outputs = run({**FAST, "negative_prompt": '("fog").blend(1, 2)'})
     assert "'negative_prompt'" in outputs[-1]["error"]
+
+
+@pytest.mark.parametrize("text", ["a lighthouse at dusk", "  a cat,  a dog. 4k: hdr; f/1.8 ", "", "A cat's hat"])
+def test_plain_prompts_skip_the_parser_and_mean_the_same(text):
+    from src.prompts import _conjunction, _parser
+
+    assert str(_conjunction(text, "prompt")) == str(_parser().parse_conjunction(text))
+
+
+def test_a_prompt_over_the_token_cap_is_refused_by_name(run):
+    from src.prompts import MAX_PROMPT_TOKENS
+
+    # One token per character on the tiny model.
+    outputs = run({**FAST, "negative_prompt": "x" * (MAX_PROMPT_TOKENS + 1)})
+    assert "'negative_prompt'" in outputs[-1]["error"] and f"{MAX_PROMPT_TOKENS}" in outputs[-1]["error"]
+    final(run({**FAST, "refine": "no_refiner", "prompt": "x" * MAX_PROMPT_TOKENS}))
