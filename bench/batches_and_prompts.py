@@ -5,7 +5,8 @@
 1. num_images=4 as one batched pass (this worker) against four jobs of one image each (a loop,
    what a client does when the worker cannot batch).
 2. Prompt encoding with compel (weights, chunks past 77 tokens) against diffusers' own
-   encode_prompt (worker-sdxl and cog-sdxl: no weights, cut at 77), for a short and a long prompt.
+   encode_prompt (worker-sdxl and cog-sdxl: no weights, cut at 77), for a short, a weighted and a
+   long prompt (diffusers reads the weighted one as plain text and cuts the long one).
 
 Prints a table of medians and ratios. On the tiny model the numbers say how the code paths
 compare, not what SDXL costs on a GPU.
@@ -25,6 +26,7 @@ from src.plan import make_plan
 from src.schema import validate
 
 SHORT = "a lighthouse at dusk, oil painting"
+WEIGHTED = "a (lighthouse:1.3) at dusk, (oil painting)0.8"
 LONG = ", ".join(["a lighthouse at dusk on a rocky shore", "waves breaking", "gulls in a stormy sky",
                   "warm light in the windows", "oil painting", "detailed brushwork", "dramatic clouds"] * 3)
 
@@ -60,7 +62,7 @@ def main() -> None:
 
     base = models.base
     with torch.inference_mode():
-        for name, text in (("short prompt", SHORT), ("long prompt", LONG)):
+        for name, text in (("short prompt", SHORT), ("weighted prompt", WEIGHTED), ("long prompt", LONG)):
             ours = median_seconds(lambda: prompts.encode_for_base(base, text, "blurry"), args.repeats)
             theirs = median_seconds(
                 lambda: base.encode_prompt(text, device=base.device, negative_prompt="blurry"), args.repeats)
