@@ -1,7 +1,8 @@
 """Running a plan: the base stage, then the refiner stage, on the loaded pipelines.
 
-Every stage gets a fresh scheduler, the job's prompts, guidance and generators; the base
-hands the refiner its latents (never a decoded image). ``on_step(stage, step)`` is called
+Every stage gets a fresh scheduler, the job's prompts (as weighted, unclipped embeddings from
+src/prompts.py), guidance and generators; the base hands the refiner its latents (never a
+decoded image), and after inpainting the refiner keeps to the same mask. ``on_step(stage, step)`` is called
 after every denoising step, which is where previews and progress come from.
 """
 
@@ -16,7 +17,9 @@ from PIL import Image
 
 from src.models import Models
 from src.plan import Plan
+from src.prompts import encode_for_base, encode_for_refiner
 from src.schedulers import build_scheduler
+from src.watermark import apply_watermark
 
 StepCallback = Callable[[str, int, dict], None]  # (stage, step within the stage, callback kwargs)
 
@@ -29,57 +32,92 @@ class Result:
 
 
 def run(models: Models, request: dict, plan: Plan, init_image: Image.Image | None = None,
-        on_step: StepCallback | None = None) -> Result:
+        on_step: StepCallback | None = None, mask: Image.Image | None = None) -> Result:
     timings: dict[str, float] = {}
-    prompts = {
-        "prompt": request["prompt"] or "",
-        "negative_prompt": request["negative_prompt"] or None,
-        "guidance_scale": request["guidance_scale"],
-        "num_images_per_prompt": len(plan.seeds),
-    }
     if init_image is not None:
         init_image = _resize(init_image, plan)
+    if mask is not None:
+        mask = mask.resize(init_image.size, Image.Resampling.LANCZOS) if mask.size != init_image.size else mask
 
     latents = None
     with torch.inference_mode():
         if plan.runs_base:
             started = time.perf_counter()
-            latents = _run_base(models, request, plan, prompts, init_image, on_step)
+            latents = _run_base(models, request, plan, init_image, mask, on_step)
             timings["base"] = _ms(started)
         if plan.runs_refiner:
             started = time.perf_counter()
-            output = _run_refiner(models, request, plan, prompts, latents if latents is not None else init_image,
-                                  on_step)
+            output = _run_refiner(models, request, plan, latents, init_image, mask, on_step)
             timings["refiner"] = _ms(started)
         else:
             output = latents
-    return Result(images=list(output), seeds=plan.seeds, timings=timings)
+    images = list(output)
+    if request.get("apply_watermark"):
+        images = apply_watermark(images)
+    return Result(images=images, seeds=plan.seeds, timings=timings)
 
 
-def _run_base(models, request, plan, prompts, init_image, on_step):
-    pipe = models.base if plan.task == "txt2img" else models.img2img
+def _common(request: dict, plan: Plan, conditioning) -> dict:
+    """What every stage gets: the prompts as embeddings, guidance, one generator per image."""
+    return dict(
+        conditioning.as_kwargs(),
+        guidance_scale=request["guidance_scale"],
+        num_images_per_prompt=len(plan.seeds),  # one batched pass for the whole job
+        generator=_generators(plan),
+    )
+
+
+def _run_base(models, request, plan, init_image, mask, on_step):
+    pipe = {"txt2img": models.base, "img2img": models.img2img, "inpaint": models.inpaint}[plan.task]
     pipe.scheduler = build_scheduler(request["scheduler"], models.scheduler_configs["base"])
-    args = dict(prompts, num_inference_steps=request["num_inference_steps"], generator=_generators(plan))
+    conditioning = encode_for_base(pipe, request["prompt"], request["negative_prompt"])
+    args = dict(_common(request, plan, conditioning), num_inference_steps=request["num_inference_steps"])
     if plan.task == "txt2img":
         args.update(width=plan.width, height=plan.height)
     else:
         args.update(image=init_image, strength=request["prompt_strength"])
+    if plan.task == "inpaint":
+        # The inpaint pipeline would otherwise default to 1024x1024 whatever the image.
+        args.update(mask_image=mask, width=init_image.width, height=init_image.height)
     if plan.refine == "expert_ensemble_refiner":
         args["denoising_end"] = plan.high_noise_frac
     args["output_type"] = "latent" if plan.runs_refiner else "pil"
     return pipe(**args, **_callback(on_step, "base")).images
 
 
-def _run_refiner(models, request, plan, prompts, image, on_step):
-    pipe = models.refiner
+def _run_refiner(models, request, plan, latents, init_image, mask, on_step):
+    inpainting = plan.task == "inpaint"
+    pipe = models.refiner_inpaint if inpainting else models.refiner
     pipe.scheduler = build_scheduler(request["scheduler"], models.scheduler_configs["refiner"])
-    args = dict(prompts, image=image, generator=_generators(plan), output_type="pil")
+    conditioning = encode_for_refiner(pipe, request["prompt"], request["negative_prompt"])
+    image = latents if latents is not None else init_image
+    args = dict(_common(request, plan, conditioning), output_type="pil")
+    if inpainting:
+        image = _keep_unmasked(models.inpaint, latents, init_image, mask)
+        args.update(mask_image=mask, width=init_image.width, height=init_image.height)
+    args["image"] = image
     if plan.refine == "expert_ensemble_refiner":
         # Same schedule as the base, picking up where it stopped.
         args.update(num_inference_steps=request["num_inference_steps"], denoising_start=plan.high_noise_frac)
     else:
         args.update(num_inference_steps=request["refiner_inference_steps"], strength=request["strength"])
     return pipe(**args, **_callback(on_step, "refiner")).images
+
+
+def _keep_unmasked(pipe, latents: torch.Tensor, init_image: Image.Image, mask: Image.Image) -> torch.Tensor:
+    """The base's latents where the mask repaints, the clean input image's latents where it keeps.
+
+    The refiner's inpaint pipeline starts from, and keeps to, the latents it is given. After an
+    expert-ensemble hand-off the base's latents are still noisy everywhere, the kept region
+    included, so handing them over as they are would leave that noise in the kept region.
+    """
+    height, width = init_image.height, init_image.width
+    pixels = pipe.image_processor.preprocess(init_image, height=height, width=width)
+    pixels = pixels.to(device=latents.device, dtype=pipe.vae.dtype)
+    clean = pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
+    repaint = pipe.mask_processor.preprocess(mask, height=height, width=width)  # binarised at 0.5, as diffusers
+    repaint = torch.nn.functional.interpolate(repaint, size=latents.shape[-2:]).to(latents.device, latents.dtype)
+    return repaint * latents + (1 - repaint) * clean.to(latents.dtype)
 
 
 def _callback(on_step: StepCallback | None, stage: str) -> dict:

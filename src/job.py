@@ -13,7 +13,7 @@ from typing import Iterator
 from src import dialects, generate, loras
 from src.deliver import check_request, deliver
 from src.errors import InputError
-from src.images import load_image
+from src.images import load_image, load_mask
 from src.models import Models
 from src.plan import make_plan
 from src.schema import validate
@@ -37,8 +37,9 @@ def run_job(models: Models, job: dict, storage: Storage | None = None) -> Iterat
         if request["image"] is not None or request["image_url"] is not None:
             field = "image" if request["image"] is not None else "image_url"
             init_image = load_image(request[field], field)
+        mask = load_mask(request["mask"], "mask", init_image.size) if request["mask"] is not None else None
         with loras.applied(models, request["loras"]):
-            result = generate.run(models, request, plan, init_image)
+            result = generate.run(models, request, plan, init_image, mask=mask)
         delivery = deliver(result.images, request, storage, job_id)
         payload = {
             "images": delivery.images,

@@ -2,7 +2,8 @@
 
 BASE_MODEL, REFINER_MODEL and VAE_MODEL name a hub id, a local folder, or ``tiny`` (the
 built-in random-weight model). The refiner reuses the base's text_encoder_2 and VAE, and
-the img2img pipeline is built from the base's components: one copy of each in memory.
+the img2img and inpaint pipelines are built from the base's (and the refiner's) components:
+one copy of each in memory.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class Models:
     dtype: object
     scheduler_configs: dict = field(default_factory=dict)  # pristine, per stage
     load_seconds: dict = field(default_factory=dict)
+    inpaint: object | None = None  # StableDiffusionXLInpaintPipeline on the base's components
+    refiner_inpaint: object | None = None  # the same on the refiner's: refining keeps to the mask
 
     @property
     def has_refiner(self) -> bool:
@@ -98,6 +101,7 @@ def load_models(settings: Settings | None = None) -> Models:
     from diffusers import (
         AutoencoderKL,
         StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLInpaintPipeline,
         StableDiffusionXLPipeline,
     )
 
@@ -136,8 +140,19 @@ def load_models(settings: Settings | None = None) -> Models:
         )
         seconds["refiner"] = time.perf_counter() - started
 
-    img2img = StableDiffusionXLImg2ImgPipeline(**base.components)
-    pipelines = [base, img2img] + ([refiner] if refiner else [])
+    # Pipelines made from components take add_watermarker=False too: otherwise diffusers adds
+    # one whenever invisible-watermark is installed. apply_watermark is done in src/watermark.py.
+    img2img = StableDiffusionXLImg2ImgPipeline(**base.components, add_watermarker=False)
+    inpaint = StableDiffusionXLInpaintPipeline(**base.components, add_watermarker=False)
+    refiner_inpaint = None
+    if refiner:
+        refiner_inpaint = StableDiffusionXLInpaintPipeline(
+            **refiner.components,
+            requires_aesthetics_score=refiner.config.requires_aesthetics_score,
+            force_zeros_for_empty_prompt=refiner.config.force_zeros_for_empty_prompt,
+            add_watermarker=False,
+        )
+    pipelines = [base, img2img, inpaint] + ([refiner, refiner_inpaint] if refiner else [])
     for pipe in pipelines:
         pipe.set_progress_bar_config(disable=True)
     if settings.cpu_offload and on_gpu:
@@ -152,7 +167,8 @@ def load_models(settings: Settings | None = None) -> Models:
     configs = {"base": dict(base.scheduler.config)}
     if refiner:
         configs["refiner"] = dict(refiner.scheduler.config)
-    models = Models(base, img2img, refiner, settings.device, dtype, configs, seconds)
+    models = Models(base, img2img, refiner, settings.device, dtype, configs, seconds,
+                    inpaint=inpaint, refiner_inpaint=refiner_inpaint)
     log.info(
         "Loaded base=%s refiner=%s vae=%s on %s (%s) in %s",
         settings.base,

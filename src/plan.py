@@ -18,7 +18,7 @@ DEFAULT_HIGH_NOISE_FRAC = 0.8  # cog-sdxl's default hand-off point
 
 @dataclass(frozen=True)
 class Plan:
-    task: str  # txt2img | img2img | refine
+    task: str  # txt2img | img2img | inpaint | refine
     refine: str  # no_refiner | expert_ensemble_refiner | base_image_refiner ("refine" task: the refiner alone)
     width: int | None  # None: the input image's own size (rounded down to a multiple of 8)
     height: int | None
@@ -60,7 +60,7 @@ def _task_from_images(request: dict) -> str:
     if request["image_url"] is not None:
         return "refine"
     if request["image"] is not None:
-        return "img2img"
+        return "inpaint" if request["mask"] is not None else "img2img"
     return "txt2img"
 
 
@@ -92,7 +92,7 @@ def _refine_mode(request: dict, has_refiner: bool, task: str) -> str:
 
 def _check_step_counts(request: dict, task: str, refine: str) -> None:
     """Strength x steps must leave at least one step, or diffusers fails with a cryptic error."""
-    if task == "img2img" and int(request["num_inference_steps"] * request["prompt_strength"]) < 1:
+    if task in ("img2img", "inpaint") and int(request["num_inference_steps"] * request["prompt_strength"]) < 1:
         raise InputError(
             f"'prompt_strength' {request['prompt_strength']} x 'num_inference_steps' "
             f"{request['num_inference_steps']} leaves no step to run; raise either."

@@ -1,34 +1,88 @@
 """Schedulers by the names users send, each built fresh per job from the model's own config.
 
-Building a new scheduler for every job (never mutating the loaded one) is what keeps one
-job's sampler from leaking into the next.
+One table, ``SCHEDULERS``: the schema's enum, the README's scheduler table and the runtime all
+read it. Names come from worker-sdxl and cog-sdxl, Stability's API (its ``sampler`` values are
+aliases here) and the common Karras variants. Building a new scheduler for every stage of every
+job (never mutating the loaded one) is what keeps one job's sampler from leaking into the next.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from diffusers import (
     DDIMScheduler,
+    DDPMScheduler,
     DPMSolverMultistepScheduler,
     DPMSolverSinglestepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
+    UniPCMultistepScheduler,
 )
 
-# name -> (diffusers class, config overrides)
-SCHEDULERS: dict[str, tuple[type, dict]] = {
-    "DDIM": (DDIMScheduler, {}),
-    "PNDM": (PNDMScheduler, {"skip_prk_steps": True}),  # as SDXL ships it; PRK breaks on few steps
-    "KLMS": (LMSDiscreteScheduler, {}),
-    "K_EULER": (EulerDiscreteScheduler, {}),
-    "K_EULER_ANCESTRAL": (EulerAncestralDiscreteScheduler, {}),
-    "DPMSolverMultistep": (DPMSolverMultistepScheduler, {}),
-    "DPMSolverSinglestep": (DPMSolverSinglestepScheduler, {}),
+
+class Sampler(NamedTuple):
+    cls: type
+    tweaks: dict  # overrides on top of the model's own scheduler config
+    note: str = ""
+
+
+KARRAS = {"use_karras_sigmas": True}
+
+SCHEDULERS: dict[str, Sampler] = {
+    # worker-sdxl's and cog-sdxl's names
+    "DDIM": Sampler(DDIMScheduler, {}),
+    "PNDM": Sampler(PNDMScheduler, {"skip_prk_steps": True}, "as SDXL ships it; PRK steps break on few steps"),
+    "KLMS": Sampler(LMSDiscreteScheduler, {}),
+    "K_EULER": Sampler(EulerDiscreteScheduler, {}, "SDXL's own default"),
+    "K_EULER_ANCESTRAL": Sampler(EulerAncestralDiscreteScheduler, {}),
+    "DPMSolverMultistep": Sampler(DPMSolverMultistepScheduler, {}, "DPM++ 2M"),
+    "DPMSolverSinglestep": Sampler(DPMSolverSinglestepScheduler, {}, "DPM++ 2S"),
+    "HeunDiscrete": Sampler(HeunDiscreteScheduler, {}, "two model calls per step"),
+    "KarrasDPM": Sampler(DPMSolverMultistepScheduler, KARRAS, "cog-sdxl's name for DPM++ 2M Karras"),
+    "UniPC": Sampler(UniPCMultistepScheduler, {}),
+    # Karras variants
+    "K_EULER_KARRAS": Sampler(EulerDiscreteScheduler, KARRAS),
+    "KLMS_KARRAS": Sampler(LMSDiscreteScheduler, KARRAS),
+    "HeunDiscreteKarras": Sampler(HeunDiscreteScheduler, KARRAS),
+    "DPMSolverMultistepKarras": Sampler(DPMSolverMultistepScheduler, KARRAS, "same as KarrasDPM"),
+    "DPMSolverSinglestepKarras": Sampler(DPMSolverSinglestepScheduler, KARRAS),
+    "DPMSolverSDE_Karras": Sampler(
+        DPMSolverMultistepScheduler, {**KARRAS, "algorithm_type": "sde-dpmsolver++"}, "DPM++ 2M SDE Karras"
+    ),
+    "UniPC_Karras": Sampler(UniPCMultistepScheduler, KARRAS),
+    # Stability's sampler names (REST v1 / Bedrock), as aliases
+    "DDPM": Sampler(DDPMScheduler, {}),
+    "K_LMS": Sampler(LMSDiscreteScheduler, {}, "alias of KLMS"),
+    "K_HEUN": Sampler(HeunDiscreteScheduler, {}, "alias of HeunDiscrete"),
+    "K_DPM_2": Sampler(KDPM2DiscreteScheduler, {}),
+    "K_DPM_2_ANCESTRAL": Sampler(KDPM2AncestralDiscreteScheduler, {}),
+    "K_DPMPP_2M": Sampler(DPMSolverMultistepScheduler, {}, "alias of DPMSolverMultistep"),
+    "K_DPMPP_2S_ANCESTRAL": Sampler(
+        DPMSolverSinglestepScheduler, {}, "closest in diffusers, which has no ancestral DPM++ 2S"
+    ),
 }
 
 
 def build_scheduler(name: str, model_config: dict):
     """A new scheduler of the named kind, configured from the model's pristine scheduler config."""
-    cls, overrides = SCHEDULERS[name]
-    return cls.from_config({**model_config, **overrides})
+    sampler = SCHEDULERS[name]
+    return sampler.cls.from_config({**model_config, **sampler.tweaks})
+
+
+def markdown_table() -> str:
+    """The README's scheduler table, generated from SCHEDULERS."""
+    rows = ["| name | diffusers class | config tweaks | note |", "| --- | --- | --- | --- |"]
+    for name, sampler in SCHEDULERS.items():
+        tweaks = ", ".join(f"`{key}={value!r}`" for key, value in sampler.tweaks.items()) or "-"
+        rows.append(f"| `{name}` | `{sampler.cls.__name__}` | {tweaks} | {sampler.note} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -23,7 +23,7 @@ MAX_PROMPT_CHARS = 10_000  # keeps a megabyte prompt from tying up the tokenizer
 MAX_IMAGE_CHARS = 30_000_000  # an image as base64 or a URL: about 22 MB of file
 
 SCHEDULERS = list(SCHEDULER_CLASSES)
-TASKS = ["txt2img", "img2img", "refine"]
+TASKS = ["txt2img", "img2img", "inpaint", "refine"]
 REFINE_MODES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 
 _IMAGE = {
@@ -147,8 +147,8 @@ INPUT_SCHEMA: dict = {
             "enum": TASKS + [None],
             "default": None,
             "description": (
-                "`txt2img`, `img2img` (`image` through the base) or `refine` (refiner only). "
-                "Unset: decided by which of `image` and `image_url` is given."
+                "`txt2img`, `img2img` (`image` through the base), `inpaint` (`image` and `mask`) or "
+                "`refine` (refiner only). Unset: decided by which of `image`, `mask` and `image_url` are given."
             ),
         },
         "image": {
@@ -164,9 +164,21 @@ INPUT_SCHEMA: dict = {
             "exclusiveMinimum": 0,
             "maximum": 1,
             "default": 0.8,
-            "description": "img2img: how much of `image` the base repaints (1 = all of it).",
+            "description": "img2img and inpaint: how much of `image` the base repaints (1 = all of it).",
         },
         # --- inpainting, watermark (issue 4) ---
+        "mask": {
+            **_IMAGE,
+            "description": (
+                "Inpainting mask for `image`, same forms as `image`: white = repaint, black = keep. "
+                "Resized to the image; the refiner keeps to it too."
+            ),
+        },
+        "apply_watermark": {
+            "type": "boolean",
+            "default": False,
+            "description": "Embed SDXL's invisible watermark (invisible-watermark, as diffusers does) in every image.",
+        },
         # --- previews (issue 3) ---
         # --- LoRA (issue 5) ---
         "loras": {
@@ -270,6 +282,13 @@ def _cross_field_problems(raw: dict) -> list[str]:
         problems.append("'task' is 'txt2img' but an input image was given; drop the image or use 'img2img'.")
     if task in ("img2img", "refine") and not has_image:
         problems.append(f"'task' is '{task}' but no input image was given in 'image' or 'image_url'.")
+    has_mask = raw.get("mask") is not None
+    if has_mask and raw.get("image") is None:
+        problems.append("'mask' needs the image to inpaint in 'image'.")
+    elif task == "inpaint" and not has_mask:
+        problems.append("'task' is 'inpaint' but no 'mask' was given (white = repaint, black = keep).")
+    elif has_mask and task in ("txt2img", "img2img", "refine"):
+        problems.append(f"'mask' was given but 'task' is '{task}'; use 'inpaint' or leave 'task' unset.")
     return problems
 
 

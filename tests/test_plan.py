@@ -53,3 +53,11 @@ def test_steps_that_round_to_nothing_are_refused():
         plan(strength=0.01, refiner_inference_steps=50)
     with pytest.raises(InputError, match="'prompt_strength'"):
         plan(image="https://e.com/a.png", prompt_strength=0.01, num_inference_steps=10)
+
+
+def test_image_and_mask_are_inpainting_at_the_images_size():
+    p = plan(image="https://e.com/a.png", mask="https://e.com/m.png")
+    assert (p.task, p.width, p.height) == ("inpaint", None, None)
+    assert plan(image="https://e.com/a.png", mask="https://e.com/m.png", task="inpaint").task == "inpaint"
+    with pytest.raises(InputError, match="prompt_strength"):
+        plan(image="https://e.com/a.png", mask="https://e.com/m.png", num_inference_steps=2, prompt_strength=0.2)

@@ -116,3 +116,22 @@ def test_readme_input_table_is_generated_from_the_schema():
     table = re.search(r"<!-- inputs:start -->\n(.*?)\n<!-- inputs:end -->", text, re.S)
     assert table, "README.md lacks the generated input table markers"
     assert table.group(1).strip() == schema.markdown_table().strip(), "run: python -m src.schema, paste into README"
+
+
+@pytest.mark.parametrize(
+    "inputs, named",
+    [
+        ({"prompt": "a", "mask": "https://e.com/m.png"}, "'mask'"),  # no image to inpaint
+        ({"prompt": "a", "mask": "https://e.com/m.png", "image_url": "https://e.com/a.png"}, "'mask'"),
+        ({"prompt": "a", "task": "inpaint", "image": "https://e.com/a.png"}, "'mask'"),
+        ({"prompt": "a", "task": "img2img", "image": "https://e.com/a.png", "mask": "https://e.com/m.png"}, "'task'"),
+        ({"prompt": "a", "apply_watermark": "yes"}, "'apply_watermark'"),
+        ({"prompt": "a", "mask": ""}, "'mask'"),
+    ],
+)
+def test_inpainting_and_watermark_inputs_are_checked(inputs, named):
+    assert named in error_for(inputs)
+
+
+def test_watermark_is_off_by_default_as_in_worker_sdxl():
+    assert schema.validate({"prompt": "a"})["apply_watermark"] is False

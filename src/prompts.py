@@ -1,0 +1,182 @@
+"""Prompts to embeddings, with weights and without a 77-token cut, for the base and the refiner.
+
+Compel does the work: its weighted syntax (``(red fox)1.3``, ``fox++``), and prompts longer than
+CLIP's 77 tokens encoded in chunks of 75 and concatenated instead of silently cut. A1111's
+``(word:1.3)``, the form users paste from other UIs, is rewritten to compel's first. SDXL's
+conditioning is each encoder's penultimate hidden states (not normalised) side by side, plus
+text_encoder_2's pooled output; the refiner has text_encoder_2 alone. Positive and negative are
+padded to the same length (a long prompt makes a long conditioning).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+import torch
+from compel import Compel, ReturnedEmbeddingsType
+from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment, PromptParser
+
+from src.errors import InputError
+
+# A1111's explicit weight at the end of a parenthesised group: "(text:1.3)", "(text: .8)".
+_A1111_WEIGHT = re.compile(r":\s*(\d+(?:\.\d*)?|\.\d+)\s*$")
+# Characters compel's syntax is made of; a prompt without any of them has no weights.
+_SYNTAX = frozenset('()[]"+-\\<>')
+# Ten chunks of 75 tokens. Every token is a key in every cross-attention layer at every step, so
+# this bounds what a long prompt costs the GPU; it also bounds compel's parser (pyparsing, about
+# 1 s of CPU per 1,000 characters with weights).
+MAX_PROMPT_TOKENS = 750
+
+
+@dataclass
+class Conditioning:
+    """What an SDXL pipeline takes instead of ``prompt`` and ``negative_prompt``."""
+
+    prompt_embeds: torch.Tensor
+    pooled_prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor
+    negative_pooled_prompt_embeds: torch.Tensor
+
+    def as_kwargs(self) -> dict:
+        return dict(vars(self))
+
+
+def from_a1111(text: str) -> str:
+    """Rewrite A1111's ``(text:weight)`` groups, nested or not, as compel's ``(text)weight``.
+
+    Everything else is left alone, so compel's own syntax passes through unchanged. A1111's
+    bare ``(text)`` (x1.1) is not rewritten: in compel it is plain grouping, and a prompt cannot
+    say which of the two its author meant.
+    """
+    out: list[str] = []
+    opened: list[int] = []  # positions in ``out`` of the unclosed "("
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\" and index + 1 < len(text):  # an escaped bracket is a literal one
+            out.append(text[index : index + 2])
+            index += 2
+            continue
+        if char == "(":
+            opened.append(len(out))
+            out.append(char)
+        elif char == ")" and opened:
+            start = opened.pop()
+            inner = "".join(out[start + 1 :])
+            weight = _A1111_WEIGHT.search(inner)
+            if weight:
+                out[start:] = ["(" + inner[: weight.start()] + ")" + weight.group(1)]
+            else:
+                out.append(char)
+        else:
+            out.append(char)
+        index += 1
+    return "".join(out)
+
+
+def encode_for_base(pipe, prompt: str, negative_prompt: str | None) -> Conditioning:
+    """Conditioning for the SDXL base (text_encoder and text_encoder_2)."""
+    texts, conjunctions = _parsed(pipe.tokenizer_2, prompt, negative_prompt)
+    first = _compel(pipe.tokenizer, pipe.text_encoder, pooled=False, pipe=pipe)
+    second = _compel(pipe.tokenizer_2, pipe.text_encoder_2, pooled=True, pipe=pipe)
+    with torch.inference_mode():
+        hidden_1 = _hidden_states(first, conjunctions)
+        hidden_2 = _hidden_states(second, conjunctions)
+        pooled = second.conditioning_provider.get_pooled_embeddings(texts, device=second.device)
+        hidden_1, hidden_2 = _same_length(first, hidden_1, second, hidden_2)
+        embeds = torch.cat([hidden_1, hidden_2], dim=-1)
+    return _split(pipe, embeds, pooled, has_negative=bool((negative_prompt or "").strip()))
+
+
+def encode_for_refiner(pipe, prompt: str, negative_prompt: str | None) -> Conditioning:
+    """Conditioning for the SDXL refiner (text_encoder_2 only)."""
+    texts, conjunctions = _parsed(pipe.tokenizer_2, prompt, negative_prompt)
+    second = _compel(pipe.tokenizer_2, pipe.text_encoder_2, pooled=True, pipe=pipe)
+    with torch.inference_mode():
+        embeds = _hidden_states(second, conjunctions)
+        pooled = second.conditioning_provider.get_pooled_embeddings(texts, device=second.device)
+    return _split(pipe, embeds, pooled, has_negative=bool((negative_prompt or "").strip()))
+
+
+def _parsed(tokenizer, prompt: str | None, negative_prompt: str | None) -> tuple[list[str], list[Conjunction]]:
+    """Both prompts in compel's syntax and parsed, once; InputError naming the field if too long or unreadable."""
+    texts, conjunctions = [], []
+    for field, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        text = from_a1111(text or "")
+        tokens = len(tokenizer(text, truncation=False).input_ids) - 2  # without the start and end markers
+        if tokens > MAX_PROMPT_TOKENS:
+            raise InputError(
+                f"'{field}' is {tokens:,} tokens long; the limit is {MAX_PROMPT_TOKENS} tokens "
+                f"(about {MAX_PROMPT_TOKENS * 4:,} characters of English)."
+            )
+        texts.append(text)
+        conjunctions.append(_conjunction(text, field))
+    return texts, conjunctions
+
+
+def _conjunction(text: str, field: str) -> Conjunction:
+    if not _SYNTAX.intersection(text):
+        # No weights possible: what compel's parser would return, without its cost (it is
+        # pyparsing: about a tenth of a second per 100 characters).
+        return Conjunction([FlattenedPrompt([Fragment(" ".join(text.split()), 1.0)])])
+    try:
+        return _parser().parse_conjunction(text)
+    except Exception as error:
+        raise InputError(
+            f"'{field}' has weighting syntax that cannot be read ({type(error).__name__}): check its "
+            "brackets and any .blend()/.and() weights, or escape literal brackets as \\( and \\)."
+        ) from None
+
+
+@functools.cache
+def _parser() -> PromptParser:
+    return PromptParser()  # building the grammar is a cost of its own: once per process
+
+
+def _compel(tokenizer, text_encoder, pooled: bool, pipe) -> Compel:
+    dtype = text_encoder.dtype
+    return Compel(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+        requires_pooled=pooled,
+        truncate_long_prompts=False,  # chunk, never cut
+        dtype_for_device_getter=lambda device: dtype,
+        device=pipe._execution_device,
+    )
+
+
+def _hidden_states(compel: Compel, conjunctions: list[Conjunction]) -> torch.Tensor:
+    """One row per conjunction, padded to the longest (a long prompt makes a long conditioning)."""
+    rows = [compel.build_conditioning_tensor_for_conjunction(conjunction)[0] for conjunction in conjunctions]
+    return torch.cat(compel.pad_conditioning_tensors_to_same_length(rows))
+
+
+def _same_length(first: Compel, hidden_1: torch.Tensor, second: Compel, hidden_2: torch.Tensor):
+    """The two encoders may chunk differently (other tokenizers): pad the shorter one."""
+    length = max(hidden_1.shape[1], hidden_2.shape[1])
+    return (
+        _pad_to(first, hidden_1, length, pooled=False),
+        _pad_to(second, hidden_2, length, pooled=True),
+    )
+
+
+def _pad_to(compel: Compel, hidden: torch.Tensor, length: int, pooled: bool) -> torch.Tensor:
+    if hidden.shape[1] == length:
+        return hidden
+    empty = compel([""])
+    empty = empty[0] if pooled else empty
+    repeats = -(-(length - hidden.shape[1]) // empty.shape[1])
+    padding = empty.repeat(hidden.shape[0], repeats, 1)[:, : length - hidden.shape[1]]
+    return torch.cat([hidden, padding], dim=1)
+
+
+def _split(pipe, embeds: torch.Tensor, pooled: torch.Tensor, has_negative: bool) -> Conditioning:
+    """Row 0 is the prompt, row 1 the negative prompt (zeros where the model wants them)."""
+    negative, negative_pooled = embeds[1:2], pooled[1:2]
+    if not has_negative and pipe.config.force_zeros_for_empty_prompt:
+        # SDXL base's own rule for a missing negative prompt, as diffusers applies it.
+        negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
+    return Conditioning(embeds[0:1], pooled[0:1], negative, negative_pooled)

@@ -1,0 +1,51 @@
+"""The scheduler table: every name builds its class with its tweaks; the README shows the table."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from src import schema
+from src.schedulers import SCHEDULERS, build_scheduler, markdown_table
+
+SDXL_CONFIG = {  # SDXL 1.0's scheduler config, as the tiny model ships it
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "steps_offset": 1, "timestep_spacing": "leading", "prediction_type": "epsilon",
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_each_name_builds_its_class_with_its_tweaks(name):
+    sampler = SCHEDULERS[name]
+    scheduler = build_scheduler(name, SDXL_CONFIG)
+    assert type(scheduler) is sampler.cls
+    for key, value in sampler.tweaks.items():
+        assert scheduler.config[key] == value
+    assert scheduler.config.beta_schedule == "scaled_linear"  # the model's own config underneath
+
+
+def test_each_job_gets_a_new_scheduler():
+    assert build_scheduler("K_EULER", SDXL_CONFIG) is not build_scheduler("K_EULER", SDXL_CONFIG)
+
+
+@pytest.mark.parametrize(
+    "name, same_as",
+    [("K_LMS", "KLMS"), ("K_HEUN", "HeunDiscrete"), ("K_DPMPP_2M", "DPMSolverMultistep"),
+     ("DPMSolverMultistepKarras", "KarrasDPM")],
+)
+def test_aliases_are_the_same_sampler(name, same_as):
+    assert SCHEDULERS[name][:2] == SCHEDULERS[same_as][:2]
+
+
+def test_every_name_the_seeds_promise_is_there():
+    promised = ["DDIM", "PNDM", "KLMS", "K_EULER", "K_EULER_ANCESTRAL", "DPMSolverMultistep", "DPMSolverSinglestep",
+                "HeunDiscrete", "KarrasDPM", "UniPC", "DDPM", "K_DPMPP_2M", "K_DPMPP_2S_ANCESTRAL", "K_DPM_2",
+                "K_DPM_2_ANCESTRAL", "K_HEUN", "K_LMS"]
+    assert set(promised) <= set(schema.SCHEDULERS) == set(SCHEDULERS)
+
+
+def test_readme_scheduler_table_is_generated_from_the_table():
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = re.search(r"<!-- schedulers:start -->\n(.*?)\n<!-- schedulers:end -->", text, re.S)
+    assert table, "README.md lacks the generated scheduler table markers"
+    assert table.group(1).strip() == markdown_table().strip(), "run: python -m src.schedulers, paste into README"
