@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+import traceback
 from typing import Iterator
 
 from src import errors, generate
@@ -43,6 +44,8 @@ def run_job(models: Models, job: dict) -> Iterator[dict]:
         failure = {"error": errors.message(kind, job_id)}
         if kind == errors.POISONED:
             failure["refresh_worker"] = True
+        # Whoever still holds the exception must not keep the failed job's tensors alive.
+        traceback.clear_frames(error.__traceback__)
     else:
         return
     # Here the exception and its frames (and the tensors they held) are gone: memory can be freed.
@@ -78,7 +81,7 @@ def _free_memory() -> None:
     gc.collect()
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
 

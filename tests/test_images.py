@@ -1,0 +1,84 @@
+"""Input images: the bytes decide (not the Content-Type), and a bomb is refused before decoding."""
+
+import base64
+import io
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from src import images
+from src.errors import InputError
+from src.images import decode_image, load_image
+from tests.servers import Server, body
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid-looking PNG of a few dozen bytes whose header claims ``width`` x ``height`` pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def refused(data: bytes) -> str:
+    with pytest.raises(InputError) as caught:
+        decode_image(data, "image")
+    message = str(caught.value)
+    assert "'image'" in message and "\n" not in message
+    return message
+
+
+def test_a_png_declaring_huge_dimensions_is_refused_from_its_header():
+    bomb = png_declaring(100_000, 100_000)
+    assert len(bomb) < 200
+    assert "MAX_IMAGE_PIXELS" in refused(bomb)
+
+
+def test_a_real_bomb_over_the_limit_is_refused_before_decoding():
+    # 5000 x 5000 one-bit pixels: a few kilobytes of PNG, 75 MB once decoded to RGB.
+    bomb = png(Image.new("1", (5000, 5000)))
+    assert len(bomb) < 50_000
+    assert "5000x5000" in refused(bomb)
+
+
+def test_the_pixel_limit_comes_from_the_setting(monkeypatch):
+    monkeypatch.setattr(images, "MAX_PIXELS", 100)
+    assert "11x11" in refused(png(Image.new("RGB", (11, 11))))
+    assert decode_image(png(Image.new("RGB", (10, 10))), "image").size == (10, 10)
+
+
+@pytest.mark.parametrize("data", [
+    b"<html><body>not an image</body></html>",
+    b"GIF89a",  # a signature and nothing after it
+    png(Image.new("RGB", (64, 64), "red"))[:100],  # truncated
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+    b"%PDF-1.4\n",
+    b"\0" * 1000,
+])
+def test_what_is_not_an_image_is_refused(data):
+    assert "not an image" in refused(data)
+
+
+def test_the_content_type_is_ignored_the_bytes_decide(monkeypatch):
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
+    picture = png(Image.new("RGB", (16, 16), "blue"))
+    routes = {"/lying.html": body(picture, "text/html"), "/fake.png": body(b"<html>hi</html>", "image/png")}
+    with Server(routes) as server:
+        assert load_image(server.url("/lying.html"), "image").size == (16, 16)
+        with pytest.raises(InputError, match="not an image"):
+            load_image(server.url("/fake.png"), "image")
+
+
+def test_a_text_file_as_base64_is_not_an_image():
+    with pytest.raises(InputError, match="not an image"):
+        load_image(base64.b64encode(b"root:x:0:0:root:/root:/bin/bash\n").decode(), "image_url")
