@@ -34,14 +34,14 @@ def run_job(models: Models, job: dict) -> Iterator[dict]:
         yield from _run(models, job.get("input"), job_id)
     except InputError as error:
         log.info("job %s refused: %s", job_id, error)
-        failure = {"error": str(error)}
+        failure, collect = {"error": str(error)}, False  # refcounting frees what a refused job held
     except Exception as error:
         kind = errors.kind_of(error)
         if kind == errors.OUT_OF_MEMORY:
             log.warning("job %s ran out of GPU memory: %s", job_id, str(error)[:300])
         else:
             log.exception("job %s failed (%s)", job_id, kind)
-        failure = {"error": errors.message(kind, job_id)}
+        failure, collect = {"error": errors.message(kind, job_id)}, True
         if kind == errors.POISONED:
             failure["refresh_worker"] = True
         # Whoever still holds the exception must not keep the failed job's tensors alive.
@@ -49,7 +49,8 @@ def run_job(models: Models, job: dict) -> Iterator[dict]:
     else:
         return
     # Here the exception and its frames (and the tensors they held) are gone: memory can be freed.
-    _free_memory()
+    if collect:
+        _free_memory()
     yield failure
 
 
