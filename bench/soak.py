@@ -172,7 +172,7 @@ def soak(models, count: int = 300, warmup_cycles: int = 2, valid_every: int = 3,
     out("| measure | after warm-up | at end | change |")
     out("| --- | --- | --- | --- |")
     for key in start:
-        change = f"{growth:+.1%}" if key == "rss_mb" else f"{end[key] - start[key]:+d}"
+        change = f"{growth:+.2%}" if key == "rss_mb" else f"{end[key] - start[key]:+d}"
         out(f"| {key} | {start[key]:.1f} | {end[key]:.1f} | {change} |" if key == "rss_mb"
             else f"| {key} | {start[key]} | {end[key]} | {change} |")
     problems = []

@@ -30,7 +30,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from src.errors import InputError
 
@@ -39,6 +39,7 @@ MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
 _REDIRECTS = (301, 302, 303, 307, 308)
+_PRINTABLE = "".join(chr(code) for code in range(33, 127))  # kept as is in a request path; the rest is %-encoded
 
 
 @dataclass(frozen=True)
@@ -150,11 +151,15 @@ class _Target:
             raise InputError(f"'{field}' is a URL without a host.")
         if parts.username is not None or parts.password is not None:
             raise InputError(f"'{field}' has a user name or password in its URL, which is refused.")
+        try:
+            host = host.encode("idna").decode("ascii")  # what DNS, the Host header and TLS use
+        except UnicodeError:
+            raise InputError(f"'{field}' has a host name that is not valid ({_short(host)}).") from None
         https = parts.scheme.lower() == "https"
         port = port or (443 if https else 80)
         address = _resolve(host, port, field, limits)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return cls(https, host, address, port, path)
+        return cls(https, host, address, port, quote(path, safe=_PRINTABLE))
 
 
 def _resolve(host: str, port: int, field: str, limits: Limits) -> str:

@@ -36,7 +36,7 @@ def truncate(text: str | None, limit: int = PROMPT_LOG_CHARS) -> str:
 def redact(text: str, limit: int | None = MAX_RECORD_CHARS) -> str:
     """``text`` without base64 payloads, URL credentials and signatures, or secret env values."""
     text = _DATA_URL.sub(lambda m: f"data:{m.group(1)};base64,<{len(m.group(0)):,} characters>", text)
-    text = _BASE64_RUN.sub(lambda m: f"<base64, {len(m.group(0)):,} characters>", text)
+    text = _BASE64_RUN.sub(_base64_run, text)
     text = _URL_SECRET.sub(r"\1<redacted>", text)
     text = _USERINFO.sub(r"\1<redacted>@", text)
     text = _BEARER.sub(r"\1<redacted>", text)
@@ -46,6 +46,14 @@ def redact(text: str, limit: int | None = MAX_RECORD_CHARS) -> str:
     if limit is not None and len(text) > limit:
         text = text[:limit] + f"... ({len(text):,} characters)"
     return text
+
+
+def _base64_run(match: re.Match) -> str:
+    """A long run of base64 letters, unless it reads like a path or a hex digest (one case, no digits)."""
+    run = match.group(0)
+    if any(c.isupper() for c in run) and any(c.islower() for c in run) and any(c.isdigit() for c in run):
+        return f"<base64, {len(run):,} characters>"
+    return run
 
 
 def _secret_values() -> list[str]:

@@ -190,6 +190,12 @@ def test_https_to_a_server_without_tls_is_an_input_error(private_ok, site):
 
 def test_an_error_status_is_an_input_error(private_ok, site):
     assert "404" in refused(site.url("/missing.png"))
+    assert "404" in refused(site.url("/çà et là.png"))  # a path that is not ASCII is %-encoded
+    assert site.requests[-1][0] == "/%C3%A7%C3%A0%20et%20l%C3%A0.png"
+
+
+def test_a_host_name_that_is_not_valid_is_an_input_error():
+    assert "not valid" in refused("http://" + "a" * 70 + ".example/cat.png")
 
 
 # --- base64 and data URLs ---
