@@ -35,6 +35,7 @@ from urllib.parse import quote, urljoin, urlsplit
 from src.errors import InputError
 
 MB = 1024 * 1024
+MAX_DOWNLOAD_BYTES = 20 * MB  # the default of FETCH_MAX_BYTES
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
@@ -44,7 +45,7 @@ _PRINTABLE = "".join(chr(code) for code in range(33, 127))  # kept as is in a re
 
 @dataclass(frozen=True)
 class Limits:
-    max_bytes: int = 20 * MB  # FETCH_MAX_BYTES
+    max_bytes: int = MAX_DOWNLOAD_BYTES  # FETCH_MAX_BYTES
     connect_timeout: float = 5.0  # FETCH_CONNECT_TIMEOUT, seconds to open the connection
     read_timeout: float = 10.0  # FETCH_READ_TIMEOUT, longest silence from the server
     total_timeout: float = 30.0  # FETCH_TOTAL_TIMEOUT, the whole download, redirects included

@@ -10,7 +10,7 @@ import weakref
 
 import pytest
 import torch
-from runpod.serverless.modules import rp_job
+from runpod.serverless.modules import rp_job, rp_scale
 
 import handler
 from src.job import run_job
@@ -99,3 +99,34 @@ def test_runpod_stops_the_worker_only_for_a_poisoned_context(models, monkeypatch
         poisoned = runpod_result(config, {"id": "gpu-gone", "input": JOB}, monkeypatch)
     assert poisoned["stopPod"] is True and "gpu-gone" in poisoned["error"]
     assert config["refresh_worker"] is True  # rp_scale reads this after the job and kills the worker
+
+
+def worker_stops_after(config: dict, job: dict, monkeypatch) -> bool:
+    """Whether runpod's job scaler shuts the worker down after running ``job`` (results captured)."""
+    async def send_result(session, job_data, job, is_stream=False):
+        pass
+
+    async def stream_result(session, job_data, job):
+        pass
+
+    monkeypatch.setattr(rp_job, "send_result", send_result)
+    monkeypatch.setattr(rp_job, "stream_result", stream_result)
+
+    async def scenario():
+        scaler = rp_scale.JobScaler(config)
+        await scaler.jobs_queue.put(job)  # as its job-taking loop would
+        await scaler.jobs_queue.get()
+        scaler.job_progress.add(job)
+        await scaler.handle_job(None, job)
+        return scaler._shutdown_event.is_set()
+
+    return asyncio.run(scenario())
+
+
+def test_runpods_scaler_shuts_the_worker_down_only_after_a_poisoned_job(models, monkeypatch):
+    config = handler.runpod_config(models)
+    assert not worker_stops_after(config, {"id": "fine", "input": {"prompt": "a", "width": 1}}, monkeypatch)
+    with monkeypatch.context() as patch:
+        patch.setattr(models.base.unet, "forward",
+                      failing_unet(RuntimeError("CUDA error: unspecified launch failure"), []))
+        assert worker_stops_after(config, {"id": "gone", "input": JOB}, monkeypatch)
