@@ -43,7 +43,19 @@ inputs = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), values, 
 # Mostly an otherwise valid job with a few fields spoiled, so each check is reached, not only the first.
 spoiled = st.builds(lambda base, changes: {**base, **changes}, st.just(VALID),
                     st.dictionaries(st.sampled_from(FIELDS), values, min_size=1, max_size=3))
-raw_inputs = spoiled | inputs | values
+# A valid job whose image is hostile bytes: reaches fetching and Pillow, not only the schema.
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+image_sources = (st.sampled_from(HOSTILE_TEXT) | st.text(max_size=20)
+                 | st.binary(max_size=200).map(_b64)
+                 | st.builds(lambda magic, rest: _b64(magic + rest),
+                             st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"RIFF"]),
+                             st.binary(max_size=200)))
+bad_images = st.builds(lambda field, source: {**VALID, field: source},
+                       st.sampled_from(["image", "image_url"]), image_sources)
+raw_inputs = spoiled | bad_images | inputs | values
 
 
 def would_generate(raw) -> bool:
