@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 MAX_GROWTH = 0.05
+VALID_KINDS = ("txt2img", "img2img data URL", "img2img URL", "refine URL")
 VALID = {"prompt": "a red cube", "width": 256, "height": 256, "num_inference_steps": 1, "refine": "no_refiner"}
 
 
@@ -76,8 +77,9 @@ def jobs(port: int, valid_every: int) -> list[tuple[str, dict]]:
     ]
     valid = [
         ("txt2img", VALID),
-        ("img2img data URL", dict(VALID, image=picture, prompt_strength=0.5)),
-        ("img2img URL", dict(VALID, image=f"{url}/cat.png", prompt_strength=0.5)),
+        # img2img runs strength x steps: 2 x 0.5 = 1 step
+        ("img2img data URL", dict(VALID, image=picture, num_inference_steps=2, prompt_strength=0.5)),
+        ("img2img URL", dict(VALID, image=f"{url}/cat.png", num_inference_steps=2, prompt_strength=0.5)),
         ("refine URL", dict(VALID, image_url=f"{url}/cat.png", refine="base_image_refiner",
                             refiner_inference_steps=2, strength=0.5)),
     ]
@@ -119,6 +121,7 @@ def soak(models, count: int = 300, warmup_cycles: int = 2, valid_every: int = 3,
     try:
         port = int(server.stdout.readline())
         cycle = jobs(port, valid_every)
+        valid_names = {name for name, inputs in cycle if inputs is not None and name in VALID_KINDS}
 
         def forward(*args, **kwargs):  # the "OOM" job fails inside the UNet, as on a full GPU
             if current[0] == "out of memory":
@@ -136,6 +139,8 @@ def soak(models, count: int = 300, warmup_cycles: int = 2, valid_every: int = 3,
             assert len(outputs) == 1, f"{name}: {len(outputs)} outputs"
             if "images" in outputs[0]:
                 outcomes["ok"] += 1
+            elif name in valid_names:
+                raise AssertionError(f"the valid job {name!r} failed: {outputs[0]['error']}")
             elif "internal error" in outputs[0]["error"]:
                 outcomes["internal"] += 1
             else:
