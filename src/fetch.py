@@ -137,7 +137,7 @@ class _Target:
 
     https: bool
     host: str  # the URL's host, for the Host header and TLS
-    address: str  # the checked IP we connect to
+    addresses: tuple[str, ...]  # the checked IPs, tried in order (as create_connection does with a name)
     port: int
     path: str
 
@@ -158,13 +158,13 @@ class _Target:
             raise InputError(f"'{field}' has a host name that is not valid ({_short(host)}).") from None
         https = parts.scheme.lower() == "https"
         port = port or (443 if https else 80)
-        address = _resolve(host, port, field, limits)
+        addresses = _resolve(host, port, field, limits)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return cls(https, host, address, port, quote(path, safe=_PRINTABLE))
+        return cls(https, host, addresses, port, quote(path, safe=_PRINTABLE))
 
 
-def _resolve(host: str, port: int, field: str, limits: Limits) -> str:
-    """The address to connect to; every address the name has must be public (unless opted in)."""
+def _resolve(host: str, port: int, field: str, limits: Limits) -> tuple[str, ...]:
+    """The addresses to connect to; every address the name has must be public (unless opted in)."""
     try:
         answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, OSError):
@@ -179,7 +179,7 @@ def _resolve(host: str, port: int, field: str, limits: Limits) -> str:
                     f"'{field}' points at a local or private address ({address}), which this worker "
                     "refuses; ALLOW_PRIVATE_URLS=1 allows it for local testing."
                 )
-    return str(addresses[0])
+    return tuple(dict.fromkeys(str(address) for address in addresses))
 
 
 def _get(target: _Target, field: str, max_bytes: int, limits: Limits, deadline: float):
@@ -249,14 +249,20 @@ class _Pinned:
     """Connects to an address checked beforehand, whatever DNS says now (mixed into http.client's)."""
 
     def pin(self, target: _Target, connect_timeout: float):
-        self._address = target.address
+        self._addresses = target.addresses
         self._connect_timeout = connect_timeout
         self.aborted = self.connected = False
         self._live = None
         return self
 
     def connect(self):
-        self.sock = socket.create_connection((self._address, self.port), self._connect_timeout)
+        for index, address in enumerate(self._addresses):
+            try:
+                self.sock = socket.create_connection((address, self.port), self._connect_timeout)
+                break
+            except OSError:
+                if index == len(self._addresses) - 1:
+                    raise
         self.connected = True  # from here on, a timeout is the server's silence
         self.sock.settimeout(self.timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
