@@ -12,11 +12,15 @@ import sys
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # import-time chatter is noise in a worker's log
 
+from src.logs import install as protect_logs
 from src.storage import StorageConfigError, storage_from_env
 
 
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
+    protect_logs()
+    # runpod logs every streamed output at DEBUG by default: whole base64 images.
+    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
     try:
         storage = storage_from_env()
     except StorageConfigError as error:
@@ -24,7 +28,6 @@ def main() -> None:
         sys.exit(1)
 
     # Imported after the storage check: a misconfigured worker stops in a second, before torch loads.
-    from src.job import run_job
     from src.models import ModelUnavailable, load_models
 
     try:
@@ -33,17 +36,37 @@ def main() -> None:
         logging.getLogger("handler").error("%s", error)
         sys.exit(1)
 
-    def handler(job):
-        yield from run_job(models, job, storage)
-
+    config = runpod_config(models, storage)
     if _serving():
         import runpod
 
-        runpod.serverless.start({"handler": handler, "return_aggregate_stream": True})
+        runpod.serverless.start(config)
     else:
         from src.local import run_local
 
-        sys.exit(run_local(handler, sys.argv[1:]))
+        sys.exit(run_local(config["handler"], sys.argv[1:]))
+
+
+def runpod_config(models, storage=None) -> dict:
+    """The config for runpod.serverless.start: the handler, and where it asks to be replaced.
+
+    runpod 1.12 ignores a ``refresh_worker`` key in what a generator handler yields; it reads
+    ``config["refresh_worker"]`` after each job (rp_job.handle_job then stops the pod, and
+    rp_scale kills the worker). So the handler sets it there, only when run_job reports a
+    poisoned CUDA context, before yielding the job's error.
+    """
+    from src.job import run_job
+
+    config = {"return_aggregate_stream": True}
+
+    def handler(job):
+        for output in run_job(models, job, storage):
+            if output.pop("refresh_worker", False):
+                config["refresh_worker"] = True
+            yield output
+
+    config["handler"] = handler
+    return config
 
 
 def _serving() -> bool:

@@ -1,9 +1,15 @@
-"""Input images and masks: fetched (src/fetch.py), checked to be an image, decoded to RGB or grey."""
+"""Input images and masks: fetched (src/fetch.py), checked to be an image, decoded to RGB or grey.
+
+The bytes decide, never the Content-Type: they must open as one of IMAGE_FORMATS. The pixel
+count in the header is checked before any pixel is decoded, so a small file declaring huge
+dimensions (a decompression bomb) costs nothing.
+"""
 
 from __future__ import annotations
 
 import io
 import os
+import warnings
 
 from PIL import Image, ImageOps
 
@@ -11,6 +17,10 @@ from src.errors import InputError
 from src.fetch import fetch
 
 MAX_PIXELS = int(os.environ.get("MAX_IMAGE_PIXELS", 4096 * 4096))
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # TIFF: print workflows send CMYK
+
+# Pillow's own guard, at our limit: it warns past it and refuses at twice it, whoever opens an image.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 def load_image(source: str, field: str) -> Image.Image:
@@ -20,15 +30,25 @@ def load_image(source: str, field: str) -> Image.Image:
 
 def decode_image(data: bytes, field: str, background=(255, 255, 255)) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked just below
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         if image.width * image.height > MAX_PIXELS:
-            raise InputError(f"'{field}' has {image.width}x{image.height} pixels; the limit is {MAX_PIXELS:,} pixels.")
+            raise _too_many_pixels(field, f"{image.width}x{image.height}")
         image.load()
+        image = to_rgb(ImageOps.exif_transpose(image), background)
     except InputError:
         raise
-    except Exception:
-        raise InputError(f"'{field}' is not an image this worker can read (PNG, JPEG, WebP, ...).") from None
-    return to_rgb(ImageOps.exif_transpose(image), background)
+    except Image.DecompressionBombError:
+        raise _too_many_pixels(field, f"more than {2 * MAX_PIXELS:,}") from None
+    except Exception:  # Pillow raises many kinds for broken or hostile files
+        raise InputError(f"'{field}' is not an image this worker can read "
+                         f"({', '.join(IMAGE_FORMATS)}).") from None
+    return image
+
+
+def _too_many_pixels(field: str, size: str) -> InputError:
+    return InputError(f"'{field}' has {size} pixels; the limit is {MAX_PIXELS:,} pixels (MAX_IMAGE_PIXELS).")
 
 
 def to_rgb(image: Image.Image, background=(255, 255, 255)) -> Image.Image:

@@ -1,67 +1,96 @@
 """One job, start to finish: validate -> plan -> fetch images -> run -> deliver.
 
 ``run_job`` is a generator: it yields the final payload, or one ``{"error": ...}``. It never
-raises, so the worker keeps serving the next job whatever this one did.
+raises, so the worker keeps serving the next job whatever this one did. Failures follow the
+taxonomy in src/errors.py; after out-of-memory the memory is freed before the next job, and a
+poisoned CUDA context adds ``"refresh_worker": True`` (handler.py hands that to RunPod).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
+import traceback
 from typing import Iterator
 
-from src import dialects, generate, loras
+from src import dialects, errors, generate, loras
 from src.deliver import check_request, deliver
 from src.errors import InputError
 from src.images import load_image, load_mask
+from src.logs import protect, truncate
 from src.models import Models
 from src.plan import make_plan
 from src.schema import validate
 from src.storage import Storage
 
-log = logging.getLogger(__name__)
+log = protect(logging.getLogger(__name__))  # no payloads or secrets in the log
 
 
 def run_job(models: Models, job: dict, storage: Storage | None = None) -> Iterator[dict]:
-    job_id = str(job.get("id", "local"))
-    started = time.perf_counter()
+    job = job if isinstance(job, dict) else {}
+    job_id = str(job.get("id", "local"))[:100]
     names = dialects.AS_SENT  # puts errors back in the words of the API the request was written for
     try:
         names = dialects.translate(job.get("input"))
-        request = validate(names.input)
-        check_request(request, storage)
-        plan = make_plan(request, models.has_refiner)
-        log.info("job %s: %s, %s, %d image(s), prompt %r", job_id, plan.task, plan.refine, len(plan.seeds),
-                 _truncate(request["prompt"]))
-        init_image = None
-        if request["image"] is not None or request["image_url"] is not None:
-            field = "image" if request["image"] is not None else "image_url"
-            init_image = load_image(request[field], field)
-        mask = load_mask(request["mask"], "mask", init_image.size) if request["mask"] is not None else None
-        with loras.applied(models, request["loras"]):
-            result = generate.run(models, request, plan, init_image, mask=mask)
-        delivery = deliver(result.images, request, storage, job_id)
-        payload = {
-            "images": delivery.images,
-            "image_url": delivery.images[0],
-            "seed": plan.seeds[0],
-            "seeds": list(plan.seeds),
-            "timings": dict(result.timings, **delivery.timings, total=_ms(started)),
-        }
-        if delivery.warnings:
-            payload["warnings"] = delivery.warnings
-        yield payload
+        # The work runs in its own frame, so what it holds dies with it when it fails.
+        yield from _run(models, names.input, job_id, storage)
     except InputError as error:
         log.info("job %s refused: %s", job_id, error)
-        yield {"error": names.explain(str(error))}
-    except Exception:
-        log.exception("job %s failed", job_id)
-        yield {"error": f"The worker hit an internal error on job {job_id}; the details are in the worker's log."}
+        failure, collect = {"error": names.explain(str(error))}, False  # refcounting frees what it held
+    except Exception as error:
+        kind = errors.kind_of(error)
+        if kind == errors.OUT_OF_MEMORY:
+            log.warning("job %s ran out of GPU memory: %s", job_id, str(error)[:300])
+        else:
+            log.exception("job %s failed (%s)", job_id, kind)
+        failure, collect = {"error": errors.message(kind, job_id)}, True
+        if kind == errors.POISONED:
+            failure["refresh_worker"] = True
+        # Whoever still holds the exception must not keep the failed job's tensors alive.
+        traceback.clear_frames(error.__traceback__)
+    else:
+        return
+    # Here the exception and its frames (and the tensors they held) are gone: memory can be freed.
+    if collect:
+        _free_memory()
+    yield failure
 
 
-def _truncate(text: str | None, limit: int = 80) -> str:
-    text = text or ""
-    return text if len(text) <= limit else text[:limit] + "..."
+def _run(models: Models, raw_input, job_id: str, storage: Storage | None) -> Iterator[dict]:
+    started = time.perf_counter()
+    request = validate(raw_input)
+    check_request(request, storage)
+    plan = make_plan(request, models.has_refiner)
+    log.info("job %s: %s, %s, %d image(s), prompt %r", job_id, plan.task, plan.refine, len(plan.seeds),
+             truncate(request["prompt"]))
+    init_image = None
+    if request["image"] is not None or request["image_url"] is not None:
+        field = "image" if request["image"] is not None else "image_url"
+        init_image = load_image(request[field], field)
+    mask = load_mask(request["mask"], "mask", init_image.size) if request["mask"] is not None else None
+    with loras.applied(models, request["loras"]):
+        result = generate.run(models, request, plan, init_image, mask=mask)
+    delivery = deliver(result.images, request, storage, job_id)
+    payload = {
+        "images": delivery.images,
+        "image_url": delivery.images[0],
+        "seed": plan.seeds[0],
+        "seeds": list(plan.seeds),
+        "timings": dict(result.timings, **delivery.timings, total=_ms(started)),
+    }
+    if delivery.warnings:
+        payload["warnings"] = delivery.warnings
+    yield payload
+
+
+def _free_memory() -> None:
+    """Return what a failed job held: Python objects, then CUDA's cached blocks."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _ms(started: float) -> int:

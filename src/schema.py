@@ -21,6 +21,9 @@ from src.schedulers import SCHEDULERS as SCHEDULER_CLASSES
 MAX_SEED = 2**63 - 1
 MAX_PROMPT_CHARS = 10_000  # keeps a megabyte prompt from tying up the tokenizers and the GPU
 MAX_IMAGE_CHARS = 30_000_000  # an image as base64 or a URL: about 22 MB of file
+MAX_NAME_CHARS = 64  # names from a list (scheduler, task, ...)
+MAX_DEPTH = 8  # how deeply lists and objects may nest anywhere in the input
+MAX_VALUES = 10_000  # values in the whole input, counting those inside lists and objects
 
 SCHEDULERS = list(SCHEDULER_CLASSES)
 TASKS = ["txt2img", "img2img", "inpaint", "refine"]
@@ -86,6 +89,7 @@ INPUT_SCHEMA: dict = {
         "scheduler": {
             "type": "string",
             "enum": SCHEDULERS,
+            "maxLength": MAX_NAME_CHARS,
             "default": "DDIM",
             "description": "Sampler, built fresh for each job; the refiner uses the same kind.",
         },
@@ -107,6 +111,7 @@ INPUT_SCHEMA: dict = {
         "refine": {
             "type": ["string", "null"],
             "enum": REFINE_MODES + [None],
+            "maxLength": MAX_NAME_CHARS,
             "default": None,
             "description": (
                 "How the refiner runs after the base. Unset: `base_image_refiner`, or "
@@ -145,6 +150,7 @@ INPUT_SCHEMA: dict = {
         "task": {
             "type": ["string", "null"],
             "enum": TASKS + [None],
+            "maxLength": MAX_NAME_CHARS,
             "default": None,
             "description": (
                 "`txt2img`, `img2img` (`image` through the base), `inpaint` (`image` and `mask`) or "
@@ -204,6 +210,7 @@ INPUT_SCHEMA: dict = {
         "output_format": {
             "type": "string",
             "enum": ["png", "jpeg", "webp"],
+            "maxLength": 16,
             "default": "png",
             "description": "File format of the images: `png` (lossless), `jpeg` or `webp` (lossy, see `output_quality`).",
         },
@@ -255,6 +262,7 @@ def validate(raw) -> dict:
     """The job input with defaults filled in, or InputError naming every problem."""
     if not isinstance(raw, dict):
         raise InputError("The job's 'input' must be a JSON object of parameters, e.g. {\"prompt\": \"a cat\"}.")
+    _check_size(raw)
     problems = [_sentence(error) for error in _VALIDATOR.iter_errors(raw)]
     if not problems:
         problems = _cross_field_problems(raw)
@@ -266,6 +274,29 @@ def validate(raw) -> dict:
         if "integer" in _types(spec) and isinstance(request[name], float):
             request[name] = int(request[name])
     return request
+
+
+def _check_size(raw: dict) -> None:
+    """Refuse what would trip the validator itself: deep nesting, huge containers, numbers too long
+    to print, and text that is not Unicode (lone surrogates, which JSON escapes allow)."""
+    pending, seen = [(str(key)[:40], value, 1) for key, value in raw.items()], 0
+    while pending:
+        name, value, depth = pending.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise InputError(f"The job's 'input' holds more than {MAX_VALUES:,} values.")
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(f"'{name}' is not valid Unicode text.") from None
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+            raise InputError(f"'{name}' is far too large a number.")
+        elif isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise InputError(f"'{name}' nests lists or objects more than {MAX_DEPTH} deep.")
+            children = value.items() if isinstance(value, dict) else enumerate(value)
+            pending.extend((name, child, depth + 1) for _, child in children)
 
 
 def _cross_field_problems(raw: dict) -> list[str]:
@@ -305,6 +336,12 @@ def _field(error) -> str:
 
 
 def _show(value) -> str:
+    """A short rendering of a value for an error sentence: never a payload, never a whole container."""
+    if isinstance(value, (dict, list)):
+        return f"a {_json_kind(value)}"
+    if isinstance(value, str):
+        text = repr(value[:40])
+        return text if len(value) <= 40 else text[:-1] + "...'"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -313,12 +350,14 @@ def _sentence(error) -> str:
     """One readable sentence for one schema violation, naming the field and never echoing payloads."""
     name, value, kind, bound = _field(error), error.instance, error.validator, error.validator_value
     if kind == "additionalProperties":
-        unknown = sorted(set(value) - set(error.schema.get("properties", {})))
+        known = list(error.schema.get("properties", {}))
+        unknown = sorted(str(key) for key in value if key not in known)
         hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(str(key), list(error.schema.get("properties", {})), n=1)
-            hints.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-        return f"Unknown input {', '.join(hints)}; see the README for the inputs this worker takes."
+        for key in unknown[:5]:  # a job with thousands of odd keys gets a short answer
+            close = difflib.get_close_matches(key, known, n=1) if len(key) <= 64 else []
+            hints.append(_show(key) + (f" (did you mean '{close[0]}'?)" if close else ""))
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        return f"Unknown input {', '.join(hints)}{more}; see the README for the inputs this worker takes."
     if kind == "type":
         wanted = " or ".join("a whole number" if t == "integer" else "a number" if t == "number" else t
                              for t in ([bound] if isinstance(bound, str) else bound))

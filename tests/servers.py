@@ -1,0 +1,130 @@
+"""Real local HTTP servers for the fetch tests: each route a small function, every request recorded."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Server:
+    """An HTTP server on ``host`` (``port``, or a free one) in a thread; ``routes`` maps a path to a responder.
+
+    A responder gets the request handler and writes the answer itself. ``requests`` lists
+    (path, Host header) of everything that arrived, so a test can prove nothing did.
+    """
+
+    def __init__(self, routes: dict, host: str = "127.0.0.1", port: int = 0):
+        self.routes = routes
+        self.requests: list[tuple[str, str]] = []
+        self.release = threading.Event()  # stalling responders wait on it; set at shutdown
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append((self.path, self.headers.get("Host", "")))
+                responder = server.routes.get(self.path.split("?")[0])
+                if responder is None:
+                    self.send_error(404)
+                    return
+                try:
+                    responder(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up, as it should
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.host, self.port = host, self.httpd.server_address[1]
+        # A short poll interval: shutdown() waits for it, once per test.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+def body(data: bytes, content_type: str = "application/octet-stream", length: bool = True):
+    """A responder sending ``data``; without ``length`` the body ends when the connection closes."""
+
+    def respond(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        if length:
+            handler.send_header("Content-Length", str(len(data)))
+        else:
+            handler.close_connection = True
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    return respond
+
+
+def redirect(location: str, status: int = 302):
+    def respond(handler):
+        handler.send_response(status)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    return respond
+
+
+def endless(chunk: bytes = b"\0" * 65536, sent: list | None = None):
+    """A body that never ends, without a Content-Length; counts what it managed to send."""
+
+    def respond(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/png")
+        handler.close_connection = True
+        handler.end_headers()
+        while True:
+            handler.wfile.write(chunk)
+            if sent is not None:
+                sent.append(len(chunk))
+
+    return respond
+
+
+def stall(server_release: threading.Event, after_headers: bool = False):
+    """Accept the request, then say nothing (or only the headers) until the test ends."""
+
+    def respond(handler):
+        if after_headers:
+            handler.send_response(200)
+            handler.send_header("Content-Length", "1000")
+            handler.end_headers()
+            handler.wfile.flush()
+        server_release.wait(30)
+
+    return respond
+
+
+def drip(server_release: threading.Event, interval: float = 0.2, in_headers: bool = False):
+    """One byte at a time, each well inside the read timeout, forever: only a total deadline stops it."""
+
+    def respond(handler):
+        handler.send_response(200)
+        if in_headers:
+            handler.wfile.write(b"X-Slow: ")  # a header line that never ends
+        else:
+            handler.send_header("Content-Length", "100000")
+            handler.end_headers()
+        handler.wfile.flush()
+        while not server_release.is_set():
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+            time.sleep(interval)
+
+    return respond
