@@ -43,7 +43,9 @@ def _fake_hub_cache(root: Path, repo: str, source: Path) -> Path:
 def test_baked_hub_ids_load_offline_from_the_cache_and_the_log_names_every_component(tmp_path, monkeypatch, caplog):
     tiny = ensure_tiny_model()
     _fake_hub_cache(tmp_path, "example/sdxl-base", tiny / "base")
-    _fake_hub_cache(tmp_path, "example/sdxl-refiner", tiny / "refiner")
+    refiner = _fake_hub_cache(tmp_path, "example/sdxl-refiner", tiny / "refiner")
+    for borrowed in ("text_encoder_2", "vae"):  # the builder does not bake what the base lends
+        shutil.rmtree(refiner / borrowed)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     settings = Settings(base="example/sdxl-base", refiner="example/sdxl-refiner", vae=None, device="cpu")
