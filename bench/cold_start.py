@@ -11,7 +11,8 @@ image: base/ without a VAE, refiner/ with its own text_encoder_2 and VAE (as the
 them; the worker skips them, the predecessor loads them), vae/ standing for the fp16-fix VAE.
 
 Then, in one run, each step with the files evicted from the page cache first (posix_fadvise
-DONTNEED per file, checked with mincore; /proc/sys/vm/drop_caches only if pages stay):
+DONTNEED per file, checked with mincore; /proc/sys/vm/drop_caches only if pages stay), and
+before each loader Python's and the libraries' files too, as on a freshly started worker:
   raw read     every file the worker loads, read once, 16 MiB at a time
   worker       a fresh `python` that imports handler.py (which starts the weights prefetch, then
                imports the libraries) and runs load_models: process start to models ready
@@ -158,6 +159,18 @@ def drop_page_cache(files: list[Path]) -> str:
         return "posix_fadvise(DONTNEED), partly"
 
 
+def _evict(files: list[Path]) -> None:
+    for path in files:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def resident_fraction(files: list[Path]) -> float:
     """Share of the files' pages in the page cache (mincore): checks that the drop worked."""
     import ctypes
@@ -240,8 +253,17 @@ print(json.dumps({"seconds": ready - started, "imports": imported - started, "by
 """
 
 
+def python_files() -> list[Path]:
+    """Python itself and every installed library: a fresh worker finds none of them cached either."""
+    import sysconfig
+
+    roots = {Path(sysconfig.get_paths()[key]) for key in ("stdlib", "purelib", "platlib")}
+    return [Path(top) / name for root in roots for top, _, names in os.walk(root) for name in names]
+
+
 def run_loader(code: str, env: dict, files: list[Path]) -> dict:
     drop_page_cache(files)
+    _evict(python_files())
     started = time.time()
     done = subprocess.run(
         [sys.executable, "-c", code, repr(started)], cwd=ROOT, env=env, capture_output=True, text=True

@@ -251,7 +251,6 @@ class _Loader:
 
 
 def load_models(settings: Settings | None = None) -> Models:
-    import torch
     from diffusers import (
         AutoencoderKL,
         StableDiffusionXLImg2ImgPipeline,
