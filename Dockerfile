@@ -1,20 +1,60 @@
-# SDXL worker for RunPod: CUDA runtime, torch with CUDA, the requirements and the fp16 weights.
-FROM pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
+# SDXL worker for RunPod: CUDA base, Python, torch with CUDA, the requirements and the fp16 weights.
+#
+#   docker build -t you/sdxl-worker:1.0 .
+#   docker build --build-arg BASE_MODEL=you/your-sdxl-finetune -t you/sdxl-worker:custom .
+#
+# Layers go from least to most often changed: Python and torch, the weights (11.5 GB, rebuilt
+# only when a model id or the builder changes), the libraries, then the worker's code.
 
+# uv installs Python and the packages; only its binary is copied out of this stage.
+FROM ghcr.io/astral-sh/uv:0.13.8 AS uv
+
+# CUDA's "base" flavour: driver hooks and the CUDA environment only. The CUDA libraries come
+# with the torch wheel, so the "runtime" flavour would carry a second copy of them (~3 GB).
+FROM nvidia/cuda:12.8.1-base-ubuntu24.04
+
+COPY --from=uv /uv /usr/local/bin/uv
+ENV UV_PYTHON_INSTALL_DIR=/opt/python \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_NO_CACHE=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HF_HOME=/models
+
+# Python (uv's standalone build: no apt packages to pin) and torch built for CUDA 12.8.
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+RUN uv venv --python 3.12 /opt/venv \
+    && uv pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
+    && uv pip install huggingface_hub==2.4.0 hf_xet==1.8.0
+
+# The weights, fetched at build time: exactly the files the worker loads (builder/).
+# Model ids are build args with the same names as the run-time variables.
 ARG BASE_MODEL=stabilityai/stable-diffusion-xl-base-1.0
 ARG REFINER_MODEL=stabilityai/stable-diffusion-xl-refiner-1.0
 ARG VAE_MODEL=madebyollin/sdxl-vae-fp16-fix
-ENV BASE_MODEL=${BASE_MODEL} REFINER_MODEL=${REFINER_MODEL} VAE_MODEL=${VAE_MODEL} \
-    HF_HOME=/models PYTHONUNBUFFERED=1
-
+ARG TAESD_MODEL=madebyollin/taesdxl
 WORKDIR /app
-COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
-
 COPY builder/ builder/
 RUN python builder/download_weights.py
 
+# The libraries. OpenCV (pulled in by invisible-watermark) is swapped for its headless build,
+# which needs no X11/OpenGL system libraries.
+COPY requirements.txt .
+RUN uv pip install -r requirements.txt \
+    && uv pip uninstall opencv-python \
+    && uv pip install opencv-python-headless==5.0.0.93
+
+# Run time is offline: everything the worker loads is in the image.
+ENV BASE_MODEL=${BASE_MODEL} \
+    REFINER_MODEL=${REFINER_MODEL} \
+    VAE_MODEL=${VAE_MODEL} \
+    TAESD_MODEL=${TAESD_MODEL} \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1
+
 COPY handler.py test_input.json ./
 COPY src/ src/
-ENV HF_HUB_OFFLINE=1
 CMD ["python", "-u", "handler.py"]

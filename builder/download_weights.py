@@ -1,28 +1,204 @@
-"""Build time: download the weights the worker loads, so the image runs offline.
+"""Build time: download exactly the weights the worker loads, so the image runs offline.
 
-First version: fetches the fp16 safetensors of BASE_MODEL, REFINER_MODEL and VAE_MODEL.
+    python builder/download_weights.py             download into the Hugging Face cache (HF_HOME)
+    python builder/download_weights.py --dry-run   print what it would fetch, download nothing
+    python builder/download_weights.py --dry-run --listings tests/fixtures/hub   ... from stored listings
+
+The models come from the same variables the worker reads at run time (Docker build args in the
+image): BASE_MODEL, REFINER_MODEL, VAE_MODEL and TAESD_MODEL. Of each repository it takes the
+configs, the tokenizers and one copy of the weights: the fp16 safetensors where the repository has
+them, else its plain safetensors. Never the fp32 duplicates, flax, ONNX or OpenVINO copies, nor
+single-file checkpoints (the base repository is over 70 GB with them; the worker loads 11.5 GB),
+and never a component the worker takes from elsewhere: the refiner borrows the base's
+text_encoder_2 and VAE, and the base uses VAE_MODEL instead of its own VAE.
+
+Which files to fetch is a pure function of the repository's file listing (files_to_fetch); only
+downloading needs the network, and huggingface_hub is imported only then.
 """
 
+from __future__ import annotations
+
+import argparse
+import json
 import os
+import re
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
-from huggingface_hub import snapshot_download
+DEFAULTS = {
+    "BASE_MODEL": "stabilityai/stable-diffusion-xl-base-1.0",
+    "REFINER_MODEL": "stabilityai/stable-diffusion-xl-refiner-1.0",
+    "VAE_MODEL": "madebyollin/sdxl-vae-fp16-fix",
+    "TAESD_MODEL": "madebyollin/taesdxl",
+}
+OFF = ("", "none", "off")
+VARIANT = "fp16"
 
-PATTERNS = ["*.json", "*.txt", "*.fp16.safetensors", "tokenizer*/*"]
+# Weight files are named like diffusers and transformers name them; anything else at those places
+# (sd_xl_base_1.0.safetensors, sdxl.vae.safetensors, taesdxl_decoder.safetensors) is a copy in
+# another layout that the worker never opens.
+WEIGHT_NAMES = ("diffusion_pytorch_model", "model")
+SHARD = r"-\d{5}-of-\d{5}"
 
 
-def main() -> int:
-    for variable, default in (
-        ("BASE_MODEL", "stabilityai/stable-diffusion-xl-base-1.0"),
-        ("REFINER_MODEL", "stabilityai/stable-diffusion-xl-refiner-1.0"),
-        ("VAE_MODEL", "madebyollin/sdxl-vae-fp16-fix"),
-    ):
-        name = os.environ.get(variable, default)
-        if name.lower() in ("none", "tiny", "base", "") or os.path.isdir(name):
+@dataclass(frozen=True)
+class Wanted:
+    """One repository the worker loads, and the pipeline components it takes from elsewhere."""
+
+    variable: str
+    repo: str
+    skip: tuple[str, ...] = ()
+
+
+def wanted_from_env(env=os.environ) -> list[Wanted]:
+    """The repositories to bake, as the worker will load them (src/models.py)."""
+
+    def read(variable):
+        return env.get(variable, DEFAULTS[variable]).strip()
+
+    base, refiner, vae, taesd = (read(v) for v in ("BASE_MODEL", "REFINER_MODEL", "VAE_MODEL", "TAESD_MODEL"))
+    own_vae = vae.lower() in OFF + ("base",)
+    wanted = [Wanted("BASE_MODEL", base, () if own_vae else ("vae",))]
+    if refiner.lower() not in OFF:
+        wanted.append(Wanted("REFINER_MODEL", refiner, ("text_encoder_2", "vae")))
+    if not own_vae:
+        wanted.append(Wanted("VAE_MODEL", vae))
+    if taesd.lower() not in OFF:
+        wanted.append(Wanted("TAESD_MODEL", taesd))
+    # Local folders and the built-in test model need no download.
+    return [w for w in wanted if w.repo != "tiny" and not Path(w.repo).exists()]
+
+
+def pipeline_components(model_index: dict) -> list[str]:
+    """Component folders a diffusers pipeline loads: model_index.json entries that name a class."""
+    return sorted(
+        name
+        for name, value in model_index.items()
+        if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[1] is not None
+    )
+
+
+def _weights(files: list[str], variant: str) -> list[str]:
+    """One copy of a component's weights: the variant's safetensors, else the plain safetensors."""
+    names = "|".join(WEIGHT_NAMES)
+    by_variant = re.compile(rf"({names})\.{variant}({SHARD})?\.safetensors|({names})\.safetensors\.index\.{variant}\.json")
+    plain = re.compile(rf"({names})({SHARD})?\.safetensors|({names})\.safetensors\.index\.json")
+    for pattern in (by_variant, plain):
+        chosen = [f for f in files if pattern.fullmatch(f.rsplit("/", 1)[-1])]
+        if chosen:
+            return chosen
+    return []
+
+
+def _settings(files: list[str]) -> list[str]:
+    """Configs and tokenizer files: small text that from_pretrained reads next to the weights."""
+    return [
+        f
+        for f in files
+        if f.endswith((".json", ".txt", ".model")) and ".safetensors.index" not in f and ".bin.index" not in f
+    ]
+
+
+class NothingToLoad(ValueError):
+    """A component or model with no safetensors weights: the worker loads safetensors only."""
+
+
+def files_to_fetch(
+    listing: list[str], components: list[str] | None = None, variant: str = VARIANT, skip=()
+) -> list[str]:
+    """The files of one repository that the worker loads.
+
+    listing: every file path in the repository. components: the pipeline's component folders
+    (pipeline_components of its model_index.json), or None for a single model (a VAE) whose
+    config.json and weights sit at the top. skip: components the worker passes in from elsewhere.
+    """
+    if components is None:
+        top = [f for f in listing if "/" not in f]
+        weights = _weights(top, variant)
+        if "config.json" not in top or not weights:
+            raise NothingToLoad("no config.json with safetensors weights at the top of the repository")
+        return sorted(["config.json"] + weights)
+
+    chosen = ["model_index.json"]
+    for component in components:
+        if component in skip:
             continue
-        patterns = ["*.json", "*.safetensors"] if variable == "VAE_MODEL" else PATTERNS
-        print(f"{variable}: {name}", flush=True)
-        snapshot_download(name, allow_patterns=patterns)
+        inside = [f for f in listing if f.startswith(component + "/") and f.count("/") == 1]
+        settings, weights = _settings(inside), _weights(inside, variant)
+        has_weights = any(f.endswith((".safetensors", ".bin", ".msgpack", ".onnx")) for f in inside)
+        if has_weights and not weights:
+            raise NothingToLoad(f"component {component!r} has no safetensors weights")
+        chosen += settings + weights
+    return sorted(chosen)
+
+
+# --- the network side: listing and downloading ----------------------------------------------
+
+
+def _stored_listing(folder: Path, repo: str) -> tuple[list[str], dict | None]:
+    """A listing saved as <owner>__<name>.txt (one path a line, # comments), model_index beside it."""
+    stem = repo.replace("/", "__")
+    listing = [
+        line.strip()
+        for line in (folder / f"{stem}.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    index = folder / f"{stem}.model_index.json"
+    return listing, (json.loads(index.read_text()) if index.exists() else None)
+
+
+def _hub_listing(repo: str) -> tuple[list[str], dict | None]:
+    from huggingface_hub import HfApi, hf_hub_download
+
+    listing = HfApi().list_repo_files(repo)
+    index = None
+    if "model_index.json" in listing:
+        index = json.loads(Path(hf_hub_download(repo, "model_index.json")).read_text())
+    return listing, index
+
+
+def plan(wanted: list[Wanted], listings: Path | None = None) -> list[tuple[Wanted, list[str]]]:
+    """For each repository, the files to fetch."""
+    planned = []
+    for item in wanted:
+        listing, index = _stored_listing(listings, item.repo) if listings else _hub_listing(item.repo)
+        components = pipeline_components(index) if index is not None else None
+        try:
+            files = files_to_fetch(listing, components, VARIANT, item.skip)
+        except NothingToLoad as error:
+            raise SystemExit(f"{item.variable}={item.repo}: {error}") from None
+        planned.append((item, files))
+    return planned
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Download the weights the worker loads (fp16 safetensors, configs, tokenizers) "
+        "for BASE_MODEL, REFINER_MODEL, VAE_MODEL and TAESD_MODEL into the Hugging Face cache.",
+        epilog="Model ids come from the environment; 'none' turns REFINER_MODEL or TAESD_MODEL off, "
+        "VAE_MODEL=base keeps the checkpoint's own VAE.",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the files it would fetch and stop")
+    parser.add_argument(
+        "--listings", type=Path, help="read repository listings from this folder instead of the hub (offline)"
+    )
+    args = parser.parse_args(argv)
+
+    planned = plan(wanted_from_env(), args.listings)
+    for item, files in planned:
+        print(f"{item.variable}={item.repo}: {len(files)} files" + (f" (not {', '.join(item.skip)})" if item.skip else ""))
+        for name in files:
+            print(f"  {name}")
+    if args.dry_run:
+        return 0
+
+    from huggingface_hub import snapshot_download
+
+    for item, files in planned:
+        # Exact paths as patterns: nothing else in the repository matches them.
+        path = snapshot_download(item.repo, allow_patterns=files)
+        print(f"{item.variable}: {path}", flush=True)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,23 +35,38 @@ class Settings:
     vae: str | None = DEFAULT_VAE  # None: the base checkpoint's own VAE
     device: str = "cpu"
     cpu_offload: bool = False
+    dtype: str | None = None  # float16, bfloat16 or float32; None: fp16 on CUDA, fp32 on CPU
 
     @classmethod
-    def from_env(cls, env=os.environ) -> "Settings":
-        import torch
-
+    def from_env(cls, env=os.environ, device: str | None = None) -> "Settings":
         base = env.get("BASE_MODEL", DEFAULT_BASE).strip()
         refiner = env.get("REFINER_MODEL", DEFAULT_REFINER).strip()
         # The tiny base has no fp16-fix VAE to pair with: it uses its own unless told otherwise.
         vae = env.get("VAE_MODEL", "base" if base == "tiny" else DEFAULT_VAE).strip()
-        device = env.get("DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or env.get("DEVICE") or _default_device()
         return cls(
             base=base,
             refiner=None if refiner.lower() in ("", "none") else refiner,
             vae=None if vae.lower() in ("", "base", "none") else vae,
             device=device,
             cpu_offload=env.get("CPU_OFFLOAD", "0") == "1",
+            dtype=env.get("DTYPE") or None,
         )
+
+    def torch_dtype(self):
+        import torch
+
+        if self.dtype:
+            if self.dtype not in ("float16", "bfloat16", "float32"):
+                raise ModelUnavailable(f"DTYPE={self.dtype!r} is not one of float16, bfloat16, float32.")
+            return getattr(torch, self.dtype)
+        return torch.float16 if self.device.startswith("cuda") else torch.float32
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -73,12 +89,24 @@ class Models:
 
 
 def _resolve(name: str, part: str) -> str:
-    """A model name as from_pretrained takes it: ``tiny`` becomes the saved tiny folder."""
+    """A model name as from_pretrained takes it: ``tiny`` becomes the saved tiny folder, and a hub
+    id already in the Hugging Face cache (baked into the image) becomes its snapshot folder, so
+    loading reads local files and never asks the hub."""
     if name == "tiny":
         from src.tiny import ensure_tiny_model
 
         return str(ensure_tiny_model() / part)
-    return name
+    cached = _hub_snapshot(name)
+    # Not cached: from_pretrained fetches it, or (offline) explains why it cannot.
+    return str(cached) if cached else name
+
+
+def _variant(folder: str, subfolder: str | None) -> str | None:
+    """fp16 where the weights ship as an fp16 variant (SDXL repos do; the builder bakes only those)."""
+    where = Path(folder) / (subfolder or "")
+    if not where.is_dir():
+        return "fp16"  # a hub id being downloaded: SDXL repos publish the fp16 variant
+    return "fp16" if any(where.glob("*.fp16*.safetensors")) else None
 
 
 def _load(loader, name: str, variable: str, **kwargs):
@@ -96,49 +124,192 @@ def _load(loader, name: str, variable: str, **kwargs):
         ) from None
 
 
+def model_bytes(module) -> int:
+    """Bytes of a module's weights and buffers as loaded."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def loaded_bytes(models: Models) -> int:
+    """Bytes of every weight the pipelines hold, each shared tensor counted once."""
+    seen, total = set(), 0
+    for pipe in (models.base, models.img2img, models.refiner):
+        if pipe is None:
+            continue
+        for component in pipe.components.values():
+            if not hasattr(component, "parameters"):
+                continue
+            for tensor in list(component.parameters()) + list(component.buffers()):
+                key = (tensor.device, tensor.data_ptr())
+                if key not in seen:
+                    seen.add(key)
+                    total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _hub_snapshot(name: str) -> Path | None:
+    """The cached snapshot folder of a hub id, found without importing huggingface_hub."""
+    if name.count("/") != 1 or Path(name).exists():
+        return None
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    hub = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or cache / "huggingface") / "hub"
+    repo = Path(hub) / ("models--" + name.replace("/", "--"))
+    try:
+        return repo / "snapshots" / (repo / "refs" / "main").read_text().strip()
+    except OSError:
+        return None
+
+
+def weight_files(settings: Settings) -> list[Path]:
+    """The safetensors files load_models will read, in the order it reads them."""
+
+    def folder(name: str | None) -> Path | None:
+        if not name or name == "tiny":
+            return None
+        return Path(name) if Path(name).exists() else _hub_snapshot(name)
+
+    def weights(where: Path | None, subfolder: str = "") -> list[Path]:
+        if where is None or not (where / subfolder).is_dir():
+            return []
+        found = sorted((where / subfolder).glob("*.safetensors"))
+        fp16 = [f for f in found if ".fp16" in f.name]
+        return fp16 or found
+
+    base, refiner = folder(settings.base), folder(settings.refiner)
+    files = weights(folder(settings.vae)) if settings.vae else weights(base, "vae")
+    for part in ("text_encoder", "text_encoder_2", "unet"):
+        files += weights(base, part)
+    return files + weights(refiner, "unet")
+
+
+def prefetch_weights(env=os.environ) -> threading.Thread | None:
+    """Start reading the weights into the page cache in the background, so the disk works while
+    Python imports torch and diffusers (seconds of CPU) instead of after. Call it first thing;
+    load_models then reads from memory. Skipped when the files would not fit in free memory
+    (they would evict each other) or PREFETCH=0."""
+    if env.get("PREFETCH", "1") == "0":
+        return None
+    files = weight_files(Settings.from_env(env, device="any"))
+    total = sum(f.stat().st_size for f in files)
+    if not files or total * 1.2 > _available_memory():
+        return None
+
+    def read_all():
+        # sendfile to /dev/null pulls the pages into the cache without copying them to Python:
+        # a tenth of a second of CPU for 11 GB, so it does not slow the imports it overlaps.
+        with open(os.devnull, "wb") as sink:
+            for path in files:
+                with open(path, "rb") as source:
+                    size, done = os.fstat(source.fileno()).st_size, 0
+                    while done < size:
+                        sent = os.sendfile(sink.fileno(), source.fileno(), done, min(size - done, 1 << 30))
+                        if sent <= 0:
+                            break
+                        done += sent
+
+    thread = threading.Thread(target=read_all, name="prefetch-weights", daemon=True)
+    thread.start()
+    return thread
+
+
+def _available_memory() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class _Loader:
+    """Loads model components one by one, straight onto the device in the target dtype, and
+    keeps what each cost for the start-up log."""
+
+    dtype: object
+    device_map: str | None  # None: load on the CPU (CPU offload moves them later)
+    report: dict = field(default_factory=dict)  # component -> (bytes, seconds)
+
+    def component(self, label: str, cls, name: str, variable: str, subfolder: str | None = None):
+        started = time.perf_counter()
+        kwargs = {"dtype": self.dtype, "use_safetensors": True}
+        variant = _variant(name, subfolder)
+        if variant:
+            kwargs["variant"] = variant
+        if subfolder:
+            kwargs["subfolder"] = subfolder
+        if self.device_map:
+            # Each tensor goes from the memory-mapped safetensors file to the device in the
+            # target dtype: no full CPU copy of the model on the way.
+            kwargs["device_map"] = self.device_map
+        try:
+            model = _load(cls, name, variable, **kwargs)
+        except ModelUnavailable:
+            if "variant" not in kwargs or Path(name).is_dir():
+                raise
+            del kwargs["variant"]  # a hub id being downloaded that publishes no fp16 variant
+            model = _load(cls, name, variable, **kwargs)
+        self.report[label] = (model_bytes(model), time.perf_counter() - started)
+        return model
+
+
 def load_models(settings: Settings | None = None) -> Models:
-    import torch
     from diffusers import (
         AutoencoderKL,
         StableDiffusionXLImg2ImgPipeline,
         StableDiffusionXLInpaintPipeline,
         StableDiffusionXLPipeline,
+        UNet2DConditionModel,
     )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     settings = settings or Settings.from_env()
     _quiet_libraries()
     on_gpu = settings.device.startswith("cuda")
-    dtype = torch.float16 if on_gpu else torch.float32
-    # Real SDXL repos ship an fp16 variant; the builder bakes only that one.
-    variant = {"variant": "fp16"} if on_gpu and settings.base != "tiny" else {}
-    common = {"dtype": dtype, "use_safetensors": True, "add_watermarker": False}
-    seconds = {}
+    dtype = settings.torch_dtype()
+    loader = _Loader(dtype, None if settings.cpu_offload and on_gpu else settings.device)
+    everything_started = time.perf_counter()
 
-    started = time.perf_counter()
-    extra = {}
+    # 1. Base: each weight-bearing component on its own, so the log can say what each cost.
+    base_name = _resolve(settings.base, "base")
     if settings.vae:
-        extra["vae"] = _load(AutoencoderKL, _resolve(settings.vae, "vae"), "VAE_MODEL", dtype=dtype)
-        seconds["vae"] = time.perf_counter() - started
-    started = time.perf_counter()
-    base = _load(
-        StableDiffusionXLPipeline, _resolve(settings.base, "base"), "BASE_MODEL", **common, **variant, **extra
+        vae = loader.component("vae", AutoencoderKL, _resolve(settings.vae, "vae"), "VAE_MODEL")
+    else:
+        vae = loader.component("vae", AutoencoderKL, base_name, "BASE_MODEL", "vae")
+    text_encoder = loader.component("text_encoder", CLIPTextModel, base_name, "BASE_MODEL", "text_encoder")
+    text_encoder_2 = loader.component(
+        "text_encoder_2", CLIPTextModelWithProjection, base_name, "BASE_MODEL", "text_encoder_2"
     )
-    seconds["base"] = time.perf_counter() - started
+    unet = loader.component("unet", UNet2DConditionModel, base_name, "BASE_MODEL", "unet")
+    # Tokenizers and the scheduler are all that is left to read.
+    base = _load(
+        StableDiffusionXLPipeline,
+        base_name,
+        "BASE_MODEL",
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        unet=unet,
+        add_watermarker=False,
+    )
 
+    # 2. Refiner: its own UNet; text_encoder_2 and the VAE are the base's (one copy in memory).
     refiner = None
     if settings.refiner:
-        started = time.perf_counter()
-        variant = {"variant": "fp16"} if on_gpu and settings.refiner != "tiny" else {}
+        refiner_name = _resolve(settings.refiner, "refiner")
+        refiner_unet = loader.component(
+            "refiner unet", UNet2DConditionModel, refiner_name, "REFINER_MODEL", "unet"
+        )
         refiner = _load(
             StableDiffusionXLImg2ImgPipeline,
-            _resolve(settings.refiner, "refiner"),
+            refiner_name,
             "REFINER_MODEL",
+            unet=refiner_unet,
             text_encoder_2=base.text_encoder_2,
             vae=base.vae,
-            **common,
-            **variant,
+            add_watermarker=False,
         )
-        seconds["refiner"] = time.perf_counter() - started
 
     # Pipelines made from components take add_watermarker=False too: otherwise diffusers adds
     # one whenever invisible-watermark is installed. apply_watermark is done in src/watermark.py.
@@ -159,26 +330,30 @@ def load_models(settings: Settings | None = None) -> Models:
         base.enable_model_cpu_offload()
         if refiner:
             refiner.enable_model_cpu_offload()
-    else:
-        for pipe in (base, refiner):
-            if pipe is not None:
-                pipe.to(settings.device)
 
     configs = {"base": dict(base.scheduler.config)}
     if refiner:
         configs["refiner"] = dict(refiner.scheduler.config)
+    seconds = {label: spent for label, (_, spent) in loader.report.items()}
     models = Models(base, img2img, refiner, settings.device, dtype, configs, seconds,
                     inpaint=inpaint, refiner_inpaint=refiner_inpaint)
+    _log_loaded(settings, dtype, loader.report, loaded_bytes(models), time.perf_counter() - everything_started)
+    return models
+
+
+def _log_loaded(settings: Settings, dtype, report: dict, total_bytes: int, total_seconds: float) -> None:
+    """One line per component and a total: what a cold start spent, where."""
     log.info(
-        "Loaded base=%s refiner=%s vae=%s on %s (%s) in %s",
+        "Loaded base=%s refiner=%s vae=%s on %s (%s)",
         settings.base,
         settings.refiner or "off",
         settings.vae or "the base's own",
         settings.device,
         str(dtype).replace("torch.", ""),
-        ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()),
     )
-    return models
+    for label, (size, seconds) in report.items():
+        log.info("  %-15s %8.1f MB in %5.2f s (%.2f GB/s)", label, size / 1e6, seconds, size / 1e9 / max(seconds, 1e-9))
+    log.info("  %-15s %8.1f MB in %5.2f s (shared text_encoder_2 and VAE counted once)", "total", total_bytes / 1e6, total_seconds)
 
 
 def _quiet_libraries() -> None:

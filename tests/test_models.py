@@ -1,54 +1,121 @@
-"""Model loading: shared components, the tiny model's shape, and start-up errors."""
+"""src/models.py: one copy of each weight, loaded from local files (as baked), and a start-up log
+that says what was loaded."""
 
-import os
-import subprocess
-import sys
+import logging
+import shutil
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import pytest
+
+from src.models import (
+    ModelUnavailable,
+    Settings,
+    load_models,
+    loaded_bytes,
+    model_bytes,
+    prefetch_weights,
+    weight_files,
+)
+from src.tiny import ensure_tiny_model
 
 
-def test_the_refiner_shares_text_encoder_2_and_the_vae(models):
+def test_refiner_and_img2img_share_the_base_weights_and_each_byte_counts_once(models):
     assert models.refiner.text_encoder_2 is models.base.text_encoder_2
     assert models.refiner.vae is models.base.vae
     assert models.img2img.unet is models.base.unet
-    assert models.refiner.text_encoder is None
+    distinct = [models.base.vae, models.base.text_encoder, models.base.text_encoder_2, models.base.unet]
+    distinct.append(models.refiner.unet)
+    assert loaded_bytes(models) == sum(model_bytes(part) for part in distinct)
+    counted_twice = loaded_bytes(models) + model_bytes(models.base.text_encoder_2) + model_bytes(models.base.vae)
+    assert loaded_bytes(models) < counted_twice
 
 
-def test_the_tiny_model_has_sdxls_shape(models):
-    assert models.base.unet.config.addition_embed_type == "text_time"
-    assert models.refiner.unet.config.cross_attention_dim == models.base.text_encoder_2.config.hidden_size
-    assert models.refiner.config.requires_aesthetics_score
-    assert 2 ** (len(models.base.vae.config.block_out_channels) - 1) == 8  # SDXL's 8x latent downsampling
+def _fake_hub_cache(root: Path, repo: str, source: Path) -> Path:
+    """A Hugging Face cache holding `source` as repo's main snapshot, as the builder leaves it."""
+    folder = root / ("models--" + repo.replace("/", "--"))
+    snapshot = folder / "snapshots" / "0123abcd"
+    shutil.copytree(source, snapshot)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0123abcd")
+    return snapshot
 
 
-def run_handler(*args, **env):
-    return subprocess.run(
-        [sys.executable, "handler.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, **env),
+def test_baked_hub_ids_load_offline_from_the_cache_and_the_log_names_every_component(tmp_path, monkeypatch, caplog):
+    tiny = ensure_tiny_model()
+    _fake_hub_cache(tmp_path, "example/sdxl-base", tiny / "base")
+    refiner = _fake_hub_cache(tmp_path, "example/sdxl-refiner", tiny / "refiner")
+    for borrowed in ("text_encoder_2", "vae"):  # the builder does not bake what the base lends
+        shutil.rmtree(refiner / borrowed)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = Settings(base="example/sdxl-base", refiner="example/sdxl-refiner", vae=None, device="cpu")
+
+    with caplog.at_level(logging.INFO, logger="src.models"):
+        loaded = load_models(settings)
+
+    assert loaded.refiner.text_encoder_2 is loaded.base.text_encoder_2
+    log = "\n".join(record.getMessage() for record in caplog.records)
+    for component in ("vae", "text_encoder", "text_encoder_2", "unet", "refiner unet", "total"):
+        assert f"  {component} " in log, component
+    assert f"{loaded_bytes(loaded) / 1e6:.1f} MB" in log  # the total, shared parts counted once
+
+
+def test_an_unknown_dtype_is_refused_by_name():
+    with pytest.raises(ModelUnavailable, match="DTYPE='float8'"):
+        Settings(device="cpu", dtype="float8").torch_dtype()
+
+
+def _checkpoint(root: Path, parts: dict) -> Path:
+    for path, size in parts.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(b"\0" * size)
+    return root
+
+
+def test_prefetch_reads_exactly_the_files_the_loader_reads(tmp_path):
+    base = _checkpoint(
+        tmp_path / "base",
+        {
+            "unet/diffusion_pytorch_model.fp16.safetensors": 300,
+            "unet/diffusion_pytorch_model.safetensors": 600,
+            "text_encoder/model.fp16.safetensors": 20,
+            "text_encoder_2/model.fp16.safetensors": 40,
+            "vae/diffusion_pytorch_model.fp16.safetensors": 10,
+        },
     )
+    refiner = _checkpoint(
+        tmp_path / "refiner",
+        {
+            "unet/diffusion_pytorch_model.fp16.safetensors": 200,
+            "text_encoder_2/model.fp16.safetensors": 40,  # the base's is used
+            "vae/diffusion_pytorch_model.fp16.safetensors": 10,
+        },
+    )
+    vae = _checkpoint(tmp_path / "vae", {"diffusion_pytorch_model.safetensors": 20})
+    env = {"BASE_MODEL": str(base), "REFINER_MODEL": str(refiner), "VAE_MODEL": str(vae)}
+
+    expected = [
+        vae / "diffusion_pytorch_model.safetensors",
+        base / "text_encoder/model.fp16.safetensors",
+        base / "text_encoder_2/model.fp16.safetensors",
+        base / "unet/diffusion_pytorch_model.fp16.safetensors",
+        refiner / "unet/diffusion_pytorch_model.fp16.safetensors",
+    ]
+    assert weight_files(Settings.from_env(env, device="cpu")) == expected
+    own_vae = weight_files(Settings.from_env(dict(env, VAE_MODEL="base", REFINER_MODEL="none"), device="cpu"))
+    assert own_vae[0] == base / "vae/diffusion_pytorch_model.fp16.safetensors" and len(own_vae) == 4
+
+    thread = prefetch_weights(env)
+    assert thread is not None
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert prefetch_weights(dict(env, PREFETCH="0")) is None
+    assert prefetch_weights({"BASE_MODEL": "tiny", "REFINER_MODEL": "tiny"}) is None  # built in code, nothing baked
 
 
-def test_missing_weights_are_one_sentence_at_start_up(tmp_path):
-    done = run_handler(BASE_MODEL=str(tmp_path / "no-such-model"), REFINER_MODEL="none", VAE_MODEL="base",
-                       HF_HUB_OFFLINE="1")
-    assert done.returncode == 1
-    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
-    assert len(errors) == 1, done.stderr[-2000:]
-    assert "BASE_MODEL" in errors[0] and "tiny" in errors[0]
-    assert "Traceback" not in done.stderr
+def test_warm_up_runs_one_job_through_the_real_path(models, caplog):
+    import handler
 
-
-def test_a_missing_vae_names_vae_model(tmp_path):
-    done = run_handler(BASE_MODEL="tiny", REFINER_MODEL="none", VAE_MODEL=str(tmp_path / "no-vae"), HF_HUB_OFFLINE="1")
-    assert done.returncode == 1
-    assert "VAE_MODEL" in done.stderr and "VAE_MODEL=base" in done.stderr and "Traceback" not in done.stderr
-
-
-def test_python_handler_py_runs_a_job_and_saves_the_images(tmp_path):
-    job = '{"input": {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 5, "refine": "no_refiner"}}'
-    done = run_handler("--test_input", job, "--output_dir", str(tmp_path), BASE_MODEL="tiny", REFINER_MODEL="tiny")
-    assert done.returncode == 0, done.stderr[-2000:]
-    saved = list(tmp_path.glob("*.png"))
-    assert len(saved) == 1 and "5" in saved[0].name
-    assert str(saved[0]) in done.stdout and "base64" not in done.stdout
+    with caplog.at_level(logging.INFO, logger="handler"):
+        handler.warm_up(models)
+    assert any("Warm-up job done" in record.getMessage() for record in caplog.records)

@@ -1,0 +1,165 @@
+"""builder/download_weights.py: which files the image bakes, checked against the real repos' listings."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from builder.download_weights import (
+    NothingToLoad,
+    Wanted,
+    files_to_fetch,
+    pipeline_components,
+    plan,
+    wanted_from_env,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+LISTINGS = ROOT / "tests" / "fixtures" / "hub"
+BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
+
+# Formats and copies the worker never opens.
+FOREIGN = (".onnx", ".onnx_data", ".msgpack", ".bin", ".xml", ".png", ".md", ".jpg", ".gitattributes")
+
+
+def _planned(env):
+    return {item.variable: files for item, files in plan(wanted_from_env(env), LISTINGS)}
+
+
+def test_default_image_bakes_fp16_base_and_refiner_without_shared_parts():
+    planned = _planned({})
+    assert planned["BASE_MODEL"] == [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.fp16.safetensors",
+        "text_encoder_2/config.json",
+        "text_encoder_2/model.fp16.safetensors",
+        "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json",
+        "tokenizer_2/merges.txt",
+        "tokenizer_2/special_tokens_map.json",
+        "tokenizer_2/tokenizer_config.json",
+        "tokenizer_2/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+    ]
+    # The refiner borrows the base's text_encoder_2 and the fp16-fix VAE: neither is baked twice.
+    assert planned["REFINER_MODEL"] == [
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer_2/merges.txt",
+        "tokenizer_2/special_tokens_map.json",
+        "tokenizer_2/tokenizer_config.json",
+        "tokenizer_2/vocab.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+    ]
+    assert planned["VAE_MODEL"] == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert planned["TAESD_MODEL"] == ["config.json", "diffusion_pytorch_model.safetensors"]
+
+
+def test_no_foreign_format_fp32_copy_or_single_file_checkpoint_is_baked():
+    for files in _planned({}).values():
+        for name in files:
+            assert not name.endswith(FOREIGN), name
+            assert "/" in name or name in ("model_index.json", "config.json", "diffusion_pytorch_model.safetensors")
+            assert not name.startswith(("vae_1_0/", "vae_decoder/", "vae_encoder/", "sd_xl_")), name
+            if name.startswith(("unet/", "text_encoder")) and name.endswith(".safetensors"):
+                assert ".fp16." in name, name
+
+
+def test_checkpoint_vae_is_baked_when_asked_for_and_refiner_and_previews_can_be_left_out():
+    planned = _planned({"VAE_MODEL": "base", "REFINER_MODEL": "none", "TAESD_MODEL": "none"})
+    assert set(planned) == {"BASE_MODEL"}
+    assert "vae/diffusion_pytorch_model.fp16.safetensors" in planned["BASE_MODEL"]
+    assert "vae/config.json" in planned["BASE_MODEL"]
+
+
+def test_local_folders_and_the_tiny_model_need_no_download(tmp_path):
+    wanted = wanted_from_env({"BASE_MODEL": "tiny", "REFINER_MODEL": str(tmp_path), "TAESD_MODEL": "none"})
+    assert wanted == [Wanted("VAE_MODEL", "madebyollin/sdxl-vae-fp16-fix")]
+
+
+def test_pipeline_components_are_the_classes_named_in_model_index():
+    index = {
+        "_class_name": "StableDiffusionXLImg2ImgPipeline",
+        "requires_aesthetics_score": True,
+        "text_encoder": [None, None],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+    }
+    assert pipeline_components(index) == ["text_encoder_2", "unet"]
+
+
+def test_a_custom_checkpoint_without_fp16_files_gets_its_plain_safetensors_and_shards():
+    listing = [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+        "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+        "unet/diffusion_pytorch_model.safetensors.index.json",
+        "unet/diffusion_pytorch_model.bin",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.bf16.safetensors",
+        "my-checkpoint.safetensors",
+    ]
+    assert files_to_fetch(listing, ["unet", "vae"]) == [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+        "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+        "unet/diffusion_pytorch_model.safetensors.index.json",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ]
+
+
+def test_sharded_fp16_variant_takes_its_own_index_and_shards_only():
+    listing = [
+        "text_encoder_2/config.json",
+        "text_encoder_2/model.safetensors.index.json",
+        "text_encoder_2/model-00001-of-00002.safetensors",
+        "text_encoder_2/model-00002-of-00002.safetensors",
+        "text_encoder_2/model.safetensors.index.fp16.json",
+        "text_encoder_2/model.fp16-00001-of-00002.safetensors",
+        "text_encoder_2/model.fp16-00002-of-00002.safetensors",
+    ]
+    assert files_to_fetch(listing, ["text_encoder_2"]) == [
+        "model_index.json",
+        "text_encoder_2/config.json",
+        "text_encoder_2/model.fp16-00001-of-00002.safetensors",
+        "text_encoder_2/model.fp16-00002-of-00002.safetensors",
+        "text_encoder_2/model.safetensors.index.fp16.json",
+    ]
+
+
+def test_weights_only_in_pickle_or_flax_are_refused_with_the_component_named():
+    listing = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.bin"]
+    with pytest.raises(NothingToLoad, match="'unet'"):
+        files_to_fetch(listing, ["unet"])
+    with pytest.raises(NothingToLoad):
+        files_to_fetch(["config.json", "diffusion_pytorch_model.bin", "taesdxl_decoder.safetensors"])
+
+
+def test_dry_run_prints_the_plan_offline_and_imports_no_hub_client():
+    command = [sys.executable, "builder/download_weights.py", "--dry-run", "--listings", str(LISTINGS)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, check=True)
+    assert "BASE_MODEL=stabilityai/stable-diffusion-xl-base-1.0: 16 files (not vae)" in done.stdout
+    assert "  unet/diffusion_pytorch_model.fp16.safetensors" in done.stdout
+    assert "onnx" not in done.stdout
+    probe = "import sys, builder.download_weights; print('huggingface_hub' in sys.modules)"
+    imported = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "False"
+
+
+def test_help_names_the_variables():
+    done = subprocess.run(
+        [sys.executable, "builder/download_weights.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "--dry-run" in done.stdout and "TAESD_MODEL" in done.stdout

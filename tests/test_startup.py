@@ -1,0 +1,54 @@
+"""Start-up as users meet it: shared components, the tiny model's shape, one-sentence errors, local runs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_refiner_shares_text_encoder_2_and_the_vae(models):
+    assert models.refiner.text_encoder_2 is models.base.text_encoder_2
+    assert models.refiner.vae is models.base.vae
+    assert models.img2img.unet is models.base.unet
+    assert models.refiner.text_encoder is None
+
+
+def test_the_tiny_model_has_sdxls_shape(models):
+    assert models.base.unet.config.addition_embed_type == "text_time"
+    assert models.refiner.unet.config.cross_attention_dim == models.base.text_encoder_2.config.hidden_size
+    assert models.refiner.config.requires_aesthetics_score
+    assert 2 ** (len(models.base.vae.config.block_out_channels) - 1) == 8  # SDXL's 8x latent downsampling
+
+
+def run_handler(*args, **env):
+    return subprocess.run(
+        [sys.executable, "handler.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, **env),
+    )
+
+
+def test_missing_weights_are_one_sentence_at_start_up(tmp_path):
+    done = run_handler(BASE_MODEL=str(tmp_path / "no-such-model"), REFINER_MODEL="none", VAE_MODEL="base",
+                       HF_HUB_OFFLINE="1")
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, done.stderr[-2000:]
+    assert "BASE_MODEL" in errors[0] and "tiny" in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_missing_vae_names_vae_model(tmp_path):
+    done = run_handler(BASE_MODEL="tiny", REFINER_MODEL="none", VAE_MODEL=str(tmp_path / "no-vae"), HF_HUB_OFFLINE="1")
+    assert done.returncode == 1
+    assert "VAE_MODEL" in done.stderr and "VAE_MODEL=base" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_python_handler_py_runs_a_job_and_saves_the_images(tmp_path):
+    job = '{"input": {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 5, "refine": "no_refiner"}}'
+    done = run_handler("--test_input", job, "--output_dir", str(tmp_path), BASE_MODEL="tiny", REFINER_MODEL="tiny")
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = list(tmp_path.glob("*.png"))
+    assert len(saved) == 1 and "5" in saved[0].name
+    assert str(saved[0]) in done.stdout and "base64" not in done.stdout
