@@ -17,6 +17,7 @@ from PIL import Image
 from src.models import Models
 from src.plan import Plan
 from src.schedulers import build_scheduler
+from src.speed import keep_timesteps_on_host
 
 StepCallback = Callable[[str, int, dict], None]  # (stage, step within the stage, callback kwargs)
 
@@ -58,7 +59,8 @@ def run(models: Models, request: dict, plan: Plan, init_image: Image.Image | Non
 
 def _run_base(models, request, plan, prompts, init_image, on_step):
     pipe = models.base if plan.task == "txt2img" else models.img2img
-    pipe.scheduler = build_scheduler(request["scheduler"], models.scheduler_configs["base"])
+    scheduler = build_scheduler(request["scheduler"], models.scheduler_configs["base"])
+    pipe.scheduler = keep_timesteps_on_host(pipe, scheduler)
     args = dict(prompts, num_inference_steps=request["num_inference_steps"], generator=_generators(plan))
     if plan.task == "txt2img":
         args.update(width=plan.width, height=plan.height)
@@ -72,7 +74,8 @@ def _run_base(models, request, plan, prompts, init_image, on_step):
 
 def _run_refiner(models, request, plan, prompts, image, on_step):
     pipe = models.refiner
-    pipe.scheduler = build_scheduler(request["scheduler"], models.scheduler_configs["refiner"])
+    scheduler = build_scheduler(request["scheduler"], models.scheduler_configs["refiner"])
+    pipe.scheduler = keep_timesteps_on_host(pipe, scheduler)
     args = dict(prompts, image=image, generator=_generators(plan), output_type="pil")
     if plan.refine == "expert_ensemble_refiner":
         # Same schedule as the base, picking up where it stopped.

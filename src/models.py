@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from src.speed import apply_speedups
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -161,6 +163,7 @@ def load_models(settings: Settings | None = None) -> Models:
         str(dtype).replace("torch.", ""),
         ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()),
     )
+    apply_speedups(models, settings)
     return models
 
 
