@@ -113,8 +113,9 @@ def save_models(configs: dict, folder: Path, device: str, dtype, variant: str | 
         unet=refiner_unet, scheduler=_scheduler(), requires_aesthetics_score=True,
         force_zeros_for_empty_prompt=False, add_watermarker=False,
     ).save_pretrained(folder / "refiner", **save)
-    # The name is what the worker recognises as the fp16-fix VAE (no upcast needed).
-    vae.save_pretrained(folder / "sdxl-vae-fp16-fix", **save)
+    # The name is what the worker recognises as the fp16-fix VAE (no upcast needed); like the
+    # real one, it ships a single weights file, no fp16 variant.
+    vae.save_pretrained(folder / "sdxl-vae-fp16-fix")
     (folder / "complete").write_text(f"{time.perf_counter() - started:.0f} s\n")
     del text_encoder, text_encoder_2, vae, base_unet, refiner_unet
     free_memory()
@@ -133,12 +134,12 @@ class DiffusersRunner:
         self.device = device
         files = {"variant": variant} if variant else {}
         common = {"dtype": dtype, "use_safetensors": True, "add_watermarker": False, **files}
-        vae = AutoencoderKL.from_pretrained(folder / "sdxl-vae-fp16-fix", dtype=dtype, **files)
+        vae = AutoencoderKL.from_pretrained(folder / "sdxl-vae-fp16-fix", dtype=dtype)
         self.base = StableDiffusionXLPipeline.from_pretrained(folder / "base", vae=vae, **common)
         if worker_sdxl:
             # worker-sdxl loads the refiner with its own VAE and text_encoder_2, upcasts the
             # VAE to fp32 for decoding and offloads every model to the CPU between uses.
-            refiner_vae = AutoencoderKL.from_pretrained(folder / "sdxl-vae-fp16-fix", dtype=dtype, **files)
+            refiner_vae = AutoencoderKL.from_pretrained(folder / "sdxl-vae-fp16-fix", dtype=dtype)
             self.refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(folder / "refiner", vae=refiner_vae,
                                                                             **common)
             for pipe in (self.base, self.refiner):
@@ -295,7 +296,7 @@ def count_flops(folder: Path, device: str, dtype, variant: str | None, spec: dic
             counted[f"{name} UNet call"] = counter.get_total_flops()
             del unet
             free_memory()
-        vae = AutoencoderKL.from_pretrained(folder / "sdxl-vae-fp16-fix", dtype=dtype, **files).to(device)
+        vae = AutoencoderKL.from_pretrained(folder / "sdxl-vae-fp16-fix", dtype=dtype).to(device)
         with FlopCounterMode(display=False) as counter:
             vae.decode(torch.randn(1, 4, height, width, device=device, dtype=dtype))
         counted["VAE decode"] = counter.get_total_flops()
@@ -410,7 +411,7 @@ def table(results: dict) -> str:
                 f"{a['seconds'] / row['seconds']:.2f}x" if a else "-",
                 f"{b['seconds'] / row['seconds']:.2f}x" if b else "-",
                 f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "-",
-                f"{achieved / 1e12:.2f}" if achieved >= 1e10 else f"{achieved / 1e9:.2f} G",
+                f"{achieved / 1e12:.3g}",
                 f"{100 * achieved / peak:.1f}",
                 str(row["syncs"]) if row["syncs"] is not None else "-",
                 f"{row['pixel_diff']:.3f}" if row.get("pixel_diff") is not None else "-",
@@ -430,16 +431,19 @@ def render(results: dict, mode: str, command: str) -> str:
              + (" (REFERENCE.md section 7 at 1024x1024: " + ", ".join(
                  f"{name} {value} TFLOP" for name, value in REFERENCE_TFLOP.items()) + ")" if mode == "gpu" else ""),
              "", table(results), ""]
+    if results.get("reference_std", 99) < 1:
+        parts.append("Warning: the reference image is flat (random weights saturated); pixel differences "
+                     "prove nothing here.")
     if compiled:
         parts.append("Compilation, paid at start-up by the warm-up jobs and never by a job: " + "; ".join(
             f"{name} {value:.1f} s" for name, value in compiled.items() if value is not None) + ".")
     return "\n".join(parts)
 
 
-def write_results(results: dict, mode: str, command: str) -> None:
+def write_results(results: dict, mode: str, command: str, path: Path = RESULTS) -> None:
     heading = {"gpu": "## GPU run",
                "smoke": "## CPU smoke run, not GPU figures; GPU figures pending (no GPU lent)"}[mode]
-    text = RESULTS.read_text() if RESULTS.exists() else ""
+    text = path.read_text() if path.exists() else ""
     sections = {}
     current = None
     for line in text.splitlines():
@@ -457,7 +461,7 @@ def write_results(results: dict, mode: str, command: str) -> None:
     for name in ("## GPU run", "## CPU smoke run, not GPU figures; GPU figures pending (no GPU lent)"):
         if name in sections:
             body += [name] + sections[name]
-    RESULTS.write_text("\n".join(body).rstrip() + "\n")
+    path.write_text("\n".join(body).rstrip() + "\n")
 
 
 # ---------------------------------------------------------------- main
@@ -470,6 +474,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip the compile variant (smoke test)")
     parser.add_argument("--size", type=int, help="width and height (default 1024; 256 in the smoke run)")
     parser.add_argument("--steps", type=int, help="steps (default 30; 5 in the smoke run)")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="models, compile cache, results (bench/.cache)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="markdown to write (bench/RESULTS.md)")
     parser.add_argument("--restart-probe", help=argparse.SUPPRESS)  # c or +compile: load, warm up, report
     parser.add_argument("--mode-name", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -494,10 +500,11 @@ def main(argv=None) -> int:
     WARMUP_SIZES = parse_sizes(f"{size}x{size}:1,{size * 3 // 4 // 8 * 8}x{size * 5 // 4 // 8 * 8}:2")
     if mode == "smoke":  # the worker's own default warm-up sizes are for 1024x1024 models
         os.environ.setdefault("WARMUP_SIZES", ",".join(f"{w}x{h}:{n}" for w, h, n in WARMUP_SIZES))
+    cache = args.cache
     if not args.restart_probe:
         # A fresh compile cache per run, so the first compile is a cold one; children reuse it.
-        CACHE.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-", dir=CACHE))
+        cache.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-", dir=cache))
 
     if args.restart_probe:
         speedups = None if args.restart_probe == "c" else alone("compile")
@@ -508,7 +515,7 @@ def main(argv=None) -> int:
     import diffusers
 
     configs = load_configs(reduced=mode == "smoke")
-    folder = save_models(configs, CACHE / f"models-{mode}-{device}", device, dtype, variant)
+    folder = save_models(configs, cache / f"models-{mode}-{device}", device, dtype, variant)
     device_name = torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.processor() or platform.machine()}, " \
                                                                f"{torch.get_num_threads()} threads)"
     machine = {"device_name": device_name, "torch": torch.__version__, "diffusers": diffusers.__version__,
@@ -516,7 +523,7 @@ def main(argv=None) -> int:
                "spec": f"{spec['width']}x{spec['height']}, {spec['steps']} steps, batch 1, CFG {GUIDANCE}, DDIM, "
                        f"expert ensemble at {HIGH_NOISE_FRAC}, median of {runs} runs after 1 warm-up"
                        + (", reduced-width SDXL layout" if mode == "smoke" else ", SDXL base 1.0 / refiner 1.0 shapes")}
-    results_path = CACHE / f"results-{mode}.json"
+    results_path = cache / f"results-{mode}.json"
     results = load_results(results_path, machine)
     results["flops"] = count_flops(folder, device, dtype, variant, spec)
     command = " ".join(["python bench/gpu.py"] + list(sys.argv[1:] if argv is None else argv))
@@ -530,10 +537,10 @@ def main(argv=None) -> int:
         plan.append(("none", "this worker, switches off", lambda: WorkerRunner(folder, device, Speedups.none()),
                      both))
     if "a" in wanted:
-        plan.append(("a", "worker-sdxl (fp16, CPU offload, VAE upcast)",
+        plan.append(("a", "worker-sdxl: CPU offload, VAE upcast",
                      lambda: DiffusersRunner(folder, device, dtype, variant, worker_sdxl=True), both))
     if "b" in wanted:
-        plan.append(("b", "diffusers fp16 SDPA, resident",
+        plan.append(("b", "diffusers: SDPA, resident",
                      lambda: DiffusersRunner(folder, device, dtype, variant, worker_sdxl=False), both))
     if "c" in wanted:
         plan.append(("c", "this worker, defaults", lambda: WorkerRunner(folder, device), both))
@@ -560,6 +567,8 @@ def main(argv=None) -> int:
             row, image = measure(runner, spec, stage == "base + refiner", runs, on_gpu)
             if name == "none":
                 reference[stage] = image
+                # Random weights can saturate to a flat image, where equal pixels would prove nothing.
+                results["reference_std"] = max(results.get("reference_std", 0.0), float(image.std()))
             if stage in reference:
                 row["pixel_diff"] = float(abs(image - reference[stage]).mean())
             row["label"] = label
@@ -572,7 +581,7 @@ def main(argv=None) -> int:
 
         torch._dynamo.reset()
         results_path.write_text(json.dumps(results, indent=1))
-        write_results(results, mode, command)
+        write_results(results, mode, command, args.results)
     print(render(results, mode, command))
     return 0
 
