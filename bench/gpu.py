@@ -470,7 +470,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-smoke", action="store_true", help="reduced widths and size, on the CPU")
     parser.add_argument("--runs", type=int, help="timed runs per variant (default 5; 2 in the smoke run)")
-    parser.add_argument("--only", help="comma-separated variants: a,b,none,c,alone (default: all)")
+    parser.add_argument("--only", help="comma-separated variants: a,b,none,c,alone or +switch (default: all)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compile variant (smoke test)")
     parser.add_argument("--size", type=int, help="width and height (default 1024; 256 in the smoke run)")
     parser.add_argument("--steps", type=int, help="steps (default 30; 5 in the smoke run)")
@@ -497,7 +497,8 @@ def main(argv=None) -> int:
     global WARMUP_SIZES
     from src.speed import parse_sizes
 
-    WARMUP_SIZES = parse_sizes(f"{size}x{size}:1,{size * 3 // 4 // 8 * 8}x{size * 5 // 4 // 8 * 8}:2")
+    # Two shapes, as the worker's default: the second (wider, two images) makes kernels shape-generic.
+    WARMUP_SIZES = parse_sizes(f"{size}x{size}:1,{size * 5 // 4 // 8 * 8}x{max(256, size * 3 // 4 // 8 * 8)}:2")
     if mode == "smoke":  # the worker's own default warm-up sizes are for 1024x1024 models
         os.environ.setdefault("WARMUP_SIZES", ",".join(f"{w}x{h}:{n}" for w, h, n in WARMUP_SIZES))
     cache = args.cache
@@ -531,7 +532,7 @@ def main(argv=None) -> int:
     wanted = set((args.only or "a,b,none,c,alone").split(","))
     plan = []  # (name, label, make_runner, stages)
     both = ("base only", "base + refiner")
-    if "none" in wanted or "alone" in wanted or "c" in wanted:
+    if wanted - {"a", "b"}:  # every worker row is compared with it
         from src.speed import Speedups
 
         plan.append(("none", "this worker, switches off", lambda: WorkerRunner(folder, device, Speedups.none()),
@@ -544,10 +545,8 @@ def main(argv=None) -> int:
                      lambda: DiffusersRunner(folder, device, dtype, variant, worker_sdxl=False), both))
     if "c" in wanted:
         plan.append(("c", "this worker, defaults", lambda: WorkerRunner(folder, device), both))
-    if "alone" in wanted:
-        for name in ALONE:
-            if name == "compile" and args.no_compile:
-                continue
+    for name in ALONE:
+        if ("alone" in wanted or f"+{name}" in wanted) and not (name == "compile" and args.no_compile):
             plan.append((f"+{name}", "switches off but this", lambda name=name: WorkerRunner(
                 folder, device, alone(name)), ("base only",)))
 

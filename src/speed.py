@@ -188,7 +188,9 @@ def warm_up(models, sizes) -> None:
         started = time.perf_counter()
         result = list(run_job(models, {"id": f"warm-up-{width}x{height}x{images}", "input": inputs}))[-1]
         if "error" in result:
-            raise RuntimeError(f"Warm-up job {width}x{height} failed: {result['error']}")
+            # Stop at start-up rather than fail every job; COMPILE=0 is the way out if compiling broke it.
+            raise RuntimeError(f"Warm-up job {width}x{height} failed ({result['error']}); the cause is logged "
+                               "above. Try COMPILE=0 (or WARMUP=0) if it is the compiler.")
         log.info("Warm-up %dx%d x%d: %.1f s", width, height, images, time.perf_counter() - started)
 
 
