@@ -332,10 +332,10 @@ def matmul_peak(device: str, dtype) -> float:
     return 2 * size**3 / best
 
 
-def restart_warmup(folder: Path, device: str, mode: str, variant: str) -> float | None:
+def restart_warmup(folder: Path, device: str, mode: str, variant: str, size: int) -> float | None:
     """Warm-up seconds of a fresh process reusing the compile cache: what a restarted worker pays."""
     command = [sys.executable, str(Path(__file__).resolve()), "--restart-probe", variant, "--mode-name", mode,
-               "--folder", str(folder), "--device", device]
+               "--folder", str(folder), "--device", device, "--size", str(size)]
     done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
     for line in done.stdout.splitlines():
         if line.startswith("RESTART_WARMUP "):
@@ -561,7 +561,7 @@ def main(argv=None) -> int:
             compiled_before = compiled_before or runner.compiled
             if runner.compiled and cold == "cold cache":
                 results["compile"][f"{name} warm-up in a restarted process (cache kept)"] = restart_warmup(
-                    folder, device, mode, name)
+                    folder, device, mode, name, size)
         for stage in stages:
             row, image = measure(runner, spec, stage == "base + refiner", runs, on_gpu)
             if name == "none":
