@@ -423,7 +423,8 @@ def render(results: dict, mode: str, command: str) -> str:
     machine, flops, compiled = results["machine"], results["flops"], results["compile"]
     unit = 1e12
     parts = [f"Device: **{machine['device_name']}** (torch {machine['torch']}, diffusers {machine['diffusers']}, "
-             f"{machine['dtype']}); {machine['spec']}. Command: `{command}`.",
+             f"{machine['dtype']}); {machine['spec']}. Commands: "
+             + "; ".join(f"`{line}`" for line in results.get("commands", [command])) + ".",
              f"Matmul peak measured in this run: {machine['matmul_peak'] / unit:.2f} TFLOP/s "
              f"({machine['dtype']}, square matmul).",
              "FLOPs counted by torch.utils.flop_counter in this run: " + ", ".join(
@@ -528,6 +529,9 @@ def main(argv=None) -> int:
     results = load_results(results_path, machine)
     results["flops"] = count_flops(folder, device, dtype, variant, spec)
     command = " ".join(["python bench/gpu.py"] + list(sys.argv[1:] if argv is None else argv))
+    results.setdefault("commands", [])
+    if command not in results["commands"]:
+        results["commands"].append(command)
 
     wanted = set((args.only or "a,b,none,c,alone").split(","))
     plan = []  # (name, label, make_runner, stages)
