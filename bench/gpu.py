@@ -432,6 +432,10 @@ def render(results: dict, mode: str, command: str) -> str:
              + (" (REFERENCE.md section 7 at 1024x1024: " + ", ".join(
                  f"{name} {value} TFLOP" for name, value in REFERENCE_TFLOP.items()) + ")" if mode == "gpu" else ""),
              "", table(results), ""]
+    if mode == "smoke":
+        parts.append("This run checks the script end to end, not speed: fp32 on a shared CPU, where offloading "
+                     "and fp16 upcasting do not apply (a runs resident), and the GPU switches are forced on "
+                     "through code paths built for CUDA. Ratios here are noise; the pixel column is meaningful.")
     if results.get("reference_std", 99) < 1:
         parts.append("Warning: the reference image is flat (random weights saturated); pixel differences "
                      "prove nothing here.")
