@@ -9,7 +9,6 @@
 import logging
 import os
 import sys
-import time
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # import-time chatter is noise in a worker's log
 
@@ -20,20 +19,6 @@ prefetch_weights()
 
 from src.logs import install as protect_logs  # noqa: E402
 from src.storage import StorageConfigError, storage_from_env  # noqa: E402
-
-# WARMUP=1: one small job before the first request, so that request does not pay for first-call
-# set-up (CUDA context and kernels, allocator growth). Full size, few steps, every stage.
-WARMUP_JOB = {
-    "id": "warm-up",
-    "input": {
-        "prompt": "warm-up",
-        "num_inference_steps": 2,
-        "refiner_inference_steps": 4,
-        "strength": 0.5,
-        "seed": 0,
-        "upload": False,
-    },
-}
 
 
 def main() -> None:
@@ -55,8 +40,6 @@ def main() -> None:
     except ModelUnavailable as error:
         logging.getLogger("handler").error("%s", error)
         sys.exit(1)
-    if os.environ.get("WARMUP", "0") == "1":
-        warm_up(models)
 
     config = runpod_config(models, storage)
     if _serving():
@@ -89,19 +72,6 @@ def runpod_config(models, storage=None) -> dict:
 
     config["handler"] = handler
     return config
-
-
-def warm_up(models) -> None:
-    """Run WARMUP_JOB through the real job path; a failure is logged, never fatal."""
-    log = logging.getLogger("handler")
-    started = time.perf_counter()
-    from src.job import run_job
-
-    result = list(run_job(models, WARMUP_JOB))[-1]
-    if "error" in result:
-        log.warning("Warm-up job failed: %s", result["error"])
-    else:
-        log.info("Warm-up job done in %.1f s (%s)", time.perf_counter() - started, result.get("timings"))
 
 
 def _serving() -> bool:

@@ -19,6 +19,7 @@ from src.models import Models
 from src.plan import Plan
 from src.prompts import encode_for_base, encode_for_refiner
 from src.schedulers import build_scheduler
+from src.speed import keep_timesteps_on_host
 from src.watermark import apply_watermark
 
 StepCallback = Callable[[str, int, dict], None]  # (stage, step within the stage, callback kwargs)
@@ -69,7 +70,9 @@ def _common(request: dict, plan: Plan, conditioning) -> dict:
 
 def _run_base(models, request, plan, init_image, mask, on_step):
     pipe = {"txt2img": models.base, "img2img": models.img2img, "inpaint": models.inpaint}[plan.task]
-    pipe.scheduler = build_scheduler(request["scheduler"], models.scheduler_configs["base"])
+    pipe.scheduler = keep_timesteps_on_host(
+        pipe, build_scheduler(request["scheduler"], models.scheduler_configs["base"])
+    )
     conditioning = encode_for_base(pipe, request["prompt"], request["negative_prompt"])
     args = dict(_common(request, plan, conditioning), num_inference_steps=request["num_inference_steps"])
     if plan.task == "txt2img":
@@ -88,7 +91,9 @@ def _run_base(models, request, plan, init_image, mask, on_step):
 def _run_refiner(models, request, plan, latents, init_image, mask, on_step):
     inpainting = plan.task == "inpaint"
     pipe = models.refiner_inpaint if inpainting else models.refiner
-    pipe.scheduler = build_scheduler(request["scheduler"], models.scheduler_configs["refiner"])
+    pipe.scheduler = keep_timesteps_on_host(
+        pipe, build_scheduler(request["scheduler"], models.scheduler_configs["refiner"])
+    )
     conditioning = encode_for_refiner(pipe, request["prompt"], request["negative_prompt"])
     image = latents if latents is not None else init_image
     args = dict(_common(request, plan, conditioning), output_type="pil")

@@ -51,6 +51,8 @@ def applied(models, loras: list[dict] | None):
         yield
         return
     started = time.perf_counter()
+    # LoRA layers wrap to_q/to_k/to_v; fused attention reads to_qkv and would ignore them.
+    refused = _unfuse_qkv(models)
     try:
         placed = {}  # adapter name -> (scale, the models it went into)
         for index, lora in enumerate(loras):
@@ -62,9 +64,47 @@ def applied(models, loras: list[dict] | None):
         yield
     finally:
         _unload(models)
+        for unet in refused:
+            unet.fuse_qkv_projections()
+
+
+def _unfuse_qkv(models) -> list:
+    """Undo FUSED_QKV on the UNets for this job; the ones to fuse again afterwards."""
+    unets = [pipe.unet for pipe in (models.base, models.refiner) if pipe is not None]
+    fused = [unet for unet in dict.fromkeys(unets)
+             if any("Fused" in type(processor).__name__ for processor in unet.attn_processors.values())]
+    for unet in fused:
+        # A copy: diffusers' set_attn_processor empties the dict it is given, and we fuse again later.
+        unet.set_attn_processor(dict(unet.original_attn_processors))
+    return fused
 
 
 # --- finding the file ---
+
+
+def lora_dir() -> Path | None:
+    """LORA_DIR: the one folder local LoRA paths may point into (unset: no local paths)."""
+    root = os.environ.get("LORA_DIR")
+    return Path(root).resolve() if root else None
+
+
+def _inside_lora_dir(path: str, index: int, label: str) -> Path | None:
+    """A local path, resolved inside LORA_DIR; None when the path does not look local.
+
+    Jobs come from anyone holding the endpoint key: a path must not reach the rest of the disk.
+    """
+    looks_local = path.startswith(("/", ".", "~")) or not _HUB_ID.match(path)
+    root = lora_dir()
+    if root is None:
+        if looks_local:
+            raise InputError(f"LoRA {label}: local paths in 'loras[{index}].path' need LORA_DIR set on the worker.")
+        return None
+    local = (root / path).resolve() if not path.startswith("/") else Path(path).resolve()
+    if not local.is_relative_to(root):
+        if looks_local:
+            raise InputError(f"LoRA {label}: 'loras[{index}].path' must be inside LORA_DIR.")
+        return None
+    return local
 
 
 def resolve(lora: dict, index: int) -> Path:
@@ -75,8 +115,8 @@ def resolve(lora: dict, index: int) -> Path:
         raise InputError(f"LoRA {label}: 'loras[{index}].weight_name' must name a .safetensors file.")
     if path.lower().startswith(("http://", "https://")):
         return _cached_download(path, index, label)
-    local = Path(path).expanduser()
-    if local.exists():
+    local = _inside_lora_dir(path, index, label)
+    if local is not None and local.exists():
         file = local / (weight_name or DEFAULT_WEIGHT_NAME) if local.is_dir() else local
         if not file.is_file():
             raise InputError(f"LoRA {label}: the folder in 'loras[{index}].path' has no file {file.name!r}.")

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from src.speed import apply_speedups
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -338,6 +340,7 @@ def load_models(settings: Settings | None = None) -> Models:
     models = Models(base, img2img, refiner, settings.device, dtype, configs, seconds,
                     inpaint=inpaint, refiner_inpaint=refiner_inpaint)
     _log_loaded(settings, dtype, loader.report, loaded_bytes(models), time.perf_counter() - everything_started)
+    apply_speedups(models, settings)
     return models
 
 

@@ -103,6 +103,7 @@ def lora_env(monkeypatch, tmp_path):
     monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")  # the test server is on loopback
     monkeypatch.setenv("LORA_CACHE_DIR", str(tmp_path / "lora-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("LORA_DIR", str(tmp_path))
     _Files.hits.clear()
 
 
@@ -122,6 +123,20 @@ def test_lora_changes_the_image_and_leaves_nothing_behind(run, server, models):
     assert _Files.hits == ["/fox.safetensors"]  # downloaded once, then served from the disk cache
     assert _pixels(run(dict(JOB, loras=[fox]))).tolist() == with_lora.tolist()  # and from the cache alike
     assert _Files.hits == ["/fox.safetensors"]
+
+
+def test_a_lora_still_applies_when_the_unets_run_fused_qkv(run, server, models):
+    fox = {"path": f"{server}/fox.safetensors", "scale": 1.0}
+    with_lora = _pixels(run(dict(JOB, loras=[fox])))
+    unets = [models.base.unet, models.refiner.unet]
+    for unet in unets:
+        unet.fuse_qkv_projections()  # as FUSED_QKV does on a GPU
+    try:
+        assert _pixels(run(dict(JOB, loras=[fox]))).tolist() == with_lora.tolist()
+        assert all("Fused" in type(p).__name__ for unet in unets for p in unet.attn_processors.values())
+    finally:
+        for unet in unets:
+            unet.unfuse_qkv_projections()
 
 
 def test_scales_add_up_and_a_second_lora_stacks(run, server, baseline):
@@ -203,6 +218,16 @@ def test_a_local_lora_file_and_folder_load(run, server, tmp_path):
     assert _pixels(run(dict(JOB, loras=[{"path": str(folder)}]))).tolist() == by_url.tolist()
     file = folder / loras.DEFAULT_WEIGHT_NAME
     assert _pixels(run(dict(JOB, loras=[{"path": str(file)}]))).tolist() == by_url.tolist()
+
+
+def test_local_paths_stay_inside_lora_dir(run, tmp_path, monkeypatch):
+    outside = tmp_path.parent / "outside.safetensors"
+    for path in (str(outside), "../outside.safetensors", "/etc/passwd"):
+        error = run(dict(JOB, loras=[{"path": path}]))[-1]["error"]
+        assert "LORA_DIR" in error and "loras[0].path" in error
+    monkeypatch.delenv("LORA_DIR")
+    error = run(dict(JOB, loras=[{"path": str(tmp_path / "x.safetensors")}]))[-1]["error"]
+    assert "LORA_DIR" in error
 
 
 def test_too_many_or_too_large_loras_are_refused(run, server, monkeypatch):

@@ -114,8 +114,8 @@ def test_prefetch_reads_exactly_the_files_the_loader_reads(tmp_path):
 
 
 def test_warm_up_runs_one_job_through_the_real_path(models, caplog):
-    import handler
+    from src.speed import warm_up
 
-    with caplog.at_level(logging.INFO, logger="handler"):
-        handler.warm_up(models)
-    assert any("Warm-up job done" in record.getMessage() for record in caplog.records)
+    with caplog.at_level(logging.INFO, logger="src.speed"):
+        warm_up(models, ((256, 256, 1),))
+    assert any("Warm-up 256x256" in record.getMessage() for record in caplog.records)

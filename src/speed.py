@@ -1,0 +1,289 @@
+"""GPU speed-ups, applied once at start-up to the loaded models; each is switchable by env.
+
+Every switch reads ``auto`` (the default), ``1`` or ``0``. ``auto`` turns on what is safe and
+faster on CUDA and leaves a CPU run exactly as diffusers would run it, so the tiny-model tests
+see the same pixels with or without this module. Compiling is paid at start-up (a warm-up job),
+never by a real job, and its cache lives in a folder so a warm restart does not recompile.
+
+    CHANNELS_LAST     UNets and VAE in channels_last memory format (faster convolutions)
+    FUSED_QKV         one matmul for q, k, v (k, v in cross-attention) in the UNets and VAE
+    VAE_UPCAST        auto: no fp32 upcast for the fp16-fix VAE; 1: always (worker-sdxl); 0: never
+    ATTENTION         auto: SDPA, cuDNN's kernel first on CUDA; sdpa; cudnn; classic (no SDPA)
+    COMPILE           torch.compile the UNets' transformer blocks (regional compilation)
+    COMPILE_MODE      torch.compile mode (default: inductor's default)
+    COMPILE_CACHE_DIR where inductor keeps compiled kernels (TORCHINDUCTOR_CACHE_DIR wins)
+    HOST_TIMESTEPS    keep the scheduler's timesteps on the host: no GPU->CPU sync per step
+    WARMUP            run warm-up jobs at start-up (first CUDA calls, compilation)
+    WARMUP_SIZES      warm-up sizes, WxH:images, comma-separated (default 1024x1024:1,768x1344:2)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FP16_FIX_VAE = "sdxl-vae-fp16-fix"  # madebyollin/sdxl-vae-fp16-fix: fp16-safe, no upcast needed
+# Two warm-up shapes: the default one compiles static kernels for it, and a second, different
+# size and batch makes dynamo compile shape-generic kernels, so other sizes do not recompile.
+DEFAULT_WARMUP_SIZES = "1024x1024:1,768x1344:2"
+_TIMESTEP_HOOK = "_sdxl_worker_host_timesteps"
+
+
+@dataclass(frozen=True)
+class Speedups:
+    """What apply_speedups does; ``from_env`` resolves ``auto`` for a device."""
+
+    channels_last: bool = False
+    fused_qkv: bool = False
+    vae_upcast: bool | None = None  # None: the VAE's own config decides
+    attention: str = "sdpa"  # sdpa | cudnn | classic
+    compile: bool = False
+    compile_mode: str | None = None
+    compile_cache_dir: str | None = None
+    host_timesteps: bool = False
+    warmup: bool = False
+    warmup_sizes: tuple = ()  # ((width, height, images), ...)
+
+    @classmethod
+    def none(cls) -> "Speedups":
+        """diffusers' own behaviour: nothing changed (the unoptimised path)."""
+        return cls()
+
+    @classmethod
+    def from_env(cls, device: str, vae_name: str | None = None, cpu_offload: bool = False,
+                 env=os.environ) -> "Speedups":
+        on_gpu = device.startswith("cuda")
+        resident = on_gpu and not cpu_offload  # offload hooks and compiled blocks do not mix
+
+        def switch(name: str, auto: bool) -> bool:
+            value = env.get(name, "auto").strip().lower()
+            if value in ("auto", ""):
+                return auto
+            if value in ("1", "true", "on", "yes"):
+                return True
+            if value in ("0", "false", "off", "no"):
+                return False
+            raise ValueError(f"{name} must be auto, 1 or 0, not {value!r}.")
+
+        upcast = env.get("VAE_UPCAST", "auto").strip().lower()
+        vae_upcast = None
+        if upcast in ("auto", ""):
+            vae_upcast = False if vae_name and FP16_FIX_VAE in vae_name else None
+        else:
+            vae_upcast = switch("VAE_UPCAST", False)
+
+        attention = env.get("ATTENTION", "auto").strip().lower()
+        if attention in ("auto", ""):
+            attention = "cudnn" if on_gpu and _cudnn_attention_available() else "sdpa"
+        if attention not in ("sdpa", "cudnn", "classic"):
+            raise ValueError(f"ATTENTION must be auto, sdpa, cudnn or classic, not {attention!r}.")
+
+        # Off unless asked: compiling costs minutes of cold start, which serverless users feel most.
+        compile_ = switch("COMPILE", False) and resident
+        return cls(
+            channels_last=switch("CHANNELS_LAST", on_gpu),
+            fused_qkv=switch("FUSED_QKV", on_gpu),
+            vae_upcast=vae_upcast,
+            attention=attention,
+            compile=compile_,
+            compile_mode=env.get("COMPILE_MODE") or None,
+            compile_cache_dir=env.get("TORCHINDUCTOR_CACHE_DIR") or env.get("COMPILE_CACHE_DIR")
+            or str(_default_cache_dir()),
+            host_timesteps=switch("HOST_TIMESTEPS", on_gpu),
+            warmup=switch("WARMUP", compile_),
+            warmup_sizes=parse_sizes(env.get("WARMUP_SIZES") or DEFAULT_WARMUP_SIZES),
+        )
+
+
+def parse_sizes(text: str) -> tuple:
+    """``1024x1024:1,768x1344:2`` -> ((1024, 1024, 1), (768, 1344, 2))."""
+    sizes = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        size, _, images = item.partition(":")
+        width, _, height = size.lower().partition("x")
+        sizes.append((int(width), int(height), int(images or 1)))
+    return tuple(sizes)
+
+
+def apply_speedups(models, settings=None, speedups: Speedups | None = None) -> Speedups:
+    """Apply ``speedups`` (default: from the environment) to every model in ``models``, in place.
+
+    Order matters: attention processors before fusing (fusing installs its own SDPA processor),
+    memory format before compiling, compiling before the warm-up that pays for it.
+    """
+    if speedups is None:
+        speedups = Speedups.from_env(
+            models.device,
+            getattr(settings, "vae", None),
+            getattr(settings, "cpu_offload", False),
+        )
+    unets = _unique([models.base.unet] + ([models.refiner.unet] if models.refiner else []))
+    vae = models.base.vae  # shared by every pipeline
+
+    if speedups.vae_upcast is not None:
+        vae.register_to_config(force_upcast=speedups.vae_upcast)
+    if speedups.attention == "classic":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        for model in unets + [vae]:
+            model.set_attn_processor(AttnProcessor())
+    if speedups.fused_qkv and speedups.attention != "classic":
+        for model in unets + [vae]:
+            model.fuse_qkv_projections()
+    if speedups.channels_last:
+        import torch
+
+        for model in unets + [vae]:
+            model.to(memory_format=torch.channels_last)
+    if speedups.attention == "cudnn":
+        for unet in unets:
+            _prefer_cudnn_attention(unet)
+    if speedups.host_timesteps:
+        for unet in unets:
+            _move_timesteps_in_forward(unet)
+    if speedups.compile:
+        _compile(unets, speedups)
+    if speedups.warmup:
+        started = time.perf_counter()
+        warm_up(models, speedups.warmup_sizes)
+        models.load_seconds["warm-up"] = time.perf_counter() - started
+    log.info("Speed-ups: %s", ", ".join(f"{k}={v}" for k, v in asdict(speedups).items()))
+    return speedups
+
+
+def keep_timesteps_on_host(pipe, scheduler):
+    """The scheduler for ``pipe``, keeping its timesteps on the host when ``pipe``'s UNet asks.
+
+    With timesteps on the GPU, schedulers index their host-side tables with a GPU scalar and
+    compare it in Python (DDIM does both), each a GPU->CPU sync that drains the launch queue
+    once per step. On the host these are plain reads; the UNet's hook copies the timestep to the
+    GPU asynchronously. A no-op unless HOST_TIMESTEPS put the hook there.
+    """
+    if not getattr(pipe.unet, _TIMESTEP_HOOK, False):
+        return scheduler
+    set_timesteps = scheduler.set_timesteps
+
+    @functools.wraps(set_timesteps)
+    def on_host(num_inference_steps=None, device=None, *args, **kwargs):
+        return set_timesteps(num_inference_steps, "cpu", *args, **kwargs)
+
+    scheduler.set_timesteps = on_host
+    return scheduler
+
+
+def warm_up(models, sizes) -> None:
+    """Run short jobs through the real path, so the first user job pays no first-call costs."""
+    from src.job import run_job  # late: job imports models, which imports this module
+
+    for width, height, images in sizes:
+        inputs = {"prompt": "warm-up", "negative_prompt": "warm-up", "width": width, "height": height,
+                  "num_images": images, "num_inference_steps": 2, "seed": 0}
+        if models.has_refiner:
+            inputs.update(refine="expert_ensemble_refiner", high_noise_frac=0.5)
+        started = time.perf_counter()
+        result = list(run_job(models, {"id": f"warm-up-{width}x{height}x{images}", "input": inputs}))[-1]
+        if "error" in result:
+            # Stop at start-up rather than fail every job; COMPILE=0 is the way out if compiling broke it.
+            raise RuntimeError(f"Warm-up job {width}x{height} failed ({result['error']}); the cause is logged "
+                               "above. Try COMPILE=0 (or WARMUP=0) if it is the compiler.")
+        log.info("Warm-up %dx%d x%d: %.1f s", width, height, images, time.perf_counter() - started)
+
+
+def _compile(unets, speedups: Speedups) -> None:
+    """Regional compilation: the transformer blocks, compiled once and shared by every instance.
+
+    Compiling the repeated block instead of the whole UNet cuts compile time by about an order
+    of magnitude for most of the speed; the kernels land in a cache folder that outlives the
+    process (a network volume on RunPod), so a restart loads them instead of compiling.
+    """
+    import torch
+
+    cache = Path(speedups.compile_cache_dir or _default_cache_dir())
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    import torch._dynamo
+    import torch._inductor.config
+
+    torch._inductor.config.fx_graph_cache = True
+    # One code object serves base and refiner blocks of several widths and sizes.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    if hasattr(torch._dynamo.config, "recompile_limit"):
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    options = {"fullgraph": True}
+    if speedups.compile_mode:
+        options["mode"] = speedups.compile_mode
+    for unet in unets:
+        unet.compile_repeated_blocks(**options)
+
+
+def _prefer_cudnn_attention(unet) -> None:
+    """Run the UNet with cuDNN's attention kernel first; SDPA falls back where it cannot."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+             SDPBackend.MATH]
+    forward = unet.forward
+
+    @functools.wraps(forward)
+    def with_cudnn_first(*args, **kwargs):
+        with sdpa_kernel(order, set_priority=True):
+            return forward(*args, **kwargs)
+
+    unet.forward = with_cudnn_first
+
+
+def _move_timesteps_in_forward(unet) -> None:
+    """A host timestep reaches the GPU by an asynchronous copy from pinned memory, not a sync."""
+
+    def to_device(module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        if len(args) > 1:
+            timestep, where = args[1], 1
+        else:
+            timestep, where = kwargs.get("timestep"), None
+        import torch
+
+        if not torch.is_tensor(timestep) or timestep.device == sample.device:
+            return None
+        timestep = timestep.pin_memory().to(sample.device, non_blocking=True)
+        if where is None:
+            return args, dict(kwargs, timestep=timestep)
+        return args[:1] + (timestep,) + args[2:], kwargs
+
+    unet.register_forward_pre_hook(to_device, with_kwargs=True)
+    setattr(unet, _TIMESTEP_HOOK, True)
+
+
+def _cudnn_attention_available() -> bool:
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    # cuDNN's fused attention needs Ampere or newer and a cuDNN build that has it.
+    return torch.cuda.get_device_capability() >= (8, 0) and torch.backends.cudnn.is_available() \
+        and hasattr(torch.backends.cuda, "cudnn_sdp_enabled")
+
+
+def _default_cache_dir() -> Path:
+    # On RunPod a network volume survives the worker: compiled kernels kept there are shared
+    # by every worker of the endpoint and by the next cold start.
+    volume = Path("/runpod-volume")
+    root = volume / ".cache" if volume.is_dir() else Path.home() / ".cache"
+    return root / "sdxl-worker" / "torch-compile"
+
+
+def _unique(items: list) -> list:
+    seen, out = set(), []
+    for item in items:
+        if id(item) not in seen:
+            seen.add(id(item))
+            out.append(item)
+    return out

@@ -1,0 +1,76 @@
+"""bench/gpu.py's own logic: the reduced SDXL it checks itself with, and the table it writes.
+
+The whole smoke run takes minutes on two cores, so it is not run here; `python bench/gpu.py
+--cpu-smoke` is (see bench/RESULTS.md).
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+LAYOUT = ("down_block_types", "up_block_types", "layers_per_block", "transformer_layers_per_block",
+          "mid_block_type", "addition_embed_type", "use_linear_projection")
+
+
+def test_the_smoke_run_keeps_sdxl_layout_at_a_fraction_of_its_width(bench):
+    from diffusers import UNet2DConditionModel
+
+    real, reduced = bench.load_configs(reduced=False), bench.load_configs(reduced=True)
+    assert sum(real["base_unet"]["transformer_layers_per_block"]) == 13  # the released base, not a copy
+    for name in ("base_unet", "refiner_unet"):
+        assert {k: reduced[name][k] for k in LAYOUT} == {k: real[name][k] for k in LAYOUT}
+        with torch.device("meta"):  # shapes only: no memory, no random init
+            unet = UNet2DConditionModel.from_config(reduced[name])
+        assert sum(p.numel() for p in unet.parameters()) < 50_000_000  # the real ones: 2.6 and 2.3 billion
+    # The conditioning widths line up: both text encoders feed the base, text_encoder_2 the refiner.
+    widths = reduced["text_encoder"]["hidden_size"], reduced["text_encoder_2"]["hidden_size"]
+    assert reduced["base_unet"]["cross_attention_dim"] == sum(widths)
+    assert reduced["refiner_unet"]["cross_attention_dim"] == widths[1]
+
+
+def test_each_switch_alone_differs_from_the_unoptimised_path_in_one_field(bench):
+    from dataclasses import asdict
+
+    from src.speed import Speedups
+
+    none = asdict(Speedups.none())
+    for name in bench.ALONE:
+        changed = {k for k, v in asdict(bench.alone(name)).items() if none[k] != v}
+        if name == "compile":  # compiling is paid by a warm-up, so the two come together
+            assert {"compile", "warmup"} <= changed
+        else:
+            assert len(changed) == 1, (name, changed)
+
+
+def test_results_give_ratios_and_label_cpu_figures_as_not_gpu(bench, tmp_path):
+    row = {"peak_gib": None, "syncs": None, "pixel_diff": 0.0}
+    results = {
+        "machine": {"device_name": "CPU (test)", "torch": "t", "diffusers": "d", "dtype": "float32",
+                    "matmul_peak": 1e11, "spec": "64x64"},
+        "flops": {"image, base only": 4e10},
+        "rows": {"a|base only": dict(row, seconds=4.0, label="worker-sdxl"),
+                 "b|base only": dict(row, seconds=2.0, label="diffusers"),
+                 "c|base only": dict(row, seconds=1.0, label="this worker")},
+        "compile": {},
+    }
+    path = tmp_path / "RESULTS.md"
+    bench.write_results(results, "smoke", "python bench/gpu.py --cpu-smoke", path)
+    text = path.read_text()
+    assert "## CPU smoke run, not GPU figures; GPU figures pending (no GPU lent)" in text
+    assert "## GPU run\n\nPending" in text
+    line = next(line for line in text.splitlines() if line.startswith("| c: this worker"))
+    # 4 s -> 1 s is 4x a, 2x b; 40 GFLOP in 1 s is 0.04 TFLOP/s, 40 % of a 100 GFLOP/s peak.
+    assert "| 4.00x | 2.00x |" in line and "| 0.04 | 40.0 |" in line
