@@ -33,6 +33,7 @@ class Settings:
     vae: str | None = DEFAULT_VAE  # None: the base checkpoint's own VAE
     device: str = "cpu"
     cpu_offload: bool = False
+    taesd: str | None = None  # TAESDXL weights for previews; None: the linear projection
 
     @classmethod
     def from_env(cls, env=os.environ) -> "Settings":
@@ -49,6 +50,7 @@ class Settings:
             vae=None if vae.lower() in ("", "base", "none") else vae,
             device=device,
             cpu_offload=env.get("CPU_OFFLOAD", "0") == "1",
+            taesd=env.get("TAESD_MODEL", "").strip() or None,
         )
 
 
@@ -63,6 +65,7 @@ class Models:
     dtype: object
     scheduler_configs: dict = field(default_factory=dict)  # pristine, per stage
     load_seconds: dict = field(default_factory=dict)
+    preview_decoder: object | None = None  # TAESDXL (AutoencoderTiny) when TAESD_MODEL loads, else None
 
     @property
     def has_refiner(self) -> bool:
@@ -99,6 +102,8 @@ def load_models(settings: Settings | None = None) -> Models:
         StableDiffusionXLImg2ImgPipeline,
         StableDiffusionXLPipeline,
     )
+
+    from src.previews import load_preview_decoder
 
     settings = settings or Settings.from_env()
     _quiet_libraries()
@@ -152,6 +157,7 @@ def load_models(settings: Settings | None = None) -> Models:
     if refiner:
         configs["refiner"] = dict(refiner.scheduler.config)
     models = Models(base, img2img, refiner, settings.device, dtype, configs, seconds)
+    models.preview_decoder = load_preview_decoder(settings.taesd, settings.device, dtype)
     log.info(
         "Loaded base=%s refiner=%s vae=%s on %s (%s) in %s",
         settings.base,
