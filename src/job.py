@@ -85,8 +85,12 @@ def _run_with_previews(models: Models, job: dict, request: dict, plan, init_imag
             number = first_step[stage] + step
             progress.update(stage, number)
             if x0 is not None:
-                url = previews.render(x0, request["preview_size"], request["preview_format"],
-                                      request["preview_quality"], models.preview_decoder)
+                try:
+                    url = previews.render(x0, request["preview_size"], request["preview_format"],
+                                          request["preview_quality"], models.preview_decoder)
+                except Exception:  # a preview is a courtesy: losing one must not lose the image
+                    log.exception("job %s: preview after step %d failed", job.get("id"), number)
+                    continue
                 yield {"preview": url, "step": number, "total_steps": total, "stage": stage}
 
 

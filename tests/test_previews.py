@@ -283,3 +283,12 @@ def test_taesd_that_cannot_load_falls_back_to_linear_with_one_log_line(tmp_path,
         assert previews.load_preview_decoder(str(tmp_path / "missing"), "cpu", torch.float32) is None
     assert [r for r in caplog.records if "TAESD_MODEL" in r.getMessage() and "linear" in r.getMessage()]
     assert previews.load_preview_decoder(None, "cpu", torch.float32) is None
+
+
+def test_a_preview_that_fails_to_render_costs_the_preview_not_the_image(run, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("decoder out of memory, say")
+
+    monkeypatch.setattr(previews, "render", broken)
+    outputs = run({**FAST, "refine": "no_refiner", "preview_steps": 2})
+    assert len(outputs) == 1 and "images" in outputs[0]
