@@ -91,16 +91,17 @@ def test_clean_estimate_recovers_the_clean_latent_from_a_perfect_noise_predictio
 # --- step counts: count_steps against the steps the pipelines really take ---
 
 CASES = [
-    # scheduler, extra inputs, base steps, refiner steps (counted by hand from diffusers' timestep logic)
-    ("K_EULER", {"num_inference_steps": 4, "refine": "no_refiner"}, 4, 0),
-    ("K_EULER", {"num_inference_steps": 4, "refine": "base_image_refiner"}, 4, 2),
-    ("K_EULER", {"num_inference_steps": 4, "high_noise_frac": 0.5}, 2, 2),
-    ("DPMSolverMultistep", {"num_inference_steps": 5, "refine": "no_refiner"}, 5, 0),
-    ("DPMSolverMultistep", {"num_inference_steps": 5, "high_noise_frac": 0.8}, 4, 1),
-    ("DPMSolverMultistep", {"num_inference_steps": 3, "refiner_inference_steps": 5, "strength": 0.6}, 3, 3),
-    ("PNDM", {"num_inference_steps": 4, "refine": "no_refiner"}, 5, 0),  # PLMS repeats one timestep
-    ("DDIM", {"image": "PHOTO", "prompt_strength": 0.5, "num_inference_steps": 6, "refine": "no_refiner"}, 3, 0),
-    ("K_EULER_ANCESTRAL", {"image_url": "PHOTO", "refiner_inference_steps": 6, "strength": 0.5}, 0, 3),
+    # scheduler, extra inputs, base steps, refiner steps (counted by hand from diffusers' timestep logic), preview_steps
+    ("K_EULER", {"num_inference_steps": 4, "refine": "no_refiner"}, 4, 0, 1),
+    ("K_EULER", {"num_inference_steps": 4, "refine": "base_image_refiner"}, 4, 2, 4),  # previews at 4 and 6 (last)
+    ("K_EULER", {"num_inference_steps": 4, "high_noise_frac": 0.5}, 2, 2, 3),
+    ("DPMSolverMultistep", {"num_inference_steps": 5, "refine": "no_refiner"}, 5, 0, 2),
+    ("DPMSolverMultistep", {"num_inference_steps": 5, "high_noise_frac": 0.8}, 4, 1, 2),
+    ("DPMSolverMultistep", {"num_inference_steps": 3, "refiner_inference_steps": 5, "strength": 0.6}, 3, 3, 10),
+    ("PNDM", {"num_inference_steps": 4, "refine": "no_refiner"}, 5, 0, 2),  # PLMS repeats one timestep
+    ("DDIM", {"image": "PHOTO", "prompt_strength": 0.5, "num_inference_steps": 6, "refine": "no_refiner"}, 3, 0, 2),
+    ("DDIM", {"image": "PHOTO", "prompt_strength": 1.0, "num_inference_steps": 6, "high_noise_frac": 0.5}, 2, 4, 1),
+    ("K_EULER_ANCESTRAL", {"image_url": "PHOTO", "refiner_inference_steps": 6, "strength": 0.5}, 0, 3, 1),
 ]
 
 
@@ -112,42 +113,21 @@ def _inputs(scheduler: str, extra: dict) -> dict:
     return inputs
 
 
-@pytest.mark.parametrize("scheduler, extra, base, refiner", CASES)
-def test_count_steps_is_what_the_pipelines_run(models, scheduler, extra, base, refiner):
-    from src.images import load_image
-
-    request = validate(_inputs(scheduler, extra))
-    plan = make_plan(request, models.has_refiner)
-    counted = generate.count_steps(models, request, plan)
-    assert counted == {stage: n for stage, n in (("base", base), ("refiner", refiner)) if n}
-    taken: dict[str, list[int]] = {}
-    field = "image" if request["image"] else "image_url" if request["image_url"] else None
-    init = load_image(request[field], field) if field else None
-    generate.run(models, request, plan, init, lambda stage, step, kwargs: taken.setdefault(stage, []).append(step))
-    assert {stage: len(steps) for stage, steps in taken.items()} == counted
-    assert all(steps == list(range(1, len(steps) + 1)) for steps in taken.values())
-
-
-@pytest.mark.parametrize("scheduler, extra, every", [
-    ("K_EULER", {"num_inference_steps": 4, "refine": "no_refiner"}, 1),
-    ("K_EULER", {"num_inference_steps": 4, "refine": "base_image_refiner"}, 4),  # 6 steps: 4 and the last
-    ("K_EULER", {"num_inference_steps": 4, "high_noise_frac": 0.5}, 3),
-    ("DPMSolverMultistep", {"num_inference_steps": 5, "high_noise_frac": 0.8}, 2),
-    ("DPMSolverMultistep", {"num_inference_steps": 3, "refiner_inference_steps": 5, "strength": 0.6}, 10),
-    ("PNDM", {"num_inference_steps": 4, "refine": "no_refiner"}, 2),
-    ("K_EULER_ANCESTRAL", {"image_url": "PHOTO", "refiner_inference_steps": 6, "strength": 0.5}, 1),
-    ("DDIM", {"image": "PHOTO", "prompt_strength": 0.5, "num_inference_steps": 6, "high_noise_frac": 0.5}, 1),
-])
-def test_previews_follow_every_nth_step_across_the_job_and_the_last(run, models, scheduler, extra, every):
+@pytest.mark.parametrize("scheduler, extra, base, refiner, every", CASES)
+def test_step_counts_and_previews_are_exact_across_the_job(run, models, monkeypatch, scheduler, extra, base,
+                                                          refiner, every):
     inputs = _inputs(scheduler, {**extra, "preview_steps": every})
     request = validate(inputs)
-    counts = generate.count_steps(models, request, make_plan(request, models.has_refiner))
-    total = sum(counts.values())
+    counted = generate.count_steps(models, request, make_plan(request, models.has_refiner))
+    assert counted == {stage: n for stage, n in (("base", base), ("refiner", refiner)) if n}
+    total = base + refiner
+    taken = []  # every step the pipelines really ran, numbered across the job
+    monkeypatch.setattr(Progress, "update", lambda self, stage, step: taken.append((stage, step)))
     shown, final = split(run(inputs))
+    assert taken == [("base" if step <= base else "refiner", step) for step in range(1, total + 1)]
     assert [chunk["step"] for chunk in shown] == expected_steps(total, every)
-    assert {chunk["total_steps"] for chunk in shown} == {total}
-    base_steps = counts.get("base", 0)
-    assert [chunk["stage"] for chunk in shown] == ["base" if c["step"] <= base_steps else "refiner" for c in shown]
+    assert all(chunk["total_steps"] == total for chunk in shown)
+    assert [chunk["stage"] for chunk in shown] == ["base" if c["step"] <= base else "refiner" for c in shown]
     assert set(shown[0]) == {"preview", "step", "total_steps", "stage"}
     assert "images" in final
 
@@ -181,14 +161,13 @@ def test_each_step_hands_over_x0_not_the_noisy_latent(models, scheduler, toleran
     {"scheduler": "PNDM", "num_images": 2, "refine": "no_refiner"},
 ])
 def test_previews_do_not_change_the_final_image(run, models, inputs):
-    without = run({**FAST, **inputs})
     shown, final = split(run({**FAST, **inputs, "preview_steps": 1}))
-    assert len(without) == 1 and len(shown) >= 4
-    # ...nor differ from the pipelines run bare, without the step observer at all.
+    assert len(shown) >= 4
+    # Against the pipelines run bare: no worker thread, no step observer, no previews.
     request = validate({**FAST, **inputs})
     bare = generate.run(models, request, make_plan(request, True)).images
-    for plain, previewed, untouched in zip(without[-1]["images"], final["images"], bare, strict=True):
-        assert np.array_equal(np.asarray(decode(plain)), np.asarray(decode(previewed)))
+    assert len(bare) == len(final["images"])
+    for previewed, untouched in zip(final["images"], bare):
         assert np.array_equal(np.asarray(decode(previewed)), np.asarray(untouched))
 
 
@@ -292,3 +271,11 @@ def test_a_preview_that_fails_to_render_costs_the_preview_not_the_image(run, mon
     monkeypatch.setattr(previews, "render", broken)
     outputs = run({**FAST, "refine": "no_refiner", "preview_steps": 2})
     assert len(outputs) == 1 and "images" in outputs[0]
+
+
+def test_taesd_decodes_a_smaller_latent_for_a_small_preview(tmp_path):
+    decoder = previews.load_preview_decoder(_tiny_taesd(tmp_path / "taesd"), "cpu", torch.float32)
+    latent = torch.randn(4, 96, 128)  # a 1024x768 job
+    assert previews.taesd_rgb(decoder, latent).size == (1024, 768)
+    assert previews.taesd_rgb(decoder, latent, longest=64).size == (128, 96)  # twice the preview, not 1024
+    assert decode(previews.render(latent, 64, "jpeg", 75, decoder)).size == (64, 48)
