@@ -2,12 +2,15 @@
 
 Every stage gets a fresh scheduler, the job's prompts (as weighted, unclipped embeddings from
 src/prompts.py), guidance and generators; the base hands the refiner its latents (never a
-decoded image), and after inpainting the refiner keeps to the same mask. ``on_step(stage, step)`` is called
-after every denoising step, which is where previews and progress come from.
+decoded image), and after inpainting the refiner keeps to the same mask.
+``on_step(stage, step, kwargs)`` is called after every denoising step, with the scheduler's
+clean-image estimate in ``kwargs["x0"]``: previews and progress come from there.
+``count_steps`` says beforehand how many steps each stage will take.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,12 +20,13 @@ from PIL import Image
 
 from src.models import Models
 from src.plan import Plan
+from src.previews import clean_estimate
 from src.prompts import encode_for_base, encode_for_refiner
 from src.schedulers import build_scheduler
 from src.speed import keep_timesteps_on_host
 from src.watermark import apply_watermark
 
-StepCallback = Callable[[str, int, dict], None]  # (stage, step within the stage, callback kwargs)
+StepCallback = Callable[[str, int, dict], None]  # (stage, step within the stage, callback kwargs + "x0")
 
 
 @dataclass
@@ -74,18 +78,26 @@ def _run_base(models, request, plan, init_image, mask, on_step):
         pipe, build_scheduler(request["scheduler"], models.scheduler_configs["base"])
     )
     conditioning = encode_for_base(pipe, request["prompt"], request["negative_prompt"])
-    args = dict(_common(request, plan, conditioning), num_inference_steps=request["num_inference_steps"])
-    if plan.task == "txt2img":
-        args.update(width=plan.width, height=plan.height)
-    else:
-        args.update(image=init_image, strength=request["prompt_strength"])
+    args = dict(_common(request, plan, conditioning), **_base_args(request, plan))
+    if plan.task != "txt2img":
+        args["image"] = init_image
     if plan.task == "inpaint":
         # The inpaint pipeline would otherwise default to 1024x1024 whatever the image.
         args.update(mask_image=mask, width=init_image.width, height=init_image.height)
+    args["output_type"] = "latent" if plan.runs_refiner else "pil"
+    return pipe(**args, **_callback(on_step, "base", pipe.scheduler)).images
+
+
+def _base_args(request, plan) -> dict:
+    """The base's step settings: shared by the run and by count_steps, so they cannot disagree."""
+    args = dict(num_inference_steps=request["num_inference_steps"])
+    if plan.task == "txt2img":
+        args.update(width=plan.width, height=plan.height)
+    else:
+        args.update(strength=request["prompt_strength"])
     if plan.refine == "expert_ensemble_refiner":
         args["denoising_end"] = plan.high_noise_frac
-    args["output_type"] = "latent" if plan.runs_refiner else "pil"
-    return pipe(**args, **_callback(on_step, "base")).images
+    return args
 
 
 def _run_refiner(models, request, plan, latents, init_image, mask, on_step):
@@ -96,17 +108,19 @@ def _run_refiner(models, request, plan, latents, init_image, mask, on_step):
     )
     conditioning = encode_for_refiner(pipe, request["prompt"], request["negative_prompt"])
     image = latents if latents is not None else init_image
-    args = dict(_common(request, plan, conditioning), output_type="pil")
+    args = dict(_common(request, plan, conditioning), **_refiner_args(request, plan), output_type="pil")
     if inpainting:
         image = _keep_unmasked(models.inpaint, latents, init_image, mask)
         args.update(mask_image=mask, width=init_image.width, height=init_image.height)
     args["image"] = image
+    return pipe(**args, **_callback(on_step, "refiner", pipe.scheduler)).images
+
+
+def _refiner_args(request, plan) -> dict:
     if plan.refine == "expert_ensemble_refiner":
         # Same schedule as the base, picking up where it stopped.
-        args.update(num_inference_steps=request["num_inference_steps"], denoising_start=plan.high_noise_frac)
-    else:
-        args.update(num_inference_steps=request["refiner_inference_steps"], strength=request["strength"])
-    return pipe(**args, **_callback(on_step, "refiner")).images
+        return dict(num_inference_steps=request["num_inference_steps"], denoising_start=plan.high_noise_frac)
+    return dict(num_inference_steps=request["refiner_inference_steps"], strength=request["strength"])
 
 
 def _keep_unmasked(pipe, latents: torch.Tensor, init_image: Image.Image, mask: Image.Image) -> torch.Tensor:
@@ -125,15 +139,74 @@ def _keep_unmasked(pipe, latents: torch.Tensor, init_image: Image.Image, mask: I
     return repaint * latents + (1 - repaint) * clean.to(latents.dtype)
 
 
-def _callback(on_step: StepCallback | None, stage: str) -> dict:
+def count_steps(models: Models, request: dict, plan: Plan) -> dict[str, int]:
+    """Denoising steps per stage, before running: what the pipelines will loop over.
+
+    Mirrors diffusers' SDXL timestep logic (set_timesteps, then strength or denoising_start,
+    then denoising_end) on fresh schedulers of the job's kind: PNDM, for one, runs one step
+    more than asked. Tests hold this to the steps the pipelines really take.
+    """
+    counts = {}
+    if plan.runs_base:
+        counts["base"] = _count(build_scheduler(request["scheduler"], models.scheduler_configs["base"]),
+                                _base_args(request, plan))
+    if plan.runs_refiner:
+        counts["refiner"] = _count(build_scheduler(request["scheduler"], models.scheduler_configs["refiner"]),
+                                   _refiner_args(request, plan))
+    return counts
+
+
+def _count(scheduler, args: dict) -> int:
+    steps = args["num_inference_steps"]
+    scheduler.set_timesteps(steps, device="cpu")
+    timesteps = scheduler.timesteps
+    train_steps = scheduler.config.num_train_timesteps
+    if args.get("denoising_start") is not None:
+        cutoff = int(round(train_steps - args["denoising_start"] * train_steps))
+        count = int((timesteps < cutoff).sum().item())
+        if scheduler.order == 2 and count % 2 == 0:
+            count += 1
+        timesteps = timesteps[len(timesteps) - count:]
+    elif args.get("strength") is not None:
+        start = max(steps - min(int(steps * args["strength"]), steps), 0)
+        timesteps = timesteps[start * scheduler.order:]
+    if args.get("denoising_end") is not None:
+        cutoff = int(round(train_steps - args["denoising_end"] * train_steps))
+        timesteps = [t for t in timesteps if t >= cutoff]
+    return len(timesteps)
+
+
+def _callback(on_step: StepCallback | None, stage: str, scheduler) -> dict:
     if on_step is None:
         return {}
+    latest = _observe_clean_estimate(scheduler)
 
     def after_step(pipe, step, timestep, kwargs):
-        on_step(stage, step + 1, kwargs)
+        on_step(stage, step + 1, dict(kwargs, x0=latest.get("x0")))
         return kwargs
 
     return {"callback_on_step_end": after_step}
+
+
+def _observe_clean_estimate(scheduler) -> dict:
+    """Wrap this job's own scheduler so each step also leaves its x0 estimate behind.
+
+    Only reads: the step's result goes back to the pipeline untouched, and no random number
+    is drawn, so a job gives the same pixels with or without previews.
+    """
+    latest: dict = {}
+    original_step = scheduler.step
+
+    # wraps() keeps step's signature visible: the pipelines pass `generator` (Euler-a's noise)
+    # and `eta` only to a step() that declares them, so hiding them would change the image.
+    @functools.wraps(original_step)
+    def step(model_output, timestep, sample, *args, **kwargs):
+        output = original_step(model_output, timestep, sample, *args, **kwargs)
+        latest["x0"] = clean_estimate(scheduler, output, model_output, timestep, sample)
+        return output
+
+    scheduler.step = step  # an instance attribute on a scheduler built for this job alone
+    return latest
 
 
 def _generators(plan: Plan) -> list:

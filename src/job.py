@@ -1,7 +1,7 @@
 """One job, start to finish: validate -> plan -> fetch images -> run -> deliver.
 
-``run_job`` is a generator: it yields the final payload, or one ``{"error": ...}``. It never
-raises, so the worker keeps serving the next job whatever this one did. Failures follow the
+``run_job`` is a generator: it yields the previews asked for (src/stream.py runs the pipelines
+in a worker thread), then the final payload, or one ``{"error": ...}``. It never raises, so the worker keeps serving the next job whatever this one did. Failures follow the
 taxonomy in src/errors.py; after out-of-memory the memory is freed before the next job, and a
 poisoned CUDA context adds ``"refresh_worker": True`` (handler.py hands that to RunPod).
 """
@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import queue
+import threading
 import time
 import traceback
 from typing import Iterator
 
-from src import dialects, errors, generate, loras
+from src import dialects, errors, loras
 from src.deliver import check_request, deliver
 from src.errors import InputError
 from src.images import load_image, load_mask
@@ -23,6 +26,7 @@ from src.models import Models
 from src.plan import make_plan
 from src.schema import validate
 from src.storage import Storage
+from src.stream import run_streamed
 
 log = protect(logging.getLogger(__name__))  # no payloads or secrets in the log
 
@@ -34,7 +38,7 @@ def run_job(models: Models, job: dict, storage: Storage | None = None) -> Iterat
     try:
         names = dialects.translate(job.get("input"))
         # The work runs in its own frame, so what it holds dies with it when it fails.
-        yield from _run(models, names.input, job_id, storage)
+        yield from _run(models, job, names.input, storage)
     except InputError as error:
         log.info("job %s refused: %s", job_id, error)
         failure, collect = {"error": names.explain(str(error))}, False  # refcounting frees what it held
@@ -57,7 +61,8 @@ def run_job(models: Models, job: dict, storage: Storage | None = None) -> Iterat
     yield failure
 
 
-def _run(models: Models, raw_input, job_id: str, storage: Storage | None) -> Iterator[dict]:
+def _run(models: Models, job: dict, raw_input, storage: Storage | None) -> Iterator[dict]:
+    job_id = str(job.get("id", "local"))[:100]
     started = time.perf_counter()
     request = validate(raw_input)
     check_request(request, storage)
@@ -70,7 +75,7 @@ def _run(models: Models, raw_input, job_id: str, storage: Storage | None) -> Ite
         init_image = load_image(request[field], field)
     mask = load_mask(request["mask"], "mask", init_image.size) if request["mask"] is not None else None
     with loras.applied(models, request["loras"]):
-        result = generate.run(models, request, plan, init_image, mask=mask)
+        result = yield from run_streamed(models, job, request, plan, init_image, mask)
     delivery = deliver(result.images, request, storage, job_id)
     payload = {
         "images": delivery.images,

@@ -38,6 +38,7 @@ class Settings:
     device: str = "cpu"
     cpu_offload: bool = False
     dtype: str | None = None  # float16, bfloat16 or float32; None: fp16 on CUDA, fp32 on CPU
+    taesd: str | None = None  # TAESDXL weights for previews; None: the linear projection
 
     @classmethod
     def from_env(cls, env=os.environ, device: str | None = None) -> "Settings":
@@ -53,6 +54,7 @@ class Settings:
             device=device,
             cpu_offload=env.get("CPU_OFFLOAD", "0") == "1",
             dtype=env.get("DTYPE") or None,
+            taesd=None if env.get("TAESD_MODEL", "").strip().lower() in ("", "none") else env["TAESD_MODEL"].strip(),
         )
 
     def torch_dtype(self):
@@ -84,6 +86,7 @@ class Models:
     load_seconds: dict = field(default_factory=dict)
     inpaint: object | None = None  # StableDiffusionXLInpaintPipeline on the base's components
     refiner_inpaint: object | None = None  # the same on the refiner's: refining keeps to the mask
+    preview_decoder: object | None = None  # TAESDXL (AutoencoderTiny) when TAESD_MODEL loads, else None
 
     @property
     def has_refiner(self) -> bool:
@@ -266,6 +269,8 @@ def load_models(settings: Settings | None = None) -> Models:
     )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    from src.previews import load_preview_decoder
+
     settings = settings or Settings.from_env()
     _quiet_libraries()
     on_gpu = settings.device.startswith("cuda")
@@ -339,6 +344,7 @@ def load_models(settings: Settings | None = None) -> Models:
     seconds = {label: spent for label, (_, spent) in loader.report.items()}
     models = Models(base, img2img, refiner, settings.device, dtype, configs, seconds,
                     inpaint=inpaint, refiner_inpaint=refiner_inpaint)
+    models.preview_decoder = load_preview_decoder(settings.taesd, settings.device, dtype)
     _log_loaded(settings, dtype, loader.report, loaded_bytes(models), time.perf_counter() - everything_started)
     apply_speedups(models, settings)
     return models

@@ -186,6 +186,37 @@ INPUT_SCHEMA: dict = {
             "description": "Embed SDXL's invisible watermark (invisible-watermark, as diffusers does) in every image.",
         },
         # --- previews (issue 3) ---
+        "preview_steps": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 400,
+            "default": 0,
+            "description": (
+                "Stream a preview of the image forming every this many steps, counted across base and "
+                "refiner, and after the last step; 0 turns previews off."
+            ),
+        },
+        "preview_size": {
+            "type": "integer",
+            "minimum": 64,
+            "maximum": 1024,
+            "default": 256,
+            "description": "Preview size in pixels on its longer side; the aspect ratio is kept.",
+        },
+        "preview_format": {
+            "type": "string",
+            "enum": ["jpeg", "webp"],
+            "maxLength": 16,
+            "default": "jpeg",
+            "description": "Preview image format, sent as a data URL.",
+        },
+        "preview_quality": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 100,
+            "default": 75,
+            "description": "Preview JPEG/WebP quality.",
+        },
         # --- LoRA (issue 5) ---
         "loras": {
             "type": ["array", "null"],

@@ -1,4 +1,4 @@
-"""A real HTTP round trip through `python handler.py --rp_serve_api` (runpod's local API)."""
+"""A real HTTP round trip through `python handler.py --rp_serve_api` (runpod's local API), previews included."""
 
 import json
 import os
@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.conftest import decode
 
@@ -72,3 +73,47 @@ def test_a_bad_job_gives_one_error_and_the_server_keeps_serving(local_api):
     good = post(local_api + "/runsync", {"input": {"prompt": "a", "width": 256, "height": 256,
                                                    "num_inference_steps": 2, "refine": "no_refiner"}})
     assert "images" in good["output"][-1]
+
+
+# --- live previews (issue 3): /stream, and examples/client.py driving the same server ---
+
+JOB = {"prompt": "a red fox", "width": 384, "height": 256, "num_inference_steps": 4, "refine": "no_refiner",
+       "seed": 5, "preview_steps": 2, "preview_size": 192}
+
+
+def test_stream_yields_previews_before_the_final_payload(local_api):
+    job = post(local_api + "/run", {"input": JOB})
+    reply = post(local_api + f"/stream/{job['id']}", {})
+    assert reply["status"] == "COMPLETED", reply
+    chunks = [item["output"] for item in reply["stream"]]
+    assert [chunk["step"] for chunk in chunks[:-1]] == [2, 4]
+    assert all(chunk["total_steps"] == 4 and chunk["stage"] == "base" for chunk in chunks[:-1])
+    assert decode(chunks[0]["preview"]).size == (192, 128)
+    assert decode(chunks[-1]["images"][0]).size == (384, 256)
+
+
+def test_runsync_with_previews_off_has_only_the_final_payload(local_api):
+    reply = post(local_api + "/runsync", {"input": {**JOB, "preview_steps": 0}})
+    assert reply["status"] == "COMPLETED" and len(reply["output"]) == 1
+    assert set(reply["output"][0]) == {"images", "image_url", "seed", "seeds", "timings"}
+
+
+def test_the_example_client_saves_previews_and_images(local_api, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "examples/client.py", "--local", local_api, "--input", json.dumps(JOB), "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "step 2/4 (base)" in done.stdout and "step 4/4 (base)" in done.stdout
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["image-0.png", "preview-002.jpg", "preview-004.jpg"]
+    assert Image.open(tmp_path / "preview-004.jpg").size == (192, 128)
+    assert Image.open(tmp_path / "image-0.png").size == (384, 256)
+
+
+def test_the_example_client_reports_a_refused_job(local_api, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "examples/client.py", "--local", local_api, "--input", '{"prompt": "a", "preview_size": 9}',
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 1 and "'preview_size'" in done.stderr

@@ -1,0 +1,125 @@
+"""Streaming a run: the pipelines denoise in a worker thread, the job's thread yields previews.
+
+The denoising loop only hands each step over a queue (and, on a preview step, a copy of the
+first image's clean estimate); projecting, encoding and RunPod progress updates happen in the
+job's own thread, so the loop never waits for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from contextlib import closing
+from typing import Generator
+
+from src import generate, previews
+from src.logs import protect
+from src.models import Models
+
+log = protect(logging.getLogger(__name__))
+
+
+def run_streamed(models: Models, job: dict, request: dict, plan, init_image, mask=None) -> Generator[dict, None, object]:
+    """Run the plan in a worker thread; yield a preview dict after each preview step; return the result."""
+    steps = generate.count_steps(models, request, plan)
+    total = sum(steps.values())
+    first_step = {"base": 0, "refiner": steps.get("base", 0)}  # steps count across the job, base then refiner
+    every = request["preview_steps"]
+    progress = Progress(job, total)
+
+    def wants_preview(stage: str, step: int) -> bool:
+        number = first_step[stage] + step
+        return every > 0 and (number % every == 0 or number == total)
+
+    def on_step(stage, step, kwargs):
+        # In the denoising loop: keep the first image's x0 on a preview step, nothing more.
+        x0 = kwargs.get("x0")
+        return x0[0].detach().clone() if x0 is not None and wants_preview(stage, step) else None
+
+    events = _steps_in_thread(lambda callback: generate.run(models, request, plan, init_image, callback, mask=mask), on_step)
+    with closing(events):
+        while True:
+            try:
+                stage, step, x0 = next(events)
+            except StopIteration as finished:
+                return finished.value
+            number = first_step[stage] + step
+            progress.update(stage, number)
+            if x0 is not None:
+                try:
+                    url = previews.render(x0, request["preview_size"], request["preview_format"],
+                                          request["preview_quality"], models.preview_decoder)
+                except Exception:  # a preview is a courtesy: losing one must not lose the image
+                    log.exception("job %s: preview after step %d failed", job.get("id"), number)
+                    continue
+                yield {"preview": url, "step": number, "total_steps": total, "stage": stage}
+
+
+class _Stopped(Exception):
+    """Raised inside the denoising loop when the job's consumer went away, to end the thread early."""
+
+
+def _steps_in_thread(run, on_step) -> Generator[tuple, None, object]:
+    """Call ``run(callback)`` in a worker thread; yield (stage, step, on_step's value) per step; return its result.
+
+    The thread is always joined before this generator finishes, even when it is closed early
+    (the loop is then stopped at its next step), so no job leaves a thread behind.
+    """
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def callback(stage, step, kwargs):
+        if stop.is_set():
+            raise _Stopped()
+        events.put(("step", (stage, step, on_step(stage, step, kwargs))))
+
+    def work():
+        try:
+            events.put(("done", run(callback)))
+        except BaseException as error:  # handed to the consumer, which raises it in the job's own thread
+            events.put(("failed", error))
+
+    thread = threading.Thread(target=work, name="denoise", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = events.get()
+            if kind == "step":
+                yield value
+            elif kind == "done":
+                return value
+            else:
+                raise value
+    finally:
+        stop.set()
+        thread.join()
+
+
+class Progress:
+    """RunPod progress updates (``progress_update``): at most one a second, plus the last step.
+
+    Only on RunPod: elsewhere runpod would post to a placeholder URL, so local runs and tests send nothing.
+    """
+
+    def __init__(self, job: dict, total: int, clock=time.monotonic, on_runpod: bool | None = None):
+        self.job, self.total, self.clock = job, total, clock
+        self.enabled = _on_runpod() if on_runpod is None else on_runpod
+        self.last_sent: float | None = None
+
+    def update(self, stage: str, step: int) -> None:
+        if not self.enabled:
+            return
+        now = self.clock()
+        if step != self.total and self.last_sent is not None and now - self.last_sent < 1.0:
+            return
+        self.last_sent = now
+        import runpod.serverless
+
+        runpod.serverless.progress_update(self.job, {"step": step, "total_steps": self.total, "stage": stage})
+
+
+def _on_runpod() -> bool:
+    return bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB") or os.environ.get("RUNPOD_POD_ID"))
