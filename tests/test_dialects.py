@@ -114,7 +114,7 @@ def test_what_cannot_map_is_named_as_sent(sent, words):
         ({"prompt": "a", "previewSteps": "x" if "preview_steps" in INPUTS else 1}, ["'previewSteps'"]),
         ({"prompt": "a", "loraScale": 7, "loras": [{"path": "a/b"}]}, ["'loraScale' must be"]),
         ({"prompt": "a", "lora_weights": "./missing.safetensors", "num_outputs": 1},
-         ["LoRA 'missing.safetensors': 'lora_weights' is not"]),
+         ["LoRA 'missing.safetensors'", "'lora_weights'", "LORA_DIR"]),
         ({"text_prompts": [{"text": "a"}], "init_image": _png_base64(), "steps": 2, "image_strength": 0.9},
          ["'1 - image_strength' 0.1 x 'steps' 2 leaves no step"]),
     ],
