@@ -223,8 +223,8 @@ import handler  # the worker's own start: weights prefetch, then the library imp
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 imported = time.time()
-from src.models import loaded_bytes
-models = handler.load_models()
+from src.models import load_models, loaded_bytes  # what handler.main() imports after its storage check
+models = load_models()
 ready = time.time()
 print(json.dumps({"seconds": ready - started, "imports": imported - started, "bytes": loaded_bytes(models),
                   "device": models.device, "dtype": str(models.dtype)}))
