@@ -53,8 +53,9 @@ class Translation:
         """An error message with each renamed field called by the name the user sent."""
         for ours in sorted(self.sent_as, key=len, reverse=True):  # 'loras[0].scale' before 'loras'
             theirs = self.sent_as[ours]
-            message = re.sub(rf"'{re.escape(ours)}(?=['\[.])", f"'{theirs}", message)
-            message = re.sub(rf"(?<![\w.'\[]){re.escape(ours)}=", f"{theirs}=", message)
+            # Replacements as functions: a name the user sent is text, never a regex template.
+            message = re.sub(rf"'{re.escape(ours)}(?=['\[.])", lambda _: f"'{theirs}", message)
+            message = re.sub(rf"(?<![\w.'\[]){re.escape(ours)}=", lambda _: f"{theirs}=", message)
         return message
 
 

@@ -208,3 +208,9 @@ def test_this_workers_own_requests_pass_unchanged():
             "loras": [{"path": "a/b", "scale": 0.5}]}
     translation = translate(ours)
     assert translation.input == ours and translation.sent_as == {}
+
+
+def test_a_sent_name_with_regex_characters_is_plain_text_in_errors(run):
+    # Found by the hypothesis storm: a key ending in a backslash broke the renaming of errors.
+    outputs = run({"prompt": "a", "numOutputs": 9, "A\\": 1, "Weird$1": 2})
+    assert len(outputs) == 1 and "'numOutputs'" in outputs[0]["error"]
