@@ -96,8 +96,8 @@ def main() -> None:
         print(f"measured {name}: {rows[-1][1]:.1f} ms median of {repeats}", file=sys.stderr, flush=True)
     full_ms = rows[-1][1]
     print(f"one preview, 128x128 latent -> 256-px JPEG data URL, {args.device}, {torch.get_num_threads()} threads")
-    print(f"| way | median ms | cheaper than the full decode |")
-    print(f"| --- | ---: | ---: |")
+    print("| way | median ms | cheaper than the full decode |")
+    print("| --- | ---: | ---: |")
     for name, ms in rows:
         print(f"| {name} | {ms:.1f} | {full_ms / ms:.0f}x |")
     linear_ms, taesd_ms = rows[0][1], rows[1][1]

@@ -1,8 +1,9 @@
 """One job, start to finish: validate -> plan -> fetch images -> run -> deliver.
 
 ``run_job`` is a generator: it yields the previews asked for (src/stream.py runs the pipelines
-in a worker thread), then the final payload, or one ``{"error": ...}``. It never raises, so the worker keeps serving the next job whatever this one did. Failures follow the
-taxonomy in src/errors.py; after out-of-memory the memory is freed before the next job, and a
+in a worker thread), then the final payload, or one ``{"error": ...}``. It never raises, so the
+worker keeps serving the next job whatever this one did. Failures follow the taxonomy in
+src/errors.py; after out-of-memory the memory is freed before the next job, and a
 poisoned CUDA context adds ``"refresh_worker": True`` (handler.py hands that to RunPod).
 """
 
@@ -10,9 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import queue
-import threading
 import time
 import traceback
 from typing import Iterator
