@@ -7,13 +7,13 @@ latent-to-RGB projection or, when loaded, TAESDXL (``AutoencoderTiny``).
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 
 import numpy as np
 import torch
 from PIL import Image
+
+from src.deliver import MIME, Encoding, data_url, encode
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,6 @@ LATENT_RGB_BIAS = torch.tensor([0.1084, -0.0175, -0.0011])
 _FACTORS, _BIAS = LATENT_RGB_FACTORS.numpy(), LATENT_RGB_BIAS.numpy()
 
 MAX_PREVIEW_BYTES = 900_000  # RunPod drops stream chunks over 1 MB; leave room for the JSON around it
-_MIME = {"jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 def clean_estimate(scheduler, step_output, model_output, timestep, sample) -> torch.Tensor:
@@ -98,11 +97,9 @@ def preview_dimensions(width: int, height: int, longest: int) -> tuple[int, int]
 def to_data_url(image: Image.Image, image_format: str, quality: int) -> str:
     """JPEG or WebP as a data URL, stepping the quality down in the rare case it would not fit a stream chunk."""
     while True:
-        buffer = io.BytesIO()
-        image.save(buffer, format=image_format.upper(), quality=quality)
-        encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-        if len(encoded) <= MAX_PREVIEW_BYTES or quality <= 5:
-            return f"data:{_MIME[image_format]};base64,{encoded}"
+        url = data_url(encode(image, Encoding(image_format, quality)), MIME[image_format])
+        if len(url) - url.index(",") - 1 <= MAX_PREVIEW_BYTES or quality <= 5:  # the base64 part
+            return url
         quality //= 2
 
 
