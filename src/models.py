@@ -129,10 +129,13 @@ def _load(loader, name: str, variable: str, **kwargs):
         ) from None
 
 
+def _tensors(module) -> list:
+    return list(module.parameters()) + list(module.buffers())
+
+
 def model_bytes(module) -> int:
     """Bytes of a module's weights and buffers as loaded."""
-    tensors = list(module.parameters()) + list(module.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.numel() * t.element_size() for t in _tensors(module))
 
 
 def loaded_bytes(models: Models) -> int:
@@ -144,7 +147,7 @@ def loaded_bytes(models: Models) -> int:
         for component in pipe.components.values():
             if not hasattr(component, "parameters"):
                 continue
-            for tensor in list(component.parameters()) + list(component.buffers()):
+            for tensor in _tensors(component):
                 key = (tensor.device, tensor.data_ptr())
                 if key not in seen:
                     seen.add(key)
