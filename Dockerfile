@@ -57,4 +57,7 @@ ENV BASE_MODEL=${BASE_MODEL} \
 
 COPY handler.py test_input.json ./
 COPY src/ src/
+# The files the worker's start opens (libraries, Python modules), listed once: at each cold start
+# a helper process reads them, then the weights, into memory while Python imports (src/prefetch.py).
+RUN python -m src.prefetch --record
 CMD ["python", "-u", "handler.py"]

@@ -12,10 +12,11 @@ import sys
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # import-time chatter is noise in a worker's log
 
-from src.models import prefetch_weights  # noqa: E402  (light: torch is imported later)
+from src import prefetch  # noqa: E402  (light: torch is imported later)
 
-# Cold start: the disk reads the weights while Python imports torch and diffusers.
-prefetch_weights()
+# Cold start: a helper process reads the files the imports open, then the weights, into memory
+# while Python imports torch and diffusers.
+prefetch.start()
 
 from src.logs import install as protect_logs  # noqa: E402
 from src.storage import StorageConfigError, storage_from_env  # noqa: E402

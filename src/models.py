@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 from src.speed import apply_speedups
 
@@ -190,62 +190,6 @@ def weight_files(settings: Settings) -> list[Path]:
     return files + weights(refiner, "unet")
 
 
-def prefetch_weights(env=os.environ) -> threading.Thread | None:
-    """Start reading the weights into the page cache in the background, so the disk works while
-    Python imports torch and diffusers (seconds of CPU) instead of after. Call it first thing;
-    load_models then reads from memory. Skipped when the files would not fit in free memory
-    (they would evict each other) or PREFETCH=0."""
-    if env.get("PREFETCH", "1") == "0":
-        return None
-    files = weight_files(Settings.from_env(env, device="any"))
-    total = sum(f.stat().st_size for f in files)
-    if not files or total * 1.2 > _available_memory():
-        return None
-
-    def read_all():
-        _lowest_disk_priority()  # the imports' small reads go first; this fills the gaps
-        # sendfile to /dev/null pulls the pages into the cache without copying them to Python:
-        # a tenth of a second of CPU for 11 GB, so it does not slow the imports it overlaps.
-        with open(os.devnull, "wb") as sink:
-            for path in files:
-                with open(path, "rb") as source:
-                    size, done = os.fstat(source.fileno()).st_size, 0
-                    while done < size:
-                        sent = os.sendfile(sink.fileno(), source.fileno(), done, min(size - done, 1 << 30))
-                        if sent <= 0:
-                            break
-                        done += sent
-
-    thread = threading.Thread(target=read_all, name="prefetch-weights", daemon=True)
-    thread.start()
-    return thread
-
-
-def _lowest_disk_priority() -> None:
-    """Put the calling thread in Linux's idle I/O class (ioprio_set), where the kernel allows it."""
-    try:
-        import ctypes
-        import platform
-
-        number = {"x86_64": 251, "aarch64": 30}.get(platform.machine())
-        if number is not None:
-            idle_class, who_process = 3, 1
-            ctypes.CDLL(None, use_errno=True).syscall(number, who_process, threading.get_native_id(), idle_class << 13)
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # and the lowest CPU share (this thread)
-    except Exception:  # an optimisation only: without it the prefetch still works
-        pass
-
-
-def _available_memory() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 @dataclass
 class _Loader:
     """Loads model components one by one, straight onto the device in the target dtype, and
@@ -278,7 +222,9 @@ class _Loader:
         return model
 
 
-def load_models(settings: Settings | None = None) -> Models:
+def import_libraries() -> SimpleNamespace:
+    """What load_models builds with. Importing it is most of a cold start's CPU time, so it is
+    one call: ``python -m src.prefetch --record`` makes it to list the files the imports read."""
     from diffusers import (
         AutoencoderKL,
         StableDiffusionXLImg2ImgPipeline,
@@ -290,6 +236,11 @@ def load_models(settings: Settings | None = None) -> Models:
 
     from src.previews import load_preview_decoder
 
+    return SimpleNamespace(**locals())
+
+
+def load_models(settings: Settings | None = None) -> Models:
+    lib = import_libraries()
     settings = settings or Settings.from_env()
     _quiet_libraries()
     on_gpu = settings.device.startswith("cuda")
@@ -300,17 +251,17 @@ def load_models(settings: Settings | None = None) -> Models:
     # 1. Base: each weight-bearing component on its own, so the log can say what each cost.
     base_name = _resolve(settings.base, "base")
     if settings.vae:
-        vae = loader.component("vae", AutoencoderKL, _resolve(settings.vae, "vae"), "VAE_MODEL")
+        vae = loader.component("vae", lib.AutoencoderKL, _resolve(settings.vae, "vae"), "VAE_MODEL")
     else:
-        vae = loader.component("vae", AutoencoderKL, base_name, "BASE_MODEL", "vae")
-    text_encoder = loader.component("text_encoder", CLIPTextModel, base_name, "BASE_MODEL", "text_encoder")
+        vae = loader.component("vae", lib.AutoencoderKL, base_name, "BASE_MODEL", "vae")
+    text_encoder = loader.component("text_encoder", lib.CLIPTextModel, base_name, "BASE_MODEL", "text_encoder")
     text_encoder_2 = loader.component(
-        "text_encoder_2", CLIPTextModelWithProjection, base_name, "BASE_MODEL", "text_encoder_2"
+        "text_encoder_2", lib.CLIPTextModelWithProjection, base_name, "BASE_MODEL", "text_encoder_2"
     )
-    unet = loader.component("unet", UNet2DConditionModel, base_name, "BASE_MODEL", "unet")
+    unet = loader.component("unet", lib.UNet2DConditionModel, base_name, "BASE_MODEL", "unet")
     # Tokenizers and the scheduler are all that is left to read.
     base = _load(
-        StableDiffusionXLPipeline,
+        lib.StableDiffusionXLPipeline,
         base_name,
         "BASE_MODEL",
         vae=vae,
@@ -325,10 +276,10 @@ def load_models(settings: Settings | None = None) -> Models:
     if settings.refiner:
         refiner_name = _resolve(settings.refiner, "refiner")
         refiner_unet = loader.component(
-            "refiner unet", UNet2DConditionModel, refiner_name, "REFINER_MODEL", "unet"
+            "refiner unet", lib.UNet2DConditionModel, refiner_name, "REFINER_MODEL", "unet"
         )
         refiner = _load(
-            StableDiffusionXLImg2ImgPipeline,
+            lib.StableDiffusionXLImg2ImgPipeline,
             refiner_name,
             "REFINER_MODEL",
             unet=refiner_unet,
@@ -339,11 +290,11 @@ def load_models(settings: Settings | None = None) -> Models:
 
     # Pipelines made from components take add_watermarker=False too: otherwise diffusers adds
     # one whenever invisible-watermark is installed. apply_watermark is done in src/watermark.py.
-    img2img = StableDiffusionXLImg2ImgPipeline(**base.components, add_watermarker=False)
-    inpaint = StableDiffusionXLInpaintPipeline(**base.components, add_watermarker=False)
+    img2img = lib.StableDiffusionXLImg2ImgPipeline(**base.components, add_watermarker=False)
+    inpaint = lib.StableDiffusionXLInpaintPipeline(**base.components, add_watermarker=False)
     refiner_inpaint = None
     if refiner:
-        refiner_inpaint = StableDiffusionXLInpaintPipeline(
+        refiner_inpaint = lib.StableDiffusionXLInpaintPipeline(
             **refiner.components,
             requires_aesthetics_score=refiner.config.requires_aesthetics_score,
             force_zeros_for_empty_prompt=refiner.config.force_zeros_for_empty_prompt,
@@ -363,7 +314,7 @@ def load_models(settings: Settings | None = None) -> Models:
     seconds = {label: spent for label, (_, spent) in loader.report.items()}
     models = Models(base, img2img, refiner, settings.device, dtype, configs, seconds,
                     inpaint=inpaint, refiner_inpaint=refiner_inpaint)
-    models.preview_decoder = load_preview_decoder(settings.taesd, settings.device, dtype)
+    models.preview_decoder = lib.load_preview_decoder(settings.taesd, settings.device, dtype)
     _log_loaded(settings, dtype, loader.report, loaded_bytes(models), time.perf_counter() - everything_started)
     apply_speedups(models, settings)
     return models

@@ -160,6 +160,12 @@ def test_image_runs_offline_and_bakes_the_weights_before_the_code():
     assert order == sorted(order), "weights, then libraries, then code: a code change must not refetch 11 GB"
 
 
+def test_the_start_files_are_recorded_after_everything_a_start_imports_is_in_place():
+    record = DOCKERFILE.index("python -m src.prefetch --record")
+    assert record > max(DOCKERFILE.index(step) for step in ("requirements.txt", "COPY handler.py", "COPY src/"))
+    assert "START_FILES" not in DOCKERFILE  # the default place, in the image's Python prefix
+
+
 def test_every_copied_path_exists_and_is_not_docker_ignored():
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"}
     for line in re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE, flags=re.M):

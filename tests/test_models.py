@@ -13,7 +13,6 @@ from src.models import (
     load_models,
     loaded_bytes,
     model_bytes,
-    prefetch_weights,
     weight_files,
 )
 from src.tiny import ensure_tiny_model
@@ -72,7 +71,7 @@ def _checkpoint(root: Path, parts: dict) -> Path:
     return root
 
 
-def test_prefetch_reads_exactly_the_files_the_loader_reads(tmp_path):
+def test_the_weight_files_are_exactly_those_the_loader_reads_in_its_order(tmp_path):
     base = _checkpoint(
         tmp_path / "base",
         {
@@ -104,13 +103,6 @@ def test_prefetch_reads_exactly_the_files_the_loader_reads(tmp_path):
     assert weight_files(Settings.from_env(env, device="cpu")) == expected
     own_vae = weight_files(Settings.from_env(dict(env, VAE_MODEL="base", REFINER_MODEL="none"), device="cpu"))
     assert own_vae[0] == base / "vae/diffusion_pytorch_model.fp16.safetensors" and len(own_vae) == 4
-
-    thread = prefetch_weights(env)
-    assert thread is not None
-    thread.join(timeout=30)
-    assert not thread.is_alive()
-    assert prefetch_weights(dict(env, PREFETCH="0")) is None
-    assert prefetch_weights({"BASE_MODEL": "tiny", "REFINER_MODEL": "tiny"}) is None  # built in code, nothing baked
 
 
 def test_warm_up_runs_one_job_through_the_real_path(models, caplog):

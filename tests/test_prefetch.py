@@ -1,0 +1,132 @@
+"""src/prefetch.py: the helper process that reads a cold start's files into memory ahead of need,
+and the recorded list of the files the start opens."""
+
+import importlib.util
+import mmap
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src import prefetch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def page_cache():
+    """bench/cold_start.py's eviction and mincore check, to see what the helper put in memory."""
+    spec = importlib.util.spec_from_file_location("bench_cold_start", ROOT / "bench" / "cold_start.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _baked(root: Path) -> dict:
+    """A base and a refiner as the builder bakes them (fp16 files only), with bytes on disk."""
+    files = {
+        "base/vae/diffusion_pytorch_model.fp16.safetensors": 1 << 16,
+        "base/text_encoder/model.fp16.safetensors": 1 << 17,
+        "base/text_encoder_2/model.fp16.safetensors": 1 << 17,
+        "base/unet/diffusion_pytorch_model.fp16.safetensors": 1 << 20,
+        "refiner/unet/diffusion_pytorch_model.fp16.safetensors": 1 << 20,
+    }
+    for name, size in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(os.urandom(size))
+    return {"BASE_MODEL": str(root / "base"), "REFINER_MODEL": str(root / "refiner"), "VAE_MODEL": "base"}
+
+
+def _finished(helper) -> int:
+    assert helper is not None
+    return helper.wait(timeout=60)
+
+
+def test_the_helper_puts_the_start_files_and_the_weights_in_memory(tmp_path, page_cache):
+    env = _baked(tmp_path)
+    library = tmp_path / "site-packages" / "somelib.so"
+    library.parent.mkdir()
+    library.write_bytes(os.urandom(1 << 18))
+    listed = tmp_path / "start-files.txt"
+    listed.write_text(f"{library}\n{tmp_path / 'uninstalled.so'}\n")  # a stale entry is skipped
+    files = [library] + sorted((tmp_path / "base").rglob("*.safetensors")) + [
+        tmp_path / "refiner/unet/diffusion_pytorch_model.fp16.safetensors"
+    ]
+    os.sync()
+    page_cache._evict(files)
+    if page_cache.resident_fraction(files) > 0.05:
+        pytest.skip("this file system keeps the pages in memory whatever is asked")
+
+    assert _finished(prefetch.start(dict(env, START_FILES=str(listed)))) == 0
+    assert page_cache.resident_fraction(files) > 0.95
+
+
+def test_read_goes_through_the_list_then_the_weights_and_counts_every_byte(tmp_path):
+    _baked(tmp_path)
+    weights = sorted(str(p) for p in tmp_path.rglob("*.safetensors"))
+    library = tmp_path / "lib.so"
+    library.write_bytes(os.urandom(1 << 16))
+    listed = tmp_path / "start-files.txt"
+    # A part of a library (path, offset, length), one running past the end, and a file now gone.
+    listed.write_text(f"{library}\t4096\t8192\n{library}\t61440\t65536\n/nonexistent/lib.so\n")
+    expected = 8192 + 4096 + sum(Path(p).stat().st_size for p in weights)
+    assert prefetch.read(listed, weights) == expected
+    assert prefetch.read(tmp_path / "no-list.txt", []) == 0
+
+
+def test_only_the_touched_parts_of_a_mapped_file_are_listed(tmp_path):
+    page, pages = mmap.PAGESIZE, (64 << 20) // mmap.PAGESIZE
+    library = tmp_path / "big.so"
+    library.write_bytes(os.urandom(pages * page))
+    with open(library, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        _ = mapped[3 * page], mapped[(pages - 10) * page]  # the pages a start would touch
+        entries = [e for e in prefetch.touched_parts_of_mapped_files(merge_gap=0) if e.startswith(f"{library}\t")]
+    parts = [tuple(int(n) for n in e.split("\t")[1:]) for e in entries]
+    assert any(at <= 3 * page < at + length for at, length in parts)
+    assert any(at <= (pages - 10) * page < at + length for at, length in parts)
+    # The kernel maps neighbours along (fault-around, large folios), not the untouched middle.
+    assert not any(at <= pages // 2 * page < at + length for at, length in parts)
+    assert sum(length for _, length in parts) < pages * page // 4
+
+
+def test_nothing_starts_when_there_is_nothing_to_read_or_it_is_turned_off(tmp_path, monkeypatch):
+    env = _baked(tmp_path)
+    no_list = str(tmp_path / "absent.txt")
+    assert prefetch.start(dict(env, START_FILES=no_list, PREFETCH="0")) is None
+    # The built-in model is made in code: nothing baked, and no list recorded.
+    assert prefetch.start({"BASE_MODEL": "tiny", "REFINER_MODEL": "tiny", "START_FILES": no_list}) is None
+    # Weights that would not fit in free memory are left out; then only a list is worth a helper.
+    monkeypatch.setattr(prefetch, "available_memory", lambda: 1 << 20)
+    assert prefetch.start(dict(env, START_FILES=no_list)) is None
+    listed = tmp_path / "start-files.txt"
+    listed.write_text(f"{tmp_path / 'base/vae/diffusion_pytorch_model.fp16.safetensors'}\n")
+    assert _finished(prefetch.start(dict(env, START_FILES=str(listed)))) == 0
+
+
+def test_the_recorded_list_holds_what_a_start_opens(tmp_path):
+    listed = tmp_path / "start-files.txt"
+    done = subprocess.run(
+        [sys.executable, "-m", "src.prefetch", "--record", str(listed)],
+        cwd=tmp_path,  # as from anywhere: it finds handler.py itself
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "start files" in done.stdout
+    entries = listed.read_text().splitlines()
+    files = [e.split("\t")[0] for e in entries]
+    assert all(Path(f).is_file() and Path(f).is_absolute() for f in files)
+    libtorch = [e.split("\t") for e in entries if Path(e.split("\t")[0]).name.startswith("libtorch")]
+    assert libtorch and all(len(part) == 3 for part in libtorch)  # parts of it, not the whole library
+    assert any("unet_2d_condition" in f and f.endswith((".pyc", ".py")) for f in files)  # what diffusers imports
+    assert not any(f.endswith(".safetensors") for f in files)  # weights are listed at start, not here
+    assert len(entries) == len(set(entries))
+
+
+def test_the_command_line_says_how_to_use_it():
+    done = subprocess.run([sys.executable, "-m", "src.prefetch"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "--record" in done.stderr
