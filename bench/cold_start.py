@@ -3,6 +3,12 @@
     python bench/cold_start.py            build the cache once, then measure
     python bench/cold_start.py --build    only build the cache
     python bench/cold_start.py --no-predecessor   skip the predecessor's way (needs 13 GB of RAM)
+    python bench/cold_start.py --python "$(which python3)"   load with this interpreter instead
+
+The loaders run in the image's environment: a virtual environment under bench/.cache/ with this
+torch and requirements.txt, nothing else (built once). A development machine has more installed
+(this one has SciPy, which diffusers and transformers import when it is there: 4 s of imports a
+worker never pays); --python picks another interpreter, such as the GPU machine's.
 
 Full-size SDXL base, refiner, VAE and both text encoders are built from the real configs in
 ../shared/reference/sdxl-configs/ with random weights and saved as fp16 safetensors under
@@ -14,8 +20,11 @@ Then, in one run, each step with the files evicted from the page cache first (po
 DONTNEED per file, checked with mincore; /proc/sys/vm/drop_caches only if pages stay), and
 before each loader Python's and the libraries' files too, as on a freshly started worker:
   raw read     every file the worker loads, read once, 16 MiB at a time
-  worker       a fresh `python` that imports handler.py (which starts the weights prefetch, then
-               imports the libraries) and runs load_models: process start to models ready
+  worker       a fresh `python` that imports handler.py (which starts the prefetch helper, then
+               imports the libraries) and runs load_models: process start to models ready. The
+               start files are recorded first (python -m src.prefetch --record), as the
+               Dockerfile does at build time
+  weights only the same without the start-files list: the helper reads the weights only
   no prefetch  the same with PREFETCH=0
   predecessor  worker-sdxl's way: base and refiner loaded as whole pipelines, each with its own
                text_encoder_2 and VAE, then moved to the device
@@ -37,6 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(__file__).resolve().parent / ".cache" / "sdxl-random-fp16"
+IMAGE_VENV = Path(__file__).resolve().parent / ".cache" / "image-venv"
 CONFIGS = ROOT.parent / "shared" / "reference" / "sdxl-configs"
 if not CONFIGS.exists():  # run from a worktree: /work/wt/issue-8 -> /work/shared
     CONFIGS = ROOT.parent.parent / "shared" / "reference" / "sdxl-configs"
@@ -217,13 +227,12 @@ import json, logging, os, sys, time
 started = float(sys.argv[1])
 sys.path.insert(0, os.getcwd())
 logging.basicConfig(level="INFO", format="%(message)s", stream=sys.stderr)
-import handler  # the worker's own start: weights prefetch, then the library imports
-# load_models begins with these imports (diffusers imports its model code lazily): done here, so
-# the table can tell import time from load time. The total is the same either way.
-from diffusers import AutoencoderKL, StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTextModelWithProjection
+import handler  # the worker's own start: the prefetch helper, then the library imports
+from src.models import import_libraries, load_models, loaded_bytes  # what handler.main() imports
+# load_models begins with these imports: done here, so the table can tell import time from load
+# time. The total is the same either way.
+import_libraries()
 imported = time.time()
-from src.models import load_models, loaded_bytes  # what handler.main() imports after its storage check
 models = load_models()
 ready = time.time()
 print(json.dumps({"seconds": ready - started, "imports": imported - started, "bytes": loaded_bytes(models),
@@ -253,20 +262,48 @@ print(json.dumps({"seconds": ready - started, "imports": imported - started, "by
 """
 
 
-def python_files() -> list[Path]:
-    """Python itself and every installed library: a fresh worker finds none of them cached either."""
-    import sysconfig
+def image_python() -> str:
+    """The interpreter of a virtual environment like the image's (torch and requirements.txt)."""
+    python, complete = IMAGE_VENV / "bin" / "python", IMAGE_VENV / "complete"
+    if not complete.exists():
+        import torch
 
-    roots = {Path(sysconfig.get_paths()[key]) for key in ("stdlib", "purelib", "platlib")}
+        version = torch.__version__.split("+")[0]
+        print(f"Making {IMAGE_VENV.relative_to(ROOT)}: torch {version} and requirements.txt (once) ...", flush=True)
+        shutil.rmtree(IMAGE_VENV, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(IMAGE_VENV)], check=True)
+        pip = [str(python), "-m", "pip", "install", "-q"]
+        for what in ([f"torch=={version}"], ["-r", str(ROOT / "requirements.txt")]):
+            done = subprocess.run(pip + what, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"pip install {' '.join(what)} failed:\n{done.stderr[-4000:]}")
+        complete.write_text("1")
+    return str(python)
+
+
+def record_start_files(python: str) -> str:
+    """List the files the worker's start opens, in that environment, as the Dockerfile does."""
+    done = subprocess.run([python, "-m", "src.prefetch", "--record"], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"recording the start files failed:\n{done.stderr[-4000:]}")
+    return done.stdout.strip()
+
+
+def python_files(python: str) -> list[Path]:
+    """The interpreter's standard library and installed libraries: a fresh worker finds none of
+    them cached either."""
+    code = "import json, sysconfig; print(json.dumps([sysconfig.get_paths()[k] for k in ('stdlib', 'purelib', 'platlib')]))"
+    roots = {Path(p) for p in json.loads(subprocess.run([python, "-c", code], capture_output=True, text=True,
+                                                        check=True).stdout)}
     return [Path(top) / name for root in roots for top, _, names in os.walk(root) for name in names]
 
 
-def run_loader(code: str, env: dict, files: list[Path]) -> dict:
+def run_loader(code: str, env: dict, files: list[Path], python: str) -> dict:
     drop_page_cache(files)
-    _evict(python_files())
+    _evict(python_files(python))
     started = time.time()
     done = subprocess.run(
-        [sys.executable, "-c", code, repr(started)], cwd=ROOT, env=env, capture_output=True, text=True
+        [python, "-c", code, repr(started)], cwd=ROOT, env=env, capture_output=True, text=True
     )
     if done.returncode != 0:
         raise SystemExit(f"loader failed:\n{done.stderr[-4000:]}")
@@ -280,6 +317,8 @@ def main(argv=None) -> int:
     parser.add_argument("--build", action="store_true", help="only build the cache")
     parser.add_argument("--no-predecessor", action="store_true", help="skip the predecessor's loader")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--python", default=None,
+                        help="interpreter for the loaders (default: a venv like the image's, made once)")
     args = parser.parse_args(argv)
 
     if not (CACHE / "done").exists():
@@ -298,6 +337,8 @@ def main(argv=None) -> int:
     worker_files = weight_files(worker_folders)
     all_files = weight_files([CACHE])
 
+    python = args.python or image_python()
+    print(record_start_files(python), flush=True)
     how = drop_page_cache(all_files)
     still = resident_fraction(worker_files)
     read_seconds, read_bytes = raw_read(worker_files)
@@ -305,12 +346,17 @@ def main(argv=None) -> int:
     env = dict(os.environ, BASE_MODEL=str(CACHE / "base"), REFINER_MODEL=str(CACHE / "refiner"),
                VAE_MODEL=str(CACHE / "vae"), DEVICE=device, DTYPE="float16", BENCH_CACHE=str(CACHE),
                HF_HUB_OFFLINE="1", WARMUP="0")
-    runs = [("worker: start to ready", run_loader(WORKER, env, all_files))]
-    runs.append(("worker without prefetch (PREFETCH=0)", run_loader(WORKER, dict(env, PREFETCH="0"), all_files)))
+    runs = [("worker: start to ready", run_loader(WORKER, env, all_files, python))]
+    no_list = str(CACHE / "no-start-files.txt")
+    runs.append(("worker, weights only (no start-files list)",
+                 run_loader(WORKER, dict(env, START_FILES=no_list), all_files, python)))
+    runs.append(("worker without prefetch (PREFETCH=0)",
+                 run_loader(WORKER, dict(env, PREFETCH="0"), all_files, python)))
     if not args.no_predecessor:
-        runs.append(("predecessor (worker-sdxl's way)", run_loader(PREDECESSOR, env, all_files)))
+        runs.append(("predecessor (worker-sdxl's way)", run_loader(PREDECESSOR, env, all_files, python)))
 
-    print(f"\nCold start, {device}, fp16, page cache dropped by {how} ({still:.0%} still resident before the read)")
+    print(f"\nCold start, {device}, fp16, page cache dropped by {how} ({still:.0%} still resident before the read),"
+          f" loaders run by {python}")
     print("| what | seconds | imports | loading | GB loaded | x raw read | loading x raw read |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     print(f"| raw read of the worker's files | {read_seconds:.1f} | | | {read_bytes / 1e9:.2f} | 1.00 | |")
