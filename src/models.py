@@ -236,7 +236,16 @@ def import_libraries() -> SimpleNamespace:
 
     from src.previews import load_preview_decoder
 
-    return SimpleNamespace(**locals())
+    return SimpleNamespace(
+        AutoencoderKL=AutoencoderKL,
+        CLIPTextModel=CLIPTextModel,
+        CLIPTextModelWithProjection=CLIPTextModelWithProjection,
+        StableDiffusionXLImg2ImgPipeline=StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLInpaintPipeline=StableDiffusionXLInpaintPipeline,
+        StableDiffusionXLPipeline=StableDiffusionXLPipeline,
+        UNet2DConditionModel=UNet2DConditionModel,
+        load_preview_decoder=load_preview_decoder,
+    )
 
 
 def load_models(settings: Settings | None = None) -> Models:

@@ -1,8 +1,10 @@
 """One tiny-model fixture for the whole suite: base + refiner, loaded once through the real path."""
 
 import base64
+import importlib.util
 import io
 import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -16,6 +18,15 @@ def models():
     from src.models import Settings, load_models
 
     return load_models(Settings(base="tiny", refiner="tiny", vae=None, device="cpu"))
+
+
+def bench_script(name: str):
+    """A script under bench/ (not a package), loaded as a module so its logic can be tested."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -4,21 +4,19 @@ The whole smoke run takes minutes on two cores, so it is not run here; `python b
 --cpu-smoke` is (see bench/RESULTS.md).
 """
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.conftest import bench_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("gpu")
 
 
 LAYOUT = ("down_block_types", "up_block_types", "layers_per_block", "transformer_layers_per_block",

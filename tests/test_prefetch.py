@@ -1,7 +1,6 @@
 """src/prefetch.py: the helper process that reads a cold start's files into memory ahead of need,
 and the recorded list of the files the start opens."""
 
-import importlib.util
 import mmap
 import os
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from src import prefetch
+from tests.conftest import bench_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,10 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def page_cache():
     """bench/cold_start.py's eviction and mincore check, to see what the helper put in memory."""
-    spec = importlib.util.spec_from_file_location("bench_cold_start", ROOT / "bench" / "cold_start.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("cold_start")
 
 
 def _baked(root: Path) -> dict:
