@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -33,31 +34,49 @@ def start_files_path(env=os.environ) -> Path:
     return Path(env.get("START_FILES") or Path(sys.prefix) / "share" / "sdxl-worker" / "start-files.txt")
 
 
-def start(env=os.environ) -> subprocess.Popen | None:
-    """Start the helper; call it first thing, before the heavy imports. Returns the helper, or
-    None when there is nothing to read or PREFETCH=0. The weights are left out when they would
-    not fit in free memory (they would evict each other, and the start files)."""
+@dataclass
+class Prefetch:
+    """What start() did: the helper process (None when there is none) and a line for the log."""
+
+    helper: subprocess.Popen | None
+    summary: str
+
+
+def start(env=os.environ) -> Prefetch:
+    """Start the helper; call it first thing, before the heavy imports. There is none when
+    PREFETCH=0 or there is nothing to read. The weights are left out when they would not fit in
+    free memory (they would evict each other, and the start files)."""
     if env.get("PREFETCH", "1") == "0":
-        return None
+        return Prefetch(None, "off (PREFETCH=0)")
     from src.models import Settings, weight_files  # light: no torch
 
     weights = weight_files(Settings.from_env(env, device="any"))
-    if sum(f.stat().st_size for f in weights) * 1.2 > available_memory():
+    size, free = sum(f.stat().st_size for f in weights), available_memory()
+    notes = [] if weights else ["no baked weight files: the tiny model, or a hub id not in the cache"]
+    if weights and size * 1.2 > free:
         weights = []
+        notes.append(f"the weights ({size / 1e9:.2f} GB) left out: {free / 1e9:.2f} GB of memory free")
     start_files = start_files_path(env)
-    if not weights and not start_files.is_file():
-        return None
+    listed = start_files.is_file()
+    if not listed:
+        notes.append(f"no start-files list at {start_files}; python -m src.prefetch --record makes one")
+    if not weights and not listed:
+        return Prefetch(None, "nothing to read (" + "; ".join(notes) + ")")
+    reads = ([f"the start files listed in {start_files}"] if listed else []) + (
+        [f"{size / 1e9:.2f} GB of weights"] if weights else []
+    )
+    summary = "a helper process reads " + ", then ".join(reads) + "".join(f" ({note})" for note in notes)
     try:
         helper = subprocess.Popen(
             [sys.executable, "-I", "-S", __file__, "--read", str(start_files), *map(str, weights)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
         )
-    except OSError:  # an optimisation only: without it the start reads the files itself
-        return None
+    except OSError as error:  # an optimisation only: without it the start reads the files itself
+        return Prefetch(None, f"no helper ({error})")
     # Reap it when it ends, so no zombie is left behind in a long-lived worker.
     threading.Thread(target=helper.wait, name="prefetch-helper", daemon=True).start()
-    return helper
+    return Prefetch(helper, summary)
 
 
 def available_memory() -> int:

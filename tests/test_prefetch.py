@@ -36,9 +36,9 @@ def _baked(root: Path) -> dict:
     return {"BASE_MODEL": str(root / "base"), "REFINER_MODEL": str(root / "refiner"), "VAE_MODEL": "base"}
 
 
-def _finished(helper) -> int:
-    assert helper is not None
-    return helper.wait(timeout=60)
+def _finished(started: prefetch.Prefetch) -> int:
+    assert started.helper is not None, started.summary
+    return started.helper.wait(timeout=60)
 
 
 def test_the_helper_puts_the_start_files_and_the_weights_in_memory(tmp_path, page_cache):
@@ -91,15 +91,26 @@ def test_only_the_touched_parts_of_a_mapped_file_are_listed(tmp_path):
 def test_nothing_starts_when_there_is_nothing_to_read_or_it_is_turned_off(tmp_path, monkeypatch):
     env = _baked(tmp_path)
     no_list = str(tmp_path / "absent.txt")
-    assert prefetch.start(dict(env, START_FILES=no_list, PREFETCH="0")) is None
+    off = prefetch.start(dict(env, START_FILES=no_list, PREFETCH="0"))
+    assert off.helper is None and "PREFETCH=0" in off.summary
     # The built-in model is made in code: nothing baked, and no list recorded.
-    assert prefetch.start({"BASE_MODEL": "tiny", "REFINER_MODEL": "tiny", "START_FILES": no_list}) is None
+    tiny = prefetch.start({"BASE_MODEL": "tiny", "REFINER_MODEL": "tiny", "START_FILES": no_list})
+    assert tiny.helper is None and "nothing to read" in tiny.summary and no_list in tiny.summary
     # Weights that would not fit in free memory are left out; then only a list is worth a helper.
     monkeypatch.setattr(prefetch, "available_memory", lambda: 1 << 20)
-    assert prefetch.start(dict(env, START_FILES=no_list)) is None
+    assert prefetch.start(dict(env, START_FILES=no_list)).helper is None
     listed = tmp_path / "start-files.txt"
     listed.write_text(f"{tmp_path / 'base/vae/diffusion_pytorch_model.fp16.safetensors'}\n")
-    assert _finished(prefetch.start(dict(env, START_FILES=str(listed)))) == 0
+    started = prefetch.start(dict(env, START_FILES=str(listed)))
+    assert _finished(started) == 0
+    assert str(listed) in started.summary and "left out" in started.summary
+
+
+def test_the_log_line_says_what_the_helper_reads(tmp_path):
+    env = _baked(tmp_path)
+    weights_only = prefetch.start(dict(env, START_FILES=str(tmp_path / "absent.txt")))
+    assert _finished(weights_only) == 0
+    assert "GB of weights" in weights_only.summary and "--record makes one" in weights_only.summary
 
 
 def test_the_recorded_list_holds_what_a_start_opens(tmp_path):

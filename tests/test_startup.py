@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from src.tiny import ensure_tiny_model
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,8 +49,12 @@ def test_a_missing_vae_names_vae_model(tmp_path):
 
 def test_python_handler_py_runs_a_job_and_saves_the_images(tmp_path):
     job = '{"input": {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 5, "refine": "no_refiner"}}'
-    done = run_handler("--test_input", job, "--output_dir", str(tmp_path), BASE_MODEL="tiny", REFINER_MODEL="tiny")
+    # The tiny model as a baked folder, so the start goes the way an image's does: a prefetch helper.
+    tiny = ensure_tiny_model()
+    done = run_handler("--test_input", job, "--output_dir", str(tmp_path), BASE_MODEL=str(tiny / "base"),
+                       REFINER_MODEL=str(tiny / "refiner"), VAE_MODEL="base")
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "Prefetch: a helper process reads" in done.stderr
     saved = list(tmp_path.glob("*.png"))
     assert len(saved) == 1 and "5" in saved[0].name
     assert str(saved[0]) in done.stdout and "base64" not in done.stdout
