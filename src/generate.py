@@ -49,11 +49,11 @@ def run(models: Models, request: dict, plan: Plan, init_image: Image.Image | Non
         if plan.runs_base:
             started = time.perf_counter()
             latents = _run_base(models, request, plan, init_image, mask, on_step)
-            timings["base"] = _ms(started)
+            timings["base"] = ms_since(started)
         if plan.runs_refiner:
             started = time.perf_counter()
             output = _run_refiner(models, request, plan, latents, init_image, mask, on_step)
-            timings["refiner"] = _ms(started)
+            timings["refiner"] = ms_since(started)
         else:
             output = latents
     images = list(output)
@@ -223,5 +223,6 @@ def _resize(image: Image.Image, plan: Plan) -> Image.Image:
     return image
 
 
-def _ms(started: float) -> int:
+def ms_since(started: float) -> int:
+    """Whole milliseconds since a time.perf_counter() reading: the unit of a result's timings."""
     return round((time.perf_counter() - started) * 1000)

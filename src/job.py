@@ -18,6 +18,7 @@ from typing import Iterator
 from src import dialects, errors, loras
 from src.deliver import check_request, deliver
 from src.errors import InputError
+from src.generate import ms_since
 from src.images import load_image, load_mask
 from src.logs import protect, truncate
 from src.models import Models
@@ -80,7 +81,7 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None) -> Itera
         "image_url": delivery.images[0],
         "seed": plan.seeds[0],
         "seeds": list(plan.seeds),
-        "timings": dict(result.timings, **delivery.timings, total=_ms(started)),
+        "timings": dict(result.timings, **delivery.timings, total=ms_since(started)),
     }
     if delivery.warnings:
         payload["warnings"] = delivery.warnings
@@ -95,6 +96,3 @@ def _free_memory() -> None:
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
-
-def _ms(started: float) -> int:
-    return round((time.perf_counter() - started) * 1000)
