@@ -7,12 +7,10 @@ Runs on the tiny model on CPU (real SDXL figures need a GPU and real weights); p
 of median milliseconds and ratios to the job without a LoRA.
 """
 
-import http.server
 import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ os.environ.setdefault("ALLOW_PRIVATE_URLS", "1")
 from src import loras  # noqa: E402
 from src.job import run_job  # noqa: E402
 from src.models import Settings, load_models  # noqa: E402
+from tests.servers import Server, body  # noqa: E402
 from tests.test_loras import _make_lora  # noqa: E402
 
 JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 4, "seed": 1,
@@ -30,22 +29,7 @@ JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps"
 
 def main(repeats: int) -> None:
     models = load_models(Settings(base="tiny", refiner="tiny", vae=None, device="cpu"))
-    body = _make_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1)
-
-    class Serve(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Serve)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/fox.safetensors"
-    lora = dict(JOB, loras=[{"path": url, "scale": 0.8}])
+    lora_file = _make_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1)
 
     def job(inputs) -> float:
         started = time.perf_counter()
@@ -54,7 +38,8 @@ def main(repeats: int) -> None:
         return (time.perf_counter() - started) * 1000
 
     rows = {}
-    with tempfile.TemporaryDirectory() as cache:
+    with Server({"/fox.safetensors": body(lora_file)}) as files, tempfile.TemporaryDirectory() as cache:
+        lora = dict(JOB, loras=[{"path": files.url("/fox.safetensors"), "scale": 0.8}])
         os.environ["LORA_CACHE_DIR"] = cache
         job(JOB)  # warm-up
         rows["no LoRA"] = statistics.median(job(JOB) for _ in range(repeats))
@@ -68,10 +53,9 @@ def main(repeats: int) -> None:
         # The alternative: load once and keep it between jobs (then the next job without it differs).
         with loras.applied(models, lora["loras"]):
             rows["LoRA kept loaded across jobs"] = statistics.median(job(JOB) for _ in range(repeats))
-    httpd.shutdown()
 
     print(f"tiny SDXL, CPU, {JOB['width']}x{JOB['height']}, {JOB['num_inference_steps']} steps, "
-          f"LoRA {len(body) / 1024:.0f} KB, median of {repeats}")
+          f"LoRA {len(lora_file) / 1024:.0f} KB, median of {repeats}")
     print("| job | ms | vs no LoRA |\n| --- | --- | --- |")
     for name, ms in rows.items():
         print(f"| {name} | {ms:.0f} | {ms / rows['no LoRA']:.2f}x |")

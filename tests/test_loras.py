@@ -1,9 +1,7 @@
 """LoRAs per job on the tiny model: made here with peft, served over real HTTP, loaded, unloaded."""
 
-import http.server
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import torch
 
 from src import loras
 from tests.conftest import decode, png_data_url
+from tests.servers import Server, body
 
 JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 7,
        "refiner_inference_steps": 4, "strength": 0.5}
@@ -63,39 +62,30 @@ def _incompatible_lora() -> bytes:
     return save({f"{layer}.lora.down.weight": torch.ones(4, 320), f"{layer}.lora.up.weight": torch.ones(64, 4)})
 
 
-class _Files(http.server.BaseHTTPRequestHandler):
-    files: dict = {}
-    hits: list = []
-
-    def do_GET(self):
-        self.hits.append(self.path)
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
-def server():
-    """A real HTTP server for the test LoRAs; ``hits`` lists every path requested."""
-    _Files.files = {
+def lora_files() -> dict:
+    """The test LoRAs by URL path."""
+    return {
         "/fox.safetensors": _make_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1),
         "/with-text.safetensors": _make_lora("base", ["to_q"], seed=3, text_encoders=True),
         "/refiner-only.safetensors": _make_lora("refiner", ["to_q", "to_k", "to_v", "to_out.0"], seed=2),
         "/corrupt.safetensors": b"this is not a safetensors file at all" * 10,
         "/other-model.safetensors": _incompatible_lora(),
     }
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def http_files(lora_files):
+    """A real HTTP server for the test LoRAs; its ``requests`` lists every path asked for."""
+    with Server({path: body(data) for path, data in lora_files.items()}) as files:
+        yield files
+
+
+@pytest.fixture
+def server(http_files):
+    """The server's address, with its record of requests cleared for each test."""
+    http_files.requests.clear()
+    return http_files.url("")
 
 
 @pytest.fixture(autouse=True)
@@ -104,7 +94,6 @@ def lora_env(monkeypatch, tmp_path):
     monkeypatch.setenv("LORA_CACHE_DIR", str(tmp_path / "lora-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("LORA_DIR", str(tmp_path))
-    _Files.hits.clear()
 
 
 def _pixels(outputs) -> np.ndarray:
@@ -112,7 +101,7 @@ def _pixels(outputs) -> np.ndarray:
     return np.asarray(decode(outputs[-1]["images"][0]))
 
 
-def test_lora_changes_the_image_and_leaves_nothing_behind(run, server, models):
+def test_lora_changes_the_image_and_leaves_nothing_behind(run, server, http_files, models):
     before = _pixels(run(JOB))
     fox = {"path": f"{server}/fox.safetensors", "scale": 1.0}
     with_lora = _pixels(run(dict(JOB, loras=[fox])))
@@ -120,9 +109,10 @@ def test_lora_changes_the_image_and_leaves_nothing_behind(run, server, models):
     assert _pixels(run(dict(JOB, loras=[dict(fox, scale=0)]))).tolist() == before.tolist()
     assert _pixels(run(JOB)).tolist() == before.tolist()  # the job after a LoRA: the same pixels
     assert loras.leftover_layers(models) == []
-    assert _Files.hits == ["/fox.safetensors"]  # downloaded once, then served from the disk cache
+    # Downloaded once, then served from the disk cache.
+    assert [path for path, _ in http_files.requests] == ["/fox.safetensors"]
     assert _pixels(run(dict(JOB, loras=[fox]))).tolist() == with_lora.tolist()  # and from the cache alike
-    assert _Files.hits == ["/fox.safetensors"]
+    assert [path for path, _ in http_files.requests] == ["/fox.safetensors"]
 
 
 def test_a_lora_still_applies_when_the_unets_run_fused_qkv(run, server, models):
@@ -150,10 +140,10 @@ def test_scales_add_up_and_a_second_lora_stacks(run, server, baseline):
     assert np.abs(doubled.astype(int) - full).max() <= 1  # two halves of one LoRA: the whole LoRA
 
 
-def test_a_lora_with_text_encoder_layers(run, server, baseline, models):
+def test_a_lora_with_text_encoder_layers(run, server, lora_files, baseline, models):
     from safetensors.torch import load
 
-    keys = load(_Files.files["/with-text.safetensors"]).keys()
+    keys = load(lora_files["/with-text.safetensors"]).keys()
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("text_encoder_2.") for k in keys)
     with loras.applied(models, [{"path": f"{server}/with-text.safetensors"}]):
         assert len(loras.leftover_layers(models)) > 0  # the check below can see LoRA layers
@@ -209,11 +199,11 @@ def test_unreachable_local_and_hub_loras_are_named(run, tmp_path):
     assert "'some-lora'" in error and "'style.safetensors'" in error and "hub" in error
 
 
-def test_a_local_lora_file_and_folder_load(run, server, tmp_path):
+def test_a_local_lora_file_and_folder_load(run, server, lora_files, tmp_path):
     JOB = FAST
     folder = tmp_path / "my-lora"
     folder.mkdir()
-    (folder / loras.DEFAULT_WEIGHT_NAME).write_bytes(_Files.files["/fox.safetensors"])
+    (folder / loras.DEFAULT_WEIGHT_NAME).write_bytes(lora_files["/fox.safetensors"])
     by_url = _pixels(run(dict(JOB, loras=[{"path": f"{server}/fox.safetensors"}])))
     assert _pixels(run(dict(JOB, loras=[{"path": str(folder)}]))).tolist() == by_url.tolist()
     file = folder / loras.DEFAULT_WEIGHT_NAME
