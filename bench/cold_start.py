@@ -154,12 +154,7 @@ def drop_page_cache(files: list[Path]) -> str:
     """Evict the files from the page cache: file by file (kind to the machine's other users),
     and the whole cache through /proc/sys/vm/drop_caches only if pages stay resident."""
     os.sync()  # dirty pages cannot be dropped
-    for path in files:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+    _evict(files)
     if resident_fraction(files) < 0.01:
         return "posix_fadvise(DONTNEED)"
     try:
@@ -170,6 +165,7 @@ def drop_page_cache(files: list[Path]) -> str:
 
 
 def _evict(files: list[Path]) -> None:
+    """posix_fadvise(DONTNEED) on each file that can be opened: its clean pages leave the cache."""
     for path in files:
         try:
             fd = os.open(path, os.O_RDONLY)
