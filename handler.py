@@ -16,7 +16,7 @@ from src import prefetch  # noqa: E402  (light: torch is imported later)
 
 # Cold start: a helper process reads the files the imports open, then the weights, into memory
 # while Python imports torch and diffusers.
-started = prefetch.start()
+prefetching = prefetch.start()
 
 from src.logs import install as protect_logs  # noqa: E402
 from src.storage import StorageConfigError, storage_from_env  # noqa: E402
@@ -25,7 +25,7 @@ from src.storage import StorageConfigError, storage_from_env  # noqa: E402
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
     protect_logs()
-    logging.getLogger("handler").info("Prefetch: %s", started.summary)
+    logging.getLogger("handler").info("Prefetch: %s", prefetching.summary)
     # runpod logs every streamed output at DEBUG by default: whole base64 images.
     os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
     try:
