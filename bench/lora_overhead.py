@@ -21,7 +21,7 @@ from src import loras  # noqa: E402
 from src.job import run_job  # noqa: E402
 from src.models import Settings, load_models  # noqa: E402
 from tests.servers import Server, body  # noqa: E402
-from tests.test_loras import _make_lora  # noqa: E402
+from tests.conftest import make_lora  # noqa: E402
 
 JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 4, "seed": 1,
        "refine": "no_refiner"}
@@ -29,7 +29,7 @@ JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps"
 
 def main(repeats: int) -> None:
     models = load_models(Settings(base="tiny", refiner="tiny", vae=None, device="cpu"))
-    lora_file = _make_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1)
+    lora_file = make_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1)
 
     def job(inputs) -> float:
         started = time.perf_counter()

@@ -45,14 +45,17 @@ def run(models: Models, request: dict, plan: Plan, init_image: Image.Image | Non
         mask = mask.resize(init_image.size, Image.Resampling.LANCZOS) if mask.size != init_image.size else mask
 
     latents = None
+    # One generator per image for the whole job: the refiner continues each image's random
+    # stream where the base left it (as cog-sdxl and worker-sdxl do), never restarting it.
+    generators = _generators(plan)
     with torch.inference_mode():
         if plan.runs_base:
             started = time.perf_counter()
-            latents = _run_base(models, request, plan, init_image, mask, on_step)
+            latents = _run_base(models, request, plan, generators, init_image, mask, on_step)
             timings["base"] = ms_since(started)
         if plan.runs_refiner:
             started = time.perf_counter()
-            output = _run_refiner(models, request, plan, latents, init_image, mask, on_step)
+            output = _run_refiner(models, request, plan, generators, latents, init_image, mask, on_step)
             timings["refiner"] = ms_since(started)
         else:
             output = latents
@@ -62,23 +65,23 @@ def run(models: Models, request: dict, plan: Plan, init_image: Image.Image | Non
     return Result(images=images, seeds=plan.seeds, timings=timings)
 
 
-def _common(request: dict, plan: Plan, conditioning) -> dict:
+def _common(request: dict, plan: Plan, conditioning, generators: list) -> dict:
     """What every stage gets: the prompts as embeddings, guidance, one generator per image."""
     return dict(
         conditioning.as_kwargs(),
         guidance_scale=request["guidance_scale"],
         num_images_per_prompt=len(plan.seeds),  # one batched pass for the whole job
-        generator=_generators(plan),
+        generator=generators,
     )
 
 
-def _run_base(models, request, plan, init_image, mask, on_step):
+def _run_base(models, request, plan, generators, init_image, mask, on_step):
     pipe = {"txt2img": models.base, "img2img": models.img2img, "inpaint": models.inpaint}[plan.task]
     pipe.scheduler = keep_timesteps_on_host(
         pipe, build_scheduler(request["scheduler"], models.scheduler_configs["base"])
     )
     conditioning = encode_for_base(pipe, request["prompt"], request["negative_prompt"])
-    args = dict(_common(request, plan, conditioning), **_base_args(request, plan))
+    args = dict(_common(request, plan, conditioning, generators), **_base_args(request, plan))
     if plan.task != "txt2img":
         args["image"] = init_image
     if plan.task == "inpaint":
@@ -100,7 +103,7 @@ def _base_args(request, plan) -> dict:
     return args
 
 
-def _run_refiner(models, request, plan, latents, init_image, mask, on_step):
+def _run_refiner(models, request, plan, generators, latents, init_image, mask, on_step):
     inpainting = plan.task == "inpaint"
     pipe = models.refiner_inpaint if inpainting else models.refiner
     pipe.scheduler = keep_timesteps_on_host(
@@ -108,7 +111,8 @@ def _run_refiner(models, request, plan, latents, init_image, mask, on_step):
     )
     conditioning = encode_for_refiner(pipe, request["prompt"], request["negative_prompt"])
     image = latents if latents is not None else init_image
-    args = dict(_common(request, plan, conditioning), **_refiner_args(request, plan), output_type="pil")
+    args = dict(_common(request, plan, conditioning, generators), **_refiner_args(request, plan),
+                output_type="pil")
     if inpainting:
         image = _keep_unmasked(models.inpaint, latents, init_image, mask)
         args.update(mask_image=mask, width=init_image.width, height=init_image.height)

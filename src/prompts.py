@@ -84,10 +84,10 @@ def encode_for_base(pipe, prompt: str, negative_prompt: str | None) -> Condition
     with torch.inference_mode():
         hidden_1 = _hidden_states(first, conjunctions)
         hidden_2 = _hidden_states(second, conjunctions)
-        pooled = second.conditioning_provider.get_pooled_embeddings(texts, device=second.device)
+        pooled = _pooled(second, texts)
         hidden_1, hidden_2 = _same_length(first, hidden_1, second, hidden_2)
         embeds = torch.cat([hidden_1, hidden_2], dim=-1)
-    return _split(pipe, embeds, pooled, has_negative=bool((negative_prompt or "").strip()))
+    return _split(pipe, embeds, pooled, has_negative=negative_prompt is not None)
 
 
 def encode_for_refiner(pipe, prompt: str, negative_prompt: str | None) -> Conditioning:
@@ -96,8 +96,8 @@ def encode_for_refiner(pipe, prompt: str, negative_prompt: str | None) -> Condit
     second = _compel(pipe.tokenizer_2, pipe.text_encoder_2, pooled=True, pipe=pipe)
     with torch.inference_mode():
         embeds = _hidden_states(second, conjunctions)
-        pooled = second.conditioning_provider.get_pooled_embeddings(texts, device=second.device)
-    return _split(pipe, embeds, pooled, has_negative=bool((negative_prompt or "").strip()))
+        pooled = _pooled(second, texts)
+    return _split(pipe, embeds, pooled, has_negative=negative_prompt is not None)
 
 
 def _parsed(tokenizer, prompt: str | None, negative_prompt: str | None) -> tuple[list[str], list[Conjunction]]:
@@ -154,6 +154,13 @@ def _hidden_states(compel: Compel, conjunctions: list[Conjunction]) -> torch.Ten
     return torch.cat(compel.pad_conditioning_tensors_to_same_length(rows))
 
 
+def _pooled(compel: Compel, texts: list[str]) -> torch.Tensor:
+    """text_encoder_2's pooled output, one text at a time as diffusers encodes it: a batch of two
+    rounds differently on CPU and GPU, and that alone moves pixels."""
+    provider = compel.conditioning_provider
+    return torch.cat([provider.get_pooled_embeddings([text], device=compel.device) for text in texts])
+
+
 def _same_length(first: Compel, hidden_1: torch.Tensor, second: Compel, hidden_2: torch.Tensor):
     """The two encoders may chunk differently (other tokenizers): pad the shorter one."""
     length = max(hidden_1.shape[1], hidden_2.shape[1])
@@ -177,6 +184,7 @@ def _split(pipe, embeds: torch.Tensor, pooled: torch.Tensor, has_negative: bool)
     """Row 0 is the prompt, row 1 the negative prompt (zeros where the model wants them)."""
     negative, negative_pooled = embeds[1:2], pooled[1:2]
     if not has_negative and pipe.config.force_zeros_for_empty_prompt:
-        # SDXL base's own rule for a missing negative prompt, as diffusers applies it.
+        # SDXL base's own rule for an unset negative prompt, as diffusers applies it; an empty
+        # string is a prompt like any other and is encoded.
         negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
     return Conditioning(embeds[0:1], pooled[0:1], negative, negative_pooled)

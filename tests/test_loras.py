@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from src import loras
-from tests.conftest import decode, png_data_url
+from tests.conftest import decode, make_lora, png_data_url
 from tests.servers import Server, body
 
 JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 7,
@@ -27,33 +27,6 @@ def baseline(models):
     return _pixels(list(run_job(models, {"id": "baseline", "input": FAST})))
 
 
-def _make_lora(part: str, targets: list[str], seed: int, text_encoders: bool = False) -> bytes:
-    """A LoRA in diffusers' format for the tiny model's ``part`` UNet (and text encoders), non-zero."""
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig, get_peft_model
-    from peft.utils import get_peft_model_state_dict
-    from src.tiny import ensure_tiny_model
-
-    folder = ensure_tiny_model() / part
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-    torch.manual_seed(seed)
-    # init_lora_weights=False: both halves random, so the LoRA changes the output from the start.
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
-    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))}
-    if text_encoders:
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-        for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
-            config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-            encoder = get_peft_model(cls.from_pretrained(folder / name), config)
-            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(
-                get_peft_model_state_dict(encoder.base_model.model))
-    with tempfile.TemporaryDirectory() as out:
-        StableDiffusionXLPipeline.save_lora_weights(out, **layers, safe_serialization=True)
-        return (Path(out) / loras.DEFAULT_WEIGHT_NAME).read_bytes()
-
-
 def _incompatible_lora() -> bytes:
     """Right format, wrong sizes: a layer the tiny UNet has, with another model's width."""
     from safetensors.torch import save
@@ -66,9 +39,9 @@ def _incompatible_lora() -> bytes:
 def lora_files() -> dict:
     """The test LoRAs by URL path."""
     return {
-        "/fox.safetensors": _make_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1),
-        "/with-text.safetensors": _make_lora("base", ["to_q"], seed=3, text_encoders=True),
-        "/refiner-only.safetensors": _make_lora("refiner", ["to_q", "to_k", "to_v", "to_out.0"], seed=2),
+        "/fox.safetensors": make_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1),
+        "/with-text.safetensors": make_lora("base", ["to_q"], seed=3, text_encoders=True),
+        "/refiner-only.safetensors": make_lora("refiner", ["to_q", "to_k", "to_v", "to_out.0"], seed=2),
         "/corrupt.safetensors": b"this is not a safetensors file at all" * 10,
         "/other-model.safetensors": _incompatible_lora(),
     }
