@@ -35,11 +35,14 @@ def main() -> None:
         sys.exit(1)
 
     # Imported after the storage check: a misconfigured worker stops in a second, before torch loads.
+    from src import selfcheck
     from src.models import ModelUnavailable, load_models
 
     try:
+        selfcheck.check_libraries()  # before the weights: a broken install stops in seconds
         models = load_models()
-    except ModelUnavailable as error:
+        selfcheck.check_schedulers(models.scheduler_configs)
+    except (ModelUnavailable, selfcheck.SelfCheckFailed) as error:
         logging.getLogger("handler").error("%s", error)
         sys.exit(1)
 

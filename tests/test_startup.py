@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from src.tiny import ensure_tiny_model
+from tests.conftest import run_handler
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,13 +23,6 @@ def test_the_tiny_model_has_sdxls_shape(models):
     assert models.refiner.unet.config.cross_attention_dim == models.base.text_encoder_2.config.hidden_size
     assert models.refiner.config.requires_aesthetics_score
     assert 2 ** (len(models.base.vae.config.block_out_channels) - 1) == 8  # SDXL's 8x latent downsampling
-
-
-def run_handler(*args, **env):
-    return subprocess.run(
-        [sys.executable, "handler.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, **env),
-    )
 
 
 def test_missing_weights_are_one_sentence_at_start_up(tmp_path):

@@ -1,0 +1,52 @@
+"""The start-up self-check: a missing library stops the worker with one sentence naming the package."""
+
+import pytest
+
+from src import selfcheck
+from src.schedulers import SCHEDULERS, build_scheduler
+from tests.conftest import run_handler
+
+
+def test_every_scheduler_in_the_table_builds_for_every_stage_in_this_environment(models):
+    selfcheck.check_schedulers(models.scheduler_configs)  # raises on the first one that cannot
+    assert set(models.scheduler_configs) == {"base", "refiner"}
+    for name in ("KLMS", "KLMS_KARRAS", "K_LMS"):  # the ones a missing SciPy broke
+        assert type(build_scheduler(name, models.scheduler_configs["base"])).__name__ == "LMSDiscreteScheduler"
+
+
+def test_every_library_an_input_needs_imports_in_this_environment():
+    selfcheck.check_libraries()
+
+
+def test_a_missing_library_is_one_sentence_naming_the_package_and_what_needs_it():
+    def importer(module):
+        if module == "imwatermark":
+            raise ModuleNotFoundError("No module named 'imwatermark'")
+
+    with pytest.raises(selfcheck.SelfCheckFailed) as refused:
+        selfcheck.check_libraries(importer)
+    message = str(refused.value)
+    assert "'invisible-watermark'" in message and "'apply_watermark'" in message
+    assert "pip install" in message and message.count(". ") == 0
+
+
+def test_a_scheduler_that_cannot_be_built_names_it(models, monkeypatch):
+    from diffusers import LMSDiscreteScheduler
+
+    def needs_scipy(*args, **kwargs):
+        raise ImportError("\nLMSDiscreteScheduler requires the scipy library but it was not found in your environment.")
+
+    monkeypatch.setattr(LMSDiscreteScheduler, "from_config", needs_scipy)
+    with pytest.raises(selfcheck.SelfCheckFailed, match=r"'KLMS' cannot be built for the base model \(LMSDiscrete"):
+        selfcheck.check_schedulers(models.scheduler_configs)
+
+
+def test_the_worker_without_scipy_stops_at_start_up_naming_it(tmp_path):
+    # A scipy that fails to import, first on the path: what a fresh install without it meets.
+    (tmp_path / "scipy").mkdir()
+    (tmp_path / "scipy" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'scipy'\")\n")
+    done = run_handler(BASE_MODEL="tiny", REFINER_MODEL="none", PYTHONPATH=str(tmp_path))
+    assert done.returncode == 1, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "'scipy'" in errors[0] and "KLMS" in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
