@@ -207,10 +207,10 @@ def _replicate(raw: dict, out: dict, put, sent_as: dict, replicate: bool) -> Non
             raise InputError(f"'{sent}' applies to a single LoRA; give each LoRA its own 'scale' in 'loras'.")
         # No LoRA: cog-sdxl sends lora_scale with every request; it has nothing to scale.
     if replicate:
-        # cog-sdxl's default is no refiner, and it ignores high_noise_frac outside the ensemble.
+        # cog-sdxl's defaults: no refiner, and an empty negative prompt (encoded, not zeroed).
+        # A high_noise_frac outside the ensemble is ignored by the plan, with a warning.
         out.setdefault("refine", "no_refiner")
-        if out.get("refine") != "expert_ensemble_refiner":
-            out.pop("high_noise_frac", None)
+        out.setdefault("negative_prompt", "")
 
 
 def _snake(key) -> str:

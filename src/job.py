@@ -83,8 +83,9 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None) -> Itera
         "seeds": list(plan.seeds),
         "timings": dict(result.timings, **delivery.timings, total=ms_since(started)),
     }
-    if delivery.warnings:
-        payload["warnings"] = delivery.warnings
+    warnings = list(plan.warnings) + list(delivery.warnings)
+    if warnings:
+        payload["warnings"] = warnings
     yield payload
 
 

@@ -24,6 +24,7 @@ class Plan:
     height: int | None
     seeds: tuple[int, ...]  # image i of the job uses seeds[i] = seed + i
     high_noise_frac: float | None  # set only for expert_ensemble_refiner
+    warnings: tuple[str, ...] = ()  # inputs the plan ignored, one sentence each, for the result
 
     @property
     def runs_base(self) -> bool:
@@ -46,6 +47,11 @@ def make_plan(request: dict, has_refiner: bool) -> Plan:
     if refine == "expert_ensemble_refiner" and frac is None:
         frac = DEFAULT_HIGH_NOISE_FRAC
     _check_step_counts(request, task, refine)
+    warnings = ()
+    if request["high_noise_frac"] is not None and refine != "expert_ensemble_refiner":
+        # cog-sdxl's playground sends its default 0.8 with every request, whatever the mode.
+        warnings = (f"'high_noise_frac' was ignored: it only applies to refine='expert_ensemble_refiner', "
+                    f"and this job ran '{refine}'.",)
     return Plan(
         task=task,
         refine=refine,
@@ -53,6 +59,7 @@ def make_plan(request: dict, has_refiner: bool) -> Plan:
         height=request["height"] or size_default,
         seeds=tuple(seed + i for i in range(count)),
         high_noise_frac=frac if refine == "expert_ensemble_refiner" else None,
+        warnings=warnings,
     )
 
 
@@ -81,10 +88,6 @@ def _refine_mode(request: dict, has_refiner: bool, task: str) -> str:
             )
         return "no_refiner"
     if asked is not None:
-        if asked != "expert_ensemble_refiner" and request["high_noise_frac"] is not None:
-            raise InputError(
-                f"'high_noise_frac' only applies to refine='expert_ensemble_refiner', not '{asked}'."
-            )
         return asked
     # worker-sdxl's rule: a hand-off point means the ensemble, none means refine the base image.
     return "expert_ensemble_refiner" if request["high_noise_frac"] is not None else "base_image_refiner"

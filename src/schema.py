@@ -53,7 +53,10 @@ INPUT_SCHEMA: dict = {
             "type": ["string", "null"],
             "maxLength": MAX_PROMPT_CHARS,
             "default": None,
-            "description": "What to keep out of the image. Reaches the base and the refiner.",
+            "description": (
+                "What to keep out of the image; reaches the base and the refiner. Unset is zeroed on the "
+                "base, as in diffusers; `\"\"` is encoded like any text and gives another image."
+            ),
         },
         "width": {
             "type": ["integer", "null"],
@@ -126,7 +129,8 @@ INPUT_SCHEMA: dict = {
             "default": None,
             "description": (
                 "Expert ensemble hand-off: the base denoises this fraction of the schedule, the "
-                "refiner the rest (0.8 when `refine` is `expert_ensemble_refiner` and this is unset)."
+                "refiner the rest (0.8 when `refine` is `expert_ensemble_refiner` and this is unset). "
+                "Ignored, with a warning, in the other refine modes."
             ),
         },
         "refiner_inference_steps": {

@@ -66,11 +66,12 @@ def test_replicate_cog_sdxl_names():
     assert translate(sent).input == {
         "prompt": "a fox", "num_images": 2, "refine": "expert_ensemble_refiner", "high_noise_frac": 0.7,
         "refiner_inference_steps": 10, "loras": [{"path": "https://example.com/style.safetensors", "scale": 0.6}],
-        "prompt_strength": 0.5,
+        "prompt_strength": 0.5, "negative_prompt": "",
     }
-    # cog-sdxl's defaults: no refiner, and high_noise_frac ignored outside the ensemble.
+    # cog-sdxl's defaults: no refiner, an empty negative prompt; the plan ignores high_noise_frac.
     assert translate({"prompt": "a fox", "num_outputs": 1, "high_noise_frac": 0.8}).input == {
-        "prompt": "a fox", "num_images": 1, "refine": "no_refiner"}
+        "prompt": "a fox", "num_images": 1, "refine": "no_refiner", "negative_prompt": "", "high_noise_frac": 0.8}
+    assert translate({"prompt": "a fox", "num_outputs": 1, "negative_prompt": "dark"}).input["negative_prompt"] == "dark"
     # lora_scale with no LoRA (cog sends it always) scales nothing; with one LoRA it is its scale.
     assert "loras" not in translate({"prompt": "a", "lora_scale": 0.6}).input
     one = translate({"prompt": "a", "loras": [{"path": "a/b"}], "lora_scale": 0.3}).input
@@ -214,3 +215,11 @@ def test_a_sent_name_with_regex_characters_is_plain_text_in_errors(run):
     # Found by the hypothesis storm: a key ending in a backslash broke the renaming of errors.
     outputs = run({"prompt": "a", "numOutputs": 9, "A\\": 1, "Weird$1": 2})
     assert len(outputs) == 1 and "'numOutputs'" in outputs[0]["error"]
+
+
+def test_a_cog_sdxl_request_with_high_noise_frac_and_base_image_refiner_runs_with_a_warning(run):
+    outputs = run({"prompt": "a fox", "refine": "base_image_refiner", "high_noise_frac": 0.8, "width": 256,
+                   "height": 256, "num_inference_steps": 2, "refine_steps": 4, "strength": 0.5, "seed": 3})
+    final = outputs[-1]
+    assert "images" in final, final
+    assert len(final["warnings"]) == 1 and "'high_noise_frac' was ignored" in final["warnings"][0]

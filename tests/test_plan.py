@@ -43,9 +43,16 @@ def test_seeds_count_up_from_the_given_one_or_a_random_one():
     assert len(drawn) > 1 and all(0 <= s < 2**63 for s in drawn)
 
 
-def test_high_noise_frac_with_another_mode_is_an_error():
-    with pytest.raises(InputError, match="'high_noise_frac'"):
-        plan(refine="base_image_refiner", high_noise_frac=0.5)
+@pytest.mark.parametrize("inputs, mode", [
+    ({"refine": "base_image_refiner"}, "base_image_refiner"),
+    ({"refine": "no_refiner"}, "no_refiner"),
+    ({"image_url": "https://e.com/a.png"}, "base_image_refiner"),
+])
+def test_high_noise_frac_with_another_mode_is_ignored_with_one_warning(inputs, mode):
+    p = plan(high_noise_frac=0.8, **inputs)
+    assert (p.refine, p.high_noise_frac) == (mode, None)
+    assert len(p.warnings) == 1 and "'high_noise_frac' was ignored" in p.warnings[0] and mode in p.warnings[0]
+    assert plan(high_noise_frac=0.8).warnings == ()  # the ensemble uses it
 
 
 def test_steps_that_round_to_nothing_are_refused():
