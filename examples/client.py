@@ -31,7 +31,10 @@ def call(url: str, body: dict | None = None, api_key: str | None = None, method:
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    data = json.dumps(body).encode() if body is not None else (b"{}" if method == "POST" else None)
+    # A POST without a body sends none (Content-Length: 0). The local API's /stream reads no body
+    # and closes the connection after its reply: unread bytes left behind make the kernel reset
+    # the connection, and the reply can be lost on the way.
+    data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
     with urllib.request.urlopen(request, timeout=600) as response:
         return json.loads(response.read())
