@@ -99,6 +99,33 @@ def test_a_job_payload_has_the_delivery_fields(run, models):
     assert {"base", "encode", "upload", "total"} <= set(result["timings"]) and "warnings" not in result
 
 
+def test_output_quality_set_on_the_job_changes_the_files_it_returns(run):
+    job = {"prompt": "a fox", "width": 256, "height": 256, "num_inference_steps": 2, "refine": "no_refiner",
+           "seed": 4, "output_format": "jpeg"}
+    sizes = {}
+    for quality in (20, 95):
+        [result] = run(dict(job, output_quality=quality))
+        data = result["images"][0].partition(",")[2]
+        sizes[quality] = len(data)
+    assert sizes[95] > 1.5 * sizes[20], sizes
+
+
+def test_timings_are_whole_milliseconds_for_every_stage_that_ran(run):
+    import time
+
+    started = time.perf_counter()
+    [result] = run({"prompt": "a fox", "width": 256, "height": 256, "num_inference_steps": 3, "seed": 4,
+                    "refine": "base_image_refiner", "refiner_inference_steps": 4, "strength": 0.5})
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    timings = result["timings"]
+    assert {"base", "refiner", "encode", "total"} <= set(timings)
+    assert all(isinstance(ms, int) for ms in timings.values())
+    # Milliseconds, not seconds: the job's own total is the wall time this test measured around it.
+    assert 0.5 * elapsed_ms <= timings["total"] <= elapsed_ms + 1
+    assert timings["base"] + timings["refiner"] <= timings["total"]
+    assert timings["base"] > 0 and timings["refiner"] > 0
+
+
 def test_upload_true_without_storage_is_refused_before_any_work(run):
     [result] = run({"prompt": "a fox", "upload": True})
     assert "'upload'" in result["error"] and "BUCKET_ENDPOINT_URL" in result["error"]

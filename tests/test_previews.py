@@ -156,6 +156,25 @@ def test_each_step_hands_over_x0_not_the_noisy_latent(models, scheduler, toleran
     assert torch.allclose(seen[-1][0], seen[-1][1], atol=tolerance)
 
 
+@pytest.mark.parametrize("scheduler", ["DDIM", "DPMSolverMultistep"])
+def test_streamed_previews_show_the_clean_estimate_not_the_noisy_latent(run, models, scheduler):
+    job = {**FAST, "scheduler": scheduler, "refine": "no_refiner", "preview_steps": 1, "preview_size": 64,
+           "preview_format": "jpeg", "preview_quality": 90}
+    shown, _ = split(run(job))
+    request = validate(job)
+    seen = []
+    generate.run(models, request, make_plan(request, True), None,
+                 lambda stage, step, kwargs: seen.append((kwargs["x0"][0].clone(), kwargs["latents"][0].clone())))
+    assert len(shown) == len(seen) == FAST["num_inference_steps"]
+    first = np.asarray(decode(shown[0]["preview"]))
+
+    def rendered(latent):
+        return np.asarray(decode(previews.render(latent, 64, "jpeg", 90, None)))
+
+    assert np.array_equal(first, rendered(seen[0][0]))  # the model's estimate of the clean image
+    assert np.abs(first.astype(int) - rendered(seen[0][1])).mean() > 5  # not the noisy latent
+
+
 @pytest.mark.parametrize("inputs", [
     {"scheduler": "K_EULER_ANCESTRAL"},  # draws random numbers in every step
     {"scheduler": "DPMSolverMultistep", "high_noise_frac": 0.5},
