@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from src.errors import InputError
-from src.fetch import fetch
+from src.fetch import fetch_into
 
 log = logging.getLogger(__name__)
 
@@ -102,22 +102,42 @@ def _inside_lora_dir(path: str, index: int, label: str) -> Path | None:
     local = (root / path).resolve() if not path.startswith("/") else Path(path).resolve()
     if not local.is_relative_to(root):
         if looks_local:
-            raise InputError(f"LoRA {label}: 'loras[{index}].path' must be inside LORA_DIR.")
+            raise _outside_lora_dir(label, f"loras[{index}].path")
         return None
     return local
+
+
+def _outside_lora_dir(label: str, field: str) -> InputError:
+    # The same words whether or not the file exists: a refusal must not tell what is on the disk.
+    return InputError(f"LoRA {label}: '{field}' must lead to a file inside LORA_DIR, the worker's LoRA folder.")
+
+
+def _check_weight_name(weight_name: str | None, index: int, label: str) -> None:
+    """A weight_name is a .safetensors file name inside the LoRA's folder: no folders, no way out."""
+    if weight_name is None:
+        return
+    if (not weight_name or "/" in weight_name or "\\" in weight_name or weight_name.startswith(".")
+            or "\0" in weight_name):
+        raise InputError(
+            f"LoRA {label}: 'loras[{index}].weight_name' must be a file name inside the LoRA's folder "
+            "(no '/', no leading '.'), for a folder inside LORA_DIR or a hub repo."
+        )
+    if not weight_name.endswith(".safetensors"):
+        raise InputError(f"LoRA {label}: 'loras[{index}].weight_name' must name a .safetensors file.")
 
 
 def resolve(lora: dict, index: int) -> Path:
     """The local .safetensors file a LoRA entry names, downloading it if it is a URL."""
     path, weight_name = lora["path"].strip(), lora.get("weight_name")
     label = _label(lora)
-    if weight_name and not weight_name.endswith(".safetensors"):
-        raise InputError(f"LoRA {label}: 'loras[{index}].weight_name' must name a .safetensors file.")
+    _check_weight_name(weight_name, index, label)
     if path.lower().startswith(("http://", "https://")):
         return _cached_download(path, index, label)
     local = _inside_lora_dir(path, index, label)
     if local is not None and local.exists():
-        file = local / (weight_name or DEFAULT_WEIGHT_NAME) if local.is_dir() else local
+        file = (local / (weight_name or DEFAULT_WEIGHT_NAME)).resolve() if local.is_dir() else local
+        if not file.is_relative_to(lora_dir()):  # a link inside the folder that points out of it
+            raise _outside_lora_dir(label, f"loras[{index}].{'weight_name' if weight_name else 'path'}")
         if not file.is_file():
             raise InputError(f"LoRA {label}: the folder in 'loras[{index}].path' has no file {file.name!r}.")
         if file.suffix != ".safetensors":  # pickled weights can run code when loaded
@@ -163,16 +183,16 @@ def _cached_download(url: str, index: int, label: str) -> Path:
         log.info("LoRA %s from the cache", label)
         return file
     started = time.perf_counter()
-    try:
-        data = fetch(url, f"loras[{index}].path", max_bytes=max_file_bytes())
-    except InputError as error:
-        raise InputError(f"LoRA {label}: {error}") from None
     folder.mkdir(parents=True, exist_ok=True)
+    # Streamed to a file beside its final place (a LoRA can be a gigabyte): memory holds one
+    # network read at a time, and the cache gets the file only once it is whole and checked.
     handle, staging = tempfile.mkstemp(dir=folder, suffix=".part")
     try:
         with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        del data
+            try:
+                fetch_into(url, f"loras[{index}].path", out.write, max_bytes=max_file_bytes())
+            except InputError as error:
+                raise InputError(f"LoRA {label}: {error}") from None
         _check_safetensors(staging, index, label)  # never cache a file that cannot load
         os.replace(staging, file)  # atomic: a reader sees the whole file or none
     finally:
