@@ -30,6 +30,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import quote, urljoin, urlsplit
 
 from src.errors import InputError
@@ -68,21 +69,32 @@ def fetch(source: str, field: str, max_bytes: int | None = None) -> bytes:
     ``max_bytes`` lowers or raises the size limit for one kind of file (a LoRA is larger than an
     image); unset, FETCH_MAX_BYTES applies.
     """
+    chunks: list[bytes] = []
+    fetch_into(source, field, chunks.append, max_bytes)
+    return b"".join(chunks)
+
+
+def fetch_into(source: str, field: str, write: Callable[[bytes], object], max_bytes: int | None = None) -> int:
+    """Like ``fetch``, but hands the body to ``write`` piece by piece as it arrives; the byte count.
+
+    For large files (LoRAs): what is held in memory is one network read, never the whole file.
+    On an error, ``write`` may already have had part of the body: the caller discards it.
+    """
     limits = Limits.from_env()
     if max_bytes is None:
         max_bytes = limits.max_bytes
     source = source.strip()
     scheme = _SCHEME.match(source[:40])
     if scheme is None:  # base64 has no colon: anything else with one is a URL of some scheme
-        return _base64(source, field, max_bytes)
+        return _written(_base64(source, field, max_bytes), write)
     name = scheme.group(1).lower()
     if name in ("http", "https"):
-        return _download(source, field, max_bytes, limits)
+        return _download(source, field, max_bytes, limits, write)
     if name == "data":
         header, _, payload = source.partition(",")
         if ";base64" not in header.lower():
             raise InputError(f"'{field}' is a data URL without base64 data.")
-        return _base64(payload, field, max_bytes)
+        return _written(_base64(payload, field, max_bytes), write)
     raise InputError(f"'{field}' uses the URL scheme '{_short(name)}:', which is refused; "
                      "give an http(s) URL, a data URL or base64 data.")
 
@@ -111,11 +123,16 @@ def _base64(payload: str, field: str, max_bytes: int) -> bytes:
     return data
 
 
-def _download(url: str, field: str, max_bytes: int, limits: Limits) -> bytes:
+def _written(data: bytes, write: Callable[[bytes], object]) -> int:
+    write(data)
+    return len(data)
+
+
+def _download(url: str, field: str, max_bytes: int, limits: Limits, write: Callable[[bytes], object]) -> int:
     deadline = time.monotonic() + limits.total_timeout
     for _ in range(MAX_REDIRECTS + 1):
         target = _Target.of(url, field, limits)
-        status, location, body = _get(target, field, max_bytes, limits, deadline)
+        status, location, size = _get(target, field, max_bytes, limits, deadline, write)
         if status in _REDIRECTS:
             if not location:
                 raise InputError(f"'{field}': the server answered {status} without saying where to go.")
@@ -127,7 +144,7 @@ def _download(url: str, field: str, max_bytes: int, limits: Limits) -> bytes:
             raise InputError(f"'{field}' could not be downloaded: the server answered {status}.")
         if status != 200:
             raise InputError(f"'{field}' could not be downloaded: unexpected answer {status}.")
-        return body
+        return size
     raise InputError(f"'{field}' redirects more than {MAX_REDIRECTS} times.")
 
 
@@ -182,8 +199,9 @@ def _resolve(host: str, port: int, field: str, limits: Limits) -> tuple[str, ...
     return tuple(dict.fromkeys(str(address) for address in addresses))
 
 
-def _get(target: _Target, field: str, max_bytes: int, limits: Limits, deadline: float):
-    """(status, Location, body) for one request; the body only for a 200."""
+def _get(target: _Target, field: str, max_bytes: int, limits: Limits, deadline: float,
+         write: Callable[[bytes], object]):
+    """(status, Location, bytes written) for one request; the body goes to ``write``, only for a 200."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise _too_slow(field, limits)
@@ -199,11 +217,11 @@ def _get(target: _Target, field: str, max_bytes: int, limits: Limits, deadline: 
                                                          "Accept-Encoding": "identity"})
         response = connection.getresponse()
         if response.status != 200:
-            return response.status, response.getheader("Location"), b""
+            return response.status, response.getheader("Location"), 0
         declared = response.getheader("Content-Length")
         if declared and declared.strip().isdigit() and int(declared) > max_bytes:
             raise InputError(f"'{field}' is larger than the {_mb(max_bytes)} limit.")
-        chunks, size = [], 0
+        size = 0
         while True:
             chunk = response.read1(_CHUNK)
             if not chunk:
@@ -211,7 +229,7 @@ def _get(target: _Target, field: str, max_bytes: int, limits: Limits, deadline: 
             size += len(chunk)
             if size > max_bytes:
                 raise InputError(f"'{field}' is larger than the {_mb(max_bytes)} limit.")
-            chunks.append(chunk)
+            write(chunk)
             if time.monotonic() > deadline:
                 raise _too_slow(field, limits)
         if connection.aborted:  # the watchdog's shutdown reads as an early end of the body
@@ -219,7 +237,7 @@ def _get(target: _Target, field: str, max_bytes: int, limits: Limits, deadline: 
         if declared and declared.strip().isdigit() and size != int(declared):
             raise InputError(f"'{field}' could not be downloaded: the server stopped after {size:,} "
                              f"of {int(declared):,} bytes.")
-        return 200, None, b"".join(chunks)
+        return 200, None, size
     except InputError:
         raise
     except (socket.timeout, TimeoutError):
