@@ -28,8 +28,12 @@ _SECRET_NAMES = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
 
 
 def truncate(text: str | None, limit: int = PROMPT_LOG_CHARS) -> str:
-    """``text`` cut to ``limit`` characters, saying how long it was (for prompts in the log)."""
-    text = text or ""
+    """``text`` redacted, then cut to ``limit`` characters, saying how long it was (for prompts in the log).
+
+    Redacted first: a cut through the middle of a secret would leave a part that no longer
+    matches what redaction looks for, and that part would reach the log.
+    """
+    text = redact(text or "", limit=None)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
