@@ -17,7 +17,9 @@ from src.errors import InputError
 from src.fetch import fetch
 
 MAX_PIXELS = int(os.environ.get("MAX_IMAGE_PIXELS", 4096 * 4096))
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # TIFF: print workflows send CMYK
+# No TIFF: its decoder (libtiff, with its many codecs) is the largest attack surface of all, and
+# what it would bring (CMYK from print workflows) also arrives as JPEG, which is decoded.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 
 # Pillow's own guard, at our limit: it warns past it and refuses at twice it, whoever opens an image.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS

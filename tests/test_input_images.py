@@ -1,4 +1,4 @@
-"""Input images and masks as users send them: real PNG/JPEG/GIF/TIFF files made here, decoded to RGB or grey."""
+"""Input images and masks as users send them: real PNG/JPEG/GIF files made here, decoded to RGB or grey."""
 
 import io
 
@@ -58,13 +58,19 @@ def test_a_palette_image_with_a_transparent_colour():
         (Image.new("1", (8, 8), 1), "PNG", (255, 255, 255)),
         (Image.new("I;16", (8, 8), 40000), "PNG", (155, 155, 155)),  # 16-bit, scaled, not clipped to white
         (Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG", (255, 0, 0)),  # pure red in CMYK
-        (Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "TIFF", (255, 0, 0)),
     ],
 )
 def test_other_modes_become_rgb(image, fmt, expected):
     decoded = decode_image(encoded(image, fmt), "image")
     assert decoded.mode == "RGB"
     assert np.abs(np.subtract(decoded.getpixel((4, 4)), expected)).max() <= 3
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "ICO", "TGA", "PPM"])
+def test_formats_outside_the_list_are_refused_by_name(fmt):
+    data = encoded(Image.new("RGB", (16, 16), (10, 200, 30)), fmt)
+    with pytest.raises(InputError, match=r"'image' .*PNG, JPEG, WEBP, GIF, BMP"):
+        decode_image(data, "image")
 
 
 def test_a_mask_is_grey_and_stretched_to_its_image():
