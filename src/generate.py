@@ -219,9 +219,8 @@ def _generators(plan: Plan) -> list:
 
 
 def _resize(image: Image.Image, plan: Plan) -> Image.Image:
-    """The requested size, or the image's own rounded down to a multiple of 8."""
-    width = plan.width or max(8, image.width // 8 * 8)
-    height = plan.height or max(8, image.height // 8 * 8)
+    """The input image at the job's output size (the plan decides it)."""
+    width, height = plan.size_for(image.size)
     if (width, height) != image.size:
         image = image.resize((width, height), Image.Resampling.LANCZOS)
     return image

@@ -10,9 +10,13 @@ import secrets
 from dataclasses import dataclass
 
 from src.errors import InputError
-from src.schema import MAX_SEED
+from src.schema import INPUT_SCHEMA, MAX_SEED
 
 DEFAULT_SIZE = 1024
+# A size taken from an input image obeys the same range as 'width' and 'height'.
+MIN_SIDE = INPUT_SCHEMA["properties"]["width"]["minimum"]
+MAX_SIDE = INPUT_SCHEMA["properties"]["width"]["maximum"]
+SIDE_STEP = INPUT_SCHEMA["properties"]["width"]["multipleOf"]
 DEFAULT_HIGH_NOISE_FRAC = 0.8  # cog-sdxl's default hand-off point
 
 
@@ -20,11 +24,30 @@ DEFAULT_HIGH_NOISE_FRAC = 0.8  # cog-sdxl's default hand-off point
 class Plan:
     task: str  # txt2img | img2img | inpaint | refine
     refine: str  # no_refiner | expert_ensemble_refiner | base_image_refiner ("refine" task: the refiner alone)
-    width: int | None  # None: the input image's own size (rounded down to a multiple of 8)
+    width: int | None  # None: from the input image's size (see size_for)
     height: int | None
     seeds: tuple[int, ...]  # image i of the job uses seeds[i] = seed + i
     high_noise_frac: float | None  # set only for expert_ensemble_refiner
     warnings: tuple[str, ...] = ()  # inputs the plan ignored, one sentence each, for the result
+
+    def size_for(self, image_size: tuple[int, int] | None, field: str = "image") -> tuple[int, int]:
+        """The output size: the sides the job gave, the others from the input image.
+
+        From the image, the size is scaled (keeping its aspect ratio) so each side falls within
+        MIN_SIDE..MAX_SIDE, then rounded down to a multiple of SIDE_STEP; an image whose aspect
+        ratio cannot fit (longer than MAX_SIDE / MIN_SIDE to 1) is refused. With one side given,
+        the other follows the image's aspect ratio, kept within the range.
+        """
+        if self.width and self.height:
+            return self.width, self.height
+        if image_size is None:
+            raise ValueError("a plan without a size needs the input image's size")
+        image_width, image_height = image_size
+        if self.width:
+            return self.width, _side(self.width * image_height / image_width)
+        if self.height:
+            return _side(self.height * image_width / image_height), self.height
+        return fit_image_size(image_width, image_height, field)
 
     @property
     def runs_base(self) -> bool:
@@ -61,6 +84,25 @@ def make_plan(request: dict, has_refiner: bool) -> Plan:
         high_noise_frac=frac if refine == "expert_ensemble_refiner" else None,
         warnings=warnings,
     )
+
+
+def fit_image_size(width: int, height: int, field: str = "image") -> tuple[int, int]:
+    """An input image's size brought into the range of 'width' and 'height', aspect ratio kept."""
+    scale = min(1.0, MAX_SIDE / max(width, height))  # shrink the long side into range ...
+    scale = max(scale, MIN_SIDE / min(width, height))  # ... or grow the short side into it
+    if max(width, height) * scale > MAX_SIDE * (1 + 1e-9):
+        ratio = max(width, height) / min(width, height)
+        raise InputError(
+            f"'{field}' is {width}x{height}, an aspect ratio of {ratio:.1f}:1, which cannot fit the output "
+            f"range of {MIN_SIDE}-{MAX_SIDE} pixels per side (at most {MAX_SIDE // MIN_SIDE}:1); crop it, "
+            "or give 'width' and 'height' to stretch it."
+        )
+    return _side(width * scale), _side(height * scale)
+
+
+def _side(length: float) -> int:
+    """A side length rounded down to a multiple of SIDE_STEP, within MIN_SIDE..MAX_SIDE."""
+    return min(MAX_SIDE, max(MIN_SIDE, int(length + 1e-6) // SIDE_STEP * SIDE_STEP))
 
 
 def _task_from_images(request: dict) -> str:

@@ -33,9 +33,10 @@ def photo(width=300, height=200) -> Image.Image:
         ({"refine": "no_refiner", "width": 320, "height": 256}, (320, 256)),
         ({"refine": "base_image_refiner", "width": 256, "height": 384}, (256, 384)),
         ({"high_noise_frac": 0.5, "width": 384, "height": 256}, (384, 256)),
-        ({"image": png_data_url(photo()), "width": None, "height": None, "prompt_strength": 0.5}, (296, 200)),
+        # 300x200: the short side under 256, so scaled up 1.28x keeping the aspect ratio
+        ({"image": png_data_url(photo()), "width": None, "height": None, "prompt_strength": 0.5}, (384, 256)),
         ({"image": png_data_url(photo()), "width": 256, "height": 320, "prompt_strength": 0.5}, (256, 320)),
-        ({"image_url": png_data_url(photo()), "width": None, "height": None}, (296, 200)),
+        ({"image_url": png_data_url(photo()), "width": None, "height": None}, (384, 256)),
     ],
 )
 def test_each_path_returns_images_of_the_requested_size(run, inputs, size):

@@ -45,7 +45,10 @@ def final_latents(models, inputs: dict, mask: str) -> dict:
 def test_image_and_mask_make_an_inpaint_job_of_the_images_size(run):
     mask = png_data_url(mask_image("right", (64, 64)))  # another size than the image: stretched to it
     output = final(run({**INPAINT, "mask": mask, "image": png_data_url(photo(300, 203)), "refine": "no_refiner"}))
-    assert decode(output["images"][0]).size == (296, 200)  # both sides rounded down to a multiple of 8
+    # 203 is under the 256 minimum: scaled up 256/203 keeping the aspect ratio, 378.3 rounded down to 376.
+    assert decode(output["images"][0]).size == (376, 256)
+    output = final(run({**INPAINT, "mask": mask, "image": png_data_url(photo(300, 267)), "refine": "no_refiner"}))
+    assert decode(output["images"][0]).size == (296, 264)  # in range: both sides rounded down to a multiple of 8
     sized = final(run({**INPAINT, "mask": mask, "width": 256, "height": 320}))
     assert decode(sized["images"][0]).size == (256, 320)
 
