@@ -39,6 +39,7 @@ def main() -> None:
     from src.models import ModelUnavailable, load_models
 
     try:
+        selfcheck.check_settings()
         selfcheck.check_libraries()  # before the weights: a broken install stops in seconds
         models = load_models()
         selfcheck.check_schedulers(models.scheduler_configs)

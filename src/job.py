@@ -15,10 +15,10 @@ import time
 import traceback
 from typing import Iterator
 
-from src import dialects, errors, loras
+from src import budget, dialects, errors, loras
 from src.deliver import check_request, deliver
 from src.errors import InputError
-from src.generate import ms_since
+from src.generate import count_steps, ms_since
 from src.images import load_image, load_mask
 from src.logs import protect, truncate
 from src.models import Models
@@ -68,10 +68,17 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None) -> Itera
     plan = make_plan(request, models.has_refiner)
     log.info("job %s: %s, %s, %d image(s), prompt %r", job_id, plan.task, plan.refine, len(plan.seeds),
              truncate(request["prompt"]))
+    steps = count_steps(models, request, plan)
+    size_known = bool(plan.width and plan.height)
+    if size_known:  # refused before any download
+        budget.check(plan, steps, plan.width, plan.height, request["guidance_scale"])
     init_image = None
     if request["image"] is not None or request["image_url"] is not None:
         field = "image" if request["image"] is not None else "image_url"
         init_image = load_image(request[field], field)
+        if not size_known:  # the size comes from the image: bounded, then budgeted, before any model runs
+            width, height = plan.size_for(init_image.size, field)
+            budget.check(plan, steps, width, height, request["guidance_scale"])
     mask = load_mask(request["mask"], "mask", init_image.size) if request["mask"] is not None else None
     with loras.applied(models, request["loras"]):
         result = yield from run_streamed(models, job, request, plan, init_image, mask)

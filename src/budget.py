@@ -1,0 +1,75 @@
+"""The work a job asks for, against the worker's budget, before anything runs.
+
+Work is counted in units of one UNet call on one 1024x1024 image: the output's pixels (as a
+fraction of 1024x1024) x images x model calls, both stages. Model calls are the denoising loop's
+iterations as the schedulers will really run them (Heun and KDPM2 call the model twice per step,
+PNDM runs one step more), doubled by classifier-free guidance, which runs every call on a batch
+twice the size. A job over ``MAX_JOB_WORK`` units is refused at once, with the sum shown.
+"""
+
+from __future__ import annotations
+
+import os
+
+from src.errors import InputError
+
+REFERENCE_PIXELS = 1024 * 1024
+# About 6,000 UNet calls at 1024x1024: 180 s at 30 ms a call on an H100-class GPU with plain
+# diffusers fp16 (see the README, "Security and limits", for the arithmetic).
+DEFAULT_MAX_JOB_WORK = 6000.0
+
+
+def max_job_work(env=os.environ) -> float:
+    """MAX_JOB_WORK, in units; ValueError with one sentence for a value that is not a positive number."""
+    text = env.get("MAX_JOB_WORK", "").strip()
+    if not text:
+        return DEFAULT_MAX_JOB_WORK
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"MAX_JOB_WORK={text[:40]!r} is not a positive number of work units "
+                         f"(default {DEFAULT_MAX_JOB_WORK:g}).")
+    return value
+
+
+def model_calls(steps: dict[str, int], guidance_scale: float) -> int:
+    """UNet calls per image for the whole job; guidance above 1 doubles each (diffusers' CFG rule)."""
+    return sum(steps.values()) * (2 if guidance_scale > 1 else 1)
+
+
+def job_work(steps: dict[str, int], width: int, height: int, images: int, guidance_scale: float) -> float:
+    return width * height / REFERENCE_PIXELS * images * model_calls(steps, guidance_scale)
+
+
+def check(plan, steps: dict[str, int], width: int, height: int, guidance_scale: float,
+          limit: float | None = None) -> float:
+    """The job's work; InputError saying by how much it is over the budget and which inputs to lower."""
+    limit = max_job_work() if limit is None else limit
+    images = len(plan.seeds)
+    work = job_work(steps, width, height, images, guidance_scale)
+    if work <= limit:
+        return work
+    stages = " + ".join(f"{count} {stage}" for stage, count in steps.items())
+    lower = ["'num_images'"] if images > 1 else []
+    if width * height > REFERENCE_PIXELS:
+        lower.append("'width'/'height'")
+    if plan.runs_base:
+        lower.append("'num_inference_steps'")
+    if plan.runs_refiner and plan.refine != "expert_ensemble_refiner":  # the ensemble shares the base's schedule
+        lower.append("'refiner_inference_steps'")
+    raise InputError(
+        f"This job is {_units(work)} units of work, {work / limit:.1f}x the worker's budget of {_units(limit)} "
+        f"(MAX_JOB_WORK; a unit is one model call on one 1024x1024 image: {images} image(s) of "
+        f"{width}x{height}, {stages} steps{', x2 for guidance' if guidance_scale > 1 else ''}); "
+        f"lower {_either(lower)}."
+    )
+
+
+def _units(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+
+
+def _either(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
