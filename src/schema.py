@@ -64,7 +64,10 @@ INPUT_SCHEMA: dict = {
             "maximum": 2048,
             "multipleOf": 8,
             "default": None,
-            "description": "Output width in pixels, a multiple of 8. Unset: 1024, or the input image's width.",
+            "description": (
+                "Output width in pixels, a multiple of 8. Unset: 1024, or from the input image, scaled "
+                "into this range keeping its aspect ratio."
+            ),
         },
         "height": {
             "type": ["integer", "null"],
@@ -72,7 +75,10 @@ INPUT_SCHEMA: dict = {
             "maximum": 2048,
             "multipleOf": 8,
             "default": None,
-            "description": "Output height in pixels, a multiple of 8. Unset: 1024, or the input image's height.",
+            "description": (
+                "Output height in pixels, a multiple of 8. Unset: 1024, or from the input image, scaled "
+                "into this range keeping its aspect ratio."
+            ),
         },
         "num_images": {
             "type": "integer",

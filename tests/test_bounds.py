@@ -1,0 +1,279 @@
+"""Bounds that hold against hostile jobs: LoRA paths stay in LORA_DIR, sizes taken from images stay in
+range, a job's total work has a budget, secrets never reach the log, LoRA downloads stream to disk.
+After each refusal the worker serves a normal job."""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import logging
+import os
+import struct
+import tracemalloc
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from PIL import Image
+
+from src import budget, loras
+from src.errors import InputError
+from src.plan import MAX_SIDE, MIN_SIDE, fit_image_size
+from tests.conftest import decode, make_lora, png_data_url
+from tests.servers import Server, body
+
+SMALL = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 3,
+         "refine": "no_refiner"}
+
+
+def serves_a_normal_job(run) -> bool:
+    final = run(SMALL)[-1]
+    return "images" in final and decode(final["images"][0]).size == (256, 256)
+
+
+# --- LoRA paths ---
+
+@contextmanager
+def watch_opens(path: Path):
+    """Every open of ``path`` by any code (Python, Rust or C), seen by the kernel (inotify IN_OPEN)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK)
+    assert fd >= 0
+    in_open = 0x20
+    assert libc.inotify_add_watch(fd, str(path).encode(), in_open) >= 0
+    opened: list[int] = []
+    try:
+        yield opened
+    finally:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            data = b""
+        while data:
+            _, mask, _, length = struct.unpack_from("iIII", data)
+            opened.append(mask)
+            data = data[16 + length:]
+        os.close(fd)
+
+
+@pytest.fixture
+def lora_dir(tmp_path, monkeypatch):
+    root = tmp_path / "loras"
+    (root / "style").mkdir(parents=True)
+    (root / "style" / loras.DEFAULT_WEIGHT_NAME).write_bytes(make_lora("base", ["to_q"], seed=5))
+    monkeypatch.setenv("LORA_DIR", str(root))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    secret = elsewhere / "x.safetensors"
+    secret.write_bytes(make_lora("base", ["to_q"], seed=6))  # a real LoRA: loading it would work
+    (root / "linked").mkdir()
+    (root / "linked" / loras.DEFAULT_WEIGHT_NAME).symlink_to(secret)
+    return root, secret
+
+
+def test_a_lora_that_leads_out_of_lora_dir_is_refused_and_the_file_never_opened(run, lora_dir):
+    root, secret = lora_dir
+    forms = [
+        {"path": "style", "weight_name": str(secret)},  # an absolute weight_name
+        {"path": "style", "weight_name": "../../elsewhere/x.safetensors"},  # a relative one climbing out
+        {"path": "linked"},  # a link inside LORA_DIR pointing out of it
+        {"path": "style", "weight_name": "sub/../../../elsewhere/x.safetensors"},
+    ]
+    for lora in forms:
+        with watch_opens(secret) as opened:
+            error = run(dict(SMALL, loras=[lora]))[-1]["error"]
+        assert "LORA_DIR" in error, error
+        assert opened == [], f"{lora} opened the file outside LORA_DIR"
+    # A weight_name is a file name in the LoRA's folder and nothing else, even where a path would stay inside.
+    (root / "style" / "sub").mkdir()
+    (root / "style" / "sub" / "x.safetensors").write_bytes(secret.read_bytes())
+    error = run(dict(SMALL, loras=[{"path": "style", "weight_name": "sub/x.safetensors"}]))[-1]["error"]
+    assert "'loras[0].weight_name' must be a file name inside the LoRA's folder" in error
+    assert serves_a_normal_job(run)
+    # Inside LORA_DIR, the folder's file loads.
+    assert "images" in run(dict(SMALL, loras=[{"path": "style"}]))[-1]
+
+
+def test_the_refusal_reads_the_same_whether_or_not_the_file_exists(run, lora_dir):
+    root, secret = lora_dir
+    missing = secret.parent.parent / "nowhere" / secret.name  # the same file name, in no folder at all
+
+    def refusal(lora):
+        return run(dict(SMALL, loras=[lora]))[-1]["error"]
+
+    assert refusal({"path": str(secret)}) == refusal({"path": str(missing)})
+    assert refusal({"path": "../elsewhere/x.safetensors"}) == refusal({"path": "../nowhere/x.safetensors"})
+    assert (refusal({"path": "style", "weight_name": "../../elsewhere/x.safetensors"})
+            == refusal({"path": "style", "weight_name": "../../nowhere/x.safetensors"}))
+
+
+# --- sizes taken from input images ---
+
+@pytest.mark.parametrize("size, expected", [
+    ((1, 1), (256, 256)),
+    ((3000, 3000), (2048, 2048)),
+    ((300, 203), (376, 256)),
+    ((4096, 1024), (2048, 512)),
+    ((2048, 256), (2048, 256)),  # 8:1, the widest that fits
+    ((1023, 1025), (1016, 1024)),
+])
+def test_sizes_from_images_fit_the_output_range_keeping_the_aspect_ratio(size, expected):
+    assert fit_image_size(*size) == expected
+
+
+@pytest.mark.parametrize("size", [(6000, 200), (65500, 10), (10, 65500), (2049, 256)])
+def test_an_aspect_ratio_that_cannot_fit_is_one_sentence_naming_image(size):
+    with pytest.raises(InputError, match=r"^'image' is \d+x\d+, an aspect ratio of .* crop it, or give 'width' and 'height'"):
+        fit_image_size(*size)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 70000), st.integers(1, 70000))
+def test_any_image_size_gives_a_size_in_range_or_a_refusal(width, height):
+    try:
+        out_width, out_height = fit_image_size(width, height)
+    except InputError:
+        assert max(width, height) / min(width, height) > MAX_SIDE / MIN_SIDE
+        return
+    for side in (out_width, out_height):
+        assert MIN_SIDE <= side <= MAX_SIDE and side % 8 == 0
+    # The aspect ratio survives, up to rounding each side down to a multiple of 8.
+    assert abs(out_width / out_height - width / height) <= 8 / min(out_width, out_height) * (width / height + 1)
+
+
+def _png(width: int, height: int) -> str:
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // max(width, 1), y * 255 // max(height, 1), np.full_like(x, 90)], axis=-1)
+    return png_data_url(Image.fromarray(rgb.astype(np.uint8)))
+
+
+@pytest.mark.parametrize("size, expected", [((1, 1), (256, 256)), ((3000, 3000), (2048, 2048)), ((6000, 200), None)])
+def test_jobs_without_a_size_take_a_bounded_size_from_their_image(run, size, expected):
+    job = {"prompt": "a red fox", "image": _png(*size), "num_inference_steps": 2, "prompt_strength": 0.5,
+           "refine": "no_refiner", "seed": 1}
+    final = run(job)[-1]
+    if expected is None:
+        assert final["error"].startswith("'image' is 6000x200"), final
+    else:
+        assert decode(final["images"][0]).size == expected, final
+    assert serves_a_normal_job(run)
+
+
+def test_the_refiner_only_task_names_image_url(run):
+    final = run({"image_url": _png(6000, 200), "refiner_inference_steps": 4, "strength": 0.5})[-1]
+    assert final["error"].startswith("'image_url' is 6000x200")
+
+
+# --- the total work of a job ---
+
+def test_the_largest_job_the_schema_allows_is_refused_before_anything_runs(run, monkeypatch):
+    import src.job
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the pipelines ran for a job over the budget")
+
+    monkeypatch.setattr(src.job, "run_streamed", must_not_run)
+    job = {"prompt": "a red fox", "width": 2048, "height": 2048, "num_images": 4, "num_inference_steps": 200,
+           "refine": "base_image_refiner", "refiner_inference_steps": 200, "strength": 1.0}
+    [final] = run(job)
+    error = final["error"]
+    assert "MAX_JOB_WORK" in error and "12,800 units" in error and "2.1x" in error, error
+    for field in ("'num_images'", "'width'/'height'", "'num_inference_steps'", "'refiner_inference_steps'"):
+        assert field in error
+    assert error.count(". ") == 0 and error.endswith(".")
+    monkeypatch.undo()
+    assert serves_a_normal_job(run)
+
+
+def test_work_counts_both_stages_guidance_and_the_schedulers_that_call_the_model_twice(models):
+    from src.generate import count_steps
+    from src.plan import make_plan
+    from src.schema import validate
+
+    def work(**inputs):
+        request = validate({"prompt": "a", "width": 1024, "height": 1024, **inputs})
+        plan = make_plan(request, models.has_refiner)
+        return budget.job_work(count_steps(models, request, plan), 1024, 1024, len(plan.seeds),
+                               request["guidance_scale"])
+
+    # worker-sdxl's defaults: 25 base steps + 50 x 0.3 = 15 refiner steps, each with guidance.
+    assert work() == (25 + 15) * 2
+    assert work(guidance_scale=1.0) == 25 + 15  # no guidance: one call a step
+    assert work(scheduler="HeunDiscrete", refine="no_refiner") == (2 * 25 - 1) * 2  # Heun: two calls a step
+    assert work(num_images=3, refine="no_refiner") == 3 * 25 * 2
+
+
+def test_the_budget_is_an_environment_variable(run, monkeypatch):
+    monkeypatch.setenv("MAX_JOB_WORK", "0.5")  # SMALL is 2 steps x 2 x 1/16 = 0.25 units
+    assert "images" in run(SMALL)[-1]
+    error = run(dict(SMALL, num_images=3))[-1]["error"]
+    assert "0.75 units" in error and "1.5x the worker's budget of 0.5 " in error
+    for bad in ("lots", "-1", "0", "inf"):
+        with pytest.raises(ValueError, match="MAX_JOB_WORK"):
+            budget.max_job_work({"MAX_JOB_WORK": bad})
+
+
+# --- secrets in the log ---
+
+def test_a_secret_in_a_long_prompt_never_reaches_the_log_not_even_in_part(run, monkeypatch, caplog):
+    secret = "sk-live-9fQ2xLmT7vBn4KpZr8WcYd3HsJ6uAe"
+    monkeypatch.setenv("CLIENT_API_TOKEN", secret)  # a name that says secret: its value is redacted
+    aws_key = "AKIAIOSFODNN7EXAMPLE"
+    for cut in (60, 75, 78):  # the log keeps 80 characters: the secret straddles the cut
+        prompt = "x" * cut + secret + " and " + aws_key + " in a long prompt " * 5
+        with caplog.at_level(logging.INFO):
+            run(dict(SMALL, prompt=prompt))
+    text = caplog.text
+    for value in (secret, aws_key):
+        parts = {value[i:i + 8] for i in range(len(value) - 7)}
+        assert not [part for part in parts if part in text], "a part of a secret is in the log"
+    assert "<redacted>" in text
+
+
+# --- LoRA downloads stream to disk ---
+
+def _big_safetensors(megabytes: int) -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    layer = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    count = megabytes * 1024 * 1024 // 4 // 2
+    return save({f"{layer}.lora.down.weight": torch.zeros(count // 64, 64),
+                 f"{layer}.lora.up.weight": torch.zeros(64, count // 64)})
+
+
+def test_a_lora_download_streams_to_disk_without_holding_the_file_in_memory(tmp_path, monkeypatch):
+    data = _big_safetensors(64)
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
+    monkeypatch.setenv("LORA_CACHE_DIR", str(tmp_path / "cache"))
+    with Server({"/big.safetensors": body(data)}) as files:
+        tracemalloc.start()
+        try:
+            path = loras.resolve({"path": files.url("/big.safetensors")}, 0)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert path.stat().st_size == len(data) and path.read_bytes() == data
+    assert peak < len(data) / 16, f"peak {peak / 2**20:.1f} MB of Python memory for a {len(data) / 2**20:.0f} MB file"
+    assert not list(path.parent.glob("*.part"))  # moved into place when complete
+
+
+def test_a_lora_download_cut_short_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
+    monkeypatch.setenv("LORA_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LORA_MAX_MB", "1")
+    with Server({"/big.safetensors": body(_big_safetensors(4))}) as files:
+        with pytest.raises(InputError, match="larger than"):
+            loras.resolve({"path": files.url("/big.safetensors")}, 0)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_tiff_is_refused_like_any_format_outside_the_list(run):
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 256), (200, 30, 30)).save(buffer, format="TIFF")
+    import base64
+
+    final = run({"prompt": "a", "image": base64.b64encode(buffer.getvalue()).decode(), "refine": "no_refiner"})[-1]
+    assert final["error"] == "'image' is not an image this worker can read (PNG, JPEG, WEBP, GIF, BMP)."
