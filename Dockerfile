@@ -55,9 +55,11 @@ ENV BASE_MODEL=${BASE_MODEL} \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
 
-COPY handler.py test_input.json ./
+COPY handler.py test_input.json pyproject.toml README.md ./
 COPY src/ src/
-# The files the worker's start opens (libraries, Python modules), listed once: at each cold start
-# a helper process reads them, then the weights, into memory while Python imports (src/prefetch.py).
-RUN python -m src.prefetch --record
+# The package, then the files the worker's start opens (libraries, Python modules), listed once:
+# at each cold start a helper process reads them, then the weights, into memory while Python
+# imports (src/sdxl_worker/runtime/prefetch.py).
+RUN uv pip install --no-deps . \
+    && python -m sdxl_worker.runtime.start_files
 CMD ["python", "-u", "handler.py"]

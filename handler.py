@@ -1,59 +1,29 @@
-"""RunPod entry point: load the models once, then serve jobs through src.job.run_job.
+"""RunPod entry point: the door between runpod and the worker package (src/sdxl_worker/).
 
     python handler.py                   run test_input.json locally, save images under output/
     python handler.py --test_input '{"input": {...}}'
     python handler.py --rp_serve_api    runpod's local HTTP API (/run, /runsync, /stream, /status)
     on RunPod                           the serverless worker
+
+It wires runpod to the package and nothing else: start-up is sdxl_worker.runtime.startup,
+one job is sdxl_worker.runtime.job.run_job.
 """
 
-import logging
 import os
 import sys
 
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # import-time chatter is noise in a worker's log
-
-from src import prefetch  # noqa: E402  (light: torch is imported later)
-
-# Cold start: a helper process reads the files the imports open, then the weights, into memory
-# while Python imports torch and diffusers.
-prefetching = prefetch.start()
-
-from src.logs import install as protect_logs  # noqa: E402
-from src.storage import StorageConfigError, storage_from_env  # noqa: E402
+from sdxl_worker.runtime import startup
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
-    protect_logs()
-    logging.getLogger("handler").info("Prefetch: %s", prefetching.summary)
-    # runpod logs every streamed output at DEBUG by default: whole base64 images.
-    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
-    try:
-        storage = storage_from_env()
-    except StorageConfigError as error:
-        logging.getLogger("handler").error("%s", error)
-        sys.exit(1)
-
-    # Imported after the storage check: a misconfigured worker stops in a second, before torch loads.
-    from src import selfcheck
-    from src.models import ModelUnavailable, load_models
-
-    try:
-        selfcheck.check_settings()
-        selfcheck.check_libraries()  # before the weights: a broken install stops in seconds
-        models = load_models()
-        selfcheck.check_schedulers(models.scheduler_configs)
-    except (ModelUnavailable, selfcheck.SelfCheckFailed) as error:
-        logging.getLogger("handler").error("%s", error)
-        sys.exit(1)
-
-    config = runpod_config(models, storage)
+    worker = startup.start()
+    config = runpod_config(worker.models, worker.storage)
     if _serving():
         import runpod
 
         runpod.serverless.start(config)
     else:
-        from src.local import run_local
+        from sdxl_worker.runtime.local import run_local
 
         sys.exit(run_local(config["handler"], sys.argv[1:]))
 
@@ -66,12 +36,18 @@ def runpod_config(models, storage=None) -> dict:
     rp_scale kills the worker). So the handler sets it there, only when run_job reports a
     poisoned CUDA context, before yielding the job's error.
     """
-    from src.job import run_job
+    from sdxl_worker.runtime.job import run_job
 
     config = {"return_aggregate_stream": True}
+    on_runpod = _on_runpod()
+
+    def report_progress(job: dict, progress: dict) -> None:
+        import runpod.serverless
+
+        runpod.serverless.progress_update(job, progress)
 
     def handler(job):
-        for output in run_job(models, job, storage):
+        for output in run_job(models, job, storage, on_progress=report_progress if on_runpod else None):
             if output.pop("refresh_worker", False):
                 config["refresh_worker"] = True
             yield output
@@ -82,7 +58,12 @@ def runpod_config(models, storage=None) -> dict:
 
 def _serving() -> bool:
     """On RunPod, or asked for runpod's local API; otherwise a local test run."""
-    return "--rp_serve_api" in sys.argv or bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB"))
+    return "--rp_serve_api" in sys.argv or _on_runpod()
+
+
+def _on_runpod() -> bool:
+    """RunPod's own variables say so. Elsewhere runpod would post progress to a placeholder URL."""
+    return bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB") or os.environ.get("RUNPOD_POD_ID"))
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ import time
 
 import torch
 
-from src import generate, prompts
-from src.models import Settings, load_models
-from src.plan import make_plan
-from src.schema import validate
+from sdxl_worker.engine import generate
+from sdxl_worker.engine import prompts
+from sdxl_worker.engine.models import Settings, load_models
+from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.request.schema import validate
 
 SHORT = "a lighthouse at dusk, oil painting"
 WEIGHTED = "a (lighthouse:1.3) at dusk, (oil painting)0.8"

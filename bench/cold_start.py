@@ -22,7 +22,7 @@ before each loader Python's and the libraries' files too, as on a freshly starte
   raw read     every file the worker loads, read once, 16 MiB at a time
   worker       a fresh `python` that imports handler.py (which starts the prefetch helper, then
                imports the libraries) and runs load_models: process start to models ready. The
-               start files are recorded first (python -m src.prefetch --record), as the
+               start files are recorded first (python -m sdxl_worker.runtime.start_files), as the
                Dockerfile does at build time
   weights only the same without the start-files list: the helper reads the weights only
   no prefetch  the same with PREFETCH=0
@@ -117,8 +117,7 @@ def _build_model(kind: str, config_name: str, target: Path, expected: int) -> No
 
 def build_cache() -> None:
     """Write base/, refiner/ and vae/ under CACHE, each component once, freeing memory in between."""
-    sys.path.insert(0, str(ROOT))
-    from src.tiny import ensure_tiny_model
+    from sdxl_worker.engine.tiny import ensure_tiny_model
 
     tiny = ensure_tiny_model()
     base, refiner = CACHE / "base", CACHE / "refiner"
@@ -221,10 +220,9 @@ def raw_read(files: list[Path]) -> tuple[float, int]:
 WORKER = """
 import json, logging, os, sys, time
 started = float(sys.argv[1])
-sys.path.insert(0, os.getcwd())
 logging.basicConfig(level="INFO", format="%(message)s", stream=sys.stderr)
 import handler  # the worker's own start: the prefetch helper, then the library imports
-from src.models import import_libraries, load_models, loaded_bytes  # what handler.main() imports
+from sdxl_worker.engine.models import import_libraries, load_models, loaded_bytes  # what handler.main() imports
 # load_models begins with these imports: done here, so the table can tell import time from load
 # time. The total is the same either way.
 import_libraries()
@@ -238,11 +236,10 @@ print(json.dumps({"seconds": ready - started, "imports": imported - started, "by
 PREDECESSOR = """
 import json, os, sys, time
 started = float(sys.argv[1])
-sys.path.insert(0, os.getcwd())
 import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
-from src.models import loaded_bytes, Models
+from sdxl_worker.engine.models import loaded_bytes, Models
 imported = time.time()
 device, dtype = os.environ["DEVICE"], getattr(torch, os.environ["DTYPE"])
 cache = os.environ["BENCH_CACHE"]
@@ -259,7 +256,7 @@ print(json.dumps({"seconds": ready - started, "imports": imported - started, "by
 
 
 def image_python() -> str:
-    """The interpreter of a virtual environment like the image's (torch and requirements.txt)."""
+    """The interpreter of a virtual environment like the image's (torch, requirements.txt, the package)."""
     python, complete = IMAGE_VENV / "bin" / "python", IMAGE_VENV / "complete"
     if not complete.exists():
         import torch
@@ -269,7 +266,7 @@ def image_python() -> str:
         shutil.rmtree(IMAGE_VENV, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(IMAGE_VENV)], check=True)
         pip = [str(python), "-m", "pip", "install", "-q"]
-        for what in ([f"torch=={version}"], ["-r", str(ROOT / "requirements.txt")]):
+        for what in ([f"torch=={version}"], ["-r", str(ROOT / "requirements.txt")], ["--no-deps", "-e", str(ROOT)]):
             done = subprocess.run(pip + what, capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"pip install {' '.join(what)} failed:\n{done.stderr[-4000:]}")
@@ -279,7 +276,7 @@ def image_python() -> str:
 
 def record_start_files(python: str) -> str:
     """List the files the worker's start opens, in that environment, as the Dockerfile does."""
-    done = subprocess.run([python, "-m", "src.prefetch", "--record"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([python, "-m", "sdxl_worker.runtime.start_files"], cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"recording the start files failed:\n{done.stderr[-4000:]}")
     return done.stdout.strip()

@@ -1,7 +1,7 @@
 """Encoding one 1024x1024 result for delivery: this worker's formats against worker-sdxl's way.
 
 worker-sdxl saves each image as a PNG at Pillow's default level to disk, reads the file back
-and base64-encodes it. Here the same images go through src.deliver's encoders to a data URL.
+and base64-encodes it. Here the same images go through sdxl_worker.delivery.deliver's encoders to a data URL.
 Two images, both made in code (deterministic): a photo-like one (smooth gradients, shapes,
 mild sensor noise) and pure noise (the worst case for every lossless coder).
 
@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src.deliver import MIME, Encoding, data_url, encode  # noqa: E402
+from sdxl_worker.delivery.deliver import MIME, Encoding, data_url, encode
 
 
 def photo_like(size: int = 1024, seed: int = 0) -> Image.Image:

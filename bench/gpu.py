@@ -40,7 +40,6 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CONFIGS = ROOT / "bench" / "sdxl-configs"
 CACHE = ROOT / "bench" / ".cache"
@@ -93,7 +92,7 @@ def save_models(configs: dict, folder: Path, device: str, dtype, variant: str | 
         UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from src.tiny import _scheduler, _tokenizer  # offline CLIP tokenizers and SDXL's scheduler
+    from sdxl_worker.engine.tiny import _scheduler, _tokenizer  # offline CLIP tokenizers and SDXL's scheduler
 
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -160,7 +159,7 @@ class DiffusersRunner:
     def job(self, spec: dict, refine: bool):
         from diffusers import DDIMScheduler
 
-        from src.deliver import deliver
+        from sdxl_worker.delivery.deliver import deliver
 
         torch = self._torch
         prompts = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "guidance_scale": GUIDANCE,
@@ -187,8 +186,9 @@ class WorkerRunner:
     """This worker: load_models, then every job through run_job, as the handler does."""
 
     def __init__(self, folder: Path, device: str, speedups=None):
-        from src.models import Settings, load_models
-        from src.speed import Speedups, apply_speedups
+        from sdxl_worker.engine.models import Settings, load_models
+        from sdxl_worker.engine.speed import Speedups, apply_speedups
+        from sdxl_worker.runtime.warmup import warm_up_if_asked
 
         settings = Settings(base=str(folder / "base"), refiner=str(folder / "refiner"),
                             vae=str(folder / "sdxl-vae-fp16-fix"), device=device)
@@ -199,11 +199,12 @@ class WorkerRunner:
                              ATTENTION="sdpa", VAE_UPCAST="1"):
                 self.models = load_models(settings)
             apply_speedups(self.models, speedups=speedups)
+            warm_up_if_asked(self.models, speedups)
         self.warmup_seconds = self.models.load_seconds.get("warm-up")
         self.compiled = (speedups or Speedups.from_env(device, settings.vae)).compile
 
     def job(self, spec: dict, refine: bool):
-        from src.job import run_job
+        from sdxl_worker.runtime.job import run_job
 
         inputs = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "guidance_scale": GUIDANCE, "seed": SEED,
                   "width": spec["width"], "height": spec["height"], "num_inference_steps": spec["steps"],
@@ -221,7 +222,7 @@ class WorkerRunner:
 
 def alone(name: str):
     """The unoptimised path plus one switch."""
-    from src.speed import Speedups
+    from sdxl_worker.engine.speed import Speedups
 
     if name == "compile":
         return Speedups(compile=True, warmup=True, warmup_sizes=WARMUP_SIZES)
@@ -500,7 +501,7 @@ def main(argv=None) -> int:
     spec = {"width": size, "height": size, "steps": args.steps or (5 if mode == "smoke" else 30)}
     runs = args.runs or (2 if mode == "smoke" else 5)
     global WARMUP_SIZES
-    from src.speed import parse_sizes
+    from sdxl_worker.engine.speed import parse_sizes
 
     # Two shapes, as the worker's default: the second (wider, two images) makes kernels shape-generic.
     WARMUP_SIZES = parse_sizes(f"{size}x{size}:1,{size * 5 // 4 // 8 * 8}x{max(256, size * 3 // 4 // 8 * 8)}:2")
@@ -541,7 +542,7 @@ def main(argv=None) -> int:
     plan = []  # (name, label, make_runner, stages)
     both = ("base only", "base + refiner")
     if wanted - {"a", "b"}:  # every worker row is compared with it
-        from src.speed import Speedups
+        from sdxl_worker.engine.speed import Speedups
 
         plan.append(("none", "this worker, switches off", lambda: WorkerRunner(folder, device, Speedups.none()),
                      both))

@@ -14,14 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("ALLOW_PRIVATE_URLS", "1")
 
-from src import loras  # noqa: E402
-from src.job import run_job  # noqa: E402
-from src.models import Settings, load_models  # noqa: E402
-from tests.servers import Server, body  # noqa: E402
-from tests.conftest import make_lora  # noqa: E402
+from sdxl_worker.inputs import loras
+from sdxl_worker.engine import loras as lora_layers
+from sdxl_worker.runtime.job import local_loras, run_job
+from sdxl_worker.engine.models import Settings, load_models
+from sdxl_worker.testing.servers import Server, body
+from sdxl_worker.testing.loras import tiny_lora
 
 JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 4, "seed": 1,
        "refine": "no_refiner"}
@@ -29,7 +29,7 @@ JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps"
 
 def main(repeats: int) -> None:
     models = load_models(Settings(base="tiny", refiner="tiny", vae=None, device="cpu"))
-    lora_file = make_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1)
+    lora_file = tiny_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1)
 
     def job(inputs) -> float:
         started = time.perf_counter()
@@ -51,7 +51,7 @@ def main(repeats: int) -> None:
         rows["LoRA, first use (download)"] = statistics.median(first)
         rows["LoRA, cached (load + unload per job)"] = statistics.median(job(lora) for _ in range(repeats))
         # The alternative: load once and keep it between jobs (then the next job without it differs).
-        with loras.applied(models, lora["loras"]):
+        with lora_layers.applied(models, local_loras(lora["loras"])):
             rows["LoRA kept loaded across jobs"] = statistics.median(job(JOB) for _ in range(repeats))
 
     print(f"tiny SDXL, CPU, {JOB['width']}x{JOB['height']}, {JOB['num_inference_steps']} steps, "

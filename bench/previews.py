@@ -1,7 +1,7 @@
 """What one live preview costs, against the predecessor's way (a full SDXL VAE decode), in one run.
 
 A 1024x1024 job: one 128x128 in-loop latent to a 256-px JPEG data URL, by
-  linear   the SDXL latent-to-RGB projection (src/previews.py, the default),
+  linear   the SDXL latent-to-RGB projection (src/sdxl_worker/engine/previews.py, the default),
   taesdxl  TAESDXL: AutoencoderTiny's default config, its real architecture, random weights,
            as the worker runs it (latent area-averaged to decode at twice the preview size)
            and on the whole latent,
@@ -25,9 +25,10 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from src import previews  # noqa: E402
+from sdxl_worker.delivery.previews import MAX_PREVIEW_BYTES, preview_data_url
+from sdxl_worker.engine import previews
+from sdxl_worker.runtime.stream import render_preview
 
 # ../shared beside the checkout (or beside the folder of worktrees)
 VAE_CONFIG = next((path for path in (ROOT.parent / "shared/reference/sdxl-configs/vae.json",
@@ -68,15 +69,15 @@ def main() -> None:
             torch.cuda.synchronize()
 
     def linear():
-        assert len(previews.render(latent, 256, "jpeg", 75)) > 100
+        assert len(render_preview(latent, 256, "jpeg", 75)) > 100
 
     def tiny():
-        previews.render(latent, 256, "jpeg", 75, decoder=taesd)
+        render_preview(latent, 256, "jpeg", 75, decoder=taesd)
         sync()
 
     def tiny_full_size():  # TAESDXL on the whole 128x128 latent (1024 px), then downscaled
         image = previews.taesd_rgb(taesd, latent).resize((256, 256), Image.Resampling.BILINEAR)
-        previews.to_data_url(image, "jpeg", 75)
+        preview_data_url(image, "jpeg", 75)
         sync()
 
     def full():
@@ -84,7 +85,7 @@ def main() -> None:
             decoded = vae.decode(latent[None] / vae.config.scaling_factor, return_dict=False)[0][0]
             pixels = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0)
         image = Image.fromarray(pixels.cpu().numpy(), "RGB").resize((256, 256), Image.Resampling.BILINEAR)
-        previews.to_data_url(image, "jpeg", 75)
+        preview_data_url(image, "jpeg", 75)
         sync()
 
     rows = []

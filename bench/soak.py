@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 MAX_GROWTH = 0.05
 VALID_KINDS = ("txt2img", "img2img data URL", "img2img URL", "refine URL")
@@ -44,7 +43,7 @@ def png(size=(64, 64), color="red") -> bytes:
 
 def serve() -> None:
     """The image server (run as a subprocess): prints its port, serves until killed."""
-    from tests.servers import Server, body, stall
+    from sdxl_worker.testing.servers import Server, body, stall
 
     routes = {"/cat.png": body(png(), "image/png"), "/page.png": body(b"<html>no</html>", "image/png")}
     server = Server(routes)
@@ -58,7 +57,7 @@ def jobs(port: int, valid_every: int) -> list[tuple[str, dict]]:
     """One cycle of (name, input); a valid generation every ``valid_every`` entries."""
     url = f"http://127.0.0.1:{port}"
     picture = "data:image/png;base64," + base64.b64encode(png((256, 256), "blue")).decode()
-    from tests.test_images import png_declaring
+    from sdxl_worker.testing.files import png_declaring
 
     hostile = [
         ("bad width", {"prompt": "a", "width": 1001}),
@@ -108,7 +107,7 @@ def soak(models, count: int = 300, warmup_cycles: int = 2, valid_every: int = 3,
     """Run ``count`` jobs after warm-up; print the table; True when nothing grew or leaked."""
     import torch
 
-    from src.job import run_job
+    from sdxl_worker.runtime.job import run_job
 
     env = {"ALLOW_PRIVATE_URLS": "1", "FETCH_READ_TIMEOUT": "0.3"}
     saved_env = {name: os.environ.get(name) for name in env}
@@ -206,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.ERROR)  # the table is the output, not each refusal
-    from src.models import Settings, load_models
+    from sdxl_worker.engine.models import Settings, load_models
 
     models = load_models(Settings(base="tiny", refiner="tiny", vae=None, device="cpu"))
     return 0 if soak(models, args.jobs, args.warmup_cycles, args.valid_every) else 1

@@ -52,7 +52,7 @@ class Wanted:
 
 
 def wanted_from_env(env=os.environ) -> list[Wanted]:
-    """The repositories to bake, as the worker will load them (src/models.py)."""
+    """The repositories to bake, as the worker will load them (src/sdxl_worker/engine/models.py)."""
 
     def read(variable):
         return env.get(variable, DEFAULTS[variable]).strip()

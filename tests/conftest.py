@@ -16,7 +16,7 @@ os.environ.setdefault("REFINER_MODEL", "tiny")
 
 @pytest.fixture(scope="session")
 def models():
-    from src.models import Settings, load_models
+    from sdxl_worker.engine.models import Settings, load_models
 
     return load_models(Settings(base="tiny", refiner="tiny", vae=None, device="cpu"))
 
@@ -55,7 +55,7 @@ def models_without_refiner(models):
 @pytest.fixture
 def run(models):
     """Run one job through the real generator; return every yield."""
-    from src.job import run_job
+    from sdxl_worker.runtime.job import run_job
 
     def _run(inputs: dict, on=None, job_id="test"):
         return list(run_job(on or models, {"id": job_id, "input": inputs}))
@@ -73,33 +73,3 @@ def png_data_url(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def make_lora(part: str, targets: list[str], seed: int, text_encoders: bool = False) -> bytes:
-    """A LoRA in diffusers' format for the tiny model's ``part`` UNet (and text encoders), non-zero."""
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig, get_peft_model
-    import torch
-    from peft.utils import get_peft_model_state_dict
-
-    from src import loras
-    from src.tiny import ensure_tiny_model
-
-    folder = ensure_tiny_model() / part
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-    torch.manual_seed(seed)
-    # init_lora_weights=False: both halves random, so the LoRA changes the output from the start.
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
-    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))}
-    if text_encoders:
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-        for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
-            config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-            encoder = get_peft_model(cls.from_pretrained(folder / name), config)
-            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(
-                get_peft_model_state_dict(encoder.base_model.model))
-    with tempfile.TemporaryDirectory() as out:
-        StableDiffusionXLPipeline.save_lora_weights(out, **layers, safe_serialization=True)
-        return (Path(out) / loras.DEFAULT_WEIGHT_NAME).read_bytes()

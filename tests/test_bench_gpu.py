@@ -42,7 +42,7 @@ def test_the_smoke_run_keeps_sdxl_layout_at_a_fraction_of_its_width(bench):
 def test_each_switch_alone_differs_from_the_unoptimised_path_in_one_field(bench):
     from dataclasses import asdict
 
-    from src.speed import Speedups
+    from sdxl_worker.engine.speed import Speedups
 
     none = asdict(Speedups.none())
     for name in bench.ALONE:

@@ -18,11 +18,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from src import budget, loras
-from src.errors import InputError
-from src.plan import MAX_SIDE, MIN_SIDE, fit_image_size
-from tests.conftest import decode, make_lora, png_data_url
-from tests.servers import Server, body
+from sdxl_worker.engine import budget
+from sdxl_worker.inputs import loras
+from sdxl_worker.errors import InputError
+from sdxl_worker.engine.plan import MAX_SIDE, MIN_SIDE, fit_image_size
+from sdxl_worker.testing.loras import tiny_lora
+from tests.conftest import decode, png_data_url
+from sdxl_worker.testing.servers import Server, body
 
 SMALL = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 3,
          "refine": "no_refiner"}
@@ -62,12 +64,12 @@ def watch_opens(path: Path):
 def lora_dir(tmp_path, monkeypatch):
     root = tmp_path / "loras"
     (root / "style").mkdir(parents=True)
-    (root / "style" / loras.DEFAULT_WEIGHT_NAME).write_bytes(make_lora("base", ["to_q"], seed=5))
+    (root / "style" / loras.DEFAULT_WEIGHT_NAME).write_bytes(tiny_lora("base", ["to_q"], seed=5))
     monkeypatch.setenv("LORA_DIR", str(root))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     secret = elsewhere / "x.safetensors"
-    secret.write_bytes(make_lora("base", ["to_q"], seed=6))  # a real LoRA: loading it would work
+    secret.write_bytes(tiny_lora("base", ["to_q"], seed=6))  # a real LoRA: loading it would work
     (root / "linked").mkdir()
     (root / "linked" / loras.DEFAULT_WEIGHT_NAME).symlink_to(secret)
     return root, secret
@@ -169,12 +171,12 @@ def test_the_refiner_only_task_names_image_url(run):
 # --- the total work of a job ---
 
 def test_the_largest_job_the_schema_allows_is_refused_before_anything_runs(run, monkeypatch):
-    import src.job
+    import sdxl_worker.runtime.job
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the pipelines ran for a job over the budget")
 
-    monkeypatch.setattr(src.job, "run_streamed", must_not_run)
+    monkeypatch.setattr(sdxl_worker.runtime.job, "run_streamed", must_not_run)
     job = {"prompt": "a red fox", "width": 2048, "height": 2048, "num_images": 4, "num_inference_steps": 200,
            "refine": "base_image_refiner", "refiner_inference_steps": 200, "strength": 1.0}
     [final] = run(job)
@@ -188,9 +190,9 @@ def test_the_largest_job_the_schema_allows_is_refused_before_anything_runs(run, 
 
 
 def test_work_counts_both_stages_guidance_and_the_schedulers_that_call_the_model_twice(models):
-    from src.generate import count_steps
-    from src.plan import make_plan
-    from src.schema import validate
+    from sdxl_worker.engine.generate import count_steps
+    from sdxl_worker.engine.plan import make_plan
+    from sdxl_worker.request.schema import validate
 
     def work(**inputs):
         request = validate({"prompt": "a", "width": 1024, "height": 1024, **inputs})

@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 
 from builder.download_weights import DEFAULTS as BUILDER_DEFAULTS
-from src import models
-from src.schema import validate
+from sdxl_worker.engine import models
+from sdxl_worker.request.schema import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -163,7 +163,7 @@ def test_image_runs_offline_and_bakes_the_weights_before_the_code():
 
 
 def test_the_start_files_are_recorded_after_everything_a_start_imports_is_in_place():
-    record = DOCKERFILE.index("python -m src.prefetch --record")
+    record = DOCKERFILE.index("python -m sdxl_worker.runtime.start_files")
     assert record > max(DOCKERFILE.index(step) for step in ("requirements.txt", "COPY handler.py", "COPY src/"))
     assert "START_FILES" not in DOCKERFILE  # the default place, in the image's Python prefix
 

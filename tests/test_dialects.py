@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.dialects import translate
-from src.errors import InputError
-from src.schema import INPUT_SCHEMA
+from sdxl_worker.request.dialects import translate
+from sdxl_worker.errors import InputError
+from sdxl_worker.request.schema import INPUT_SCHEMA
 from tests.conftest import decode
 
 INPUTS = INPUT_SCHEMA["properties"]

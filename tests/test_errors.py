@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from src import errors
-from src.errors import InputError
+from sdxl_worker import errors
+from sdxl_worker.errors import InputError
 
 
 @pytest.mark.parametrize("error, kind", [

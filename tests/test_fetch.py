@@ -12,10 +12,10 @@ import socket
 
 import pytest
 
-from src import fetch as fetch_module
-from src.errors import InputError
-from src.fetch import fetch
-from tests.servers import Server, body, drip, endless, redirect, stall
+from sdxl_worker.inputs import fetch as fetch_module
+from sdxl_worker.errors import InputError
+from sdxl_worker.inputs.fetch import fetch
+from sdxl_worker.testing.servers import Server, body, drip, endless, redirect, stall
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import decode, make_lora, png_data_url
+from sdxl_worker.testing.loras import tiny_lora
+from tests.conftest import decode, png_data_url
 
 SIZE = 256
 STEPS = 5
@@ -29,7 +30,7 @@ def reference():
         StableDiffusionXLPipeline,
     )
 
-    from src.tiny import ensure_tiny_model
+    from sdxl_worker.engine.tiny import ensure_tiny_model
 
     folder = ensure_tiny_model()
     base = StableDiffusionXLPipeline.from_pretrained(folder / "base", add_watermarker=False)
@@ -189,7 +190,7 @@ def test_a_lora_job(run, reference, tmp_path, monkeypatch):
     folder = tmp_path / "fox-style"
     folder.mkdir()
     (folder / "pytorch_lora_weights.safetensors").write_bytes(
-        make_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=4))
+        tiny_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=4))
     monkeypatch.setenv("LORA_DIR", str(tmp_path))
     ours = _worker_images(run, dict(JOB, loras=[{"path": "fox-style", "scale": 0.7}]))
     base = reference["base"]

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src import generate
-from src.plan import make_plan
-from src.schema import SCHEDULERS, validate
+from sdxl_worker.engine import generate
+from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.request.schema import SCHEDULERS, validate
 from tests.conftest import decode, png_data_url
 
 FAST = {"prompt": "a lighthouse at dusk", "num_inference_steps": 4, "refiner_inference_steps": 4, "strength": 0.5,

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from src import schema
-from src.errors import InputError
-from src.job import run_job
-from src.logs import redact
-from tests.test_images import png_declaring
+from sdxl_worker.request import schema
+from sdxl_worker.errors import InputError
+from sdxl_worker.runtime.job import run_job
+from sdxl_worker.runtime.logs import redact
+from sdxl_worker.testing.files import png_declaring
 
 VALID = {"prompt": "a red cube", "width": 256, "height": 256, "num_inference_steps": 2, "refine": "no_refiner",
          "seed": 3}
@@ -172,7 +172,7 @@ def test_the_log_holds_no_payloads_secrets_or_whole_prompts(models, caplog, monk
     with caplog.at_level(logging.INFO):
         error_of(models, {"prompt": prompt, "image": f"data:image/png;base64,{payload}"})
         error_of(models, {"prompt": "a", "image": "http://10.0.0.1/a.png?X-Amz-Signature=abcdef123456"})
-        logging.getLogger("src.job").info("leak %s", "s3cr3t-value-123 " + payload)
+        logging.getLogger("sdxl_worker.runtime.job").info("leak %s", "s3cr3t-value-123 " + payload)
     text = caplog.text
     assert payload[:64] not in text and "s3cr3t-value-123" not in text and prompt not in text
     assert "abcdef123456" not in text

@@ -8,20 +8,11 @@ import zlib
 import pytest
 from PIL import Image
 
-from src import images
-from src.errors import InputError
-from src.images import decode_image, load_image
-from tests.servers import Server, body
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A valid-looking PNG of a few dozen bytes whose header claims ``width`` x ``height`` pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
-        chunk(b"IEND", b"")
+from sdxl_worker.inputs import images
+from sdxl_worker.errors import InputError
+from sdxl_worker.inputs.images import decode_image, load_image
+from sdxl_worker.testing.files import png_declaring
+from sdxl_worker.testing.servers import Server, body
 
 
 def png(image: Image.Image) -> bytes:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.errors import InputError
-from src.images import decode_image, load_mask
+from sdxl_worker.errors import InputError
+from sdxl_worker.inputs.images import decode_image, load_mask
 from tests.conftest import png_data_url
 
 

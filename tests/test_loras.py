@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from src import loras
-from tests.conftest import decode, make_lora, png_data_url
-from tests.servers import Server, body
+from sdxl_worker.engine import loras as lora_layers
+from sdxl_worker.inputs import loras
+from sdxl_worker.runtime.job import local_loras
+from sdxl_worker.request.schema import MAX_LORAS
+from sdxl_worker.testing.loras import tiny_lora
+from tests.conftest import decode, png_data_url
+from sdxl_worker.testing.servers import Server, body
 
 JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 7,
        "refiner_inference_steps": 4, "strength": 0.5}
@@ -22,7 +26,7 @@ FAST = dict(JOB, refine="no_refiner")
 @pytest.fixture(scope="module")
 def baseline(models):
     """FAST's pixels before any LoRA was loaded."""
-    from src.job import run_job
+    from sdxl_worker.runtime.job import run_job
 
     return _pixels(list(run_job(models, {"id": "baseline", "input": FAST})))
 
@@ -39,9 +43,9 @@ def _incompatible_lora() -> bytes:
 def lora_files() -> dict:
     """The test LoRAs by URL path."""
     return {
-        "/fox.safetensors": make_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1),
-        "/with-text.safetensors": make_lora("base", ["to_q"], seed=3, text_encoders=True),
-        "/refiner-only.safetensors": make_lora("refiner", ["to_q", "to_k", "to_v", "to_out.0"], seed=2),
+        "/fox.safetensors": tiny_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1),
+        "/with-text.safetensors": tiny_lora("base", ["to_q"], seed=3, text_encoders=True),
+        "/refiner-only.safetensors": tiny_lora("refiner", ["to_q", "to_k", "to_v", "to_out.0"], seed=2),
         "/corrupt.safetensors": b"this is not a safetensors file at all" * 10,
         "/other-model.safetensors": _incompatible_lora(),
     }
@@ -81,7 +85,7 @@ def test_lora_changes_the_image_and_leaves_nothing_behind(run, server, http_file
     assert np.abs(with_lora.astype(int) - before).mean() > 1  # visibly different
     assert _pixels(run(dict(JOB, loras=[dict(fox, scale=0)]))).tolist() == before.tolist()
     assert _pixels(run(JOB)).tolist() == before.tolist()  # the job after a LoRA: the same pixels
-    assert loras.leftover_layers(models) == []
+    assert lora_layers.leftover_layers(models) == []
     # Downloaded once, then served from the disk cache.
     assert [path for path, _ in http_files.requests] == ["/fox.safetensors"]
     assert _pixels(run(dict(JOB, loras=[fox]))).tolist() == with_lora.tolist()  # and from the cache alike
@@ -118,15 +122,15 @@ def test_a_lora_with_text_encoder_layers(run, server, lora_files, baseline, mode
 
     keys = load(lora_files["/with-text.safetensors"]).keys()
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("text_encoder_2.") for k in keys)
-    with loras.applied(models, [{"path": f"{server}/with-text.safetensors"}]):
-        assert len(loras.leftover_layers(models)) > 0  # the check below can see LoRA layers
+    with lora_layers.applied(models, local_loras([{"path": f"{server}/with-text.safetensors"}])):
+        assert len(lora_layers.leftover_layers(models)) > 0  # the check below can see LoRA layers
         # Its to_q layers fit both UNets (same sizes in the tiny base and refiner); text_encoder_2 is shared.
         for model in (models.base.unet, models.refiner.unet, models.base.text_encoder, models.base.text_encoder_2):
             assert list(model.peft_config) == ["job_lora_0"]
     with_text = _pixels(run(dict(FAST, loras=[{"path": f"{server}/with-text.safetensors"}])))
     assert with_text.tolist() != baseline.tolist()
     assert _pixels(run(FAST)).tolist() == baseline.tolist()
-    assert loras.leftover_layers(models) == []
+    assert lora_layers.leftover_layers(models) == []
 
 
 def test_a_refiner_lora_goes_to_the_refiner_only(run, server):
@@ -194,8 +198,8 @@ def test_local_paths_stay_inside_lora_dir(run, tmp_path, monkeypatch):
 
 
 def test_too_many_or_too_large_loras_are_refused(run, server, monkeypatch):
-    many = [{"path": f"{server}/fox.safetensors"}] * (loras.MAX_LORAS + 1)
-    assert run(dict(JOB, loras=many))[-1]["error"] == f"'loras' must have at most {loras.MAX_LORAS} items."
+    many = [{"path": f"{server}/fox.safetensors"}] * (MAX_LORAS + 1)
+    assert run(dict(JOB, loras=many))[-1]["error"] == f"'loras' must have at most {MAX_LORAS} items."
     monkeypatch.setenv("LORA_MAX_MB", "0.001")  # about 1 KB
     error = run(dict(JOB, loras=[{"path": f"{server}/fox.safetensors"}]))[-1]["error"]
     assert "'fox.safetensors'" in error and "larger than" in error

@@ -1,4 +1,4 @@
-"""src/models.py: one copy of each weight, loaded from local files (as baked), and a start-up log
+"""src/sdxl_worker/engine/models.py: one copy of each weight, loaded from local files (as baked), and a start-up log
 that says what was loaded."""
 
 import logging
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from src.models import (
+from sdxl_worker.engine.models import (
     ModelUnavailable,
     Settings,
     load_models,
@@ -15,7 +15,7 @@ from src.models import (
     model_bytes,
     weight_files,
 )
-from src.tiny import ensure_tiny_model
+from sdxl_worker.engine.tiny import ensure_tiny_model
 
 
 def test_refiner_and_img2img_share_the_base_weights_and_each_byte_counts_once(models):
@@ -58,7 +58,7 @@ def test_baked_hub_ids_load_offline_from_the_cache_and_the_log_names_every_compo
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     settings = Settings(base="example/sdxl-base", refiner="example/sdxl-refiner", vae=None, device="cpu")
 
-    with caplog.at_level(logging.INFO, logger="src.models"):
+    with caplog.at_level(logging.INFO, logger="sdxl_worker.engine.models"):
         loaded = load_models(settings)
 
     assert loaded.refiner.text_encoder_2 is loaded.base.text_encoder_2
@@ -115,8 +115,8 @@ def test_the_weight_files_are_exactly_those_the_loader_reads_in_its_order(tmp_pa
 
 
 def test_warm_up_runs_one_job_through_the_real_path(models, caplog):
-    from src.speed import warm_up
+    from sdxl_worker.runtime.warmup import warm_up
 
-    with caplog.at_level(logging.INFO, logger="src.speed"):
+    with caplog.at_level(logging.INFO, logger="sdxl_worker.runtime.warmup"):
         warm_up(models, ((256, 256, 1),))
     assert any("Warm-up 256x256" in record.getMessage() for record in caplog.records)

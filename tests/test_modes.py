@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src import generate
-from src.plan import make_plan
-from src.schema import validate
+from sdxl_worker.engine import generate
+from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.request.schema import validate
 from tests.conftest import decode, png_data_url
 from tests.test_generate import FAST, final, photo, pixels
 
@@ -178,7 +178,7 @@ def test_apply_watermark_embeds_sdxls_bits(run):
 
 
 def test_images_too_small_to_watermark_pass_through():
-    from src.watermark import apply_watermark
+    from sdxl_worker.engine.watermark import apply_watermark
 
     small = photo(200, 200)
     assert apply_watermark([small])[0] is small

@@ -2,9 +2,9 @@
 
 import pytest
 
-from src.errors import InputError
-from src.plan import make_plan
-from src.schema import validate
+from sdxl_worker.errors import InputError
+from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.request.schema import validate
 
 
 def plan(has_refiner=True, **inputs):

@@ -1,4 +1,4 @@
-"""src/prefetch.py: the helper process that reads a cold start's files into memory ahead of need,
+"""src/sdxl_worker/runtime/prefetch.py: the helper process that reads a cold start's files into memory ahead of need,
 and the recorded list of the files the start opens."""
 
 import mmap
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from src import prefetch
+from sdxl_worker.runtime import prefetch, start_files
 from tests.conftest import bench_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def test_only_the_touched_parts_of_a_mapped_file_are_listed(tmp_path):
     library.write_bytes(os.urandom(pages * page))
     with open(library, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         _ = mapped[3 * page], mapped[(pages - 10) * page]  # the pages a start would touch
-        entries = [e for e in prefetch.touched_parts_of_mapped_files(merge_gap=0) if e.startswith(f"{library}\t")]
+        entries = [e for e in start_files.touched_parts_of_mapped_files(merge_gap=0) if e.startswith(f"{library}\t")]
     parts = [tuple(int(n) for n in e.split("\t")[1:]) for e in entries]
     assert any(at <= 3 * page < at + length for at, length in parts)
     assert any(at <= (pages - 10) * page < at + length for at, length in parts)
@@ -110,15 +110,14 @@ def test_the_log_line_says_what_the_helper_reads(tmp_path):
     env = _baked(tmp_path)
     weights_only = prefetch.start(dict(env, START_FILES=str(tmp_path / "absent.txt")))
     assert _finished(weights_only) == 0
-    assert "GB of weights" in weights_only.summary and "--record makes one" in weights_only.summary
+    assert "GB of weights" in weights_only.summary and "start_files makes one" in weights_only.summary
 
 
 def test_the_recorded_list_holds_what_a_start_opens(tmp_path):
     listed = tmp_path / "start-files.txt"
     done = subprocess.run(
-        [sys.executable, "-m", "src.prefetch", "--record", str(listed)],
-        cwd=tmp_path,  # as from anywhere: it finds handler.py itself
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        [sys.executable, "-m", "sdxl_worker.runtime.start_files", str(listed)],
+        cwd=tmp_path,  # as from anywhere: the package is installed
         capture_output=True,
         text=True,
         timeout=240,
@@ -135,6 +134,9 @@ def test_the_recorded_list_holds_what_a_start_opens(tmp_path):
     assert len(entries) == len(set(entries))
 
 
-def test_the_command_line_says_how_to_use_it():
-    done = subprocess.run([sys.executable, "-m", "src.prefetch"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 2 and "--record" in done.stderr
+def test_the_command_lines_say_how_to_use_them():
+    done = subprocess.run([sys.executable, "-m", "sdxl_worker.runtime.prefetch"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "--read" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "sdxl_worker.runtime.start_files", "a", "b"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "start_files [PATH]" in done.stderr

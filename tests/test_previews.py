@@ -8,12 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
-from src import generate, previews
-from src.job import run_job
-from src.stream import Progress
-from src.plan import make_plan
-from src.schedulers import SCHEDULERS, build_scheduler
-from src.schema import validate
+from sdxl_worker.engine import generate
+from sdxl_worker.delivery.previews import MAX_PREVIEW_BYTES, preview_data_url
+from sdxl_worker.engine import previews
+from sdxl_worker.runtime.stream import render_preview
+from sdxl_worker.runtime.job import run_job
+from sdxl_worker.runtime.stream import Progress
+from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.engine.schedulers import build_scheduler
+from sdxl_worker.request.samplers import SCHEDULERS
+from sdxl_worker.request.schema import validate
 from tests.conftest import decode, png_data_url
 
 FAST = {"prompt": "a lighthouse at dusk", "num_inference_steps": 4, "refiner_inference_steps": 4, "strength": 0.5,
@@ -55,7 +59,7 @@ def test_preview_dimensions_keep_the_aspect_ratio(size, longest, expected):
 @pytest.mark.parametrize("image_format, mime", [("jpeg", "image/jpeg"), ("webp", "image/webp")])
 def test_render_gives_a_data_url_of_the_declared_format_and_size(image_format, mime):
     latent = torch.randn(4, 96, 128)  # a 1024x768 job
-    url = previews.render(latent, 256, image_format, 80)
+    url = render_preview(latent, 256, image_format, 80)
     assert url.startswith(f"data:{mime};base64,")
     image = decode(url)
     assert image.format == image_format.upper() and image.size == (256, 192)
@@ -63,8 +67,8 @@ def test_render_gives_a_data_url_of_the_declared_format_and_size(image_format, m
 
 def test_a_preview_always_fits_a_stream_chunk():
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8))
-    url = previews.to_data_url(noise, "jpeg", 100)
-    assert len(url) <= previews.MAX_PREVIEW_BYTES + 100
+    url = preview_data_url(noise, "jpeg", 100)
+    assert len(url) <= MAX_PREVIEW_BYTES + 100
     assert decode(url).size == (1024, 1024)
 
 
@@ -169,7 +173,7 @@ def test_streamed_previews_show_the_clean_estimate_not_the_noisy_latent(run, mod
     first = np.asarray(decode(shown[0]["preview"]))
 
     def rendered(latent):
-        return np.asarray(decode(previews.render(latent, 64, "jpeg", 90, None)))
+        return np.asarray(decode(render_preview(latent, 64, "jpeg", 90, None)))
 
     assert np.array_equal(first, rendered(seen[0][0]))  # the model's estimate of the clean image
     assert np.abs(first.astype(int) - rendered(seen[0][1])).mean() > 5  # not the noisy latent
@@ -227,28 +231,30 @@ def test_a_failure_inside_the_loop_is_one_error_and_joins_the_thread(models, mon
     assert not [t for t in threading.enumerate() if t.name == "denoise"]
 
 
-def test_progress_goes_to_runpod_only_on_runpod(run, monkeypatch):
+def test_progress_goes_to_runpod_only_on_runpod(models, monkeypatch):
     import runpod.serverless
+
+    import handler
 
     sent = []
     monkeypatch.setattr(runpod.serverless, "progress_update", lambda job, progress: sent.append((job["id"], progress)))
     monkeypatch.delenv("RUNPOD_WEBHOOK_GET_JOB", raising=False)
     monkeypatch.delenv("RUNPOD_POD_ID", raising=False)
-    run({**FAST, "preview_steps": 1, "refine": "no_refiner"})
+    list(handler.runpod_config(models)["handler"]({"id": "local", "input": {**FAST, "preview_steps": 1,
+                                                                             "refine": "no_refiner"}}))
     assert sent == []
     monkeypatch.setenv("RUNPOD_WEBHOOK_GET_JOB", "https://example.invalid/job-take/$ID")
-    run({**FAST, "refine": "no_refiner"}, job_id="on-runpod")  # previews off: progress still flows
+    job = {"id": "on-runpod", "input": {**FAST, "refine": "no_refiner"}}  # previews off: progress still flows
+    list(handler.runpod_config(models)["handler"](job))
     assert sent and sent[0] == ("on-runpod", {"step": 1, "total_steps": 4, "stage": "base"})
     assert sent[-1] == ("on-runpod", {"step": 4, "total_steps": 4, "stage": "base"})
 
 
-def test_progress_is_rate_limited_to_one_a_second_plus_the_last(monkeypatch):
-    import runpod.serverless
-
+def test_progress_is_rate_limited_to_one_a_second_plus_the_last():
     sent = []
-    monkeypatch.setattr(runpod.serverless, "progress_update", lambda job, progress: sent.append(progress["step"]))
     now = [0.0]
-    progress = Progress({"id": "j"}, total=10, clock=lambda: now[0], on_runpod=True)
+    progress = Progress({"id": "j"}, total=10, send=lambda job, progress: sent.append(progress["step"]),
+                        clock=lambda: now[0])
     for step in range(1, 11):
         progress.update("base", step)
         now[0] += 0.3
@@ -288,7 +294,7 @@ def test_a_preview_that_fails_to_render_costs_the_preview_not_the_image(run, mon
     def broken(*args, **kwargs):
         raise RuntimeError("decoder out of memory, say")
 
-    monkeypatch.setattr(previews, "render", broken)
+    monkeypatch.setattr(previews, "preview_image", broken)
     outputs = run({**FAST, "refine": "no_refiner", "preview_steps": 2})
     assert len(outputs) == 1 and "images" in outputs[0]
 
@@ -298,4 +304,4 @@ def test_taesd_decodes_a_smaller_latent_for_a_small_preview(tmp_path):
     latent = torch.randn(4, 96, 128)  # a 1024x768 job
     assert previews.taesd_rgb(decoder, latent).size == (1024, 768)
     assert previews.taesd_rgb(decoder, latent, longest=64).size == (128, 96)  # twice the preview, not 1024
-    assert decode(previews.render(latent, 64, "jpeg", 75, decoder)).size == (64, 48)
+    assert decode(render_preview(latent, 64, "jpeg", 75, decoder)).size == (64, 48)

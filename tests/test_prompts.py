@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from src.prompts import from_a1111
+from sdxl_worker.engine.prompts import from_a1111
 from tests.test_generate import FAST, final, photo, pixels
 from tests.conftest import png_data_url
 
@@ -71,13 +71,13 @@ def test_unreadable_weighting_is_named(run):
 
 @pytest.mark.parametrize("text", ["a lighthouse at dusk", "  a cat,  a dog. 4k: hdr; f/1.8 ", "", "A cat's hat"])
 def test_plain_prompts_skip_the_parser_and_mean_the_same(text):
-    from src.prompts import _conjunction, _parser
+    from sdxl_worker.engine.prompts import _conjunction, _parser
 
     assert str(_conjunction(text, "prompt")) == str(_parser().parse_conjunction(text))
 
 
 def test_a_prompt_over_the_token_cap_is_refused_by_name(run):
-    from src.prompts import MAX_PROMPT_TOKENS
+    from sdxl_worker.engine.prompts import MAX_PROMPT_TOKENS
 
     # One token per character on the tiny model.
     outputs = run({**FAST, "negative_prompt": "x" * (MAX_PROMPT_TOKENS + 1)})

@@ -13,7 +13,7 @@ import torch
 from runpod.serverless.modules import rp_job, rp_scale
 
 import handler
-from src.job import run_job
+from sdxl_worker.runtime.job import run_job
 
 JOB = {"prompt": "a red cube", "width": 256, "height": 256, "num_inference_steps": 2, "refine": "no_refiner",
        "seed": 1}

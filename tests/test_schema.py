@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from src import schema
-from src.errors import InputError
+from sdxl_worker.request import schema
+from sdxl_worker.errors import InputError
 
 
 def error_for(inputs: dict) -> str:
@@ -115,7 +115,7 @@ def test_readme_input_table_is_generated_from_the_schema():
     text = readme.read_text()
     table = re.search(r"<!-- inputs:start -->\n(.*?)\n<!-- inputs:end -->", text, re.S)
     assert table, "README.md lacks the generated input table markers"
-    assert table.group(1).strip() == schema.markdown_table().strip(), "run: python -m src.schema, paste into README"
+    assert table.group(1).strip() == schema.markdown_table().strip(), "run: python -m sdxl_worker.request.schema, paste into README"
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 
 import pytest
 
-from src import selfcheck
-from src.schedulers import SCHEDULERS, build_scheduler
+from sdxl_worker.runtime import selfcheck
+from sdxl_worker.engine.schedulers import build_scheduler
 from tests.conftest import run_handler
 
 

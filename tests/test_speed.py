@@ -1,10 +1,11 @@
-"""src/speed.py: which switches ``auto`` turns on where, and that each one keeps the image."""
+"""src/sdxl_worker/engine/speed.py: which switches ``auto`` turns on where, and that each one keeps the image."""
 
 import numpy as np
 import pytest
 import torch
 
-from src.speed import FP16_FIX_VAE, Speedups, apply_speedups, keep_timesteps_on_host, parse_sizes
+from sdxl_worker.runtime.warmup import warm_up_if_asked
+from sdxl_worker.engine.speed import FP16_FIX_VAE, Speedups, apply_speedups, keep_timesteps_on_host, parse_sizes
 from tests.conftest import decode
 
 JOB = {"prompt": "a red fox", "negative_prompt": "blurry", "width": 256, "height": 256, "num_inference_steps": 3,
@@ -13,13 +14,13 @@ JOB = {"prompt": "a red fox", "negative_prompt": "blurry", "width": 256, "height
 
 def fresh_models():
     """Speed-ups change models in place: each switch gets its own copy, not the shared fixture."""
-    from src.models import Settings, load_models
+    from sdxl_worker.engine.models import Settings, load_models
 
     return load_models(Settings(base="tiny", refiner="tiny", vae=None, device="cpu"))
 
 
 def pixels(models, **overrides) -> np.ndarray:
-    from src.job import run_job
+    from sdxl_worker.runtime.job import run_job
 
     result = list(run_job(models, {"id": "speed", "input": dict(JOB, **overrides)}))[-1]
     assert "error" not in result, result
@@ -101,6 +102,7 @@ def test_each_switch_keeps_the_image(switch, unoptimised):
     speedups, took_effect = SWITCHES[switch]
     models = fresh_models()
     apply_speedups(models, speedups=speedups)
+    warm_up_if_asked(models, speedups)  # what start-up does after loading
     assert took_effect(models)
     # Reordered float sums may flip a rounding here and there; never a different image.
     assert np.abs(pixels(models) - unoptimised).mean() < 0.05
@@ -109,7 +111,7 @@ def test_each_switch_keeps_the_image(switch, unoptimised):
 def test_host_timesteps_ignore_the_device_the_pipeline_asks_for():
     models = fresh_models()
     apply_speedups(models, speedups=Speedups(host_timesteps=True))
-    from src.schedulers import build_scheduler
+    from sdxl_worker.engine.schedulers import build_scheduler
 
     for name in ("DDIM", "K_EULER", "DPMSolverMultistep"):
         scheduler = keep_timesteps_on_host(models.base, build_scheduler(name, models.scheduler_configs["base"]))

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from src.tiny import ensure_tiny_model
+from sdxl_worker.engine.tiny import ensure_tiny_model
 from tests.conftest import run_handler
 
 ROOT = Path(__file__).resolve().parent.parent

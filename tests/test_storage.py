@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.deliver import deliver
-from src.schema import validate
-from src.storage import Storage, StorageConfigError, config_from_env, storage_from_env
+from sdxl_worker.delivery.deliver import deliver
+from sdxl_worker.request.schema import validate
+from sdxl_worker.delivery.storage import Storage, StorageConfigError, config_from_env, storage_from_env
 from tests.conftest import decode
 from tests.test_local_api import free_port
 
@@ -100,7 +100,7 @@ def test_images_land_with_their_keys_and_types_and_urls_return_the_bytes(s3_endp
 
 
 def test_a_whole_job_returns_presigned_urls(s3_endpoint, bucket, models):
-    from src.job import run_job
+    from sdxl_worker.runtime.job import run_job
 
     name, client = bucket
     storage = storage_from_env(env_for(s3_endpoint, name))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from src.errors import InputError
-from src.schema import INPUT_SCHEMA, MAX_SEED
+from sdxl_worker.errors import InputError
+from sdxl_worker.request.schema import INPUT_SCHEMA, MAX_SEED
 
 DEFAULT_SIZE = 1024
 # A size taken from an input image obeys the same range as 'width' and 'height'.

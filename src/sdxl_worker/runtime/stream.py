@@ -8,27 +8,28 @@ job's own thread, so the loop never waits for them.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
 from contextlib import closing
-from typing import Generator
+from typing import Callable, Generator
 
-from src import generate, previews
-from src.logs import protect
-from src.models import Models
+from sdxl_worker.delivery.previews import preview_data_url
+from sdxl_worker.engine import generate, previews
+from sdxl_worker.runtime.logs import protect
+from sdxl_worker.engine.models import Models
 
 log = protect(logging.getLogger(__name__))
 
 
-def run_streamed(models: Models, job: dict, request: dict, plan, init_image, mask=None) -> Generator[dict, None, object]:
+def run_streamed(models: Models, job: dict, request: dict, plan, init_image, mask=None,
+                 on_progress: ProgressCallback | None = None) -> Generator[dict, None, object]:
     """Run the plan in a worker thread; yield a preview dict after each preview step; return the result."""
     steps = generate.count_steps(models, request, plan)
     total = sum(steps.values())
     first_step = {"base": 0, "refiner": steps.get("base", 0)}  # steps count across the job, base then refiner
     every = request["preview_steps"]
-    progress = Progress(job, total)
+    progress = Progress(job, total, on_progress)
 
     def wants_preview(stage: str, step: int) -> bool:
         number = first_step[stage] + step
@@ -50,12 +51,17 @@ def run_streamed(models: Models, job: dict, request: dict, plan, init_image, mas
             progress.update(stage, number)
             if x0 is not None:
                 try:
-                    url = previews.render(x0, request["preview_size"], request["preview_format"],
+                    url = render_preview(x0, request["preview_size"], request["preview_format"],
                                           request["preview_quality"], models.preview_decoder)
                 except Exception:  # a preview is a courtesy: losing one must not lose the image
                     log.exception("job %s: preview after step %d failed", job.get("id"), number)
                     continue
                 yield {"preview": url, "step": number, "total_steps": total, "stage": stage}
+
+
+def render_preview(latent, size: int, image_format: str = "jpeg", quality: int = 75, decoder=None) -> str:
+    """One in-loop latent (4, h, w) -> a preview data URL, ``size`` pixels on its longer side."""
+    return preview_data_url(previews.preview_image(latent, size, decoder), image_format, quality)
 
 
 class _Stopped(Exception):
@@ -98,28 +104,22 @@ def _steps_in_thread(run, on_step) -> Generator[tuple, None, object]:
         thread.join()
 
 
+ProgressCallback = Callable[[dict, dict], None]  # (job, {"step", "total_steps", "stage"})
+
+
 class Progress:
-    """RunPod progress updates (``progress_update``): at most one a second, plus the last step.
+    """Progress reports for the platform (handler.py sends them to RunPod): at most one a second,
+    plus the last step. No callback (local runs, tests): nothing is sent."""
 
-    Only on RunPod: elsewhere runpod would post to a placeholder URL, so local runs and tests send nothing.
-    """
-
-    def __init__(self, job: dict, total: int, clock=time.monotonic, on_runpod: bool | None = None):
-        self.job, self.total, self.clock = job, total, clock
-        self.enabled = _on_runpod() if on_runpod is None else on_runpod
+    def __init__(self, job: dict, total: int, send: ProgressCallback | None, clock=time.monotonic):
+        self.job, self.total, self.send, self.clock = job, total, send, clock
         self.last_sent: float | None = None
 
     def update(self, stage: str, step: int) -> None:
-        if not self.enabled:
+        if self.send is None:
             return
         now = self.clock()
         if step != self.total and self.last_sent is not None and now - self.last_sent < 1.0:
             return
         self.last_sent = now
-        import runpod.serverless
-
-        runpod.serverless.progress_update(self.job, {"step": step, "total_steps": self.total, "stage": stage})
-
-
-def _on_runpod() -> bool:
-    return bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB") or os.environ.get("RUNPOD_POD_ID"))
+        self.send(self.job, {"step": step, "total_steps": self.total, "stage": stage})

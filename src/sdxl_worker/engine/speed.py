@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,7 +114,8 @@ def apply_speedups(models, settings=None, speedups: Speedups | None = None) -> S
     """Apply ``speedups`` (default: from the environment) to every model in ``models``, in place.
 
     Order matters: attention processors before fusing (fusing installs its own SDPA processor),
-    memory format before compiling, compiling before the warm-up that pays for it.
+    memory format before compiling. The warm-up that pays for compiling runs jobs, so it is the
+    runtime's (sdxl_worker.runtime.warmup), after loading.
     """
     if speedups is None:
         speedups = Speedups.from_env(
@@ -148,11 +148,7 @@ def apply_speedups(models, settings=None, speedups: Speedups | None = None) -> S
         for unet in unets:
             _move_timesteps_in_forward(unet)
     if speedups.compile:
-        _compile(unets, speedups)
-    if speedups.warmup:
-        started = time.perf_counter()
-        warm_up(models, speedups.warmup_sizes)
-        models.load_seconds["warm-up"] = time.perf_counter() - started
+        _compile(unets, speedups)  # paid by the warm-up jobs (sdxl_worker.runtime.warmup), not here
     log.info("Speed-ups: %s", ", ".join(f"{k}={v}" for k, v in asdict(speedups).items()))
     return speedups
 
@@ -175,24 +171,6 @@ def keep_timesteps_on_host(pipe, scheduler):
 
     scheduler.set_timesteps = on_host
     return scheduler
-
-
-def warm_up(models, sizes) -> None:
-    """Run short jobs through the real path, so the first user job pays no first-call costs."""
-    from src.job import run_job  # late: job imports models, which imports this module
-
-    for width, height, images in sizes:
-        inputs = {"prompt": "warm-up", "negative_prompt": "warm-up", "width": width, "height": height,
-                  "num_images": images, "num_inference_steps": 2, "seed": 0}
-        if models.has_refiner:
-            inputs.update(refine="expert_ensemble_refiner", high_noise_frac=0.5)
-        started = time.perf_counter()
-        result = list(run_job(models, {"id": f"warm-up-{width}x{height}x{images}", "input": inputs}))[-1]
-        if "error" in result:
-            # Stop at start-up rather than fail every job; COMPILE=0 is the way out if compiling broke it.
-            raise RuntimeError(f"Warm-up job {width}x{height} failed ({result['error']}); the cause is logged "
-                               "above. Try COMPILE=0 (or WARMUP=0) if it is the compiler.")
-        log.info("Warm-up %dx%d x%d: %.1f s", width, height, images, time.perf_counter() - started)
 
 
 def _compile(unets, speedups: Speedups) -> None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from src.speed import apply_speedups
+from sdxl_worker.engine.speed import apply_speedups
+from sdxl_worker.errors import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ DEFAULT_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
 DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(StartupError):
     """Weights that cannot be loaded at start-up; the message is one sentence for the log."""
 
 
@@ -87,6 +88,7 @@ class Models:
     inpaint: object | None = None  # StableDiffusionXLInpaintPipeline on the base's components
     refiner_inpaint: object | None = None  # the same on the refiner's: refining keeps to the mask
     preview_decoder: object | None = None  # TAESDXL (AutoencoderTiny) when TAESD_MODEL loads, else None
+    speedups: object | None = None  # the sdxl_worker.engine.speed.Speedups applied at loading
 
     @property
     def has_refiner(self) -> bool:
@@ -98,7 +100,7 @@ def _resolve(name: str, part: str) -> str:
     id already in the Hugging Face cache (baked into the image) becomes its snapshot folder, so
     loading reads local files and never asks the hub."""
     if name == "tiny":
-        from src.tiny import ensure_tiny_model
+        from sdxl_worker.engine.tiny import ensure_tiny_model
 
         return str(ensure_tiny_model() / part)
     cached = _hub_snapshot(name)
@@ -224,7 +226,7 @@ class _Loader:
 
 def import_libraries() -> SimpleNamespace:
     """What load_models builds with. Importing it is most of a cold start's CPU time, so it is
-    one call: ``python -m src.prefetch --record`` makes it to list the files the imports read."""
+    one call: ``python -m sdxl_worker.runtime.prefetch --record`` makes it to list the files the imports read."""
     from diffusers import (
         AutoencoderKL,
         StableDiffusionXLImg2ImgPipeline,
@@ -234,7 +236,7 @@ def import_libraries() -> SimpleNamespace:
     )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from src.previews import load_preview_decoder
+    from sdxl_worker.engine.previews import load_preview_decoder
 
     return SimpleNamespace(
         AutoencoderKL=AutoencoderKL,
@@ -298,7 +300,7 @@ def load_models(settings: Settings | None = None) -> Models:
         )
 
     # Pipelines made from components take add_watermarker=False too: otherwise diffusers adds
-    # one whenever invisible-watermark is installed. apply_watermark is done in src/watermark.py.
+    # one whenever invisible-watermark is installed. apply_watermark is done in src/sdxl_worker/engine/watermark.py.
     img2img = lib.StableDiffusionXLImg2ImgPipeline(**base.components, add_watermarker=False)
     inpaint = lib.StableDiffusionXLInpaintPipeline(**base.components, add_watermarker=False)
     refiner_inpaint = None
@@ -325,7 +327,7 @@ def load_models(settings: Settings | None = None) -> Models:
                     inpaint=inpaint, refiner_inpaint=refiner_inpaint)
     models.preview_decoder = lib.load_preview_decoder(settings.taesd, settings.device, dtype)
     _log_loaded(settings, dtype, loader.report, loaded_bytes(models), time.perf_counter() - everything_started)
-    apply_speedups(models, settings)
+    models.speedups = apply_speedups(models, settings)
     return models
 
 

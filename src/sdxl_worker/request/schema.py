@@ -3,7 +3,7 @@
 ``validate(raw)`` checks a job's ``input`` against it (jsonschema, Draft 2020-12) and
 returns the request with defaults filled in, or raises InputError with one sentence per
 problem, each naming the field. The README's input table is generated from INPUT_SCHEMA
-(``python -m src.schema``) and a test keeps the two in step.
+(``python -m sdxl_worker.request.schema``) and a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ import math
 from jsonschema import Draft202012Validator
 from jsonschema.validators import extend
 
-from src.errors import InputError
-from src.loras import MAX_LORAS
-from src.schedulers import SCHEDULERS as SCHEDULER_CLASSES
+from sdxl_worker.errors import InputError
+from sdxl_worker.request.samplers import SCHEDULERS as SCHEDULER_TABLE
 
 MAX_SEED = 2**63 - 1
+MAX_LORAS = 4  # per job; each one adds its own low-rank matmuls to every step
 MAX_PROMPT_CHARS = 10_000  # keeps a megabyte prompt from tying up the tokenizers and the GPU
 MAX_IMAGE_CHARS = 30_000_000  # an image as base64 or a URL: about 22 MB of file
 MAX_NAME_CHARS = 64  # names from a list (scheduler, task, ...)
 MAX_DEPTH = 8  # how deeply lists and objects may nest anywhere in the input
 MAX_VALUES = 10_000  # values in the whole input, counting those inside lists and objects
 
-SCHEDULERS = list(SCHEDULER_CLASSES)
+SCHEDULERS = list(SCHEDULER_TABLE)
 TASKS = ["txt2img", "img2img", "inpaint", "refine"]
 REFINE_MODES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 

@@ -3,7 +3,7 @@
 Configured once at start-up from BUCKET_* variables (AWS S3, Cloudflare R2, MinIO, ...).
 Half a configuration stops the worker with the missing names: never a silent local path.
 Uploads retry a bounded number of times within a deadline, so a job with storage down
-still answers (inline, see src/deliver.py) well inside two minutes. Secrets are never logged.
+still answers (inline, see src/sdxl_worker/delivery/deliver.py) well inside two minutes. Secrets are never logged.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from sdxl_worker.errors import StartupError
+
 log = logging.getLogger(__name__)
 
 REQUIRED = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
@@ -30,7 +32,7 @@ _RETRYABLE_CODES = {"SlowDown", "Throttling", "RequestTimeout", "RequestTimeTooS
                     "ServiceUnavailable", "503", "500", "502", "504"}
 
 
-class StorageConfigError(Exception):
+class StorageConfigError(StartupError):
     """The BUCKET_* variables do not make a usable configuration; raised at start-up."""
 
 

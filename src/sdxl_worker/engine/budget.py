@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from src.errors import InputError
+from sdxl_worker.errors import InputError
 
 REFERENCE_PIXELS = 1024 * 1024
 # About 6,000 UNet calls at 1024x1024: 180 s at 30 ms a call on an H100-class GPU with plain

@@ -1,8 +1,9 @@
 """Live previews: the model's current estimate of the clean image, made cheap enough to stream.
 
 Pure functions, no pipeline: ``clean_estimate`` recovers x0 from one scheduler step,
-``render`` turns an in-loop SDXL latent into a small JPEG/WebP data URL, by the linear
-latent-to-RGB projection or, when loaded, TAESDXL (``AutoencoderTiny``).
+``preview_image`` turns an in-loop SDXL latent into a small picture, by the linear
+latent-to-RGB projection or, when loaded, TAESDXL (``AutoencoderTiny``). Encoding it for the
+stream is delivery's job (sdxl_worker.delivery.previews).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import logging
 import numpy as np
 import torch
 from PIL import Image
-
-from src.deliver import MIME, Encoding, data_url, encode
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +28,6 @@ LATENT_RGB_FACTORS = torch.tensor(
 )
 LATENT_RGB_BIAS = torch.tensor([0.1084, -0.0175, -0.0011])
 _FACTORS, _BIAS = LATENT_RGB_FACTORS.numpy(), LATENT_RGB_BIAS.numpy()
-
-MAX_PREVIEW_BYTES = 900_000  # RunPod drops stream chunks over 1 MB; leave room for the JSON around it
 
 
 def clean_estimate(scheduler, step_output, model_output, timestep, sample) -> torch.Tensor:
@@ -94,23 +91,14 @@ def preview_dimensions(width: int, height: int, longest: int) -> tuple[int, int]
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def to_data_url(image: Image.Image, image_format: str, quality: int) -> str:
-    """JPEG or WebP as a data URL, stepping the quality down in the rare case it would not fit a stream chunk."""
-    while True:
-        url = data_url(encode(image, Encoding(image_format, quality)), MIME[image_format])
-        if len(url) - url.index(",") - 1 <= MAX_PREVIEW_BYTES or quality <= 5:  # the base64 part
-            return url
-        quality //= 2
-
-
-def render(latent: torch.Tensor, size: int, image_format: str = "jpeg", quality: int = 75, decoder=None) -> str:
-    """One in-loop latent (4, h, w) -> a preview data URL, ``size`` pixels on its longer side."""
+def preview_image(latent: torch.Tensor, size: int, decoder=None) -> Image.Image:
+    """One in-loop latent (4, h, w) -> a preview picture, ``size`` pixels on its longer side."""
     image = taesd_rgb(decoder, latent, size) if decoder is not None else linear_rgb(latent)
     # The image is h*8 x w*8 pixels whichever way it was decoded: size it from that.
     target = preview_dimensions(latent.shape[-1] * 8, latent.shape[-2] * 8, size)
     if image.size != target:
         image = image.resize(target, Image.Resampling.BILINEAR)
-    return to_data_url(image, image_format, quality)
+    return image
 
 
 def load_preview_decoder(name: str | None, device: str, dtype):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+from sdxl_worker.errors import StartupError
+
 # (module to import, the package that provides it, the inputs that need it)
 LIBRARIES = (
     ("scipy", "scipy", "the LMS samplers (scheduler KLMS, KLMS_KARRAS, K_LMS)"),
@@ -21,7 +23,7 @@ LIBRARIES = (
 )
 
 
-class SelfCheckFailed(RuntimeError):
+class SelfCheckFailed(StartupError):
     """Something a documented input needs is missing; the message is one sentence for the log."""
 
 
@@ -39,7 +41,7 @@ def check_libraries(importer: Callable = importlib.import_module) -> None:
 
 def check_settings() -> None:
     """Limits read from the environment: a bad value stops the worker now, not every job later."""
-    from src import budget
+    from sdxl_worker.engine import budget
 
     try:
         budget.max_job_work()
@@ -49,7 +51,8 @@ def check_settings() -> None:
 
 def check_schedulers(scheduler_configs: dict[str, dict]) -> None:
     """Build every scheduler of the table for every stage from the model's own config."""
-    from src.schedulers import SCHEDULERS, build_scheduler
+    from sdxl_worker.engine.schedulers import build_scheduler
+    from sdxl_worker.request.samplers import SCHEDULERS
 
     for stage, config in scheduler_configs.items():
         for name in SCHEDULERS:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import quote, urljoin, urlsplit
 
-from src.errors import InputError
+from sdxl_worker.errors import InputError
 
 MB = 1024 * 1024
 MAX_DOWNLOAD_BYTES = 20 * MB  # the default of FETCH_MAX_BYTES

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from src.errors import InputError
-from src.storage import REQUIRED as STORAGE_VARIABLES, Storage, UploadError
+from sdxl_worker.errors import InputError
+from sdxl_worker.delivery.storage import REQUIRED as STORAGE_VARIABLES, Storage, UploadError
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,11 @@ class InputError(ValueError):
     """A problem with the job's input that the user can fix."""
 
 
+class StartupError(RuntimeError):
+    """The worker cannot serve (configuration, install, weights): it stops at start-up with this
+    one-sentence message instead of failing every job."""
+
+
 def kind_of(error: BaseException) -> str:
     """Which of the kinds above ``error`` is."""
     if isinstance(error, InputError):

@@ -1,7 +1,7 @@
 """Running a plan: the base stage, then the refiner stage, on the loaded pipelines.
 
 Every stage gets a fresh scheduler, the job's prompts (as weighted, unclipped embeddings from
-src/prompts.py), guidance and generators; the base hands the refiner its latents (never a
+src/sdxl_worker/engine/prompts.py), guidance and generators; the base hands the refiner its latents (never a
 decoded image), and after inpainting the refiner keeps to the same mask.
 ``on_step(stage, step, kwargs)`` is called after every denoising step, with the scheduler's
 clean-image estimate in ``kwargs["x0"]``: previews and progress come from there.
@@ -18,13 +18,13 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from src.models import Models
-from src.plan import Plan
-from src.previews import clean_estimate
-from src.prompts import encode_for_base, encode_for_refiner
-from src.schedulers import build_scheduler
-from src.speed import keep_timesteps_on_host
-from src.watermark import apply_watermark
+from sdxl_worker.engine.models import Models
+from sdxl_worker.engine.plan import Plan
+from sdxl_worker.engine.previews import clean_estimate
+from sdxl_worker.engine.prompts import encode_for_base, encode_for_refiner
+from sdxl_worker.engine.schedulers import build_scheduler
+from sdxl_worker.engine.speed import keep_timesteps_on_host
+from sdxl_worker.engine.watermark import apply_watermark
 
 StepCallback = Callable[[str, int, dict], None]  # (stage, step within the stage, callback kwargs + "x0")
 

@@ -18,7 +18,7 @@ import torch
 from compel import Compel, ReturnedEmbeddingsType
 from compel.prompt_parser import Conjunction, FlattenedPrompt, Fragment, PromptParser
 
-from src.errors import InputError
+from sdxl_worker.errors import InputError
 
 # A1111's explicit weight at the end of a parenthesised group: "(text:1.3)", "(text: .8)".
 _A1111_WEIGHT = re.compile(r":\s*(\d+(?:\.\d*)?|\.\d+)\s*$")

@@ -1,9 +1,9 @@
 """One job, start to finish: validate -> plan -> fetch images -> run -> deliver.
 
-``run_job`` is a generator: it yields the previews asked for (src/stream.py runs the pipelines
+``run_job`` is a generator: it yields the previews asked for (src/sdxl_worker/runtime/stream.py runs the pipelines
 in a worker thread), then the final payload, or one ``{"error": ...}``. It never raises, so the
 worker keeps serving the next job whatever this one did. Failures follow the taxonomy in
-src/errors.py; after out-of-memory the memory is freed before the next job, and a
+src/sdxl_worker/errors.py; after out-of-memory the memory is freed before the next job, and a
 poisoned CUDA context adds ``"refresh_worker": True`` (handler.py hands that to RunPod).
 """
 
@@ -15,29 +15,34 @@ import time
 import traceback
 from typing import Iterator
 
-from src import budget, dialects, errors, loras
-from src.deliver import check_request, deliver
-from src.errors import InputError
-from src.generate import count_steps, ms_since
-from src.images import load_image, load_mask
-from src.logs import protect, truncate
-from src.models import Models
-from src.plan import make_plan
-from src.schema import validate
-from src.storage import Storage
-from src.stream import run_streamed
+from sdxl_worker.engine import budget
+from sdxl_worker.request import dialects
+from sdxl_worker import errors
+from sdxl_worker.engine import loras as lora_layers
+from sdxl_worker.inputs import loras as lora_files
+from sdxl_worker.delivery.deliver import check_request, deliver
+from sdxl_worker.errors import InputError
+from sdxl_worker.engine.generate import count_steps, ms_since
+from sdxl_worker.inputs.images import load_image, load_mask
+from sdxl_worker.runtime.logs import protect, truncate
+from sdxl_worker.engine.models import Models
+from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.request.schema import validate
+from sdxl_worker.delivery.storage import Storage
+from sdxl_worker.runtime.stream import ProgressCallback, run_streamed
 
 log = protect(logging.getLogger(__name__))  # no payloads or secrets in the log
 
 
-def run_job(models: Models, job: dict, storage: Storage | None = None) -> Iterator[dict]:
+def run_job(models: Models, job: dict, storage: Storage | None = None,
+            on_progress: ProgressCallback | None = None) -> Iterator[dict]:
     job = job if isinstance(job, dict) else {}
     job_id = str(job.get("id", "local"))[:100]
     names = dialects.AS_SENT  # puts errors back in the words of the API the request was written for
     try:
         names = dialects.translate(job.get("input"))
         # The work runs in its own frame, so what it holds dies with it when it fails.
-        yield from _run(models, job, names.input, storage)
+        yield from _run(models, job, names.input, storage, on_progress)
     except InputError as error:
         log.info("job %s refused: %s", job_id, error)
         failure, collect = {"error": names.explain(str(error))}, False  # refcounting frees what it held
@@ -60,7 +65,8 @@ def run_job(models: Models, job: dict, storage: Storage | None = None) -> Iterat
     yield failure
 
 
-def _run(models: Models, job: dict, raw_input, storage: Storage | None) -> Iterator[dict]:
+def _run(models: Models, job: dict, raw_input, storage: Storage | None,
+         on_progress: ProgressCallback | None) -> Iterator[dict]:
     job_id = str(job.get("id", "local"))[:100]
     started = time.perf_counter()
     request = validate(raw_input)
@@ -80,8 +86,8 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None) -> Itera
             width, height = plan.size_for(init_image.size, field)
             budget.check(plan, steps, width, height, request["guidance_scale"])
     mask = load_mask(request["mask"], "mask", init_image.size) if request["mask"] is not None else None
-    with loras.applied(models, request["loras"]):
-        result = yield from run_streamed(models, job, request, plan, init_image, mask)
+    with lora_layers.applied(models, local_loras(request["loras"])):
+        result = yield from run_streamed(models, job, request, plan, init_image, mask, on_progress)
     delivery = deliver(result.images, request, storage, job_id)
     payload = {
         "images": delivery.images,
@@ -94,6 +100,12 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None) -> Itera
     if warnings:
         payload["warnings"] = warnings
     yield payload
+
+
+def local_loras(loras: list[dict] | None) -> list[lora_layers.LoraFile]:
+    """The job's LoRA entries as local files (found, or downloaded into the cache), in order."""
+    return [lora_layers.LoraFile(lora_files.resolve(lora, index), lora.get("scale", 1.0), lora_files.label_of(lora), index)
+            for index, lora in enumerate(loras or [])]
 
 
 def _free_memory() -> None:

@@ -1,4 +1,4 @@
-"""Input images and masks: fetched (src/fetch.py), checked to be an image, decoded to RGB or grey.
+"""Input images and masks: fetched (src/sdxl_worker/inputs/fetch.py), checked to be an image, decoded to RGB or grey.
 
 The bytes decide, never the Content-Type: they must open as one of IMAGE_FORMATS. The pixel
 count in the header is checked before any pixel is decoded, so a small file declaring huge
@@ -13,16 +13,13 @@ import warnings
 
 from PIL import Image, ImageOps
 
-from src.errors import InputError
-from src.fetch import fetch
+from sdxl_worker.errors import InputError
+from sdxl_worker.inputs.fetch import fetch
 
 MAX_PIXELS = int(os.environ.get("MAX_IMAGE_PIXELS", 4096 * 4096))
 # No TIFF: its decoder (libtiff, with its many codecs) is the largest attack surface of all, and
 # what it would bring (CMYK from print workflows) also arrives as JPEG, which is decoded.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
-
-# Pillow's own guard, at our limit: it warns past it and refuses at twice it, whoever opens an image.
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 def load_image(source: str, field: str) -> Image.Image:
@@ -41,8 +38,8 @@ def decode_image(data: bytes, field: str, background=(255, 255, 255)) -> Image.I
         image = to_rgb(ImageOps.exif_transpose(image), background)
     except InputError:
         raise
-    except Image.DecompressionBombError:
-        raise _too_many_pixels(field, f"more than {2 * MAX_PIXELS:,}") from None
+    except Image.DecompressionBombError:  # Pillow's own guard, at its own (higher) limit
+        raise _too_many_pixels(field, f"more than {2 * Image.MAX_IMAGE_PIXELS:,}") from None
     except Exception:  # Pillow raises many kinds for broken or hostile files
         raise InputError(f"'{field}' is not an image this worker can read "
                          f"({', '.join(IMAGE_FORMATS)}).") from None

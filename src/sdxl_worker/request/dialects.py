@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 
-from src.errors import InputError
+from sdxl_worker.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def _weighted(text: str, weight: float) -> str:
 
 
 def _segmind_base64(entry: tuple, put) -> None:
-    from src.schema import INPUT_SCHEMA
+    from sdxl_worker.request.schema import INPUT_SCHEMA
 
     sent, inline = entry
     if not isinstance(inline, bool):

@@ -1,0 +1,1 @@
+"""The results out: encoded images, inline or uploaded to S3-compatible storage."""

@@ -1,0 +1,1 @@
+"""The models and the denoising: plan, pipelines, schedulers, prompts, previews' x0, speed-ups."""

@@ -1,0 +1,23 @@
+"""Schedulers by the names users send, each built fresh per job from the model's own config.
+
+The names and their settings are data in sdxl_worker.request.samplers. Building a new scheduler
+for every stage of every job (never mutating the loaded one) is what keeps one job's sampler
+from leaking into the next.
+"""
+
+from __future__ import annotations
+
+import diffusers
+
+from sdxl_worker.request.samplers import SCHEDULERS
+
+
+def scheduler_class(name: str) -> type:
+    """The diffusers class a scheduler name stands for."""
+    return getattr(diffusers, SCHEDULERS[name].cls)
+
+
+def build_scheduler(name: str, model_config: dict):
+    """A new scheduler of the named kind, configured from the model's pristine scheduler config."""
+    sampler = SCHEDULERS[name]
+    return scheduler_class(name).from_config({**model_config, **sampler.tweaks})

@@ -1,0 +1,1 @@
+"""What a job points at: downloads, input images and masks, LoRA files, each bounded."""

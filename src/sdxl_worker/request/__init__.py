@@ -1,0 +1,1 @@
+"""What a job asks for: other APIs' dialects, the JSON Schema, and the checks on one request."""
