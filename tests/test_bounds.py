@@ -279,3 +279,24 @@ def test_tiff_is_refused_like_any_format_outside_the_list(run):
 
     final = run({"prompt": "a", "image": base64.b64encode(buffer.getvalue()).decode(), "refine": "no_refiner"})[-1]
     assert final["error"] == "'image' is not an image this worker can read (PNG, JPEG, WEBP, GIF, BMP)."
+
+
+def test_a_token_in_a_lora_url_never_reaches_the_log_or_the_error(run, caplog):
+    token = "Ab3" * 30
+    with caplog.at_level(logging.INFO):
+        error = run(dict(SMALL, loras=[{"path": f"https://files.example.invalid/dl/{token}"}]))[-1]["error"]
+    for text in (error, caplog.text):
+        assert not [token[i:i + 8] for i in range(len(token) - 7) if token[i:i + 8] in text]
+    assert "'<a name of 90 characters>'" in error
+
+
+@pytest.mark.parametrize("path", ["a\0b", "x" * 300])
+def test_unreadable_local_paths_are_refused_not_crashed_on(run, lora_dir, path):
+    error = run(dict(SMALL, loras=[{"path": path}]))[-1]["error"]
+    assert "'loras[0].path'" in error and "internal error" not in error
+
+
+def test_a_weight_name_with_a_file_path_is_refused(run, lora_dir):
+    error = run(dict(SMALL, loras=[{"path": "style/pytorch_lora_weights.safetensors",
+                                    "weight_name": "other.safetensors"}]))[-1]["error"]
+    assert "'loras[0].weight_name' applies to a folder" in error

@@ -211,3 +211,63 @@ def test_previews_on_and_off_give_the_same_image(run, refine):
     on = run(dict(job, preview_steps=1))
     assert sum("preview" in chunk for chunk in on) >= STEPS
     assert _max_diff(off, [decode(image) for image in on[-1]["images"]]) == 0
+
+
+@pytest.mark.parametrize("prompt", ['a (red fox) in the snow', 'a sign saying "hello"', "[dark] room, high-quality"])
+def test_brackets_and_quotes_without_weights_are_encoded_as_written(run, reference, prompt):
+    ours = _worker_images(run, dict(JOB, prompt=prompt))
+    theirs = _txt2img(reference, prompt=prompt, generator=_generators(11))
+    assert _max_diff(ours, theirs) == 0
+
+
+def test_guidance_1_runs_without_classifier_free_guidance(run, reference):
+    ours = _worker_images(run, dict(JOB, guidance_scale=1.0, negative_prompt="dark"))
+    base = reference["base"]
+    _scheduler(base, "DDIM")
+    theirs = base(prompt=JOB["prompt"], negative_prompt="dark", width=SIZE, height=SIZE, num_inference_steps=STEPS,
+                  guidance_scale=1.0, generator=_generators(11)).images
+    assert _max_diff(ours, theirs) == 0
+
+
+def test_two_images_through_the_expert_ensemble(run, reference):
+    job = dict(JOB, seed=5, num_images=2, refine="expert_ensemble_refiner", high_noise_frac=0.8,
+               scheduler="K_EULER_ANCESTRAL", num_inference_steps=10)
+    ours = _worker_images(run, job)
+    base, refiner = reference["base"], reference["refiner"]
+    _scheduler(base, "K_EULER_ANCESTRAL")
+    _scheduler(refiner, "K_EULER_ANCESTRAL")
+    generator = _generators(5, 2)
+    common = dict(prompt=JOB["prompt"], num_inference_steps=10, guidance_scale=7.5, generator=generator,
+                  num_images_per_prompt=2)
+    latents = base(**common, width=SIZE, height=SIZE, denoising_end=0.8, output_type="latent").images
+    theirs = refiner(**common, image=latents, denoising_start=0.8).images
+    assert _max_diff(ours, theirs) == 0
+
+
+def test_img2img_then_the_base_image_refiner(run, reference):
+    image = _photo()
+    job = dict(JOB, image=png_data_url(image), prompt_strength=0.6, refine="base_image_refiner", strength=0.3,
+               refiner_inference_steps=10)
+    del job["width"], job["height"]
+    ours = _worker_images(run, job)
+    img2img, refiner = reference["img2img"], reference["refiner"]
+    _scheduler(img2img, "DDIM")
+    _scheduler(refiner, "DDIM")
+    generator = _generators(11)
+    latents = img2img(prompt=JOB["prompt"], image=image, strength=0.6, num_inference_steps=STEPS, guidance_scale=7.5,
+                      generator=generator, output_type="latent").images
+    theirs = refiner(prompt=JOB["prompt"], image=latents, strength=0.3, num_inference_steps=10, guidance_scale=7.5,
+                     generator=generator).images
+    assert _max_diff(ours, theirs) == 0
+
+
+def test_the_refiner_alone_on_an_image_url(run, reference):
+    image = _photo()
+    job = {"prompt": JOB["prompt"], "image_url": png_data_url(image), "strength": 0.3, "refiner_inference_steps": 10,
+           "seed": 11, "scheduler": "DDIM"}
+    ours = _worker_images(run, job)
+    refiner = reference["refiner"]
+    _scheduler(refiner, "DDIM")
+    theirs = refiner(prompt=JOB["prompt"], image=image, strength=0.3, num_inference_steps=10, guidance_scale=7.5,
+                     generator=_generators(11)).images
+    assert _max_diff(ours, theirs) == 0

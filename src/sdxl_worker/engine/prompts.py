@@ -103,8 +103,8 @@ def encode_for_refiner(pipe, prompt: str, negative_prompt: str | None) -> Condit
 def _parsed(tokenizer, prompt: str | None, negative_prompt: str | None) -> tuple[list[str], list[Conjunction]]:
     """Both prompts in compel's syntax and parsed, once; InputError naming the field if too long or unreadable."""
     texts, conjunctions = [], []
-    for field, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-        text = from_a1111(text or "")
+    for field, sent in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+        text = from_a1111(sent or "")
         tokens = len(tokenizer(text, truncation=False).input_ids) - 2  # without the start and end markers
         if tokens > MAX_PROMPT_TOKENS:
             raise InputError(
@@ -112,22 +112,34 @@ def _parsed(tokenizer, prompt: str | None, negative_prompt: str | None) -> tuple
                 f"(about {MAX_PROMPT_TOKENS * 4:,} characters of English)."
             )
         texts.append(text)
-        conjunctions.append(_conjunction(text, field))
+        conjunctions.append(_conjunction(text, field, rewritten=text != (sent or "")))
     return texts, conjunctions
 
 
-def _conjunction(text: str, field: str) -> Conjunction:
+def _conjunction(text: str, field: str, rewritten: bool = False) -> Conjunction:
+    as_written = Conjunction([FlattenedPrompt([Fragment(" ".join(text.split()), 1.0)])])
     if not _SYNTAX.intersection(text):
         # No weights possible: what compel's parser would return, without its cost (it is
         # pyparsing: about a tenth of a second per 100 characters).
-        return Conjunction([FlattenedPrompt([Fragment(" ".join(text.split()), 1.0)])])
+        return as_written
     try:
-        return _parser().parse_conjunction(text)
+        parsed = _parser().parse_conjunction(text)
     except Exception as error:
         raise InputError(
             f"'{field}' has weighting syntax that cannot be read ({type(error).__name__}): check its "
             "brackets and any .blend()/.and() weights, or escape literal brackets as \\( and \\)."
         ) from None
+    if not rewritten and "\\" not in text and _unweighted(parsed):
+        # No weight but 1 anywhere: the text as written, brackets and quotes included, exactly as
+        # diffusers encodes it (compel's parser would drop "(", ")" and '"' from the tokens).
+        return as_written
+    return parsed
+
+
+def _unweighted(conjunction: Conjunction) -> bool:
+    return (conjunction.weights == [1.0] and len(conjunction.prompts) == 1
+            and isinstance(conjunction.prompts[0], FlattenedPrompt)
+            and all(fragment.weight == 1.0 for fragment in conjunction.prompts[0].children))
 
 
 @functools.cache

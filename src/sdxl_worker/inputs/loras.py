@@ -90,8 +90,20 @@ def resolve(lora: dict, index: int) -> Path:
     _check_weight_name(weight_name, index, label)
     if path.lower().startswith(("http://", "https://")):
         return _cached_download(path, index, label)
+    try:
+        return _local_or_hub(path, weight_name, index, label)
+    except (OSError, ValueError) as error:  # a NUL byte, a name too long for the file system, ...
+        if isinstance(error, InputError):
+            raise
+        raise InputError(f"LoRA {label}: 'loras[{index}].path' is not a path this worker can read.") from None
+
+
+def _local_or_hub(path: str, weight_name: str | None, index: int, label: str) -> Path:
     local = _inside_lora_dir(path, index, label)
     if local is not None and local.exists():
+        if weight_name and not local.is_dir():
+            raise InputError(f"LoRA {label}: 'loras[{index}].weight_name' applies to a folder, but "
+                             f"'loras[{index}].path' names a file; drop one of them.")
         file = (local / (weight_name or DEFAULT_WEIGHT_NAME)).resolve() if local.is_dir() else local
         if not file.is_relative_to(lora_dir()):  # a link inside the folder that points out of it
             raise _outside_lora_dir(label, f"loras[{index}].{'weight_name' if weight_name else 'path'}")
@@ -108,8 +120,9 @@ def resolve(lora: dict, index: int) -> Path:
 
 
 def _from_hub(repo_id: str, weight_name: str, index: int, label: str) -> Path:
-    """A file of a hub repo: from the local hub cache, downloaded only where the hub is reachable."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    """A file of a hub repo: from the local hub cache (baked into the image), else downloaded like
+    any URL, through the fetcher into the capped LoRA cache (the hub's own cache has no cap)."""
+    from huggingface_hub import hf_hub_download, hf_hub_url
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
@@ -118,10 +131,7 @@ def _from_hub(repo_id: str, weight_name: str, index: int, label: str) -> Path:
         except Exception:
             if offline:
                 raise
-        size = get_hf_file_metadata(hf_hub_url(repo_id, weight_name)).size or 0
-        if size > max_file_bytes():
-            raise InputError(f"LoRA {label}: 'loras[{index}]' is larger than {max_file_bytes() // 2**20} MB.")
-        return Path(hf_hub_download(repo_id, weight_name))
+        return _cached_download(hf_hub_url(repo_id, weight_name), index, label)
     except InputError:
         raise
     except Exception as error:
@@ -190,8 +200,17 @@ def _check_safetensors(path: str, index: int, label: str) -> None:
         ) from None
 
 
+# A run of token-like characters: in a file name it may be a secret, which no message may show in part.
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9+/=_-]{32,}")
+
+
 def label_of(lora: dict) -> str:
-    """A short name for the LoRA in messages: its file name, never a whole signed URL."""
+    """A short name for the LoRA in messages: its file name, never a whole signed URL, never
+    a long token-like run (it may be a secret, and a cut one no longer looks like one)."""
     path = lora["path"].split("?")[0].rstrip("/")
     name = path.rsplit("/", 1)[-1] or path
-    return repr(name if len(name) <= 60 else name[:57] + "...")
+    tokens = [run for run in _TOKEN_RUN.findall(name)
+              if any(c.isupper() for c in run) and any(c.islower() for c in run) and any(c.isdigit() for c in run)]
+    if len(name) > 60 or tokens:
+        return f"'<a name of {len(name)} characters>'"
+    return repr(name)

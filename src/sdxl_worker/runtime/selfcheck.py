@@ -20,6 +20,7 @@ LIBRARIES = (
     ("peft", "peft", "'loras'"),
     ("cv2", "opencv-python-headless", "'apply_watermark'"),
     ("imwatermark", "invisible-watermark", "'apply_watermark'"),
+    ("boto3", "boto3", "S3 delivery ('upload', the BUCKET_* variables)"),
 )
 
 

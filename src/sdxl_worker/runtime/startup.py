@@ -41,15 +41,15 @@ def start() -> Worker:
     # runpod logs every streamed output at DEBUG by default: whole base64 images.
     os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
     try:
-        from sdxl_worker.delivery.storage import storage_from_env
-
-        storage = storage_from_env()
-        # After the storage check, a misconfigured worker stops in a second, before torch loads;
-        # after the library check, before anything imports what is missing.
+        # Settings and libraries first: a misconfigured worker or a broken install stops in
+        # seconds, before anything imports what is missing and before torch loads the weights.
         from sdxl_worker.runtime import selfcheck
 
         selfcheck.check_settings()
         selfcheck.check_libraries()
+        from sdxl_worker.delivery.storage import storage_from_env
+
+        storage = storage_from_env()
         from sdxl_worker.engine.models import load_models
         from sdxl_worker.runtime.warmup import warm_up_if_asked
 
