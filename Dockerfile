@@ -38,7 +38,10 @@ ARG VAE_MODEL=madebyollin/sdxl-vae-fp16-fix
 ARG TAESD_MODEL=madebyollin/taesdxl
 WORKDIR /app
 COPY builder/ builder/
-RUN python builder/download_weights.py
+# The builder reads the model ids as the worker does, through its configuration module
+# (standard library only, so it runs before anything else is installed).
+COPY src/sdxl_worker/__init__.py src/sdxl_worker/config.py src/sdxl_worker/errors.py src/sdxl_worker/
+RUN PYTHONPATH=src python builder/download_weights.py
 
 # The libraries. OpenCV (pulled in by invisible-watermark) is swapped for its headless build,
 # which needs no X11/OpenGL system libraries.

@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdxl_worker import config
+
+# The worker's own defaults (sdxl_worker.config), and the image's TAESDXL for sharper previews.
 DEFAULTS = {
-    "BASE_MODEL": "stabilityai/stable-diffusion-xl-base-1.0",
-    "REFINER_MODEL": "stabilityai/stable-diffusion-xl-refiner-1.0",
-    "VAE_MODEL": "madebyollin/sdxl-vae-fp16-fix",
-    "TAESD_MODEL": "madebyollin/taesdxl",
+    "BASE_MODEL": config.DEFAULT_BASE,
+    "REFINER_MODEL": config.DEFAULT_REFINER,
+    "VAE_MODEL": config.DEFAULT_VAE,
+    "TAESD_MODEL": config.DEFAULT_TAESD,
 }
-OFF = ("", "none", "off")
 VARIANT = "fp16"
 
 # Weight files are named like diffusers and transformers name them; anything else at those places
@@ -51,21 +52,17 @@ class Wanted:
     skip: tuple[str, ...] = ()
 
 
-def wanted_from_env(env=os.environ) -> list[Wanted]:
-    """The repositories to bake, as the worker will load them (src/sdxl_worker/engine/models.py)."""
-
-    def read(variable):
-        return env.get(variable, DEFAULTS[variable]).strip()
-
-    base, refiner, vae, taesd = (read(v) for v in ("BASE_MODEL", "REFINER_MODEL", "VAE_MODEL", "TAESD_MODEL"))
-    own_vae = vae.lower() in OFF + ("base",)
-    wanted = [Wanted("BASE_MODEL", base, () if own_vae else ("vae",))]
-    if refiner.lower() not in OFF:
-        wanted.append(Wanted("REFINER_MODEL", refiner, ("text_encoder_2", "vae")))
-    if not own_vae:
-        wanted.append(Wanted("VAE_MODEL", vae))
-    if taesd.lower() not in OFF:
-        wanted.append(Wanted("TAESD_MODEL", taesd))
+def wanted_from_env(env=None) -> list[Wanted]:
+    """The repositories to bake, as the worker will load them: the build arguments read by the
+    worker's own configuration (sdxl_worker.config), so `none`/`off` mean the same in both."""
+    settings = config.image_models(env)
+    wanted = [Wanted("BASE_MODEL", settings.base, ("vae",) if settings.vae else ())]
+    if settings.refiner:
+        wanted.append(Wanted("REFINER_MODEL", settings.refiner, ("text_encoder_2", "vae")))
+    if settings.vae:
+        wanted.append(Wanted("VAE_MODEL", settings.vae))
+    if settings.taesd:
+        wanted.append(Wanted("TAESD_MODEL", settings.taesd))
     # Local folders and the built-in test model need no download.
     return [w for w in wanted if w.repo != "tiny" and not Path(w.repo).exists()]
 

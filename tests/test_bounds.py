@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
+from sdxl_worker import config
 from sdxl_worker.engine import budget
 from sdxl_worker.inputs import loras
 from sdxl_worker.errors import InputError
@@ -212,9 +213,9 @@ def test_the_budget_is_an_environment_variable(run, monkeypatch):
     assert "images" in run(SMALL)[-1]
     error = run(dict(SMALL, num_images=3))[-1]["error"]
     assert "0.75 units" in error and "1.5x the worker's budget of 0.5 " in error
-    for bad in ("lots", "-1", "0", "inf"):
-        with pytest.raises(ValueError, match="MAX_JOB_WORK"):
-            budget.max_job_work({"MAX_JOB_WORK": bad})
+    for bad in ("lots", "-1", "0", "inf", "nan"):
+        with pytest.raises(config.ConfigError, match="MAX_JOB_WORK"):
+            config.jobs({"MAX_JOB_WORK": bad})
 
 
 # --- secrets in the log ---

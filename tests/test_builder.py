@@ -82,6 +82,9 @@ def test_checkpoint_vae_is_baked_when_asked_for_and_refiner_and_previews_can_be_
 
 def test_local_folders_and_the_tiny_model_need_no_download(tmp_path):
     wanted = wanted_from_env({"BASE_MODEL": "tiny", "REFINER_MODEL": str(tmp_path), "TAESD_MODEL": "none"})
+    assert wanted == []  # the tiny base uses its own VAE, as the worker loads it
+    wanted = wanted_from_env({"BASE_MODEL": "tiny", "REFINER_MODEL": str(tmp_path), "TAESD_MODEL": "none",
+                              "VAE_MODEL": "madebyollin/sdxl-vae-fp16-fix"})
     assert wanted == [Wanted("VAE_MODEL", "madebyollin/sdxl-vae-fp16-fix")]
 
 

@@ -158,13 +158,13 @@ def test_build_args_are_the_run_time_variables_with_the_worker_defaults():
 
 def test_image_runs_offline_and_bakes_the_weights_before_the_code():
     assert re.search(r"HF_HUB_OFFLINE=1", DOCKERFILE)
-    order = [DOCKERFILE.index(step) for step in ("download_weights.py", "requirements.txt", "COPY src/")]
+    order = [DOCKERFILE.index(step) for step in ("download_weights.py", "requirements.txt", "COPY src/ src/")]
     assert order == sorted(order), "weights, then libraries, then code: a code change must not refetch 11 GB"
 
 
 def test_the_start_files_are_recorded_after_everything_a_start_imports_is_in_place():
     record = DOCKERFILE.index("python -m sdxl_worker.runtime.start_files")
-    assert record > max(DOCKERFILE.index(step) for step in ("requirements.txt", "COPY handler.py", "COPY src/"))
+    assert record > max(DOCKERFILE.index(step) for step in ("requirements.txt", "COPY handler.py", "COPY src/ src/"))
     assert "START_FILES" not in DOCKERFILE  # the default place, in the image's Python prefix
 
 

@@ -13,6 +13,7 @@ from sdxl_worker.engine.models import (
     load_models,
     loaded_bytes,
     model_bytes,
+    settings_from_env,
     weight_files,
 )
 from sdxl_worker.engine.tiny import ensure_tiny_model
@@ -69,8 +70,10 @@ def test_baked_hub_ids_load_offline_from_the_cache_and_the_log_names_every_compo
 
 
 def test_an_unknown_dtype_is_refused_by_name():
-    with pytest.raises(ModelUnavailable, match="DTYPE='float8'"):
-        Settings(device="cpu", dtype="float8").torch_dtype()
+    from sdxl_worker import config
+
+    with pytest.raises(config.ConfigError, match="DTYPE='float8'"):
+        config.models({"DTYPE": "float8"})
 
 
 def _checkpoint(root: Path, parts: dict) -> Path:
@@ -109,8 +112,8 @@ def test_the_weight_files_are_exactly_those_the_loader_reads_in_its_order(tmp_pa
         base / "unet/diffusion_pytorch_model.fp16.safetensors",
         refiner / "unet/diffusion_pytorch_model.fp16.safetensors",
     ]
-    assert weight_files(Settings.from_env(env, device="cpu")) == expected
-    own_vae = weight_files(Settings.from_env(dict(env, VAE_MODEL="base", REFINER_MODEL="none"), device="cpu"))
+    assert weight_files(settings_from_env(env, device="cpu")) == expected
+    own_vae = weight_files(settings_from_env(dict(env, VAE_MODEL="base", REFINER_MODEL="none"), device="cpu"))
     assert own_vae[0] == base / "vae/diffusion_pytorch_model.fp16.safetensors" and len(own_vae) == 4
 
 

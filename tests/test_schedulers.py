@@ -1,4 +1,4 @@
-"""The scheduler table: every name builds its class with its tweaks; the README shows the table."""
+"""The scheduler table: every name builds its class with its tweaks; docs/modes.md shows the table."""
 
 import re
 from pathlib import Path
@@ -46,7 +46,7 @@ def test_every_name_the_seeds_promise_is_there():
 
 
 def test_readme_scheduler_table_is_generated_from_the_table():
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    text = (Path(__file__).resolve().parent.parent / "docs" / "modes.md").read_text()
     table = re.search(r"<!-- schedulers:start -->\n(.*?)\n<!-- schedulers:end -->", text, re.S)
-    assert table, "README.md lacks the generated scheduler table markers"
-    assert table.group(1).strip() == markdown_table().strip(), "run: python -m sdxl_worker.request.samplers, paste into README"
+    assert table, "docs/modes.md lacks the generated scheduler table markers"
+    assert table.group(1).strip() == markdown_table().strip(), "run: python -m sdxl_worker.request.samplers, paste into docs/modes.md"

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+
+from sdxl_worker.config import ConfigError
 import torch
 
 from sdxl_worker.runtime.warmup import warm_up_if_asked
@@ -64,7 +66,7 @@ def test_every_switch_can_be_set_by_env():
 
 @pytest.mark.parametrize("name,value", [("COMPILE", "fast"), ("ATTENTION", "flash3")])
 def test_a_wrong_value_names_the_variable(name, value):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ConfigError, match=name):
         Speedups.from_env("cuda", None, env={name: value})
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from sdxl_worker import config
 from sdxl_worker.errors import InputError
 from sdxl_worker.delivery.storage import REQUIRED as STORAGE_VARIABLES, Storage, UploadError
 
@@ -97,13 +98,7 @@ def data_url(data: bytes, mime: str = "image/png") -> str:
 
 def inline_limit_bytes() -> int:
     """INLINE_LIMIT_MB (default 10, RunPod's /run limit), in bytes."""
-    text = os.environ.get("INLINE_LIMIT_MB", "").strip()
-    try:
-        megabytes = float(text) if text else DEFAULT_INLINE_LIMIT_MB
-    except ValueError:
-        log.warning("INLINE_LIMIT_MB=%r is not a number; using %d", text, DEFAULT_INLINE_LIMIT_MB)
-        megabytes = DEFAULT_INLINE_LIMIT_MB
-    return int(megabytes * 1_000_000)
+    return int(config.current("jobs").inline_limit_mb * 1_000_000)
 
 
 def inline_bytes(sizes: list[int], mime: str) -> int:

@@ -9,111 +9,44 @@ still answers (inline, see src/sdxl_worker/delivery/deliver.py) well inside two 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 import time
-from dataclasses import dataclass, field
 from typing import Mapping
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sdxl_worker.errors import StartupError
+from sdxl_worker import config
 
 log = logging.getLogger(__name__)
 
-REQUIRED = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
-MAX_URL_LIFETIME_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
+REQUIRED = config.STORAGE_REQUIRED
+MAX_URL_LIFETIME_S = config.MAX_URL_LIFETIME_S
 
 # S3 answers worth another try; anything else (403, 404, bad signature) will not get better.
 _RETRYABLE_CODES = {"SlowDown", "Throttling", "RequestTimeout", "RequestTimeTooSkewed", "InternalError",
                     "ServiceUnavailable", "503", "500", "502", "504"}
 
 
-class StorageConfigError(StartupError):
-    """The BUCKET_* variables do not make a usable configuration; raised at start-up."""
+StorageConfigError = config.ConfigError  # storage set up wrong: the worker stops at start-up
 
 
 class UploadError(Exception):
     """An upload that did not succeed within its attempts and deadline. The message holds no secret."""
 
 
-@dataclass(frozen=True)
-class StorageConfig:
-    endpoint_url: str
-    access_key_id: str = field(repr=False)
-    secret_access_key: str = field(repr=False)
-    bucket: str
-    region: str | None = None
-    key_prefix: str = ""
-    path_style: bool = False
-    url_lifetime_s: int = MAX_URL_LIFETIME_S
-    # Fault handling: attempts x (connect + read timeout) plus backoff, cut off by the deadline,
-    # keeps the worst case (storage hanging) near 85 s: the job still answers within 2 minutes.
-    attempts: int = 4
-    retry_delay_s: float = 1.0  # doubled after each failed attempt, with jitter
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 20.0
-    deadline_s: float = 60.0  # no new attempt starts later than this after the first
+StorageConfig = config.StorageSettings  # BUCKET_*, read in sdxl_worker.config
 
 
-def config_from_env(env: Mapping[str, str] = os.environ) -> StorageConfig | None:
+def config_from_env(env: Mapping[str, str] | None = None) -> StorageConfig | None:
     """The storage configuration, None when no BUCKET_* credential is set, or StorageConfigError."""
-    values = {name: (env.get(name) or "").strip() for name in REQUIRED}
-    present = [name for name in REQUIRED if values[name]]
-    if not present:
-        extras = sorted(name for name in env if name.startswith("BUCKET_") and (env.get(name) or "").strip())
-        if extras:
-            log.warning("%s set but storage is off (no %s): images are returned inline.",
-                        ", ".join(extras), ", ".join(REQUIRED))
-        return None
-    missing = [name for name in REQUIRED if not values[name]]
-    if missing:
-        raise StorageConfigError(
-            f"Storage is half configured: {', '.join(present)} set but {', '.join(missing)} missing; "
-            f"set all of {', '.join(REQUIRED)} to upload images, or none of them to return images inline."
-        )
-    if not re.match(r"^https?://", values["BUCKET_ENDPOINT_URL"]):
-        raise StorageConfigError("BUCKET_ENDPOINT_URL must be an http(s) URL, e.g. https://s3.us-east-1.amazonaws.com.")
-    return StorageConfig(
-        endpoint_url=values["BUCKET_ENDPOINT_URL"].rstrip("/"),
-        access_key_id=values["BUCKET_ACCESS_KEY_ID"],
-        secret_access_key=values["BUCKET_SECRET_ACCESS_KEY"],
-        bucket=values["BUCKET_NAME"],
-        region=(env.get("BUCKET_REGION") or "").strip() or None,
-        key_prefix=(env.get("BUCKET_KEY_PREFIX") or "").strip().strip("/"),
-        path_style=_flag(env, "BUCKET_PATH_STYLE"),
-        url_lifetime_s=int(_number(env, "BUCKET_URL_LIFETIME_S", MAX_URL_LIFETIME_S, 1, MAX_URL_LIFETIME_S)),
-        attempts=int(_number(env, "BUCKET_UPLOAD_ATTEMPTS", 4, 1, 10)),
-        retry_delay_s=_number(env, "BUCKET_RETRY_DELAY_S", 1.0, 0, 10),
-        connect_timeout_s=_number(env, "BUCKET_CONNECT_TIMEOUT_S", 5.0, 0.1, 10),
-        read_timeout_s=_number(env, "BUCKET_READ_TIMEOUT_S", 20.0, 0.1, 30),
-        deadline_s=_number(env, "BUCKET_UPLOAD_DEADLINE_S", 60.0, 0, 60),
-    )
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    value = (env.get(name) or "").strip().lower()
-    if value in ("", "0", "false", "no"):
-        return False
-    if value in ("1", "true", "yes"):
-        return True
-    raise StorageConfigError(f"{name} must be 1 or 0 (true or false), got {value!r}.")
-
-
-def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    text = (env.get(name) or "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        raise StorageConfigError(f"{name} must be a number, got {text!r}.") from None
-    if not low <= value <= high:
-        raise StorageConfigError(f"{name} must be between {low:g} and {high:g}, got {text}.")
-    return value
+    unused = config.unused_storage_variables(env)
+    if unused:
+        log.warning("%s set but storage is off (no %s): images are returned inline.",
+                    ", ".join(unused), ", ".join(REQUIRED))
+    return config.storage(env)
 
 
 class Storage:
@@ -199,11 +132,15 @@ def _reason(error: Exception) -> str:
     return type(error).__name__
 
 
-def storage_from_env(env: Mapping[str, str] = os.environ) -> Storage | None:
+def storage_from_env(env: Mapping[str, str] | None = None) -> Storage | None:
     """Storage when BUCKET_* configure it, None when they are all unset; StorageConfigError otherwise."""
-    config = config_from_env(env)
-    if config is None:
+    return storage_for(config_from_env(env))
+
+
+def storage_for(settings: StorageConfig | None) -> Storage | None:
+    """The worker's storage for these settings (None: images inline)."""
+    if settings is None:
         return None
-    storage = Storage(config)
-    log.info("storage: images upload to %s, presigned URLs valid %d s", storage.describe(), config.url_lifetime_s)
+    storage = Storage(settings)
+    log.info("storage: images upload to %s, presigned URLs valid %d s", storage.describe(), settings.url_lifetime_s)
     return storage

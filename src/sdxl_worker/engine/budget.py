@@ -9,29 +9,16 @@ twice the size. A job over ``MAX_JOB_WORK`` units is refused at once, with the s
 
 from __future__ import annotations
 
-import os
-
+from sdxl_worker import config
 from sdxl_worker.errors import InputError
 
 REFERENCE_PIXELS = 1024 * 1024
-# About 6,000 UNet calls at 1024x1024: 180 s at 30 ms a call on an H100-class GPU with plain
-# diffusers fp16 (see the README, "Security and limits", for the arithmetic).
-DEFAULT_MAX_JOB_WORK = 6000.0
+DEFAULT_MAX_JOB_WORK = config.JobSettings.max_job_work
 
 
-def max_job_work(env=os.environ) -> float:
-    """MAX_JOB_WORK, in units; ValueError with one sentence for a value that is not a positive number."""
-    text = env.get("MAX_JOB_WORK", "").strip()
-    if not text:
-        return DEFAULT_MAX_JOB_WORK
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"MAX_JOB_WORK={text[:40]!r} is not a positive number of work units "
-                         f"(default {DEFAULT_MAX_JOB_WORK:g}).")
-    return value
+def max_job_work() -> float:
+    """MAX_JOB_WORK, in units (read in sdxl_worker.config)."""
+    return config.current("jobs").max_job_work
 
 
 def model_calls(steps: dict[str, int], guidance_scale: float) -> int:

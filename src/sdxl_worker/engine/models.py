@@ -9,63 +9,40 @@ one copy of each in memory.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
+from sdxl_worker import config
 from sdxl_worker.engine.speed import apply_speedups
 from sdxl_worker.errors import StartupError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
-DEFAULT_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
-DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
+DEFAULT_BASE, DEFAULT_REFINER, DEFAULT_VAE = config.DEFAULT_BASE, config.DEFAULT_REFINER, config.DEFAULT_VAE
 
 
 class ModelUnavailable(StartupError):
     """Weights that cannot be loaded at start-up; the message is one sentence for the log."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Which weights to load and how, read from the environment."""
+Settings = config.ModelSettings  # which weights to load and how (read in sdxl_worker.config)
 
-    base: str = DEFAULT_BASE
-    refiner: str | None = DEFAULT_REFINER
-    vae: str | None = DEFAULT_VAE  # None: the base checkpoint's own VAE
-    device: str = "cpu"
-    cpu_offload: bool = False
-    dtype: str | None = None  # float16, bfloat16 or float32; None: fp16 on CUDA, fp32 on CPU
-    taesd: str | None = None  # TAESDXL weights for previews; None: the linear projection
 
-    @classmethod
-    def from_env(cls, env=os.environ, device: str | None = None) -> "Settings":
-        base = env.get("BASE_MODEL", DEFAULT_BASE).strip()
-        refiner = env.get("REFINER_MODEL", DEFAULT_REFINER).strip()
-        # The tiny base has no fp16-fix VAE to pair with: it uses its own unless told otherwise.
-        vae = env.get("VAE_MODEL", "base" if base == "tiny" else DEFAULT_VAE).strip()
-        device = device or env.get("DEVICE") or _default_device()
-        return cls(
-            base=base,
-            refiner=None if refiner.lower() in ("", "none") else refiner,
-            vae=None if vae.lower() in ("", "base", "none") else vae,
-            device=device,
-            cpu_offload=env.get("CPU_OFFLOAD", "0") == "1",
-            dtype=env.get("DTYPE") or None,
-            taesd=None if env.get("TAESD_MODEL", "").strip().lower() in ("", "none") else env["TAESD_MODEL"].strip(),
-        )
+def settings_from_env(env=None, device: str | None = None) -> Settings:
+    """The model settings from the environment (or ``env``), with the device resolved."""
+    settings = config.models(env) if env is not None else config.current("models")
+    return replace(settings, device=device or settings.device or _default_device())
 
-    def torch_dtype(self):
-        import torch
 
-        if self.dtype:
-            if self.dtype not in ("float16", "bfloat16", "float32"):
-                raise ModelUnavailable(f"DTYPE={self.dtype!r} is not one of float16, bfloat16, float32.")
-            return getattr(torch, self.dtype)
-        return torch.float16 if self.device.startswith("cuda") else torch.float32
+def torch_dtype(settings: Settings):
+    """The weights' torch dtype: DTYPE, else fp16 on CUDA and fp32 on CPU."""
+    import torch
+
+    if settings.dtype:
+        return getattr(torch, settings.dtype)
+    return torch.float16 if (settings.device or "cpu").startswith("cuda") else torch.float32
 
 
 def _default_device() -> str:
@@ -161,9 +138,7 @@ def _hub_snapshot(name: str) -> Path | None:
     """The cached snapshot folder of a hub id, found without importing huggingface_hub."""
     if name.count("/") != 1 or Path(name).exists():
         return None
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    hub = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or cache / "huggingface") / "hub"
-    repo = Path(hub) / ("models--" + name.replace("/", "--"))
+    repo = config.hub_cache() / ("models--" + name.replace("/", "--"))
     try:
         return repo / "snapshots" / (repo / "refs" / "main").read_text().strip()
     except OSError:
@@ -252,10 +227,12 @@ def import_libraries() -> SimpleNamespace:
 
 def load_models(settings: Settings | None = None) -> Models:
     lib = import_libraries()
-    settings = settings or Settings.from_env()
+    settings = settings or settings_from_env()
+    if settings.device is None:
+        settings = replace(settings, device=_default_device())
     _quiet_libraries()
     on_gpu = settings.device.startswith("cuda")
-    dtype = settings.torch_dtype()
+    dtype = torch_dtype(settings)
     loader = _Loader(dtype, None if settings.cpu_offload and on_gpu else settings.device)
     everything_started = time.perf_counter()
 

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from sdxl_worker import config
+from sdxl_worker.config import parse_sizes  # noqa: F401  (the warm-up sizes' syntax, for callers)
 
 log = logging.getLogger(__name__)
 
 FP16_FIX_VAE = "sdxl-vae-fp16-fix"  # madebyollin/sdxl-vae-fp16-fix: fp16-safe, no upcast needed
-# Two warm-up shapes: the default one compiles static kernels for it, and a second, different
-# size and batch makes dynamo compile shape-generic kernels, so other sizes do not recompile.
-DEFAULT_WARMUP_SIZES = "1024x1024:1,768x1344:2"
 _TIMESTEP_HOOK = "_sdxl_worker_host_timesteps"
 
 
@@ -56,58 +55,40 @@ class Speedups:
 
     @classmethod
     def from_env(cls, device: str, vae_name: str | None = None, cpu_offload: bool = False,
-                 env=os.environ) -> "Speedups":
+                 env=None) -> "Speedups":
+        """The switches as set in the environment (or ``env``), ``auto`` resolved for ``device``."""
+        return cls.resolve(config.speed(env), device, vae_name, cpu_offload)
+
+    @classmethod
+    def resolve(cls, settings: config.SpeedSettings, device: str, vae_name: str | None = None,
+                cpu_offload: bool = False) -> "Speedups":
+        """What to apply on ``device``: each ``auto`` (None) decided here."""
         on_gpu = device.startswith("cuda")
         resident = on_gpu and not cpu_offload  # offload hooks and compiled blocks do not mix
 
-        def switch(name: str, auto: bool) -> bool:
-            value = env.get(name, "auto").strip().lower()
-            if value in ("auto", ""):
-                return auto
-            if value in ("1", "true", "on", "yes"):
-                return True
-            if value in ("0", "false", "off", "no"):
-                return False
-            raise ValueError(f"{name} must be auto, 1 or 0, not {value!r}.")
+        def auto(value: bool | None, default: bool) -> bool:
+            return default if value is None else value
 
-        upcast = env.get("VAE_UPCAST", "auto").strip().lower()
-        vae_upcast = None
-        if upcast in ("auto", ""):
-            vae_upcast = False if vae_name and FP16_FIX_VAE in vae_name else None
-        else:
-            vae_upcast = switch("VAE_UPCAST", False)
-
-        attention = env.get("ATTENTION", "auto").strip().lower()
-        if attention in ("auto", ""):
+        vae_upcast = settings.vae_upcast
+        if vae_upcast is None and vae_name and FP16_FIX_VAE in vae_name:
+            vae_upcast = False  # the fp16-fix VAE needs no fp32 decode
+        attention = settings.attention
+        if attention == "auto":
             attention = "cudnn" if on_gpu and _cudnn_attention_available() else "sdpa"
-        if attention not in ("sdpa", "cudnn", "classic"):
-            raise ValueError(f"ATTENTION must be auto, sdpa, cudnn or classic, not {attention!r}.")
-
         # Off unless asked: compiling costs minutes of cold start, which serverless users feel most.
-        compile_ = switch("COMPILE", False) and resident
+        compile_ = settings.compile and resident
         return cls(
-            channels_last=switch("CHANNELS_LAST", on_gpu),
-            fused_qkv=switch("FUSED_QKV", on_gpu),
+            channels_last=auto(settings.channels_last, on_gpu),
+            fused_qkv=auto(settings.fused_qkv, on_gpu),
             vae_upcast=vae_upcast,
             attention=attention,
             compile=compile_,
-            compile_mode=env.get("COMPILE_MODE") or None,
-            compile_cache_dir=env.get("TORCHINDUCTOR_CACHE_DIR") or env.get("COMPILE_CACHE_DIR")
-            or str(_default_cache_dir()),
-            host_timesteps=switch("HOST_TIMESTEPS", on_gpu),
-            warmup=switch("WARMUP", compile_),
-            warmup_sizes=parse_sizes(env.get("WARMUP_SIZES") or DEFAULT_WARMUP_SIZES),
+            compile_mode=settings.compile_mode,
+            compile_cache_dir=settings.compile_cache_dir or str(_default_cache_dir()),
+            host_timesteps=auto(settings.host_timesteps, on_gpu),
+            warmup=auto(settings.warmup, compile_),
+            warmup_sizes=settings.warmup_sizes,
         )
-
-
-def parse_sizes(text: str) -> tuple:
-    """``1024x1024:1,768x1344:2`` -> ((1024, 1024, 1), (768, 1344, 2))."""
-    sizes = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        size, _, images = item.partition(":")
-        width, _, height = size.lower().partition("x")
-        sizes.append((int(width), int(height), int(images or 1)))
-    return tuple(sizes)
 
 
 def apply_speedups(models, settings=None, speedups: Speedups | None = None) -> Speedups:
@@ -184,9 +165,7 @@ def _compile(unets, speedups: Speedups) -> None:
 
     cache = Path(speedups.compile_cache_dir or _default_cache_dir())
     cache.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
-    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
-    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    config.use_compile_cache(str(cache))
     import torch._dynamo
     import torch._inductor.config
 

@@ -23,7 +23,9 @@ TIME_EMBED = 8  # SDXL's addition_time_embed_dim, shrunk
 
 def cache_dir() -> Path:
     """Where the tiny model is saved: TINY_MODEL_DIR, else ~/.cache/sdxl-worker."""
-    root = os.environ.get("TINY_MODEL_DIR") or Path.home() / ".cache" / "sdxl-worker"
+    from sdxl_worker import config
+
+    root = config.current("models").tiny_dir or Path.home() / ".cache" / "sdxl-worker"
     return Path(root) / f"tiny-sdxl-v{TINY_VERSION}"
 
 

@@ -14,7 +14,7 @@ so this module refuses to become a way in:
 - connect, read (longest silence) and total timeouts; the body is streamed and abandoned as
   soon as it passes the size limit.
 
-Limits come from the environment at each fetch (see the README, "Security and limits").
+Limits come from the configuration (sdxl_worker.config; the README, "Security and limits").
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import base64
 import binascii
 import http.client
 import ipaddress
-import os
 import re
 import socket
 import ssl
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import quote, urljoin, urlsplit
 
+from sdxl_worker import config
 from sdxl_worker.errors import InputError
 
 MB = 1024 * 1024
@@ -44,23 +44,7 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 _PRINTABLE = "".join(chr(code) for code in range(33, 127))  # kept as is in a request path; the rest is %-encoded
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_bytes: int = MAX_DOWNLOAD_BYTES  # FETCH_MAX_BYTES
-    connect_timeout: float = 5.0  # FETCH_CONNECT_TIMEOUT, seconds to open the connection
-    read_timeout: float = 10.0  # FETCH_READ_TIMEOUT, longest silence from the server
-    total_timeout: float = 30.0  # FETCH_TOTAL_TIMEOUT, the whole download, redirects included
-    allow_private: bool = False  # ALLOW_PRIVATE_URLS=1, for local testing only
-
-    @classmethod
-    def from_env(cls, env=os.environ) -> "Limits":
-        return cls(
-            max_bytes=int(env.get("FETCH_MAX_BYTES", cls.max_bytes)),
-            connect_timeout=float(env.get("FETCH_CONNECT_TIMEOUT", cls.connect_timeout)),
-            read_timeout=float(env.get("FETCH_READ_TIMEOUT", cls.read_timeout)),
-            total_timeout=float(env.get("FETCH_TOTAL_TIMEOUT", cls.total_timeout)),
-            allow_private=env.get("ALLOW_PRIVATE_URLS", "0").strip().lower() in ("1", "true", "yes"),
-        )
+Limits = config.FetchSettings  # FETCH_* and ALLOW_PRIVATE_URLS, read in sdxl_worker.config
 
 
 def fetch(source: str, field: str, max_bytes: int | None = None) -> bytes:
@@ -80,7 +64,7 @@ def fetch_into(source: str, field: str, write: Callable[[bytes], object], max_by
     For large files (LoRAs): what is held in memory is one network read, never the whole file.
     On an error, ``write`` may already have had part of the body: the caller discards it.
     """
-    limits = Limits.from_env()
+    limits = config.current("fetch")
     if max_bytes is None:
         max_bytes = limits.max_bytes
     source = source.strip()

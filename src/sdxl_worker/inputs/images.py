@@ -8,18 +8,22 @@ dimensions (a decompression bomb) costs nothing.
 from __future__ import annotations
 
 import io
-import os
 import warnings
 
 from PIL import Image, ImageOps
 
+from sdxl_worker import config
 from sdxl_worker.errors import InputError
 from sdxl_worker.inputs.fetch import fetch
 
-MAX_PIXELS = int(os.environ.get("MAX_IMAGE_PIXELS", 4096 * 4096))
 # No TIFF: its decoder (libtiff, with its many codecs) is the largest attack surface of all, and
 # what it would bring (CMYK from print workflows) also arrives as JPEG, which is decoded.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+
+
+def max_pixels() -> int:
+    """MAX_IMAGE_PIXELS: the most pixels an input image may have, read from its header."""
+    return config.current("fetch").max_image_pixels
 
 
 def load_image(source: str, field: str) -> Image.Image:
@@ -32,7 +36,7 @@ def decode_image(data: bytes, field: str, background=(255, 255, 255)) -> Image.I
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked just below
             image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-        if image.width * image.height > MAX_PIXELS:
+        if image.width * image.height > max_pixels():
             raise _too_many_pixels(field, f"{image.width}x{image.height}")
         image.load()
         image = to_rgb(ImageOps.exif_transpose(image), background)
@@ -47,7 +51,7 @@ def decode_image(data: bytes, field: str, background=(255, 255, 255)) -> Image.I
 
 
 def _too_many_pixels(field: str, size: str) -> InputError:
-    return InputError(f"'{field}' has {size} pixels; the limit is {MAX_PIXELS:,} pixels (MAX_IMAGE_PIXELS).")
+    return InputError(f"'{field}' has {size} pixels; the limit is {max_pixels():,} pixels (MAX_IMAGE_PIXELS).")
 
 
 def to_rgb(image: Image.Image, background=(255, 255, 255)) -> Image.Image:

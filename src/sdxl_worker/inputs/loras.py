@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sdxl_worker import config
 from sdxl_worker.errors import InputError
 from sdxl_worker.inputs.fetch import fetch_into
 
@@ -27,22 +28,20 @@ _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def max_file_bytes() -> int:
-    return int(float(os.environ.get("LORA_MAX_MB", 1024)) * 1024 * 1024)
+    return int(config.current("loras").max_mb * 1024 * 1024)
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("LORA_CACHE_DIR") or Path.home() / ".cache" / "sdxl-worker" / "loras"
-    return Path(root)
+    return config.current("loras").cache_dir
 
 
 def cache_cap_bytes() -> int:
-    return int(float(os.environ.get("LORA_CACHE_MB", 4096)) * 1024 * 1024)
+    return int(config.current("loras").cache_mb * 1024 * 1024)
 
 
 def lora_dir() -> Path | None:
     """LORA_DIR: the one folder local LoRA paths may point into (unset: no local paths)."""
-    root = os.environ.get("LORA_DIR")
-    return Path(root).resolve() if root else None
+    return config.current("loras").dir
 
 
 def _inside_lora_dir(path: str, index: int, label: str) -> Path | None:
@@ -124,7 +123,7 @@ def _from_hub(repo_id: str, weight_name: str, index: int, label: str) -> Path:
     any URL, through the fetcher into the capped LoRA cache (the hub's own cache has no cap)."""
     from huggingface_hub import hf_hub_download, hf_hub_url
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    offline = config.current("loras").hub_offline
     try:
         try:
             return Path(hf_hub_download(repo_id, weight_name, local_files_only=True))

@@ -8,8 +8,9 @@ root handlers so libraries' records are cleaned too.
 from __future__ import annotations
 
 import logging
-import os
 import re
+
+from sdxl_worker import config
 
 MAX_RECORD_CHARS = 4000  # one log record; a traceback is kept, a wall of text is not
 PROMPT_LOG_CHARS = 80
@@ -24,7 +25,6 @@ _URL_SECRET = re.compile(
 _USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@'\"]+@", re.I)
 _BEARER = re.compile(r"(\bbearer\s+)[\w.~+/=-]+", re.I)
 _AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
-_SECRET_NAMES = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
 
 
 def truncate(text: str | None, limit: int = PROMPT_LOG_CHARS) -> str:
@@ -45,7 +45,7 @@ def redact(text: str, limit: int | None = MAX_RECORD_CHARS) -> str:
     text = _USERINFO.sub(r"\1<redacted>@", text)
     text = _BEARER.sub(r"\1<redacted>", text)
     text = _AWS_KEY_ID.sub("<aws key id>", text)
-    for value in _secret_values():
+    for value in config.secret_values():
         text = text.replace(value, "<redacted>")
     if limit is not None and len(text) > limit:
         text = text[:limit] + f"... ({len(text):,} characters)"
@@ -58,12 +58,6 @@ def _base64_run(match: re.Match) -> str:
     if any(c.isupper() for c in run) and any(c.islower() for c in run) and any(c.isdigit() for c in run):
         return f"<base64, {len(run):,} characters>"
     return run
-
-
-def _secret_values() -> list[str]:
-    """Values of environment variables whose names say they are secret (read each time: tests set them)."""
-    return [value for name, value in os.environ.items()
-            if len(value) >= 8 and any(part in name.upper() for part in _SECRET_NAMES)]
 
 
 class RedactingFilter(logging.Filter):

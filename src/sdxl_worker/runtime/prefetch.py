@@ -29,9 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def start_files_path(env=os.environ) -> Path:
-    """Where the list of start files for this Python environment lives."""
-    return Path(env.get("START_FILES") or Path(sys.prefix) / "share" / "sdxl-worker" / "start-files.txt")
+def start_files_path(env=None) -> Path:
+    """Where the list of start files for this Python environment lives (START_FILES)."""
+    from sdxl_worker import config
+
+    return config.runtime(env).start_files
 
 
 @dataclass
@@ -42,15 +44,16 @@ class Prefetch:
     summary: str
 
 
-def start(env=os.environ) -> Prefetch:
+def start(env=None) -> Prefetch:
     """Start the helper; call it first thing, before the heavy imports. There is none when
     PREFETCH=0 or there is nothing to read. The weights are left out when they would not fit in
     free memory (they would evict each other, and the start files)."""
-    if env.get("PREFETCH", "1") == "0":
-        return Prefetch(None, "off (PREFETCH=0)")
-    from sdxl_worker.engine.models import Settings, weight_files  # light: no torch
+    from sdxl_worker import config
+    from sdxl_worker.engine.models import weight_files  # light: no torch
 
-    weights = weight_files(Settings.from_env(env, device="any"))
+    if not config.runtime(env).prefetch:
+        return Prefetch(None, "off (PREFETCH=0)")
+    weights = weight_files(config.models(env))
     size, free = sum(f.stat().st_size for f in weights), available_memory()
     notes = [] if weights else ["no baked weight files: the tiny model, or a hub id not in the cache"]
     if weights and size * 1.2 > free:

@@ -40,16 +40,6 @@ def check_libraries(importer: Callable = importlib.import_module) -> None:
             ) from None
 
 
-def check_settings() -> None:
-    """Limits read from the environment: a bad value stops the worker now, not every job later."""
-    from sdxl_worker.engine import budget
-
-    try:
-        budget.max_job_work()
-    except ValueError as error:
-        raise SelfCheckFailed(str(error)) from None
-
-
 def check_schedulers(scheduler_configs: dict[str, dict]) -> None:
     """Build every scheduler of the table for every stage from the model's own config."""
     from sdxl_worker.engine.schedulers import build_scheduler

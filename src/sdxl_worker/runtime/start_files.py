@@ -28,7 +28,6 @@ def record(path: Path) -> list[str]:
             opened.append(os.path.abspath(args[0]))
 
     sys.addaudithook(watch)
-    os.environ["PREFETCH"] = "0"
     import sdxl_worker.runtime.startup  # noqa: F401  (the worker's own first imports, as handler.py makes them)
     from sdxl_worker.engine.models import import_libraries
 

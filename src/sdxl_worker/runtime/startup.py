@@ -9,56 +9,63 @@ first, so the prefetch helper starts before the heavy imports begin.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass
 
+from sdxl_worker import config
 from sdxl_worker.errors import StartupError
 from sdxl_worker.runtime import prefetch
 
 log = logging.getLogger(__name__)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 @dataclass
 class Worker:
-    """What jobs run on: the loaded models and the worker's own storage (None: images inline)."""
+    """What jobs run on: the configuration, the loaded models, the worker's own storage (None: inline)."""
 
+    settings: config.Config
     models: object  # sdxl_worker.engine.models.Models
     storage: object | None  # sdxl_worker.delivery.storage.Storage
 
 
 def start() -> Worker:
     """Everything slow, once; exits the process with one logged sentence when the worker cannot serve."""
+    try:
+        settings = config.load()  # every variable, once; nothing reads the environment after this
+    except config.ConfigError as error:
+        logging.basicConfig(level="INFO", format=LOG_FORMAT)
+        _stop(error)
+    config.install(settings)
     # Cold start: a helper process reads the files the imports open, then the weights, into
     # memory while Python imports torch and diffusers below.
     prefetching = prefetch.start()
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # import-time chatter is noise in a worker's log
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
+    config.quiet_libraries()
+    logging.basicConfig(level=settings.runtime.log_level, format=LOG_FORMAT)
     from sdxl_worker.runtime.logs import install as protect_logs
 
     protect_logs()
     log.info("Prefetch: %s", prefetching.summary)
-    # runpod logs every streamed output at DEBUG by default: whole base64 images.
-    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
     try:
-        # Settings and libraries first: a misconfigured worker or a broken install stops in
-        # seconds, before anything imports what is missing and before torch loads the weights.
+        # Libraries first: a broken install stops in seconds, before anything imports what is
+        # missing and before torch loads the weights.
         from sdxl_worker.runtime import selfcheck
 
-        selfcheck.check_settings()
         selfcheck.check_libraries()
-        from sdxl_worker.delivery.storage import storage_from_env
+        from sdxl_worker.delivery.storage import config_from_env, storage_for
 
-        storage = storage_from_env()
-        from sdxl_worker.engine.models import load_models
+        config_from_env()  # only warns about BUCKET_* variables that do nothing
+        storage = storage_for(settings.storage)
+        from sdxl_worker.engine.models import load_models, settings_from_env
+
+        models = load_models(settings_from_env())
+        selfcheck.check_schedulers(models.scheduler_configs)
         from sdxl_worker.runtime.warmup import warm_up_if_asked
 
-        models = load_models()
-        selfcheck.check_schedulers(models.scheduler_configs)
         warm_up_if_asked(models)
     except StartupError as error:
         _stop(error)
-    return Worker(models, storage)
+    return Worker(settings, models, storage)
 
 
 def _stop(error: Exception) -> None:

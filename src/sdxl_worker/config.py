@@ -1,0 +1,510 @@
+"""The worker's configuration: every environment variable it reads, in one place.
+
+``load()`` reads them all once, at start-up, into frozen dataclasses, one per part of the
+worker; a bad value raises ConfigError (the worker stops) with one sentence naming the variable
+and what it accepts. One parser per kind of value. Wherever a model can be switched off,
+``none``, ``off``, ``false``, ``0`` and the empty string all mean off. The default model ids
+live here, and the image builder reads them from here. ``VARIABLES`` documents every variable;
+``python -m sdxl_worker.config`` prints the table docs/configuration.md holds (a test keeps the
+two in step). Standard library only: the builder imports this before anything is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from sdxl_worker.errors import StartupError
+
+DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+DEFAULT_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
+DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
+DEFAULT_TAESD = "madebyollin/taesdxl"  # the Docker image's default; unset, previews are linear
+OFF = ("", "none", "off", "false", "0")  # a model switched off
+YES, NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+# Two warm-up shapes: the default one compiles static kernels for it, and a second, different
+# size and batch makes dynamo compile shape-generic kernels, so other sizes do not recompile.
+DEFAULT_WARMUP_SIZES = "1024x1024:1,768x1344:2"
+MAX_URL_LIFETIME_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
+STORAGE_REQUIRED = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
+_SECRET_NAMES = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
+
+
+class ConfigError(StartupError):
+    """An environment variable with a value the worker cannot use."""
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    part: str
+    default: str
+    accepted: str
+    meaning: str
+
+
+VARIABLES: list[Variable] = []
+
+
+def _variable(name: str, part: str, default: str, accepted: str, meaning: str) -> None:
+    VARIABLES.append(Variable(name, part, default, accepted, meaning))
+
+
+# --- the parsers: one per kind of value ---
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+
+    def raw(self, name: str) -> str:
+        return (self.env.get(name) or "").strip()
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        return self.raw(name) or default
+
+    def model(self, name: str, default: str | None) -> str | None:
+        """A model id or folder; None when switched off."""
+        value = self.raw(name) if name in self.env else (default or "")
+        return None if value.lower() in OFF else value
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.raw(name).lower()
+        if not value:
+            return default
+        if value in YES:
+            return True
+        if value in NO:
+            return False
+        raise ConfigError(f"{name}={value[:40]!r} is not a yes/no value: use 1, true, yes, on or 0, false, no, off.")
+
+    def auto_flag(self, name: str) -> bool | None:
+        """None for ``auto`` (or unset): the worker decides from the device."""
+        value = self.raw(name).lower()
+        if value in ("", "auto"):
+            return None
+        if value in YES:
+            return True
+        if value in NO:
+            return False
+        raise ConfigError(f"{name}={value[:40]!r} is not auto, 1 (on) or 0 (off).")
+
+    def number(self, name: str, default: float, low: float, high: float, integer: bool = False) -> float:
+        text = self.raw(name)
+        if not text:
+            return default
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            value = None
+        if value is None or value != value or not low <= value <= high:
+            kind = "a whole number" if integer else "a number"
+            raise ConfigError(f"{name}={text[:40]!r} is not {kind} from {low:g} to {high:g} (default {default:g}).")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.raw(name).lower() or default
+        if value not in choices:
+            raise ConfigError(f"{name}={value[:40]!r} is not one of {', '.join(c for c in choices if c)}.")
+        return value
+
+    def sizes(self, name: str, default: str) -> tuple:
+        text = self.raw(name) or default
+        try:
+            return parse_sizes(text)
+        except ValueError:
+            raise ConfigError(f"{name}={text[:60]!r} is not a list of sizes like 1024x1024:1,768x1344:2.") from None
+
+
+def parse_sizes(text: str) -> tuple:
+    """``1024x1024:1,768x1344:2`` -> ((1024, 1024, 1), (768, 1344, 2)); ValueError when it is not that."""
+    sizes = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        size, _, images = item.partition(":")
+        width, _, height = size.lower().partition("x")
+        sizes.append((int(width), int(height), int(images or 1)))
+    return tuple(sizes)
+
+
+# --- the parts ---
+
+_variable("BASE_MODEL", "models", DEFAULT_BASE, "hub id, folder (diffusers layout) or `tiny`",
+          "the SDXL checkpoint; `tiny` is the built-in random-weight test model")
+_variable("REFINER_MODEL", "models", DEFAULT_REFINER, "hub id, folder, `tiny`, or `none`/`off`",
+          "the refiner; off: no refiner")
+_variable("VAE_MODEL", "models", f"{DEFAULT_VAE} (`base` with BASE_MODEL=tiny)", "hub id, folder, or `base`/`none`",
+          "an SDXL VAE; `base`: the checkpoint's own")
+_variable("TAESD_MODEL", "models", f"unset ({DEFAULT_TAESD} in the Docker image)", "hub id, folder, or `none`",
+          "TAESDXL for sharper previews; unset: the linear projection")
+_variable("DEVICE", "models", "`cuda` when available, else `cpu`", "a torch device", "where the models run")
+_variable("DTYPE", "models", "float16 on CUDA, float32 on CPU", "float16, bfloat16, float32", "the weights' type")
+_variable("CPU_OFFLOAD", "models", "0", "yes/no", "move idle components to the CPU (cards under 16 GB; slower)")
+_variable("TINY_MODEL_DIR", "models", "~/.cache/sdxl-worker", "a folder", "where the tiny model is saved once")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which weights to load and how."""
+
+    base: str = DEFAULT_BASE
+    refiner: str | None = DEFAULT_REFINER
+    vae: str | None = DEFAULT_VAE  # None: the base checkpoint's own VAE
+    device: str | None = None  # None: cuda when available, else cpu
+    cpu_offload: bool = False
+    dtype: str | None = None  # None: fp16 on CUDA, fp32 on CPU
+    taesd: str | None = None  # None: linear previews
+    tiny_dir: Path | None = None  # None: ~/.cache/sdxl-worker
+
+
+def _models(read: _Reader) -> ModelSettings:
+    base = read.text("BASE_MODEL", DEFAULT_BASE)
+    vae = read.model("VAE_MODEL", "base" if base == "tiny" else DEFAULT_VAE)
+    return ModelSettings(
+        base=base,
+        refiner=read.model("REFINER_MODEL", DEFAULT_REFINER),
+        vae=None if vae is None or vae.lower() == "base" else vae,
+        device=read.text("DEVICE"),
+        cpu_offload=read.flag("CPU_OFFLOAD", False),
+        dtype=read.choice("DTYPE", "", ("", "float16", "bfloat16", "float32")) or None,
+        taesd=read.model("TAESD_MODEL", None),
+        tiny_dir=Path(read.text("TINY_MODEL_DIR")) if read.text("TINY_MODEL_DIR") else None,
+    )
+
+
+_variable("CHANNELS_LAST", "speed", "auto (on with CUDA)", "auto, 1, 0", "channels-last memory format for UNets and VAE")
+_variable("FUSED_QKV", "speed", "auto (on with CUDA)", "auto, 1, 0", "one fused QKV projection in attention")
+_variable("HOST_TIMESTEPS", "speed", "auto (on with CUDA)", "auto, 1, 0", "scheduler timesteps on the host: no sync per step")
+_variable("VAE_UPCAST", "speed", "auto (off with the fp16-fix VAE)", "auto, 1, 0", "decode in fp32")
+_variable("ATTENTION", "speed", "auto (cudnn on CUDA when it works, else sdpa)", "auto, sdpa, cudnn, classic",
+          "the attention kernels")
+_variable("COMPILE", "speed", "0", "yes/no", "torch.compile the UNets' transformer blocks (minutes of start-up)")
+_variable("COMPILE_MODE", "speed", "unset", "a torch.compile mode", "e.g. max-autotune-no-cudagraphs")
+_variable("COMPILE_CACHE_DIR", "speed", "/runpod-volume/.cache/... or ~/.cache/...", "a folder",
+          "compiled kernels, kept between starts (TORCHINDUCTOR_CACHE_DIR also works)")
+_variable("WARMUP", "speed", "auto (on with COMPILE)", "auto, 1, 0", "run short jobs at start-up")
+_variable("WARMUP_SIZES", "speed", DEFAULT_WARMUP_SIZES, "WIDTHxHEIGHT:IMAGES,...", "the warm-up jobs")
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """The speed switches as set; None means auto (decided from the device in sdxl_worker.engine.speed)."""
+
+    channels_last: bool | None = None
+    fused_qkv: bool | None = None
+    host_timesteps: bool | None = None
+    vae_upcast: bool | None = None
+    attention: str = "auto"
+    compile: bool = False
+    compile_mode: str | None = None
+    compile_cache_dir: str | None = None
+    warmup: bool | None = None
+    warmup_sizes: tuple = parse_sizes(DEFAULT_WARMUP_SIZES)
+
+
+def _speed(read: _Reader) -> SpeedSettings:
+    return SpeedSettings(
+        channels_last=read.auto_flag("CHANNELS_LAST"),
+        fused_qkv=read.auto_flag("FUSED_QKV"),
+        host_timesteps=read.auto_flag("HOST_TIMESTEPS"),
+        vae_upcast=read.auto_flag("VAE_UPCAST"),
+        attention=read.choice("ATTENTION", "auto", ("auto", "sdpa", "cudnn", "classic")),
+        compile=read.flag("COMPILE", False),
+        compile_mode=read.text("COMPILE_MODE"),
+        compile_cache_dir=read.text("TORCHINDUCTOR_CACHE_DIR") or read.text("COMPILE_CACHE_DIR"),
+        warmup=read.auto_flag("WARMUP"),
+        warmup_sizes=read.sizes("WARMUP_SIZES", DEFAULT_WARMUP_SIZES),
+    )
+
+
+_variable("ALLOW_PRIVATE_URLS", "fetch", "0", "yes/no", "allow loopback and private addresses (local testing only)")
+_variable("FETCH_CONNECT_TIMEOUT", "fetch", "5", "seconds, 0.1-120", "to open a connection")
+_variable("FETCH_READ_TIMEOUT", "fetch", "10", "seconds, 0.1-600", "the longest a server may stay silent")
+_variable("FETCH_TOTAL_TIMEOUT", "fetch", "30", "seconds, 0.1-3600", "a whole download, redirects included")
+_variable("FETCH_MAX_BYTES", "fetch", "20971520 (20 MB)", "bytes", "per download or base64 payload")
+_variable("MAX_IMAGE_PIXELS", "fetch", "16777216 (4096 x 4096)", "pixels", "in an input image, read from its header")
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """Limits on everything fetched: input images, masks, LoRA files."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    total_timeout: float = 30.0
+    allow_private: bool = False
+    max_image_pixels: int = 4096 * 4096
+
+
+def _fetch(read: _Reader) -> FetchSettings:
+    defaults = FetchSettings()
+    return FetchSettings(
+        max_bytes=int(read.number("FETCH_MAX_BYTES", defaults.max_bytes, 1, 2**40, integer=True)),
+        connect_timeout=read.number("FETCH_CONNECT_TIMEOUT", defaults.connect_timeout, 0.1, 120),
+        read_timeout=read.number("FETCH_READ_TIMEOUT", defaults.read_timeout, 0.1, 600),
+        total_timeout=read.number("FETCH_TOTAL_TIMEOUT", defaults.total_timeout, 0.1, 3600),
+        allow_private=read.flag("ALLOW_PRIVATE_URLS", False),
+        max_image_pixels=int(read.number("MAX_IMAGE_PIXELS", defaults.max_image_pixels, 1, 2**40, integer=True)),
+    )
+
+
+_variable("LORA_DIR", "loras", "unset", "a folder", "the one folder local LoRA paths may point into; unset: none")
+_variable("LORA_CACHE_DIR", "loras", "~/.cache/sdxl-worker/loras", "a folder", "downloaded LoRAs")
+_variable("LORA_CACHE_MB", "loras", "4096", "MB", "size cap of that folder, least recently used deleted first")
+_variable("LORA_MAX_MB", "loras", "1024", "MB", "the largest LoRA file accepted")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    dir: Path | None = None
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "sdxl-worker" / "loras")
+    cache_mb: float = 4096
+    max_mb: float = 1024
+    hub_offline: bool = False  # HF_HUB_OFFLINE: hub ids only from the hub's cache
+
+
+def _loras(read: _Reader) -> LoraSettings:
+    root = read.text("LORA_DIR")
+    cache = read.text("LORA_CACHE_DIR")
+    return LoraSettings(
+        dir=Path(root).resolve() if root else None,
+        cache_dir=Path(cache) if cache else LoraSettings().cache_dir,
+        cache_mb=read.number("LORA_CACHE_MB", 4096, 0, 2**30),
+        max_mb=read.number("LORA_MAX_MB", 1024, 0, 2**20),
+        hub_offline=read.flag("HF_HUB_OFFLINE", False),
+    )
+
+
+_variable("MAX_JOB_WORK", "jobs", "6000", "a positive number", "units of work per job (docs/security.md)")
+_variable("INLINE_LIMIT_MB", "jobs", "10", "MB", "the largest inline payload (RunPod's /run limit)")
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    # About 6,000 UNet calls at 1024x1024: 180 s at 30 ms a call on an H100-class GPU with plain
+    # diffusers fp16 (see docs/security.md for the arithmetic).
+    max_job_work: float = 6000.0
+    inline_limit_mb: float = 10.0
+
+
+def _jobs(read: _Reader) -> JobSettings:
+    return JobSettings(
+        max_job_work=read.number("MAX_JOB_WORK", 6000.0, 1e-9, 1e12),
+        inline_limit_mb=read.number("INLINE_LIMIT_MB", 10.0, 0.001, 1e6),
+    )
+
+
+for _name, _meaning in (("BUCKET_ENDPOINT_URL", "S3-compatible endpoint, http(s) URL"),
+                        ("BUCKET_ACCESS_KEY_ID", "access key id"),
+                        ("BUCKET_SECRET_ACCESS_KEY", "secret key (never logged)"),
+                        ("BUCKET_NAME", "the bucket")):
+    _variable(_name, "storage", "unset", "text", _meaning + "; all four or none")
+_variable("BUCKET_REGION", "storage", "unset", "text", "the region, where the store needs one")
+_variable("BUCKET_KEY_PREFIX", "storage", "unset", "text", "a prefix for every object key")
+_variable("BUCKET_PATH_STYLE", "storage", "0", "yes/no", "path-style URLs (MinIO and the like)")
+_variable("BUCKET_URL_LIFETIME_S", "storage", str(MAX_URL_LIFETIME_S), f"1-{MAX_URL_LIFETIME_S}", "presigned URLs' life")
+_variable("BUCKET_UPLOAD_ATTEMPTS", "storage", "4", "1-10", "attempts per upload")
+_variable("BUCKET_RETRY_DELAY_S", "storage", "1", "0-10", "first wait between attempts, doubled each time")
+_variable("BUCKET_CONNECT_TIMEOUT_S", "storage", "5", "0.1-10", "to connect to the store")
+_variable("BUCKET_READ_TIMEOUT_S", "storage", "20", "0.1-30", "the store's longest silence")
+_variable("BUCKET_UPLOAD_DEADLINE_S", "storage", "60", "0-60", "no new attempt after this")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    endpoint_url: str
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+    bucket: str
+    region: str | None = None
+    key_prefix: str = ""
+    path_style: bool = False
+    url_lifetime_s: int = MAX_URL_LIFETIME_S
+    # Fault handling: attempts x (connect + read timeout) plus backoff, cut off by the deadline,
+    # keeps the worst case (storage hanging) near 85 s: the job still answers within 2 minutes.
+    attempts: int = 4
+    retry_delay_s: float = 1.0  # doubled after each failed attempt, with jitter
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 20.0
+    deadline_s: float = 60.0  # no new attempt starts later than this after the first
+
+
+def _storage(read: _Reader) -> StorageSettings | None:
+    """None when no BUCKET_* credential is set; ConfigError when it is half set."""
+    values = {name: read.raw(name) for name in STORAGE_REQUIRED}
+    present = [name for name in STORAGE_REQUIRED if values[name]]
+    if not present:
+        return None
+    missing = [name for name in STORAGE_REQUIRED if not values[name]]
+    if missing:
+        raise ConfigError(
+            f"Storage is half configured: {', '.join(present)} set but {', '.join(missing)} missing; "
+            f"set all of {', '.join(STORAGE_REQUIRED)} to upload images, or none of them to return images inline."
+        )
+    if not re.match(r"^https?://", values["BUCKET_ENDPOINT_URL"]):
+        raise ConfigError("BUCKET_ENDPOINT_URL must be an http(s) URL, e.g. https://s3.us-east-1.amazonaws.com.")
+    return StorageSettings(
+        endpoint_url=values["BUCKET_ENDPOINT_URL"].rstrip("/"),
+        access_key_id=values["BUCKET_ACCESS_KEY_ID"],
+        secret_access_key=values["BUCKET_SECRET_ACCESS_KEY"],
+        bucket=values["BUCKET_NAME"],
+        region=read.text("BUCKET_REGION"),
+        key_prefix=read.raw("BUCKET_KEY_PREFIX").strip("/"),
+        path_style=read.flag("BUCKET_PATH_STYLE", False),
+        url_lifetime_s=int(read.number("BUCKET_URL_LIFETIME_S", MAX_URL_LIFETIME_S, 1, MAX_URL_LIFETIME_S)),
+        attempts=int(read.number("BUCKET_UPLOAD_ATTEMPTS", 4, 1, 10)),
+        retry_delay_s=read.number("BUCKET_RETRY_DELAY_S", 1.0, 0, 10),
+        connect_timeout_s=read.number("BUCKET_CONNECT_TIMEOUT_S", 5.0, 0.1, 10),
+        read_timeout_s=read.number("BUCKET_READ_TIMEOUT_S", 20.0, 0.1, 30),
+        deadline_s=read.number("BUCKET_UPLOAD_DEADLINE_S", 60.0, 0, 60),
+    )
+
+
+def unused_storage_variables(env: Mapping[str, str] | None = None) -> list[str]:
+    """BUCKET_* variables set while storage is off (none of the four required ones is): worth a warning."""
+    env = os.environ if env is None else env
+    read = _Reader(env)
+    if any(read.raw(name) for name in STORAGE_REQUIRED):
+        return []
+    return sorted(name for name in env if name.startswith("BUCKET_") and read.raw(name))
+
+
+_variable("LOG_LEVEL", "runtime", "INFO", "DEBUG, INFO, WARNING, ERROR", "the worker's log level")
+_variable("PREFETCH", "runtime", "1", "yes/no", "the cold-start helper that reads files ahead of need")
+_variable("START_FILES", "runtime", "share/sdxl-worker/start-files.txt under the Python prefix", "a file",
+          "the files a start opens, recorded at build time")
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    log_level: str = "INFO"
+    prefetch: bool = True
+    start_files: Path = field(default_factory=lambda: Path(sys.prefix) / "share" / "sdxl-worker" / "start-files.txt")
+
+
+def _runtime(read: _Reader) -> RuntimeSettings:
+    start_files = read.text("START_FILES")
+    return RuntimeSettings(
+        log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")).upper(),
+        prefetch=read.flag("PREFETCH", True),
+        start_files=Path(start_files) if start_files else RuntimeSettings().start_files,
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration, one frozen part per part of the worker."""
+
+    models: ModelSettings
+    speed: SpeedSettings
+    fetch: FetchSettings
+    loras: LoraSettings
+    jobs: JobSettings
+    storage: StorageSettings | None
+    runtime: RuntimeSettings
+
+
+def load(env: Mapping[str, str] | None = None) -> Config:
+    """Every variable, parsed; ConfigError naming the first one that is wrong."""
+    read = _Reader(os.environ if env is None else env)
+    return Config(models=_models(read), speed=_speed(read), fetch=_fetch(read), loras=_loras(read),
+                  jobs=_jobs(read), storage=_storage(read), runtime=_runtime(read))
+
+
+_installed: Config | None = None
+
+
+def install(settings: Config | None) -> None:
+    """Make ``settings`` the worker's configuration: start-up loads it once and installs it, and
+    from then on nothing reads the environment again."""
+    global _installed
+    _installed = settings
+
+
+def current(part: str):
+    """One part of the installed configuration; before start-up installs one (tests, benchmarks,
+    scripts), that part read from the environment as it is now."""
+    if _installed is not None:
+        return getattr(_installed, part)
+    return {"models": models, "speed": speed, "fetch": fetch, "loras": loras, "jobs": jobs,
+            "storage": storage, "runtime": runtime}[part]()
+
+
+# Each part on its own, for code called outside a job (tests, benchmarks, the builder).
+def models(env: Mapping[str, str] | None = None) -> ModelSettings:
+    return _models(_Reader(os.environ if env is None else env))
+
+
+def image_models(env: Mapping[str, str] | None = None) -> ModelSettings:
+    """What the Docker image bakes: the worker's models, with TAESDXL unless TAESD_MODEL says otherwise."""
+    env = os.environ if env is None else env
+    return _models(_Reader({"TAESD_MODEL": DEFAULT_TAESD, **env}))
+
+
+def speed(env: Mapping[str, str] | None = None) -> SpeedSettings:
+    return _speed(_Reader(os.environ if env is None else env))
+
+
+def fetch(env: Mapping[str, str] | None = None) -> FetchSettings:
+    return _fetch(_Reader(os.environ if env is None else env))
+
+
+def loras(env: Mapping[str, str] | None = None) -> LoraSettings:
+    return _loras(_Reader(os.environ if env is None else env))
+
+
+def jobs(env: Mapping[str, str] | None = None) -> JobSettings:
+    return _jobs(_Reader(os.environ if env is None else env))
+
+
+def storage(env: Mapping[str, str] | None = None) -> StorageSettings | None:
+    return _storage(_Reader(os.environ if env is None else env))
+
+
+def runtime(env: Mapping[str, str] | None = None) -> RuntimeSettings:
+    return _runtime(_Reader(os.environ if env is None else env))
+
+
+# --- what is not the worker's own setting, read or set in this one place too ---
+
+
+def hub_cache(env: Mapping[str, str] | None = None) -> Path:
+    """The Hugging Face hub cache folder, as huggingface_hub finds it."""
+    env = os.environ if env is None else env
+    cache = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path(env.get("HF_HUB_CACHE") or Path(env.get("HF_HOME") or cache / "huggingface") / "hub")
+
+
+def secret_values() -> list[str]:
+    """Values of environment variables whose names say they are secret, for log redaction (read
+    each time: a value set after start-up is hidden too)."""
+    return [value for name, value in os.environ.items()
+            if len(value) >= 8 and any(part in name.upper() for part in _SECRET_NAMES)]
+
+
+def quiet_libraries() -> None:
+    """Libraries' own variables: no import-time chatter, and runpod not logging whole outputs at DEBUG."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("RUNPOD_LOG_LEVEL", "INFO")
+
+
+def use_compile_cache(folder: str) -> None:
+    """Point torch's compiler caches at ``folder`` (kept between starts), unless already set."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", folder)
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+
+
+def markdown_table() -> str:
+    """docs/configuration.md's table, generated from VARIABLES."""
+    rows = ["| variable | part | default | accepted | meaning |", "| --- | --- | --- | --- | --- |"]
+    rows += [f"| `{v.name}` | {v.part} | {v.default} | {v.accepted} | {v.meaning} |" for v in VARIABLES]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

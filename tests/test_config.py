@@ -1,0 +1,89 @@
+"""The configuration: every variable read in one module, one parser per kind, one sentence when wrong."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from builder.download_weights import wanted_from_env
+from sdxl_worker import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_only_the_configuration_module_and_the_handler_read_the_environment():
+    readers = []
+    for path in [*ROOT.joinpath("src").rglob("*.py"), *ROOT.joinpath("builder").rglob("*.py"), ROOT / "handler.py"]:
+        if re.search(r"\bos\.environ\b|\bgetenv\(", path.read_text()):
+            readers.append(str(path.relative_to(ROOT)))
+    assert sorted(readers) == ["handler.py", "src/sdxl_worker/config.py"]
+
+
+@pytest.mark.parametrize("off", ["none", "off", "false", "0", "", "None", "OFF"])
+def test_every_way_of_saying_off_turns_the_refiner_off_in_the_worker_and_the_builder(off):
+    env = {"BASE_MODEL": "example/base", "REFINER_MODEL": off, "VAE_MODEL": off, "TAESD_MODEL": off}
+    settings = config.models(env)
+    assert (settings.refiner, settings.vae, settings.taesd) == (None, None, None)
+    assert [wanted.variable for wanted in wanted_from_env(env)] == ["BASE_MODEL"]
+
+
+def test_the_builder_and_the_worker_share_the_default_model_ids():
+    settings = config.models({})
+    assert (settings.base, settings.refiner, settings.vae) == (config.DEFAULT_BASE, config.DEFAULT_REFINER,
+                                                               config.DEFAULT_VAE)
+    assert [w.repo for w in wanted_from_env({})] == [config.DEFAULT_BASE, config.DEFAULT_REFINER, config.DEFAULT_VAE,
+                                                      config.DEFAULT_TAESD]
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("FETCH_READ_TIMEOUT", "soon", "not a number from 0.1 to 600"),
+    ("FETCH_MAX_BYTES", "1.5", "not a whole number"),
+    ("LORA_MAX_MB", "-3", "not a number from 0"),
+    ("CPU_OFFLOAD", "maybe", "not a yes/no value"),
+    ("ALLOW_PRIVATE_URLS", "2", "not a yes/no value"),
+    ("DTYPE", "float8", "not one of float16, bfloat16, float32"),
+    ("ATTENTION", "flash3", "not one of auto, sdpa, cudnn, classic"),
+    ("FUSED_QKV", "sometimes", "not auto, 1 (on) or 0 (off)"),
+    ("WARMUP_SIZES", "big", "not a list of sizes"),
+    ("LOG_LEVEL", "loud", "not one of debug, info"),
+    ("BUCKET_NAME", "renders", "half configured"),
+])
+def test_a_bad_value_is_one_sentence_naming_the_variable(name, value, words):
+    with pytest.raises(config.ConfigError) as refused:
+        config.load({name: value})
+    message = str(refused.value)
+    assert name in message and words in message and message.endswith(".")
+
+
+def test_the_worker_stops_at_start_up_on_a_bad_value(tmp_path):
+    from tests.conftest import run_handler
+
+    done = run_handler(BASE_MODEL="tiny", REFINER_MODEL="none", FETCH_READ_TIMEOUT="soon")
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "FETCH_READ_TIMEOUT='soon'" in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+def test_an_installed_configuration_is_what_every_part_reads(monkeypatch):
+    monkeypatch.setenv("LORA_MAX_MB", "1")
+    settings = config.load()
+    monkeypatch.setenv("LORA_MAX_MB", "7")  # set after start-up: no longer read
+    config.install(settings)
+    try:
+        from sdxl_worker.inputs import loras
+
+        assert loras.max_file_bytes() == 1024 * 1024
+    finally:
+        config.install(None)
+    assert loras.max_file_bytes() == 7 * 1024 * 1024
+
+
+def test_docs_configuration_holds_the_generated_table():
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    table = re.search(r"<!-- variables:start -->\n(.*?)\n<!-- variables:end -->", text, re.S)
+    assert table and table.group(1).strip() == config.markdown_table().strip(), \
+        "run: python -m sdxl_worker.config, paste into docs/configuration.md"
+    assert len(config.VARIABLES) == len({v.name for v in config.VARIABLES}) >= 40
