@@ -20,11 +20,11 @@ import time
 
 import torch
 
+from sdxl_worker.request.types import Request
 from sdxl_worker.engine import generate
 from sdxl_worker.engine import prompts
 from sdxl_worker.engine.models import load_models, settings_from_env
 from sdxl_worker.engine.plan import make_plan
-from sdxl_worker.request.schema import validate
 
 SHORT = "a lighthouse at dusk, oil painting"
 WEIGHTED = "a (lighthouse:1.3) at dusk, (oil painting)0.8"
@@ -53,8 +53,8 @@ def main() -> None:
            "refine": "no_refiner", "seed": 1}
 
     def images(count: int):
-        request = validate({**job, "num_images": count})
-        return generate.run(models, request, make_plan(request, models.has_refiner))
+        request = Request.from_input({**job, "num_images": count})
+        return generate.run(models, make_plan(request, models.has_refiner))
 
     rows = []
     batched = median_seconds(lambda: images(4), args.repeats)

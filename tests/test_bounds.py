@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
+from sdxl_worker.request.types import Request
 from sdxl_worker import config
 from sdxl_worker.engine import budget
 from sdxl_worker.inputs import loras
@@ -196,10 +197,10 @@ def test_work_counts_both_stages_guidance_and_the_schedulers_that_call_the_model
     from sdxl_worker.request.schema import validate
 
     def work(**inputs):
-        request = validate({"prompt": "a", "width": 1024, "height": 1024, **inputs})
+        request = Request.from_input({"prompt": "a", "width": 1024, "height": 1024, **inputs})
         plan = make_plan(request, models.has_refiner)
-        return budget.job_work(count_steps(models, request, plan), 1024, 1024, len(plan.seeds),
-                               request["guidance_scale"])
+        return budget.job_work(count_steps(models, plan), 1024, 1024, len(plan.seeds),
+                               request.guidance_scale)
 
     # worker-sdxl's defaults: 25 base steps + 50 x 0.3 = 15 refiner steps, each with guidance.
     assert work() == (25 + 15) * 2

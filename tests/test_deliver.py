@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sdxl_worker.request.types import Request
 from sdxl_worker.delivery.deliver import Encoding, deliver, encode, encode_png, inline_bytes, inline_limit_bytes
 from sdxl_worker.errors import InputError
-from sdxl_worker.request.schema import validate
 from tests.conftest import decode
 
 
@@ -25,7 +25,7 @@ def smooth(size: int = 256) -> Image.Image:
 
 
 def request(**inputs) -> dict:
-    return validate({"prompt": "a cat", **inputs})
+    return Request.from_input({"prompt": "a cat", **inputs})
 
 
 @pytest.mark.parametrize("image", [smooth(), noise(64), noise(64, mode="RGBA"), noise(64, mode="L"),

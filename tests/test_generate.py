@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sdxl_worker.request.types import Request
 from sdxl_worker.engine import generate
 from sdxl_worker.engine.plan import make_plan
-from sdxl_worker.request.schema import SCHEDULERS, validate
+from sdxl_worker.request.schema import SCHEDULERS
 from tests.conftest import decode, png_data_url
 
 FAST = {"prompt": "a lighthouse at dusk", "num_inference_steps": 4, "refiner_inference_steps": 4, "strength": 0.5,
@@ -71,17 +72,17 @@ def test_a_random_seed_is_returned_and_reproduces_the_image(run):
 
 def test_the_refiner_runs_only_the_steps_after_high_noise_frac(models):
     steps = {"base": 0, "refiner": 0}
-    request = validate({**FAST, "num_inference_steps": 10, "high_noise_frac": 0.8, "scheduler": "K_EULER"})
+    request = Request.from_input({**FAST, "num_inference_steps": 10, "high_noise_frac": 0.8, "scheduler": "K_EULER"})
     plan = make_plan(request, has_refiner=True)
-    generate.run(models, request, plan, on_step=lambda stage, step, kwargs: steps.__setitem__(stage, step))
+    generate.run(models, plan, on_step=lambda stage, step, kwargs: steps.__setitem__(stage, step))
     assert steps == {"base": 8, "refiner": 2}
 
 
 def test_base_image_refiner_runs_strength_times_refiner_steps(models):
     steps = {"base": 0, "refiner": 0}
-    request = validate({**FAST, "num_inference_steps": 6, "refiner_inference_steps": 10, "strength": 0.3})
+    request = Request.from_input({**FAST, "num_inference_steps": 6, "refiner_inference_steps": 10, "strength": 0.3})
     plan = make_plan(request, has_refiner=True)
-    generate.run(models, request, plan, on_step=lambda stage, step, kwargs: steps.__setitem__(stage, step))
+    generate.run(models, plan, on_step=lambda stage, step, kwargs: steps.__setitem__(stage, step))
     assert steps == {"base": 6, "refiner": 3}
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sdxl_worker.request.types import Request
 from sdxl_worker.engine import generate
 from sdxl_worker.engine.plan import make_plan
-from sdxl_worker.request.schema import validate
 from tests.conftest import decode, png_data_url
 from tests.test_generate import FAST, final, photo, pixels
 
@@ -29,14 +29,14 @@ def mask_image(kind: str, size=(SIZE, SIZE)) -> Image.Image:
 def final_latents(models, inputs: dict, mask: str) -> dict:
     """The latents after the last step of each stage, as the on_step callback sees them."""
     seen = {}
-    request = validate(inputs)
+    request = Request.from_input(inputs)
     plan = make_plan(request, has_refiner=True)
     image = decode(inputs["image"]).convert("RGB")
 
     def on_step(stage, step, kwargs):
         seen[stage] = kwargs["latents"].clone()
 
-    generate.run(models, request, plan, image, on_step=on_step, mask=mask_image(mask))
+    generate.run(models, plan, image, on_step=on_step, mask=mask_image(mask))
     return seen
 
 
@@ -100,9 +100,9 @@ def torch_close(a, b) -> bool:
 )
 def test_inpaint_refine_modes_run_the_promised_steps(models, inputs, steps):
     seen = {"base": 0, "refiner": 0}
-    request = validate({**INPAINT, **inputs, "prompt_strength": 1.0, "mask": png_data_url(mask_image("right"))})
+    request = Request.from_input({**INPAINT, **inputs, "prompt_strength": 1.0, "mask": png_data_url(mask_image("right"))})
     plan = make_plan(request, has_refiner=True)
-    generate.run(models, request, plan, decode(INPAINT["image"]).convert("RGB"), mask=mask_image("right"),
+    generate.run(models, plan, decode(INPAINT["image"]).convert("RGB"), mask=mask_image("right"),
                  on_step=lambda stage, step, kwargs: seen.__setitem__(stage, step))
     assert seen == steps
 
@@ -134,14 +134,14 @@ def test_img2img_honours_exif_orientation(run):
 
 def test_a_batch_is_one_pass_over_all_images(models):
     batch_sizes, steps = set(), []
-    request = validate({**FAST, "num_images": 4, "refine": "base_image_refiner"})
+    request = Request.from_input({**FAST, "num_images": 4, "refine": "base_image_refiner"})
     plan = make_plan(request, has_refiner=True)
 
     def on_step(stage, step, kwargs):
         batch_sizes.add(kwargs["latents"].shape[0])
         steps.append(stage)
 
-    result = generate.run(models, request, plan, on_step=on_step)
+    result = generate.run(models, plan, on_step=on_step)
     assert batch_sizes == {4} and len(result.images) == 4
     assert steps.count("base") == 4 and steps.count("refiner") == 2  # steps once, not once per image
 

@@ -2,14 +2,14 @@
 
 import pytest
 
+from sdxl_worker.request.types import Request
 from sdxl_worker.errors import InputError
 from sdxl_worker.engine.plan import make_plan
-from sdxl_worker.request.schema import validate
 
 
 def plan(has_refiner=True, **inputs):
     inputs.setdefault("prompt", "a cat")
-    return make_plan(validate(inputs), has_refiner)
+    return make_plan(Request.from_input(inputs), has_refiner)
 
 
 def test_txt2img_refines_the_base_image_by_default():

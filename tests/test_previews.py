@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sdxl_worker.request.types import Request
 from sdxl_worker.engine import generate
 from sdxl_worker.delivery.previews import MAX_PREVIEW_BYTES, preview_data_url
 from sdxl_worker.engine import previews
@@ -17,7 +18,6 @@ from sdxl_worker.runtime.stream import Progress
 from sdxl_worker.engine.plan import make_plan
 from sdxl_worker.engine.schedulers import build_scheduler
 from sdxl_worker.request.samplers import SCHEDULERS
-from sdxl_worker.request.schema import validate
 from tests.conftest import decode, png_data_url
 
 FAST = {"prompt": "a lighthouse at dusk", "num_inference_steps": 4, "refiner_inference_steps": 4, "strength": 0.5,
@@ -122,8 +122,8 @@ def _inputs(scheduler: str, extra: dict) -> dict:
 def test_step_counts_and_previews_are_exact_across_the_job(run, models, monkeypatch, scheduler, extra, base,
                                                           refiner, every):
     inputs = _inputs(scheduler, {**extra, "preview_steps": every})
-    request = validate(inputs)
-    counted = generate.count_steps(models, request, make_plan(request, models.has_refiner))
+    request = Request.from_input(inputs)
+    counted = generate.count_steps(models, make_plan(request, models.has_refiner))
     assert counted == {stage: n for stage, n in (("base", base), ("refiner", refiner)) if n}
     total = base + refiner
     taken = []  # every step the pipelines really ran, numbered across the job
@@ -150,9 +150,9 @@ def test_previews_have_the_declared_format_size_and_aspect(run):
 
 @pytest.mark.parametrize("scheduler, tolerance", [("K_EULER", 1e-4), ("DPMSolverMultistep", 1e-4), ("PNDM", 0.05)])
 def test_each_step_hands_over_x0_not_the_noisy_latent(models, scheduler, tolerance):
-    request = validate({**FAST, "scheduler": scheduler, "refine": "no_refiner"})
+    request = Request.from_input({**FAST, "scheduler": scheduler, "refine": "no_refiner"})
     seen = []
-    generate.run(models, request, make_plan(request, True), None,
+    generate.run(models, make_plan(request, True), None,
                  lambda stage, step, kwargs: seen.append((kwargs["x0"].clone(), kwargs["latents"].clone())))
     first_x0, first_latents = seen[0]
     assert first_x0.shape == first_latents.shape and not torch.allclose(first_x0, first_latents, atol=1e-3)
@@ -165,9 +165,9 @@ def test_streamed_previews_show_the_clean_estimate_not_the_noisy_latent(run, mod
     job = {**FAST, "scheduler": scheduler, "refine": "no_refiner", "preview_steps": 1, "preview_size": 64,
            "preview_format": "jpeg", "preview_quality": 90}
     shown, _ = split(run(job))
-    request = validate(job)
+    request = Request.from_input(job)
     seen = []
-    generate.run(models, request, make_plan(request, True), None,
+    generate.run(models, make_plan(request, True), None,
                  lambda stage, step, kwargs: seen.append((kwargs["x0"][0].clone(), kwargs["latents"][0].clone())))
     assert len(shown) == len(seen) == FAST["num_inference_steps"]
     first = np.asarray(decode(shown[0]["preview"]))
@@ -188,8 +188,8 @@ def test_previews_do_not_change_the_final_image(run, models, inputs):
     shown, final = split(run({**FAST, **inputs, "preview_steps": 1}))
     assert len(shown) >= 4
     # Against the pipelines run bare: no worker thread, no step observer, no previews.
-    request = validate({**FAST, **inputs})
-    bare = generate.run(models, request, make_plan(request, True)).images
+    request = Request.from_input({**FAST, **inputs})
+    bare = generate.run(models, make_plan(request, True)).images
     assert len(bare) == len(final["images"])
     for previewed, untouched in zip(final["images"], bare):
         assert np.array_equal(np.asarray(decode(previewed)), np.asarray(untouched))

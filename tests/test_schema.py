@@ -135,3 +135,13 @@ def test_inpainting_and_watermark_inputs_are_checked(inputs, named):
 
 def test_watermark_is_off_by_default_as_in_worker_sdxl():
     assert schema.validate({"prompt": "a"})["apply_watermark"] is False
+
+
+def test_the_typed_request_has_exactly_the_schemas_fields():
+    from dataclasses import fields
+
+    from sdxl_worker.request.types import Lora, Request
+
+    assert [f.name for f in fields(Request)] == list(schema.INPUT_SCHEMA["properties"])
+    request = Request.from_input({"prompt": "a cat", "loras": [{"path": "a/b", "scale": 0.5}]})
+    assert request.loras == (Lora("a/b", 0.5),) and request.num_images == 1 and request.negative_prompt is None

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sdxl_worker.request.types import Request
 from sdxl_worker.delivery.deliver import deliver
-from sdxl_worker.request.schema import validate
 from sdxl_worker.delivery.storage import Storage, StorageConfigError, config_from_env, storage_from_env
 from tests.conftest import decode
 from tests.test_local_api import free_port
@@ -84,7 +84,7 @@ def test_images_land_with_their_keys_and_types_and_urls_return_the_bytes(s3_endp
     name, client = bucket
     storage = storage_from_env(env_for(s3_endpoint, name, BUCKET_KEY_PREFIX="/renders/"))
     images = [picture(1), picture(2)]
-    delivery = deliver(images, validate({"prompt": "a", "output_format": fmt}), storage, job_id="job-7")
+    delivery = deliver(images, Request.from_input({"prompt": "a", "output_format": fmt}), storage, job_id="job-7")
 
     keys = sorted(item["Key"] for item in client.list_objects_v2(Bucket=name)["Contents"])
     assert keys == [f"renders/job-7/0.{extension}", f"renders/job-7/1.{extension}"]
@@ -130,7 +130,7 @@ def test_a_dead_endpoint_is_retried_then_images_arrive_inline(caplog):
     storage = storage_from_env(env_for(f"http://127.0.0.1:{free_port()}", "nowhere",
                                        BUCKET_UPLOAD_ATTEMPTS="3", BUCKET_RETRY_DELAY_S="0.01"))
     images = [picture(3), picture(4)]
-    delivery = deliver(images, validate({"prompt": "a"}), storage, job_id="job-dead")
+    delivery = deliver(images, Request.from_input({"prompt": "a"}), storage, job_id="job-dead")
 
     retries = [record for record in caplog.records if "retrying" in record.getMessage()]
     assert len(retries) == 2 * 2  # attempts 1 and 2 of each image failed and were retried; the 3rd gave up
@@ -165,7 +165,7 @@ def test_a_hung_store_times_out_on_every_attempt_then_images_arrive_inline(silen
     endpoint, connections = silent_endpoint
     storage = storage_from_env(env_for(endpoint, "hung", BUCKET_UPLOAD_ATTEMPTS="2", BUCKET_RETRY_DELAY_S="0",
                                        BUCKET_READ_TIMEOUT_S="0.2"))
-    delivery = deliver([picture(7)], validate({"prompt": "a"}), storage, job_id="job-hung")
+    delivery = deliver([picture(7)], Request.from_input({"prompt": "a"}), storage, job_id="job-hung")
     assert len(connections) == 2  # one connection per attempt, no hidden retries inside botocore
     assert "after 2 attempts (ReadTimeoutError)" in delivery.warnings[0]
     assert delivery.images[0].startswith("data:image/png;base64,")
@@ -175,14 +175,14 @@ def test_the_deadline_stops_retries_early(caplog):
     caplog.set_level(logging.WARNING)
     storage = storage_from_env(env_for(f"http://127.0.0.1:{free_port()}", "nowhere", BUCKET_UPLOAD_ATTEMPTS="10",
                                        BUCKET_RETRY_DELAY_S="5", BUCKET_UPLOAD_DEADLINE_S="1"))
-    delivery = deliver([picture(5)], validate({"prompt": "a"}), storage, job_id="job-late")
+    delivery = deliver([picture(5)], Request.from_input({"prompt": "a"}), storage, job_id="job-late")
     assert "within 1 s, 1 attempt(s)" in delivery.warnings[0]
     assert not [record for record in caplog.records if "retrying" in record.getMessage()]
 
 
 def test_a_refused_upload_is_not_retried(s3_endpoint, caplog):
     storage = storage_from_env(env_for(s3_endpoint, "no-such-bucket-here"))
-    delivery = deliver([picture(6)], validate({"prompt": "a"}), storage, job_id="job-404")
+    delivery = deliver([picture(6)], Request.from_input({"prompt": "a"}), storage, job_id="job-404")
     assert "refused" in delivery.warnings[0] and "NoSuchBucket" in delivery.warnings[0]
     assert not [record for record in caplog.records if "retrying" in record.getMessage()]
     assert delivery.images[0].startswith("data:image/png")

@@ -107,9 +107,9 @@ def inline_bytes(sizes: list[int], mime: str) -> int:
     return sum(urls) + (urls[0] if urls else 0)
 
 
-def check_request(request: dict, storage: Storage | None) -> None:
+def check_request(request, storage: Storage | None) -> None:  # request: a request.types.Request
     """Refuse, before any work, a job that needs storage this worker does not have."""
-    if request["upload"] is True and storage is None:
+    if request.upload is True and storage is None:
         raise InputError(
             f"'upload' is true but this worker has no storage configured; set {', '.join(STORAGE_VARIABLES)} "
             f"on the endpoint, or leave 'upload' unset to get the images inline."
@@ -123,16 +123,16 @@ class Delivery:
     warnings: list[str] = field(default_factory=list)
 
 
-def deliver(images: list[Image.Image], request: dict, storage: Storage | None = None,
+def deliver(images: list[Image.Image], request, storage: Storage | None = None,
             job_id: str = "local") -> Delivery:
     """Encode the images as asked; upload them when storage is there and wanted, else inline them."""
-    encoding = Encoding(request["output_format"],
-                        None if request["output_format"] == "png" else request["output_quality"])
+    encoding = Encoding(request.output_format,
+                        None if request.output_format == "png" else request.output_quality)
     timings = {"encode": 0.0, "upload": 0.0}
     warnings: list[str] = []
     encoded: list[bytes] = []
 
-    if storage is not None and request["upload"] is not False:
+    if storage is not None and request.upload is not False:
         urls, failure = _upload(images, encoding, storage, job_id, encoded, timings)
         if urls is not None:
             return Delivery(urls, _rounded(timings))

@@ -36,7 +36,7 @@ class Result:
     timings: dict = field(default_factory=dict)  # milliseconds per stage
 
 
-def run(models: Models, request: dict, plan: Plan, init_image: Image.Image | None = None,
+def run(models: Models, plan: Plan, init_image: Image.Image | None = None,
         on_step: StepCallback | None = None, mask: Image.Image | None = None) -> Result:
     timings: dict[str, float] = {}
     if init_image is not None:
@@ -51,37 +51,37 @@ def run(models: Models, request: dict, plan: Plan, init_image: Image.Image | Non
     with torch.inference_mode():
         if plan.runs_base:
             started = time.perf_counter()
-            latents = _run_base(models, request, plan, generators, init_image, mask, on_step)
+            latents = _run_base(models, plan, generators, init_image, mask, on_step)
             timings["base"] = ms_since(started)
         if plan.runs_refiner:
             started = time.perf_counter()
-            output = _run_refiner(models, request, plan, generators, latents, init_image, mask, on_step)
+            output = _run_refiner(models, plan, generators, latents, init_image, mask, on_step)
             timings["refiner"] = ms_since(started)
         else:
             output = latents
     images = list(output)
-    if request.get("apply_watermark"):
+    if plan.watermark:
         images = apply_watermark(images)
     return Result(images=images, seeds=plan.seeds, timings=timings)
 
 
-def _common(request: dict, plan: Plan, conditioning, generators: list) -> dict:
+def _common(plan: Plan, conditioning, generators: list) -> dict:
     """What every stage gets: the prompts as embeddings, guidance, one generator per image."""
     return dict(
         conditioning.as_kwargs(),
-        guidance_scale=request["guidance_scale"],
+        guidance_scale=plan.guidance_scale,
         num_images_per_prompt=len(plan.seeds),  # one batched pass for the whole job
         generator=generators,
     )
 
 
-def _run_base(models, request, plan, generators, init_image, mask, on_step):
+def _run_base(models, plan, generators, init_image, mask, on_step):
     pipe = {"txt2img": models.base, "img2img": models.img2img, "inpaint": models.inpaint}[plan.task]
     pipe.scheduler = keep_timesteps_on_host(
-        pipe, build_scheduler(request["scheduler"], models.scheduler_configs["base"])
+        pipe, build_scheduler(plan.scheduler, models.scheduler_configs["base"])
     )
-    conditioning = encode_for_base(pipe, request["prompt"], request["negative_prompt"])
-    args = dict(_common(request, plan, conditioning, generators), **_base_args(request, plan))
+    conditioning = encode_for_base(pipe, plan.prompt, plan.negative_prompt)
+    args = dict(_common(plan, conditioning, generators), **_base_args(plan))
     if plan.task != "txt2img":
         args["image"] = init_image
     if plan.task == "inpaint":
@@ -91,27 +91,27 @@ def _run_base(models, request, plan, generators, init_image, mask, on_step):
     return pipe(**args, **_callback(on_step, "base", pipe.scheduler)).images
 
 
-def _base_args(request, plan) -> dict:
+def _base_args(plan) -> dict:
     """The base's step settings: shared by the run and by count_steps, so they cannot disagree."""
-    args = dict(num_inference_steps=request["num_inference_steps"])
+    args = dict(num_inference_steps=plan.steps)
     if plan.task == "txt2img":
         args.update(width=plan.width, height=plan.height)
     else:
-        args.update(strength=request["prompt_strength"])
+        args.update(strength=plan.image_strength)
     if plan.refine == "expert_ensemble_refiner":
         args["denoising_end"] = plan.high_noise_frac
     return args
 
 
-def _run_refiner(models, request, plan, generators, latents, init_image, mask, on_step):
+def _run_refiner(models, plan, generators, latents, init_image, mask, on_step):
     inpainting = plan.task == "inpaint"
     pipe = models.refiner_inpaint if inpainting else models.refiner
     pipe.scheduler = keep_timesteps_on_host(
-        pipe, build_scheduler(request["scheduler"], models.scheduler_configs["refiner"])
+        pipe, build_scheduler(plan.scheduler, models.scheduler_configs["refiner"])
     )
-    conditioning = encode_for_refiner(pipe, request["prompt"], request["negative_prompt"])
+    conditioning = encode_for_refiner(pipe, plan.prompt, plan.negative_prompt)
     image = latents if latents is not None else init_image
-    args = dict(_common(request, plan, conditioning, generators), **_refiner_args(request, plan),
+    args = dict(_common(plan, conditioning, generators), **_refiner_args(plan),
                 output_type="pil")
     if inpainting:
         image = _keep_unmasked(models.inpaint, latents, init_image, mask)
@@ -120,11 +120,11 @@ def _run_refiner(models, request, plan, generators, latents, init_image, mask, o
     return pipe(**args, **_callback(on_step, "refiner", pipe.scheduler)).images
 
 
-def _refiner_args(request, plan) -> dict:
+def _refiner_args(plan) -> dict:
     if plan.refine == "expert_ensemble_refiner":
         # Same schedule as the base, picking up where it stopped.
-        return dict(num_inference_steps=request["num_inference_steps"], denoising_start=plan.high_noise_frac)
-    return dict(num_inference_steps=request["refiner_inference_steps"], strength=request["strength"])
+        return dict(num_inference_steps=plan.steps, denoising_start=plan.high_noise_frac)
+    return dict(num_inference_steps=plan.refiner_steps, strength=plan.refiner_strength)
 
 
 def _keep_unmasked(pipe, latents: torch.Tensor, init_image: Image.Image, mask: Image.Image) -> torch.Tensor:
@@ -143,7 +143,7 @@ def _keep_unmasked(pipe, latents: torch.Tensor, init_image: Image.Image, mask: I
     return repaint * latents + (1 - repaint) * clean.to(latents.dtype)
 
 
-def count_steps(models: Models, request: dict, plan: Plan) -> dict[str, int]:
+def count_steps(models: Models, plan: Plan) -> dict[str, int]:
     """Denoising steps per stage, before running: what the pipelines will loop over.
 
     Mirrors diffusers' SDXL timestep logic (set_timesteps, then strength or denoising_start,
@@ -152,11 +152,11 @@ def count_steps(models: Models, request: dict, plan: Plan) -> dict[str, int]:
     """
     counts = {}
     if plan.runs_base:
-        counts["base"] = _count(build_scheduler(request["scheduler"], models.scheduler_configs["base"]),
-                                _base_args(request, plan))
+        counts["base"] = _count(build_scheduler(plan.scheduler, models.scheduler_configs["base"]),
+                                _base_args(plan))
     if plan.runs_refiner:
-        counts["refiner"] = _count(build_scheduler(request["scheduler"], models.scheduler_configs["refiner"]),
-                                   _refiner_args(request, plan))
+        counts["refiner"] = _count(build_scheduler(plan.scheduler, models.scheduler_configs["refiner"]),
+                                   _refiner_args(plan))
     return counts
 
 

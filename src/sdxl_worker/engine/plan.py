@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from sdxl_worker.errors import InputError
 from sdxl_worker.request.schema import INPUT_SCHEMA, MAX_SEED
+from sdxl_worker.request.types import Request
 
 DEFAULT_SIZE = 1024
 # A size taken from an input image obeys the same range as 'width' and 'height'.
@@ -28,6 +29,16 @@ class Plan:
     height: int | None
     seeds: tuple[int, ...]  # image i of the job uses seeds[i] = seed + i
     high_noise_frac: float | None  # set only for expert_ensemble_refiner
+    # What every stage runs with: the engine reads these, never the request.
+    prompt: str | None = None
+    negative_prompt: str | None = None  # None: unset (zeroed on the base), "" is a prompt
+    scheduler: str = "DDIM"
+    guidance_scale: float = 7.5
+    steps: int = 25  # the base's steps; with the ensemble, the whole schedule both stages share
+    image_strength: float = 0.8  # how much of an input image the base repaints (img2img, inpaint)
+    refiner_steps: int = 50  # base_image_refiner and the refiner-only task, before refiner_strength
+    refiner_strength: float = 0.3
+    watermark: bool = False
     warnings: tuple[str, ...] = ()  # inputs the plan ignored, one sentence each, for the result
 
     def size_for(self, image_size: tuple[int, int] | None, field: str = "image") -> tuple[int, int]:
@@ -58,30 +69,39 @@ class Plan:
         return self.task == "refine" or self.refine != "no_refiner"
 
 
-def make_plan(request: dict, has_refiner: bool) -> Plan:
-    task = request["task"] or _task_from_images(request)
+def make_plan(request: Request, has_refiner: bool) -> Plan:
+    task = request.task or _task_from_images(request)
     refine = _refine_mode(request, has_refiner, task)
-    seed = request["seed"] if request["seed"] is not None else secrets.randbelow(MAX_SEED - 3)
-    count = request["num_images"]
+    seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED - 3)
+    count = request.num_images
     if seed + count - 1 > MAX_SEED:
         raise InputError(f"'seed' must be at most {MAX_SEED - count + 1} with num_images={count}.")
     size_default = DEFAULT_SIZE if task == "txt2img" else None
-    frac = request["high_noise_frac"]
+    frac = request.high_noise_frac
     if refine == "expert_ensemble_refiner" and frac is None:
         frac = DEFAULT_HIGH_NOISE_FRAC
     _check_step_counts(request, task, refine)
     warnings = ()
-    if request["high_noise_frac"] is not None and refine != "expert_ensemble_refiner":
+    if request.high_noise_frac is not None and refine != "expert_ensemble_refiner":
         # cog-sdxl's playground sends its default 0.8 with every request, whatever the mode.
         warnings = (f"'high_noise_frac' was ignored: it only applies to refine='expert_ensemble_refiner', "
                     f"and this job ran '{refine}'.",)
     return Plan(
         task=task,
         refine=refine,
-        width=request["width"] or size_default,
-        height=request["height"] or size_default,
+        width=request.width or size_default,
+        height=request.height or size_default,
         seeds=tuple(seed + i for i in range(count)),
         high_noise_frac=frac if refine == "expert_ensemble_refiner" else None,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        scheduler=request.scheduler,
+        guidance_scale=request.guidance_scale,
+        steps=request.num_inference_steps,
+        image_strength=request.prompt_strength,
+        refiner_steps=request.refiner_inference_steps,
+        refiner_strength=request.strength,
+        watermark=request.apply_watermark,
         warnings=warnings,
     )
 
@@ -105,16 +125,16 @@ def _side(length: float) -> int:
     return min(MAX_SIDE, max(MIN_SIDE, int(length + 1e-6) // SIDE_STEP * SIDE_STEP))
 
 
-def _task_from_images(request: dict) -> str:
-    if request["image_url"] is not None:
+def _task_from_images(request: Request) -> str:
+    if request.image_url is not None:
         return "refine"
-    if request["image"] is not None:
-        return "inpaint" if request["mask"] is not None else "img2img"
+    if request.image is not None:
+        return "inpaint" if request.mask is not None else "img2img"
     return "txt2img"
 
 
-def _refine_mode(request: dict, has_refiner: bool, task: str) -> str:
-    asked = request["refine"]
+def _refine_mode(request: Request, has_refiner: bool, task: str) -> str:
+    asked = request.refine
     if task == "refine":
         if not has_refiner:
             raise InputError(
@@ -132,20 +152,20 @@ def _refine_mode(request: dict, has_refiner: bool, task: str) -> str:
     if asked is not None:
         return asked
     # worker-sdxl's rule: a hand-off point means the ensemble, none means refine the base image.
-    return "expert_ensemble_refiner" if request["high_noise_frac"] is not None else "base_image_refiner"
+    return "expert_ensemble_refiner" if request.high_noise_frac is not None else "base_image_refiner"
 
 
-def _check_step_counts(request: dict, task: str, refine: str) -> None:
+def _check_step_counts(request: Request, task: str, refine: str) -> None:
     """Strength x steps must leave at least one step, or diffusers fails with a cryptic error."""
-    if task in ("img2img", "inpaint") and int(request["num_inference_steps"] * request["prompt_strength"]) < 1:
+    if task in ("img2img", "inpaint") and int(request.num_inference_steps * request.prompt_strength) < 1:
         raise InputError(
-            f"'prompt_strength' {request['prompt_strength']} x 'num_inference_steps' "
-            f"{request['num_inference_steps']} leaves no step to run; raise either."
+            f"'prompt_strength' {request.prompt_strength} x 'num_inference_steps' "
+            f"{request.num_inference_steps} leaves no step to run; raise either."
         )
     if (task == "refine" or refine == "base_image_refiner") and int(
-        request["refiner_inference_steps"] * request["strength"]
+        request.refiner_inference_steps * request.strength
     ) < 1:
         raise InputError(
-            f"'strength' {request['strength']} x 'refiner_inference_steps' "
-            f"{request['refiner_inference_steps']} leaves the refiner no step to run; raise either."
+            f"'strength' {request.strength} x 'refiner_inference_steps' "
+            f"{request.refiner_inference_steps} leaves the refiner no step to run; raise either."
         )

@@ -13,6 +13,7 @@ import gc
 import logging
 import time
 import traceback
+from dataclasses import asdict
 from typing import Iterator
 
 from sdxl_worker.engine import budget
@@ -27,7 +28,7 @@ from sdxl_worker.inputs.images import load_image, load_mask
 from sdxl_worker.runtime.logs import protect, truncate
 from sdxl_worker.engine.models import Models
 from sdxl_worker.engine.plan import make_plan
-from sdxl_worker.request.schema import validate
+from sdxl_worker.request.types import Lora, Request
 from sdxl_worker.delivery.storage import Storage
 from sdxl_worker.runtime.stream import ProgressCallback, run_streamed
 
@@ -69,24 +70,24 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
          on_progress: ProgressCallback | None) -> Iterator[dict]:
     job_id = str(job.get("id", "local"))[:100]
     started = time.perf_counter()
-    request = validate(raw_input)
+    request = Request.from_input(raw_input)
     check_request(request, storage)
     plan = make_plan(request, models.has_refiner)
     log.info("job %s: %s, %s, %d image(s), prompt %r", job_id, plan.task, plan.refine, len(plan.seeds),
-             truncate(request["prompt"]))
-    steps = count_steps(models, request, plan)
+             truncate(request.prompt))
+    steps = count_steps(models, plan)
     size_known = bool(plan.width and plan.height)
     if size_known:  # refused before any download
-        budget.check(plan, steps, plan.width, plan.height, request["guidance_scale"])
+        budget.check(plan, steps, plan.width, plan.height, request.guidance_scale)
     init_image = None
-    if request["image"] is not None or request["image_url"] is not None:
-        field = "image" if request["image"] is not None else "image_url"
-        init_image = load_image(request[field], field)
+    if request.image is not None or request.image_url is not None:
+        field = "image" if request.image is not None else "image_url"
+        init_image = load_image(getattr(request, field), field)
         if not size_known:  # the size comes from the image: bounded, then budgeted, before any model runs
             width, height = plan.size_for(init_image.size, field)
-            budget.check(plan, steps, width, height, request["guidance_scale"])
-    mask = load_mask(request["mask"], "mask", init_image.size) if request["mask"] is not None else None
-    with lora_layers.applied(models, local_loras(request["loras"])):
+            budget.check(plan, steps, width, height, request.guidance_scale)
+    mask = load_mask(request.mask, "mask", init_image.size) if request.mask is not None else None
+    with lora_layers.applied(models, local_loras(request.loras)):
         result = yield from run_streamed(models, job, request, plan, init_image, mask, on_progress)
     delivery = deliver(result.images, request, storage, job_id)
     payload = {
@@ -102,10 +103,12 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     yield payload
 
 
-def local_loras(loras: list[dict] | None) -> list[lora_layers.LoraFile]:
-    """The job's LoRA entries as local files (found, or downloaded into the cache), in order."""
-    return [lora_layers.LoraFile(lora_files.resolve(lora, index), lora.get("scale", 1.0), lora_files.label_of(lora), index)
-            for index, lora in enumerate(loras or [])]
+def local_loras(loras) -> list[lora_layers.LoraFile]:
+    """The job's LoRAs (Lora entries, or the dicts users send) as local files, found or downloaded
+    into the cache, in order."""
+    entries = [asdict(lora) if isinstance(lora, Lora) else dict(lora) for lora in loras or ()]
+    return [lora_layers.LoraFile(lora_files.resolve(lora, index), lora.get("scale", 1.0), lora_files.label_of(lora),
+                                 index) for index, lora in enumerate(entries)]
 
 
 def _free_memory() -> None:

@@ -18,17 +18,18 @@ from sdxl_worker.delivery.previews import preview_data_url
 from sdxl_worker.engine import generate, previews
 from sdxl_worker.runtime.logs import protect
 from sdxl_worker.engine.models import Models
+from sdxl_worker.request.types import Request
 
 log = protect(logging.getLogger(__name__))
 
 
-def run_streamed(models: Models, job: dict, request: dict, plan, init_image, mask=None,
+def run_streamed(models: Models, job: dict, request: Request, plan, init_image, mask=None,
                  on_progress: ProgressCallback | None = None) -> Generator[dict, None, object]:
     """Run the plan in a worker thread; yield a preview dict after each preview step; return the result."""
-    steps = generate.count_steps(models, request, plan)
+    steps = generate.count_steps(models, plan)
     total = sum(steps.values())
     first_step = {"base": 0, "refiner": steps.get("base", 0)}  # steps count across the job, base then refiner
-    every = request["preview_steps"]
+    every = request.preview_steps
     progress = Progress(job, total, on_progress)
 
     def wants_preview(stage: str, step: int) -> bool:
@@ -40,7 +41,7 @@ def run_streamed(models: Models, job: dict, request: dict, plan, init_image, mas
         x0 = kwargs.get("x0")
         return x0[0].detach().clone() if x0 is not None and wants_preview(stage, step) else None
 
-    events = _steps_in_thread(lambda callback: generate.run(models, request, plan, init_image, callback, mask=mask), on_step)
+    events = _steps_in_thread(lambda callback: generate.run(models, plan, init_image, callback, mask=mask), on_step)
     with closing(events):
         while True:
             try:
@@ -51,8 +52,8 @@ def run_streamed(models: Models, job: dict, request: dict, plan, init_image, mas
             progress.update(stage, number)
             if x0 is not None:
                 try:
-                    url = render_preview(x0, request["preview_size"], request["preview_format"],
-                                          request["preview_quality"], models.preview_decoder)
+                    url = render_preview(x0, request.preview_size, request.preview_format,
+                                          request.preview_quality, models.preview_decoder)
                 except Exception:  # a preview is a courtesy: losing one must not lose the image
                     log.exception("job %s: preview after step %d failed", job.get("id"), number)
                     continue

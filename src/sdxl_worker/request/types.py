@@ -1,0 +1,65 @@
+"""The typed request: a validated job input, frozen, every field resolved to its default.
+
+``Request.from_input(raw)`` validates ``raw`` against the schema (sdxl_worker.request.schema)
+and builds the request; past this point no layer reads the raw input. Its fields are exactly
+the schema's properties (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from sdxl_worker.request.schema import validate
+
+
+@dataclass(frozen=True)
+class Lora:
+    """One LoRA of a job: where it is, how strongly it applies, and which file of a folder or repo."""
+
+    path: str
+    scale: float = 1.0
+    weight_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    # what to draw
+    prompt: str | None
+    negative_prompt: str | None
+    width: int | None
+    height: int | None
+    num_images: int
+    seed: int | None
+    # how to denoise
+    scheduler: str
+    num_inference_steps: int
+    guidance_scale: float
+    # the refiner
+    refine: str | None
+    high_noise_frac: float | None
+    refiner_inference_steps: int
+    strength: float
+    # input images
+    task: str | None
+    image: str | None
+    image_url: str | None
+    prompt_strength: float
+    mask: str | None
+    # extras
+    apply_watermark: bool
+    preview_steps: int
+    preview_size: int
+    preview_format: str
+    preview_quality: int
+    loras: tuple[Lora, ...]
+    # delivery
+    output_format: str
+    output_quality: int
+    upload: bool | None
+
+    @classmethod
+    def from_input(cls, raw) -> "Request":
+        """The request ``raw`` asks for; InputError naming every problem with it."""
+        values = validate(raw)
+        values["loras"] = tuple(Lora(**lora) for lora in values["loras"] or ())
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
