@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from sdxl_worker.testing.loras import tiny_lora
-from tests.conftest import decode, png_data_url
+from tests.helpers import decode, png_data_url
 
 SIZE = 256
 STEPS = 5

@@ -14,7 +14,7 @@ from PIL import Image
 from sdxl_worker.request.dialects import translate
 from sdxl_worker.errors import InputError
 from sdxl_worker.request.schema import INPUT_SCHEMA
-from tests.conftest import decode
+from tests.helpers import decode
 
 INPUTS = INPUT_SCHEMA["properties"]
 

@@ -25,7 +25,7 @@ from sdxl_worker.inputs import loras
 from sdxl_worker.errors import InputError
 from sdxl_worker.engine.plan import MAX_SIDE, MIN_SIDE, fit_image_size
 from sdxl_worker.testing.loras import tiny_lora
-from tests.conftest import decode, png_data_url
+from tests.helpers import decode, png_data_url
 from sdxl_worker.testing.servers import Server, body
 
 SMALL = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 3,

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import bench_script
+from tests.helpers import bench_script
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

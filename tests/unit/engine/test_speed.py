@@ -8,7 +8,7 @@ import torch
 
 from sdxl_worker.runtime.warmup import warm_up_if_asked
 from sdxl_worker.engine.speed import FP16_FIX_VAE, Speedups, apply_speedups, keep_timesteps_on_host, parse_sizes
-from tests.conftest import decode
+from tests.helpers import decode
 
 JOB = {"prompt": "a red fox", "negative_prompt": "blurry", "width": 256, "height": 256, "num_inference_steps": 3,
        "seed": 7, "refine": "expert_ensemble_refiner", "high_noise_frac": 0.7}

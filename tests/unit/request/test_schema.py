@@ -4,6 +4,7 @@ import math
 import re
 from pathlib import Path
 
+from tests.helpers import ROOT
 import pytest
 
 from sdxl_worker.request import schema
@@ -111,7 +112,7 @@ def test_task_and_images_must_agree():
 
 
 def test_readme_input_table_is_generated_from_the_schema():
-    readme = Path(__file__).resolve().parent.parent / "README.md"
+    readme = ROOT / "README.md"
     text = readme.read_text()
     table = re.search(r"<!-- inputs:start -->\n(.*?)\n<!-- inputs:end -->", text, re.S)
     assert table, "README.md lacks the generated input table markers"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ROOT
 from builder.download_weights import (
     NothingToLoad,
     Wanted,
@@ -15,7 +16,6 @@ from builder.download_weights import (
     wanted_from_env,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 LISTINGS = ROOT / "tests" / "fixtures" / "hub"
 BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"

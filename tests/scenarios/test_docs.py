@@ -2,8 +2,8 @@
 
 import re
 from pathlib import Path
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_readme_is_short_enough_to_read_top_to_bottom():

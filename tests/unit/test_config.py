@@ -9,8 +9,8 @@ import pytest
 
 from builder.download_weights import wanted_from_env
 from sdxl_worker import config
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_only_the_configuration_module_and_the_handler_read_the_environment():
@@ -58,7 +58,7 @@ def test_a_bad_value_is_one_sentence_naming_the_variable(name, value, words):
 
 
 def test_the_worker_stops_at_start_up_on_a_bad_value(tmp_path):
-    from tests.conftest import run_handler
+    from tests.helpers import run_handler
 
     done = run_handler(BASE_MODEL="tiny", REFINER_MODEL="none", FETCH_READ_TIMEOUT="soon")
     assert done.returncode == 1

@@ -12,15 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import decode
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, decode, free_port
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+
 
 
 def post(url: str, body: dict | None = None, timeout: float = 120) -> dict:

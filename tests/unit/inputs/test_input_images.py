@@ -8,7 +8,7 @@ from PIL import Image
 
 from sdxl_worker.errors import InputError
 from sdxl_worker.inputs.images import decode_image, load_mask
-from tests.conftest import png_data_url
+from tests.helpers import png_data_url
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:

@@ -4,7 +4,7 @@ import pytest
 
 from sdxl_worker.runtime import selfcheck
 from sdxl_worker.engine.schedulers import build_scheduler
-from tests.conftest import run_handler
+from tests.helpers import run_handler
 
 
 def test_every_scheduler_in_the_table_builds_for_every_stage_in_this_environment(models):

@@ -14,7 +14,7 @@ from sdxl_worker.inputs import loras
 from sdxl_worker.runtime.job import local_loras
 from sdxl_worker.request.schema import MAX_LORAS
 from sdxl_worker.testing.loras import tiny_lora
-from tests.conftest import decode, png_data_url
+from tests.helpers import decode, png_data_url
 from sdxl_worker.testing.servers import Server, body
 
 JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 7,

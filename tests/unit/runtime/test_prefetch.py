@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from sdxl_worker.runtime import prefetch, start_files
-from tests.conftest import bench_script
+from tests.helpers import ROOT, bench_script
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

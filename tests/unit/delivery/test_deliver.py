@@ -9,7 +9,7 @@ from PIL import Image
 from sdxl_worker.request.types import Request
 from sdxl_worker.delivery.deliver import Encoding, deliver, encode, encode_png, inline_bytes, inline_limit_bytes
 from sdxl_worker.errors import InputError
-from tests.conftest import decode
+from tests.helpers import decode
 
 
 def noise(size: int = 1024, seed: int = 0, mode: str = "RGB") -> Image.Image:

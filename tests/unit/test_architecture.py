@@ -14,9 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import ROOT
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sdxl_worker"
+PACKAGE = ROOT / "src" / "sdxl_worker"
 
 # What each part may import from the package. Everything else is forbidden.
 ALLOWED = {

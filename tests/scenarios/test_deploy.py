@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import jsonschema
+from tests.helpers import ROOT
 import pytest
 
 from builder.download_weights import DEFAULTS as BUILDER_DEFAULTS
 from sdxl_worker.engine import models
 from sdxl_worker.request.schema import validate
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 HUB = json.loads((ROOT / ".runpod" / "hub.json").read_text())
 HUB_TESTS = json.loads((ROOT / ".runpod" / "tests.json").read_text())

@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 from sdxl_worker.engine.tiny import ensure_tiny_model
-from tests.conftest import run_handler
+from tests.helpers import run_handler
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_refiner_shares_text_encoder_2_and_the_vae(models):

@@ -10,8 +10,8 @@ from PIL import Image
 from sdxl_worker.request.types import Request
 from sdxl_worker.engine import generate
 from sdxl_worker.engine.plan import make_plan
-from tests.conftest import decode, png_data_url
-from tests.test_generate import FAST, final, photo, pixels
+from tests.helpers import decode, png_data_url
+from tests.helpers import FAST, final, photo, pixels
 
 SIZE = 256
 INPAINT = {**FAST, "image": png_data_url(photo(SIZE, SIZE)), "prompt_strength": 0.9, "width": None, "height": None}

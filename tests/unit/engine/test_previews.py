@@ -18,7 +18,7 @@ from sdxl_worker.runtime.stream import Progress
 from sdxl_worker.engine.plan import make_plan
 from sdxl_worker.engine.schedulers import build_scheduler
 from sdxl_worker.request.samplers import SCHEDULERS
-from tests.conftest import decode, png_data_url
+from tests.helpers import decode, png_data_url
 
 FAST = {"prompt": "a lighthouse at dusk", "num_inference_steps": 4, "refiner_inference_steps": 4, "strength": 0.5,
         "width": 256, "height": 256, "seed": 1}

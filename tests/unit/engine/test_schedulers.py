@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+from tests.helpers import ROOT
 import pytest
 
 from sdxl_worker.request import schema
@@ -46,7 +47,7 @@ def test_every_name_the_seeds_promise_is_there():
 
 
 def test_readme_scheduler_table_is_generated_from_the_table():
-    text = (Path(__file__).resolve().parent.parent / "docs" / "modes.md").read_text()
+    text = (ROOT / "docs" / "modes.md").read_text()
     table = re.search(r"<!-- schedulers:start -->\n(.*?)\n<!-- schedulers:end -->", text, re.S)
     assert table, "docs/modes.md lacks the generated scheduler table markers"
     assert table.group(1).strip() == markdown_table().strip(), "run: python -m sdxl_worker.request.samplers, paste into docs/modes.md"

@@ -20,10 +20,9 @@ from PIL import Image
 from sdxl_worker.request.types import Request
 from sdxl_worker.delivery.deliver import deliver
 from sdxl_worker.delivery.storage import Storage, StorageConfigError, config_from_env, storage_from_env
-from tests.conftest import decode
-from tests.test_local_api import free_port
+from tests.helpers import ROOT, decode
+from tests.helpers import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 ACCESS_KEY = "AKIATESTKEYID0000001"
 SECRET = "test-secret-do-not-log-9f3b2c"
 BUCKETS = itertools.count()

@@ -8,24 +8,14 @@ from sdxl_worker.request.types import Request
 from sdxl_worker.engine import generate
 from sdxl_worker.engine.plan import make_plan
 from sdxl_worker.request.schema import SCHEDULERS
-from tests.conftest import decode, png_data_url
-
-FAST = {"prompt": "a lighthouse at dusk", "num_inference_steps": 4, "refiner_inference_steps": 4, "strength": 0.5,
-        "width": 256, "height": 256, "seed": 1}
+from tests.helpers import FAST, decode, final, photo, pixels, png_data_url
 
 
-def pixels(output: dict, index: int = 0) -> np.ndarray:
-    return np.asarray(decode(output["images"][index]))
 
 
-def final(outputs: list) -> dict:
-    assert "error" not in outputs[-1], outputs[-1]
-    return outputs[-1]
 
 
-def photo(width=300, height=200) -> Image.Image:
-    gradient = np.linspace(0, 255, width * height * 3).reshape(height, width, 3).astype(np.uint8)
-    return Image.fromarray(gradient)
+
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,68 @@
+"""Helpers shared by the tests: paths, image data URLs, running handler.py, the small jobs."""
+
+import base64
+import importlib.util
+import io
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_handler(*args, **env):
+    """``python handler.py ARGS`` in a subprocess, with these environment variables added."""
+    return subprocess.run(
+        [sys.executable, "handler.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, **env),
+    )
+
+
+def bench_script(name: str):
+    """A script under bench/ (not a package), loaded as a module so its logic can be tested."""
+    path = ROOT / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def decode(data_url: str) -> Image.Image:
+    header, _, payload = data_url.partition(",")
+    assert header.startswith("data:image/")
+    return Image.open(io.BytesIO(base64.b64decode(payload)))
+
+
+def png_data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+FAST = {"prompt": "a lighthouse at dusk", "num_inference_steps": 4, "refiner_inference_steps": 4, "strength": 0.5,
+        "width": 256, "height": 256, "seed": 1}
+
+
+def final(outputs: list) -> dict:
+    assert "error" not in outputs[-1], outputs[-1]
+    return outputs[-1]
+
+
+def pixels(output: dict, index: int = 0) -> np.ndarray:
+    return np.asarray(decode(output["images"][index]))
+
+
+def photo(width=300, height=200) -> Image.Image:
+    gradient = np.linspace(0, 255, width * height * 3).reshape(height, width, 3).astype(np.uint8)
+    return Image.fromarray(gradient)
