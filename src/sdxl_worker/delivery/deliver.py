@@ -24,7 +24,7 @@ from PIL import Image
 
 from sdxl_worker import config
 from sdxl_worker.errors import InputError
-from sdxl_worker.delivery.storage import REQUIRED as STORAGE_VARIABLES, Storage, UploadError
+from sdxl_worker.delivery.storage import Storage, UploadError
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +105,6 @@ def inline_bytes(sizes: list[int], mime: str) -> int:
     """The payload bytes of these files as data URLs: every image, plus images[0] again as `image_url`."""
     urls = [len(f"data:{mime};base64,") + 4 * ((size + 2) // 3) + 4 for size in sizes]  # + quotes, comma
     return sum(urls) + (urls[0] if urls else 0)
-
-
-def check_request(request, storage: Storage | None) -> None:  # request: a request.types.Request
-    """Refuse, before any work, a job that needs storage this worker does not have."""
-    if request.upload is True and storage is None:
-        raise InputError(
-            f"'upload' is true but this worker has no storage configured; set {', '.join(STORAGE_VARIABLES)} "
-            f"on the endpoint, or leave 'upload' unset to get the images inline."
-        )
 
 
 @dataclass

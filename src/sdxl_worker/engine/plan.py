@@ -1,7 +1,8 @@
 """Planning: which pipelines run, in which order, with which settings. Pure: no model, no I/O.
 
-The plan resolves everything the inputs leave implicit (task, refine mode, sizes, seeds),
-so the run step only executes it and the tests can check every decision without a model.
+The plan resolves everything the inputs leave implicit (task, refine mode, sizes, seeds) and
+holds what every stage runs with, so the engine only executes it and the tests can check every
+decision without a model. It decides and never refuses: sdxl_worker.request.check ran before.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from sdxl_worker.errors import InputError
 from sdxl_worker.request.schema import INPUT_SCHEMA, MAX_SEED
+from sdxl_worker.request.check import refine_mode_of, task_of
 from sdxl_worker.request.types import Request
 
 DEFAULT_SIZE = 1024
@@ -70,17 +72,15 @@ class Plan:
 
 
 def make_plan(request: Request, has_refiner: bool) -> Plan:
-    task = request.task or _task_from_images(request)
-    refine = _refine_mode(request, has_refiner, task)
+    """The decisions for a request that passed sdxl_worker.request.check: this refuses nothing."""
+    task = task_of(request)
+    refine = refine_mode_of(request, has_refiner)
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED - 3)
     count = request.num_images
-    if seed + count - 1 > MAX_SEED:
-        raise InputError(f"'seed' must be at most {MAX_SEED - count + 1} with num_images={count}.")
     size_default = DEFAULT_SIZE if task == "txt2img" else None
     frac = request.high_noise_frac
     if refine == "expert_ensemble_refiner" and frac is None:
         frac = DEFAULT_HIGH_NOISE_FRAC
-    _check_step_counts(request, task, refine)
     warnings = ()
     if request.high_noise_frac is not None and refine != "expert_ensemble_refiner":
         # cog-sdxl's playground sends its default 0.8 with every request, whatever the mode.
@@ -123,49 +123,3 @@ def fit_image_size(width: int, height: int, field: str = "image") -> tuple[int, 
 def _side(length: float) -> int:
     """A side length rounded down to a multiple of SIDE_STEP, within MIN_SIDE..MAX_SIDE."""
     return min(MAX_SIDE, max(MIN_SIDE, int(length + 1e-6) // SIDE_STEP * SIDE_STEP))
-
-
-def _task_from_images(request: Request) -> str:
-    if request.image_url is not None:
-        return "refine"
-    if request.image is not None:
-        return "inpaint" if request.mask is not None else "img2img"
-    return "txt2img"
-
-
-def _refine_mode(request: Request, has_refiner: bool, task: str) -> str:
-    asked = request.refine
-    if task == "refine":
-        if not has_refiner:
-            raise InputError(
-                "This worker has no refiner loaded (REFINER_MODEL=none), so 'image_url' / task "
-                "'refine' cannot run; send the image as 'image' for img2img instead."
-            )
-        return "base_image_refiner"
-    if not has_refiner:
-        if asked not in (None, "no_refiner"):
-            raise InputError(
-                f"'refine' is '{asked}' but this worker has no refiner loaded (REFINER_MODEL=none); "
-                "use 'no_refiner' or leave it unset."
-            )
-        return "no_refiner"
-    if asked is not None:
-        return asked
-    # worker-sdxl's rule: a hand-off point means the ensemble, none means refine the base image.
-    return "expert_ensemble_refiner" if request.high_noise_frac is not None else "base_image_refiner"
-
-
-def _check_step_counts(request: Request, task: str, refine: str) -> None:
-    """Strength x steps must leave at least one step, or diffusers fails with a cryptic error."""
-    if task in ("img2img", "inpaint") and int(request.num_inference_steps * request.prompt_strength) < 1:
-        raise InputError(
-            f"'prompt_strength' {request.prompt_strength} x 'num_inference_steps' "
-            f"{request.num_inference_steps} leaves no step to run; raise either."
-        )
-    if (task == "refine" or refine == "base_image_refiner") and int(
-        request.refiner_inference_steps * request.strength
-    ) < 1:
-        raise InputError(
-            f"'strength' {request.strength} x 'refiner_inference_steps' "
-            f"{request.refiner_inference_steps} leaves the refiner no step to run; raise either."
-        )

@@ -21,13 +21,14 @@ from sdxl_worker.request import dialects
 from sdxl_worker import errors
 from sdxl_worker.engine import loras as lora_layers
 from sdxl_worker.inputs import loras as lora_files
-from sdxl_worker.delivery.deliver import check_request, deliver
+from sdxl_worker.delivery.deliver import deliver
 from sdxl_worker.errors import InputError
 from sdxl_worker.engine.generate import count_steps, ms_since
 from sdxl_worker.inputs.images import load_image, load_mask
 from sdxl_worker.runtime.logs import protect, truncate
 from sdxl_worker.engine.models import Models
 from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.request.check import check
 from sdxl_worker.request.types import Lora, Request
 from sdxl_worker.delivery.storage import Storage
 from sdxl_worker.runtime.stream import ProgressCallback, run_streamed
@@ -71,7 +72,7 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     job_id = str(job.get("id", "local"))[:100]
     started = time.perf_counter()
     request = Request.from_input(raw_input)
-    check_request(request, storage)
+    check(request, has_refiner=models.has_refiner, has_storage=storage is not None)
     plan = make_plan(request, models.has_refiner)
     log.info("job %s: %s, %s, %d image(s), prompt %r", job_id, plan.task, plan.refine, len(plan.seeds),
              truncate(request.prompt))

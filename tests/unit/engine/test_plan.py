@@ -1,15 +1,26 @@
-"""Planning decisions, without a model."""
+"""Planning decisions, and the check pass before them, without a model."""
 
 import pytest
 
 from sdxl_worker.request.types import Request
 from sdxl_worker.errors import InputError
 from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.request.check import check
 
 
 def plan(has_refiner=True, **inputs):
+    """The check pass, then the plan: as a job runs them."""
     inputs.setdefault("prompt", "a cat")
-    return make_plan(Request.from_input(inputs), has_refiner)
+    request = Request.from_input(inputs)
+    check(request, has_refiner=has_refiner, has_storage=False)
+    return make_plan(request, has_refiner)
+
+
+def test_the_plan_itself_refuses_nothing_the_check_pass_would():
+    request = Request.from_input({"prompt": "a", "refine": "base_image_refiner", "strength": 0.01})
+    with pytest.raises(InputError, match="'strength'"):
+        check(request, has_refiner=True, has_storage=False)
+    assert make_plan(request, True).refine == "base_image_refiner"  # it decides, whatever it is given
 
 
 def test_txt2img_refines_the_base_image_by_default():

@@ -1,0 +1,87 @@
+"""The one check pass: everything refusable about a request, refused before any download or model work.
+
+diffusers' ``check_inputs`` habit: each precondition in one place, each refusal one sentence
+naming the field. The schema (sdxl_worker.request.schema) has checked each field on its own;
+this checks what depends on several fields and on what the worker has (a refiner, storage).
+What it cannot know before an image is decoded (an input image's aspect ratio) or before the
+schedulers count the steps (the work budget) is checked right after, still before any model runs.
+The derivations it shares with the plan (the task, the refine mode) live here too.
+"""
+
+from __future__ import annotations
+
+from sdxl_worker.config import STORAGE_REQUIRED as STORAGE_VARIABLES
+from sdxl_worker.errors import InputError
+from sdxl_worker.request.schema import MAX_SEED
+from sdxl_worker.request.types import Request
+
+
+def check(request: Request, has_refiner: bool, has_storage: bool) -> None:
+    """InputError naming the field, for the first thing about ``request`` this worker cannot do."""
+    if request.upload is True and not has_storage:
+        raise InputError(
+            f"'upload' is true but this worker has no storage configured; set {', '.join(STORAGE_VARIABLES)} "
+            f"on the endpoint, or leave 'upload' unset to get the images inline."
+        )
+    if request.seed is not None and request.seed + request.num_images - 1 > MAX_SEED:
+        raise InputError(f"'seed' must be at most {MAX_SEED - request.num_images + 1} with "
+                         f"num_images={request.num_images}.")
+    task = task_of(request)
+    refine = _refine_mode(request, has_refiner, task, refuse=True)
+    _check_step_counts(request, task, refine)
+
+
+def task_of(request: Request) -> str:
+    """txt2img, img2img, inpaint or refine: as asked, else from the images given."""
+    return request.task or _task_from_images(request)
+
+
+def refine_mode_of(request: Request, has_refiner: bool) -> str:
+    """How the refiner runs: as asked, else worker-sdxl's rule (see docs/modes.md)."""
+    return _refine_mode(request, has_refiner, task_of(request), refuse=False)
+
+
+def _task_from_images(request: Request) -> str:
+    if request.image_url is not None:
+        return "refine"
+    if request.image is not None:
+        return "inpaint" if request.mask is not None else "img2img"
+    return "txt2img"
+
+
+def _refine_mode(request: Request, has_refiner: bool, task: str, refuse: bool) -> str:
+    asked = request.refine
+    if task == "refine":
+        if not has_refiner and refuse:
+            raise InputError(
+                "This worker has no refiner loaded (REFINER_MODEL=none), so 'image_url' / task "
+                "'refine' cannot run; send the image as 'image' for img2img instead."
+            )
+        return "base_image_refiner"
+    if not has_refiner:
+        if asked not in (None, "no_refiner") and refuse:
+            raise InputError(
+                f"'refine' is '{asked}' but this worker has no refiner loaded (REFINER_MODEL=none); "
+                "use 'no_refiner' or leave it unset."
+            )
+        return "no_refiner"
+    if asked is not None:
+        return asked
+    # worker-sdxl's rule: a hand-off point means the ensemble, none means refine the base image.
+    return "expert_ensemble_refiner" if request.high_noise_frac is not None else "base_image_refiner"
+
+
+def _check_step_counts(request: Request, task: str, refine: str) -> None:
+    """Strength x steps must leave at least one step, or diffusers fails with a cryptic error."""
+    if task in ("img2img", "inpaint") and int(request.num_inference_steps * request.prompt_strength) < 1:
+        raise InputError(
+            f"'prompt_strength' {request.prompt_strength} x 'num_inference_steps' "
+            f"{request.num_inference_steps} leaves no step to run; raise either."
+        )
+    if (task == "refine" or refine == "base_image_refiner") and int(
+        request.refiner_inference_steps * request.strength
+    ) < 1:
+        raise InputError(
+            f"'strength' {request.strength} x 'refiner_inference_steps' "
+            f"{request.refiner_inference_steps} leaves the refiner no step to run; raise either."
+        )
