@@ -92,7 +92,7 @@ def save_models(configs: dict, folder: Path, device: str, dtype, variant: str | 
         UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from sdxl_worker.engine.tiny import _scheduler, _tokenizer  # offline CLIP tokenizers and SDXL's scheduler
+    from sdxl_worker.engine.tiny import scheduler, tokenizer  # offline CLIP tokenizers and SDXL's scheduler
 
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -104,12 +104,12 @@ def save_models(configs: dict, folder: Path, device: str, dtype, variant: str | 
         refiner_unet = UNet2DConditionModel.from_config(configs["refiner_unet"]).to(dtype)
     save = {"variant": variant} if variant else {}
     StableDiffusionXLPipeline(
-        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=_tokenizer(),
-        tokenizer_2=_tokenizer(), unet=base_unet, scheduler=_scheduler(), add_watermarker=False,
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer(),
+        tokenizer_2=tokenizer(), unet=base_unet, scheduler=scheduler(), add_watermarker=False,
     ).save_pretrained(folder / "base", **save)
     StableDiffusionXLImg2ImgPipeline(
-        vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=text_encoder_2, tokenizer_2=_tokenizer(),
-        unet=refiner_unet, scheduler=_scheduler(), requires_aesthetics_score=True,
+        vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer(),
+        unet=refiner_unet, scheduler=scheduler(), requires_aesthetics_score=True,
         force_zeros_for_empty_prompt=False, add_watermarker=False,
     ).save_pretrained(folder / "refiner", **save)
     # The name is what the worker recognises as the fp16-fix VAE (no upcast needed); like the

@@ -256,6 +256,8 @@ _variable("LORA_DIR", "loras", "unset", "a folder", "the one folder local LoRA p
 _variable("LORA_CACHE_DIR", "loras", "~/.cache/sdxl-worker/loras", "a folder", "downloaded LoRAs")
 _variable("LORA_CACHE_MB", "loras", "4096", "MB", "size cap of that folder, least recently used deleted first")
 _variable("LORA_MAX_MB", "loras", "1024", "MB", "the largest LoRA file accepted")
+_variable("HF_HUB_OFFLINE", "loras", "0 (1 in the Docker image)", "yes/no",
+          "huggingface_hub's own: hub ids only from the hub's cache, never downloaded")
 
 
 @dataclass(frozen=True)
@@ -355,8 +357,8 @@ def _storage(read: _Reader) -> StorageSettings | None:
         region=read.text("BUCKET_REGION"),
         key_prefix=read.raw("BUCKET_KEY_PREFIX").strip("/"),
         path_style=read.flag("BUCKET_PATH_STYLE", False),
-        url_lifetime_s=int(read.number("BUCKET_URL_LIFETIME_S", MAX_URL_LIFETIME_S, 1, MAX_URL_LIFETIME_S)),
-        attempts=int(read.number("BUCKET_UPLOAD_ATTEMPTS", 4, 1, 10)),
+        url_lifetime_s=int(read.number("BUCKET_URL_LIFETIME_S", MAX_URL_LIFETIME_S, 1, MAX_URL_LIFETIME_S, integer=True)),
+        attempts=int(read.number("BUCKET_UPLOAD_ATTEMPTS", 4, 1, 10, integer=True)),
         retry_delay_s=read.number("BUCKET_RETRY_DELAY_S", 1.0, 0, 10),
         connect_timeout_s=read.number("BUCKET_CONNECT_TIMEOUT_S", 5.0, 0.1, 10),
         read_timeout_s=read.number("BUCKET_READ_TIMEOUT_S", 20.0, 0.1, 30),
@@ -406,13 +408,15 @@ class Config:
     jobs: JobSettings
     storage: StorageSettings | None
     runtime: RuntimeSettings
+    unused_bucket_variables: tuple[str, ...] = ()  # BUCKET_* set while storage is off: worth a warning
 
 
 def load(env: Mapping[str, str] | None = None) -> Config:
     """Every variable, parsed; ConfigError naming the first one that is wrong."""
     read = _Reader(os.environ if env is None else env)
     return Config(models=_models(read), speed=_speed(read), fetch=_fetch(read), loras=_loras(read),
-                  jobs=_jobs(read), storage=_storage(read), runtime=_runtime(read))
+                  jobs=_jobs(read), storage=_storage(read), runtime=_runtime(read),
+                  unused_bucket_variables=tuple(unused_storage_variables(read.env)))
 
 
 _installed: Config | None = None

@@ -4,6 +4,7 @@ After each refusal the worker serves a normal job."""
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import io
 import logging
@@ -302,3 +303,19 @@ def test_a_weight_name_with_a_file_path_is_refused(run, lora_dir):
     error = run(dict(SMALL, loras=[{"path": "style/pytorch_lora_weights.safetensors",
                                     "weight_name": "other.safetensors"}]))[-1]["error"]
     assert "'loras[0].weight_name' applies to a folder" in error
+
+
+@pytest.mark.parametrize("inputs, words", [
+    ({"loras": [{"path": "style", "weight_name": "../x.safetensors"}]}, "'loras[0].weight_name'"),
+    ({"loras": [{"path": "/somewhere/x.safetensors"}]}, "LORA_DIR"),
+    ({"prompt": '("fog").blend(1, 2)'}, "'prompt' has weighting syntax"),
+    ({"negative_prompt": "word " * 800}, "'negative_prompt' is"),
+])
+def test_refusals_that_need_no_download_come_before_the_image_is_fetched(run, monkeypatch, inputs, words):
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
+    monkeypatch.delenv("LORA_DIR", raising=False)
+    with Server({"/photo.png": body(base64.b64decode(_png(256, 256).partition(",")[2]))}) as files:
+        job = {"prompt": "a fox", "image": files.url("/photo.png"), "num_inference_steps": 2, "refine": "no_refiner",
+               **inputs}
+        error = run(job)[-1]["error"]
+        assert words in error and files.requests == [], (error, files.requests)

@@ -100,6 +100,12 @@ def encode_for_refiner(pipe, prompt: str, negative_prompt: str | None) -> Condit
     return _split(pipe, embeds, pooled, has_negative=negative_prompt is not None)
 
 
+def check_prompts(pipe, prompt: str | None, negative_prompt: str | None) -> None:
+    """InputError naming the field for a prompt too long or with syntax that cannot be read: the
+    encoders' own checks, run before any download."""
+    _parsed(pipe.tokenizer_2, prompt, negative_prompt)
+
+
 def _parsed(tokenizer, prompt: str | None, negative_prompt: str | None) -> tuple[list[str], list[Conjunction]]:
     """Both prompts in compel's syntax and parsed, once; InputError naming the field if too long or unreadable."""
     texts, conjunctions = [], []

@@ -57,7 +57,8 @@ class Speedups:
     def from_env(cls, device: str, vae_name: str | None = None, cpu_offload: bool = False,
                  env=None) -> "Speedups":
         """The switches as set in the environment (or ``env``), ``auto`` resolved for ``device``."""
-        return cls.resolve(config.speed(env), device, vae_name, cpu_offload)
+        settings = config.current("speed") if env is None else config.speed(env)
+        return cls.resolve(settings, device, vae_name, cpu_offload)
 
     @classmethod
     def resolve(cls, settings: config.SpeedSettings, device: str, vae_name: str | None = None,

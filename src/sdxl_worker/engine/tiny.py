@@ -57,7 +57,7 @@ def _byte_vocabulary() -> dict[str, int]:
     return {token: index for index, token in enumerate(tokens)}
 
 
-def _tokenizer():
+def tokenizer():
     from transformers import CLIPTokenizer
 
     # No merges: every word is spelled out character by character. Plenty for noise.
@@ -123,7 +123,7 @@ def _vae():
     )
 
 
-def _scheduler():
+def scheduler():
     from diffusers import EulerDiscreteScheduler
 
     # SDXL 1.0's own scheduler settings.
@@ -147,7 +147,7 @@ def _build(folder: Path) -> None:
     torch.manual_seed(SEED)
     text_encoder = CLIPTextModel(_text_config(vocab))
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(vocab))
-    tokenizer, tokenizer_2 = _tokenizer(), _tokenizer()
+    tokenizer_1, tokenizer_2 = tokenizer(), tokenizer()
     vae = _vae()
     # Base: both encoders' hidden states concatenated; time ids = size, crop, target size.
     base_unet = _unet(cross_attention_dim=2 * TEXT_WIDTH, time_ids=6)
@@ -158,10 +158,10 @@ def _build(folder: Path) -> None:
         vae=vae,
         text_encoder=text_encoder,
         text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
+        tokenizer=tokenizer_1,
         tokenizer_2=tokenizer_2,
         unet=base_unet,
-        scheduler=_scheduler(),
+        scheduler=scheduler(),
         add_watermarker=False,
     ).save_pretrained(folder / "base")
     StableDiffusionXLImg2ImgPipeline(
@@ -171,7 +171,7 @@ def _build(folder: Path) -> None:
         text_encoder_2=text_encoder_2,
         tokenizer_2=tokenizer_2,
         unet=refiner_unet,
-        scheduler=_scheduler(),
+        scheduler=scheduler(),
         requires_aesthetics_score=True,
         force_zeros_for_empty_prompt=False,
         add_watermarker=False,

@@ -82,6 +82,20 @@ def _check_weight_name(weight_name: str | None, index: int, label: str) -> None:
         raise InputError(f"LoRA {label}: 'loras[{index}].weight_name' must name a .safetensors file.")
 
 
+def check_entry(lora: dict, index: int) -> None:
+    """What can be refused about a LoRA entry without reading a file or the network."""
+    label = label_of(lora)
+    _check_weight_name(lora.get("weight_name"), index, label)
+    path = lora["path"].strip()
+    if not path.lower().startswith(("http://", "https://")):
+        try:
+            _inside_lora_dir(path, index, label)
+        except (OSError, ValueError) as error:
+            if isinstance(error, InputError):
+                raise
+            raise InputError(f"LoRA {label}: 'loras[{index}].path' is not a path this worker can read.") from None
+
+
 def resolve(lora: dict, index: int) -> Path:
     """The local .safetensors file a LoRA entry names, downloading it if it is a URL."""
     path, weight_name = lora["path"].strip(), lora.get("weight_name")

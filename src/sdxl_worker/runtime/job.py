@@ -20,6 +20,7 @@ from sdxl_worker.engine import budget
 from sdxl_worker.request import dialects
 from sdxl_worker import errors
 from sdxl_worker.engine import loras as lora_layers
+from sdxl_worker.engine import prompts
 from sdxl_worker.inputs import loras as lora_files
 from sdxl_worker.delivery.deliver import deliver
 from sdxl_worker.errors import InputError
@@ -79,14 +80,18 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     steps = count_steps(models, plan)
     size_known = bool(plan.width and plan.height)
     if size_known:  # refused before any download
-        budget.check(plan, steps, plan.width, plan.height, request.guidance_scale)
+        budget.check(plan, steps, plan.width, plan.height, plan.guidance_scale)
+    # What the prompts' encoders and the LoRA entries would refuse, refused before any download.
+    prompts.check_prompts(models.base, request.prompt, request.negative_prompt)
+    for index, lora in enumerate(request.loras):
+        lora_files.check_entry(asdict(lora), index)
     init_image = None
     if request.image is not None or request.image_url is not None:
         field = "image" if request.image is not None else "image_url"
         init_image = load_image(getattr(request, field), field)
         if not size_known:  # the size comes from the image: bounded, then budgeted, before any model runs
             width, height = plan.size_for(init_image.size, field)
-            budget.check(plan, steps, width, height, request.guidance_scale)
+            budget.check(plan, steps, width, height, plan.guidance_scale)
     mask = load_mask(request.mask, "mask", init_image.size) if request.mask is not None else None
     with lora_layers.applied(models, local_loras(request.loras)):
         result = yield from run_streamed(models, job, request, plan, init_image, mask, on_progress)

@@ -33,7 +33,7 @@ def start_files_path(env=None) -> Path:
     """Where the list of start files for this Python environment lives (START_FILES)."""
     from sdxl_worker import config
 
-    return config.runtime(env).start_files
+    return (config.current("runtime") if env is None else config.runtime(env)).start_files
 
 
 @dataclass
@@ -51,9 +51,10 @@ def start(env=None) -> Prefetch:
     from sdxl_worker import config
     from sdxl_worker.engine.models import weight_files  # light: no torch
 
-    if not config.runtime(env).prefetch:
+    runtime = config.current("runtime") if env is None else config.runtime(env)
+    if not runtime.prefetch:
         return Prefetch(None, "off (PREFETCH=0)")
-    weights = weight_files(config.models(env))
+    weights = weight_files(config.current("models") if env is None else config.models(env))
     size, free = sum(f.stat().st_size for f in weights), available_memory()
     notes = [] if weights else ["no baked weight files: the tiny model, or a hub id not in the cache"]
     if weights and size * 1.2 > free:

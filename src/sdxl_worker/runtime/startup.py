@@ -52,9 +52,11 @@ def start() -> Worker:
         from sdxl_worker.runtime import selfcheck
 
         selfcheck.check_libraries()
-        from sdxl_worker.delivery.storage import config_from_env, storage_for
+        from sdxl_worker.delivery.storage import storage_for
 
-        config_from_env()  # only warns about BUCKET_* variables that do nothing
+        if settings.unused_bucket_variables:
+            log.warning("%s set but storage is off (no %s): images are returned inline.",
+                        ", ".join(settings.unused_bucket_variables), ", ".join(config.STORAGE_REQUIRED))
         storage = storage_for(settings.storage)
         from sdxl_worker.engine.models import load_models, settings_from_env
 
