@@ -57,6 +57,10 @@ def _variable(name: str, part: str, default: str, accepted: str, meaning: str) -
 # --- the parsers: one per kind of value ---
 
 
+def _reader(env: Mapping[str, str] | None) -> "_Reader":
+    return _Reader(os.environ if env is None else env)
+
+
 class _Reader:
     def __init__(self, env: Mapping[str, str]):
         self.env = env
@@ -368,11 +372,10 @@ def _storage(read: _Reader) -> StorageSettings | None:
 
 def unused_storage_variables(env: Mapping[str, str] | None = None) -> list[str]:
     """BUCKET_* variables set while storage is off (none of the four required ones is): worth a warning."""
-    env = os.environ if env is None else env
-    read = _Reader(env)
+    read = _reader(env)
     if any(read.raw(name) for name in STORAGE_REQUIRED):
         return []
-    return sorted(name for name in env if name.startswith("BUCKET_") and read.raw(name))
+    return sorted(name for name in read.env if name.startswith("BUCKET_") and read.raw(name))
 
 
 _variable("LOG_LEVEL", "runtime", "INFO", "DEBUG, INFO, WARNING, ERROR", "the worker's log level")
@@ -413,7 +416,7 @@ class Config:
 
 def load(env: Mapping[str, str] | None = None) -> Config:
     """Every variable, parsed; ConfigError naming the first one that is wrong."""
-    read = _Reader(os.environ if env is None else env)
+    read = _reader(env)
     return Config(models=_models(read), speed=_speed(read), fetch=_fetch(read), loras=_loras(read),
                   jobs=_jobs(read), storage=_storage(read), runtime=_runtime(read),
                   unused_bucket_variables=tuple(unused_storage_variables(read.env)))
@@ -440,37 +443,36 @@ def current(part: str):
 
 # Each part on its own, for code called outside a job (tests, benchmarks, the builder).
 def models(env: Mapping[str, str] | None = None) -> ModelSettings:
-    return _models(_Reader(os.environ if env is None else env))
+    return _models(_reader(env))
 
 
 def image_models(env: Mapping[str, str] | None = None) -> ModelSettings:
     """What the Docker image bakes: the worker's models, with TAESDXL unless TAESD_MODEL says otherwise."""
-    env = os.environ if env is None else env
-    return _models(_Reader({"TAESD_MODEL": DEFAULT_TAESD, **env}))
+    return _models(_Reader({"TAESD_MODEL": DEFAULT_TAESD, **_reader(env).env}))
 
 
 def speed(env: Mapping[str, str] | None = None) -> SpeedSettings:
-    return _speed(_Reader(os.environ if env is None else env))
+    return _speed(_reader(env))
 
 
 def fetch(env: Mapping[str, str] | None = None) -> FetchSettings:
-    return _fetch(_Reader(os.environ if env is None else env))
+    return _fetch(_reader(env))
 
 
 def loras(env: Mapping[str, str] | None = None) -> LoraSettings:
-    return _loras(_Reader(os.environ if env is None else env))
+    return _loras(_reader(env))
 
 
 def jobs(env: Mapping[str, str] | None = None) -> JobSettings:
-    return _jobs(_Reader(os.environ if env is None else env))
+    return _jobs(_reader(env))
 
 
 def storage(env: Mapping[str, str] | None = None) -> StorageSettings | None:
-    return _storage(_Reader(os.environ if env is None else env))
+    return _storage(_reader(env))
 
 
 def runtime(env: Mapping[str, str] | None = None) -> RuntimeSettings:
-    return _runtime(_Reader(os.environ if env is None else env))
+    return _runtime(_reader(env))
 
 
 # --- what is not the worker's own setting, read or set in this one place too ---

@@ -32,15 +32,15 @@ class Plan:
     seeds: tuple[int, ...]  # image i of the job uses seeds[i] = seed + i
     high_noise_frac: float | None  # set only for expert_ensemble_refiner
     # What every stage runs with: the engine reads these, never the request.
-    prompt: str | None = None
-    negative_prompt: str | None = None  # None: unset (zeroed on the base), "" is a prompt
-    scheduler: str = "DDIM"
-    guidance_scale: float = 7.5
-    steps: int = 25  # the base's steps; with the ensemble, the whole schedule both stages share
-    image_strength: float = 0.8  # how much of an input image the base repaints (img2img, inpaint)
-    refiner_steps: int = 50  # base_image_refiner and the refiner-only task, before refiner_strength
-    refiner_strength: float = 0.3
-    watermark: bool = False
+    prompt: str | None
+    negative_prompt: str | None  # None: unset (zeroed on the base), "" is a prompt
+    scheduler: str
+    guidance_scale: float
+    steps: int  # the base's steps; with the ensemble, the whole schedule both stages share
+    image_strength: float  # how much of an input image the base repaints (img2img, inpaint)
+    refiner_steps: int  # base_image_refiner and the refiner-only task, before refiner_strength
+    refiner_strength: float
+    watermark: bool
     warnings: tuple[str, ...] = ()  # inputs the plan ignored, one sentence each, for the result
 
     def size_for(self, image_size: tuple[int, int] | None, field: str = "image") -> tuple[int, int]:
