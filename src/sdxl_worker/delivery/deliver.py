@@ -32,7 +32,6 @@ FORMATS = ("png", "jpeg", "webp")
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXTENSION = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
-DEFAULT_INLINE_LIMIT_MB = 10  # RunPod refuses /run results over 10 MB (/runsync: 20 MB)
 # What the payload holds besides the images (seeds, timings, warnings) and RunPod's envelope.
 PAYLOAD_RESERVE_BYTES = 16_000
 

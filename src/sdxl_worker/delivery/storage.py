@@ -42,11 +42,15 @@ StorageConfig = config.StorageSettings  # BUCKET_*, read in sdxl_worker.config
 
 def config_from_env(env: Mapping[str, str] | None = None) -> StorageConfig | None:
     """The storage configuration, None when no BUCKET_* credential is set, or StorageConfigError."""
-    unused = config.unused_storage_variables(env)
-    if unused:
-        log.warning("%s set but storage is off (no %s): images are returned inline.",
-                    ", ".join(unused), ", ".join(REQUIRED))
+    warn_unused(config.unused_storage_variables(env))
     return config.storage(env)
+
+
+def warn_unused(names) -> None:
+    """One warning for BUCKET_* variables that do nothing because storage is off."""
+    if names:
+        log.warning("%s set but storage is off (no %s): images are returned inline.",
+                    ", ".join(names), ", ".join(REQUIRED))
 
 
 class Storage:

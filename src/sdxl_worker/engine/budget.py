@@ -13,7 +13,6 @@ from sdxl_worker import config
 from sdxl_worker.errors import InputError
 
 REFERENCE_PIXELS = 1024 * 1024
-DEFAULT_MAX_JOB_WORK = config.JobSettings.max_job_work
 
 
 def max_job_work() -> float:

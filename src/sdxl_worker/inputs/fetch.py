@@ -36,7 +36,6 @@ from sdxl_worker import config
 from sdxl_worker.errors import InputError
 
 MB = 1024 * 1024
-MAX_DOWNLOAD_BYTES = 20 * MB  # the default of FETCH_MAX_BYTES
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")

@@ -52,11 +52,9 @@ def start() -> Worker:
         from sdxl_worker.runtime import selfcheck
 
         selfcheck.check_libraries()
-        from sdxl_worker.delivery.storage import storage_for
+        from sdxl_worker.delivery.storage import storage_for, warn_unused
 
-        if settings.unused_bucket_variables:
-            log.warning("%s set but storage is off (no %s): images are returned inline.",
-                        ", ".join(settings.unused_bucket_variables), ", ".join(config.STORAGE_REQUIRED))
+        warn_unused(settings.unused_bucket_variables)
         storage = storage_for(settings.storage)
         from sdxl_worker.engine.models import load_models, settings_from_env
 
