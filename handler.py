@@ -6,10 +6,11 @@
     on RunPod                           the serverless worker
 
 It wires runpod to the package and nothing else: start-up is sdxl_worker.runtime.startup,
-one job is sdxl_worker.runtime.job.run_job.
+one job is sdxl_worker.runtime.job.run_job, run for runpod's loop by sdxl_worker.runtime.serve.
 """
 
 import os
+import signal
 import sys
 
 from sdxl_worker.runtime import startup
@@ -17,10 +18,14 @@ from sdxl_worker.runtime import startup
 
 def main() -> None:
     worker = startup.start()
-    config = runpod_config(worker.models, worker.storage)
+    config = runpod_config(worker.models, worker.storage, timeout_s=worker.settings.jobs.timeout_s)
     if _serving():
         import runpod
 
+        from sdxl_worker.runtime import fitness
+
+        for check in fitness.checks(worker):  # run by runpod on RunPod only, before the first job
+            runpod.serverless.register_fitness_check(check)
         runpod.serverless.start(config)
     else:
         from sdxl_worker.runtime.local import run_local
@@ -28,32 +33,60 @@ def main() -> None:
         sys.exit(run_local(config["handler"], sys.argv[1:]))
 
 
-def runpod_config(models, storage=None) -> dict:
-    """The config for runpod.serverless.start: the handler, and where it asks to be replaced.
+def runpod_config(models, storage=None, timeout_s: float | None = None, concurrency: int = 1) -> dict:
+    """The config for runpod.serverless.start: an async generator handler, and its hooks.
 
-    runpod 1.12 ignores a ``refresh_worker`` key in what a generator handler yields; it reads
-    ``config["refresh_worker"]`` after each job (rp_job.handle_job then stops the pod, and
-    rp_scale kills the worker). So the handler sets it there, only when run_job reports a
-    poisoned CUDA context, before yielding the job's error.
+    - ``handler`` awaits each job's outputs from sdxl_worker.runtime.serve.Runner, so runpod's
+      loop keeps taking stop signals and posting chunks while a job denoises; runpod cancelling
+      the job's task stops it within one step.
+    - ``concurrency_modifier`` is the first thing runpod's job loop calls, in the main thread,
+      after runpod installed its own SIGTERM handler: there the worker puts its own in front
+      (every running job answered "shutting down", then exit within 10 s), and chains runpod's.
+    - runpod 1.12 ignores a ``refresh_worker`` key in what a generator handler yields; it reads
+      ``config["refresh_worker"]`` after each job (rp_job.handle_job then stops the pod). So the
+      handler sets it there, only when run_job reports a poisoned CUDA context.
     """
-    from sdxl_worker.runtime.job import run_job
+    from sdxl_worker.runtime.serve import Runner
 
     config = {"return_aggregate_stream": True}
-    on_runpod = _on_runpod()
 
     def report_progress(job: dict, progress: dict) -> None:
         import runpod.serverless
 
         runpod.serverless.progress_update(job, progress)
 
-    def handler(job):
-        for output in run_job(models, job, storage, on_progress=report_progress if on_runpod else None):
+    runner = Runner(models, storage, timeout_s, concurrency, on_progress=report_progress if _on_runpod() else None)
+
+    async def handler(job):
+        async for output in runner.run(job):
             if output.pop("refresh_worker", False):
                 config["refresh_worker"] = True
             yield output
 
-    config["handler"] = handler
+    def concurrency_modifier(current: int) -> int:
+        _stop_jobs_on_sigterm(runner)
+        return concurrency
+
+    config.update(handler=handler, concurrency_modifier=concurrency_modifier, runner=runner)
     return config
+
+
+def _stop_jobs_on_sigterm(runner) -> None:
+    """Put runner.shut_down in front of whatever handles SIGTERM now (runpod's), once."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if getattr(previous, "stops_jobs", False):
+        return
+
+    def on_sigterm(signum, frame):
+        runner.shut_down()
+        if callable(previous):
+            previous(signum, frame)
+
+    on_sigterm.stops_jobs = True
+    try:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: runpod's local API, which handles signals itself
+        pass
 
 
 def _serving() -> bool:

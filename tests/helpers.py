@@ -1,5 +1,6 @@
 """Helpers shared by the tests: paths, image data URLs, running handler.py, the small jobs."""
 
+import asyncio
 import base64
 import importlib.util
 import io
@@ -7,6 +8,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +36,14 @@ def bench_script(name: str):
     return module
 
 
+def collect(handler, job: dict) -> list:
+    """Every output of an async generator handler (handler.py's) for this job, in order."""
+    async def outputs():
+        return [output async for output in handler(job)]
+
+    return asyncio.run(outputs())
+
+
 def decode(data_url: str) -> Image.Image:
     header, _, payload = data_url.partition(",")
     assert header.startswith("data:image/")
@@ -42,6 +54,30 @@ def png_data_url(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@contextmanager
+def moto_server(log_path: Path):
+    """moto's S3 server in a subprocess on a free loopback port; yields its URL."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        try:
+            while True:
+                try:
+                    urllib.request.urlopen(url + "/moto-api/", timeout=2)
+                    break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"moto's server did not start: {Path(log_path).read_text()[-2000:]}")
+                    time.sleep(0.2)
+            yield url
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
 
 
 def free_port() -> int:

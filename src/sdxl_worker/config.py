@@ -286,7 +286,10 @@ def _loras(read: _Reader) -> LoraSettings:
 
 
 _variable("MAX_JOB_WORK", "jobs", "6000", "a positive number", "units of work per job (docs/security.md)")
-_variable("INLINE_LIMIT_MB", "jobs", "10", "MB", "the largest inline payload (RunPod's /run limit)")
+_variable("INLINE_LIMIT_MB", "jobs", "10", "MB",
+          "a job's whole output, previews and final payload together (RunPod's /run limit)")
+_variable("JOB_TIMEOUT_S", "jobs", "unset (no limit of the worker's own)", "seconds, 1-86400",
+          "a job running longer is stopped within one step and answered with an error")
 
 
 @dataclass(frozen=True)
@@ -295,12 +298,14 @@ class JobSettings:
     # diffusers fp16 (see docs/security.md for the arithmetic).
     max_job_work: float = 6000.0
     inline_limit_mb: float = 10.0
+    timeout_s: float | None = None  # None: only the platform's execution timeout
 
 
 def _jobs(read: _Reader) -> JobSettings:
     return JobSettings(
         max_job_work=read.number("MAX_JOB_WORK", 6000.0, 1e-9, 1e12),
         inline_limit_mb=read.number("INLINE_LIMIT_MB", 10.0, 0.001, 1e6),
+        timeout_s=read.number("JOB_TIMEOUT_S", 0, 1, 86400) or None,
     )
 
 

@@ -114,8 +114,9 @@ class Delivery:
 
 
 def deliver(images: list[Image.Image], request, storage: Storage | None = None,
-            job_id: str = "local") -> Delivery:
-    """Encode the images as asked; upload them when storage is there and wanted, else inline them."""
+            job_id: str = "local", room_bytes: int | None = None) -> Delivery:
+    """Encode the images as asked; upload them when storage is there and wanted, else inline them
+    within ``room_bytes`` (default: the whole INLINE_LIMIT_MB; less when previews used some)."""
     encoding = Encoding(request.output_format,
                         None if request.output_format == "png" else request.output_quality)
     timings = {"encode": 0.0, "upload": 0.0}
@@ -130,7 +131,8 @@ def deliver(images: list[Image.Image], request, storage: Storage | None = None,
         log.warning("job %s: upload failed (%s); delivering inline", job_id, failure)
 
     started = time.perf_counter()
-    files, used = _fit_inline(images, encoding, encoded, warnings, uploaded_failed=bool(warnings))
+    limit = inline_limit_bytes() if room_bytes is None else room_bytes
+    files, used = _fit_inline(images, encoding, encoded, warnings, bool(warnings), limit)
     timings["encode"] += time.perf_counter() - started
     return Delivery([data_url(data, MIME[used.format]) for data in files], _rounded(timings), warnings)
 
@@ -176,9 +178,9 @@ def _encode_all(images: list[Image.Image], encoding: Encoding) -> list[bytes]:
         return list(pool.map(lambda image: encode(image, encoding), images))
 
 
-def _fit_inline(images, asked: Encoding, encoded: list[bytes], warnings: list[str], uploaded_failed: bool):
-    """The first encoding, from the one asked for down a ladder of smaller ones, whose payload fits."""
-    limit = inline_limit_bytes()
+def _fit_inline(images, asked: Encoding, encoded: list[bytes], warnings: list[str], uploaded_failed: bool,
+                limit: int):
+    """The first encoding, from the one asked for down a ladder of smaller ones, whose payload fits ``limit``."""
     budget = limit - PAYLOAD_RESERVE_BYTES
     files = encoded or _encode_all(images, asked)
     size = inline_bytes([len(data) for data in files], MIME[asked.format])

@@ -1,6 +1,7 @@
 """S3-compatible storage for the finished images: upload, then hand out presigned GET URLs.
 
-Configured once at start-up from BUCKET_* variables (AWS S3, Cloudflare R2, MinIO, ...).
+Configured once at start-up from BUCKET_* variables (AWS S3, Cloudflare R2, MinIO, ...), or
+per job from the job's ``s3Config`` (``job_storage``).
 Half a configuration stops the worker with the missing names: never a silent local path.
 Uploads retry a bounded number of times within a deadline, so a job with storage down
 still answers (inline, see src/sdxl_worker/delivery/deliver.py) well inside two minutes. Secrets are never logged.
@@ -8,6 +9,7 @@ still answers (inline, see src/sdxl_worker/delivery/deliver.py) well inside two 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import re
@@ -94,6 +96,14 @@ class Storage:
         name = f"{safe_id}/{index}.{extension}"
         return f"{self.config.key_prefix}/{name}" if self.config.key_prefix else name
 
+    def check(self) -> None:
+        """RuntimeError, in one sentence without credentials, unless the bucket answers (RunPod's fitness check)."""
+        try:
+            self._client.head_bucket(Bucket=self.config.bucket)
+        except (BotoCoreError, ClientError) as error:
+            raise RuntimeError(f"The storage bucket {self.describe()} does not answer ({_reason(error)}): "
+                               f"check the BUCKET_* variables.") from None
+
     def upload(self, key: str, data: bytes, content_type: str) -> str:
         config = self.config
         give_up_at = time.monotonic() + config.deadline_s
@@ -148,3 +158,44 @@ def storage_for(settings: StorageConfig | None) -> Storage | None:
     storage = Storage(settings)
     log.info("storage: images upload to %s, presigned URLs valid %d s", storage.describe(), settings.url_lifetime_s)
     return storage
+
+
+# RunPod's per-job bucket: {"s3Config": {accessId, accessSecret, bucketName, endpointUrl}} beside "input".
+JOB_STORAGE_FIELDS = {"endpointUrl": "endpoint_url", "accessId": "access_key_id",
+                      "accessSecret": "secret_access_key", "bucketName": "bucket"}
+_AWS_REGION = re.compile(r"^https?://s3[.-]([a-z0-9-]+)\.amazonaws\.com", re.I)
+
+
+def job_storage(s3_config, worker_storage: Storage | None) -> tuple[Storage | None, str | None]:
+    """The storage a job's images go to: its own ``s3Config`` when it carries a usable one, else the
+    worker's. Returns (storage, warning); the warning names what was wrong, never a credential.
+
+    A per-job bucket keeps the worker's retry and timeout settings (or the defaults) and its URL
+    lifetime; its region is ``s3Config.region`` when given, else read from an AWS endpoint URL.
+    """
+    if s3_config is None:
+        return worker_storage, None
+    problem = _job_storage_problem(s3_config)
+    if problem:
+        fallback = "go to the worker's own storage" if worker_storage else "are returned inline"
+        return worker_storage, f"The job's s3Config is not usable ({problem}), so its images {fallback}."
+    values = {ours: s3_config[theirs].strip() for theirs, ours in JOB_STORAGE_FIELDS.items()}
+    values["endpoint_url"] = values["endpoint_url"].rstrip("/")
+    region = s3_config.get("region") if isinstance(s3_config.get("region"), str) else None
+    aws = _AWS_REGION.match(values["endpoint_url"])
+    base = worker_storage.config if worker_storage is not None else config.StorageSettings(**values)
+    settings = dataclasses.replace(base, **values, region=region or (aws.group(1) if aws else None), key_prefix="",
+                                   path_style=bool(s3_config.get("pathStyle", base.path_style)))
+    return Storage(settings), None
+
+
+def _job_storage_problem(s3_config) -> str | None:
+    if not isinstance(s3_config, dict):
+        return "it must be an object with accessId, accessSecret, bucketName and endpointUrl"
+    missing = [name for name in JOB_STORAGE_FIELDS if not isinstance(s3_config.get(name), str)
+               or not s3_config[name].strip()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    if not re.match(r"^https?://", s3_config["endpointUrl"].strip()):
+        return "endpointUrl must be an http(s) URL"
+    return None

@@ -1,10 +1,12 @@
 """One job, start to finish: validate -> plan -> fetch images -> run -> deliver.
 
 ``run_job`` is a generator: it yields the previews asked for (src/sdxl_worker/runtime/stream.py runs the pipelines
-in a worker thread), then the final payload, or one ``{"error": ...}``. It never raises, so the
+in the denoise thread), then the final payload, or one ``{"error": ...}``. It never raises, so the
 worker keeps serving the next job whatever this one did. Failures follow the taxonomy in
 src/sdxl_worker/errors.py; after out-of-memory the memory is freed before the next job, and a
-poisoned CUDA context adds ``"refresh_worker": True`` (handler.py hands that to RunPod).
+poisoned CUDA context adds ``"refresh_worker": True`` (handler.py hands that to RunPod). A job
+whose ``Stop`` is set (cancel, JOB_TIMEOUT_S, SIGTERM) ends within one step with an error saying
+why, and its memory is freed the same way. A job's ``s3Config`` sends its images to that bucket.
 """
 
 from __future__ import annotations
@@ -22,30 +24,40 @@ from sdxl_worker import errors
 from sdxl_worker.engine import loras as lora_layers
 from sdxl_worker.engine import prompts
 from sdxl_worker.inputs import loras as lora_files
-from sdxl_worker.delivery.deliver import deliver
+from sdxl_worker.delivery.deliver import deliver, inline_limit_bytes
+from sdxl_worker.delivery.size_guard import OutputBudget
+from sdxl_worker.delivery.storage import job_storage
 from sdxl_worker.errors import InputError
 from sdxl_worker.engine.generate import count_steps, ms_since
 from sdxl_worker.inputs.images import load_image, load_mask
-from sdxl_worker.runtime.logs import protect, truncate
+from sdxl_worker.runtime.logs import hidden, protect, redact, truncate
 from sdxl_worker.engine.models import Models
 from sdxl_worker.engine.plan import make_plan
 from sdxl_worker.request.check import check
 from sdxl_worker.request.types import Lora, Request
 from sdxl_worker.delivery.storage import Storage
+from sdxl_worker.runtime.stopping import JobStopped, Stop
 from sdxl_worker.runtime.stream import ProgressCallback, run_streamed
 
 log = protect(logging.getLogger(__name__))  # no payloads or secrets in the log
 
 
 def run_job(models: Models, job: dict, storage: Storage | None = None,
-            on_progress: ProgressCallback | None = None) -> Iterator[dict]:
+            on_progress: ProgressCallback | None = None, stop: Stop | None = None) -> Iterator[dict]:
     job = job if isinstance(job, dict) else {}
     job_id = str(job.get("id", "local"))[:100]
     names = dialects.AS_SENT  # puts errors back in the words of the API the request was written for
+    s3_config = job.get("s3Config")
+    secrets = [s3_config.get(name) for name in ("accessId", "accessSecret")] if isinstance(s3_config, dict) else []
     try:
-        names = dialects.translate(job.get("input"))
-        # The work runs in its own frame, so what it holds dies with it when it fails.
-        yield from _run(models, job, names.input, storage, on_progress)
+        with hidden(*secrets):  # the job's own credentials never reach the log
+            names = dialects.translate(job.get("input"))
+            # The work runs in its own frame, so what it holds dies with it when it fails.
+            yield from _run(models, job, names.input, storage, on_progress, stop or Stop())
+    except JobStopped as error:
+        log.info("job %s stopped (%s): %s", job_id, error.reason, error)
+        failure, collect = {"error": str(error)}, True
+        traceback.clear_frames(error.__traceback__)
     except InputError as error:
         log.info("job %s refused: %s", job_id, error)
         failure, collect = {"error": names.explain(str(error))}, False  # refcounting frees what it held
@@ -69,10 +81,11 @@ def run_job(models: Models, job: dict, storage: Storage | None = None,
 
 
 def _run(models: Models, job: dict, raw_input, storage: Storage | None,
-         on_progress: ProgressCallback | None) -> Iterator[dict]:
+         on_progress: ProgressCallback | None, stop: Stop) -> Iterator[dict]:
     job_id = str(job.get("id", "local"))[:100]
     started = time.perf_counter()
     request = Request.from_input(raw_input)
+    storage, storage_warning = job_storage(job.get("s3Config"), storage)
     check(request, has_refiner=models.has_refiner, has_storage=storage is not None)
     plan = make_plan(request, models.has_refiner)
     log.info("job %s: %s, %s, %d image(s), prompt %r", job_id, plan.task, plan.refine, len(plan.seeds),
@@ -93,9 +106,12 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
             width, height = plan.size_for(init_image.size, field)
             budget.check(plan, steps, width, height, plan.guidance_scale)
     mask = load_mask(request.mask, "mask", init_image.size) if request.mask is not None else None
+    output_budget = OutputBudget(inline_limit_bytes())  # previews and the final payload together
     with lora_layers.applied(models, local_loras(request.loras)):
-        result = yield from run_streamed(models, job, request, plan, init_image, mask, on_progress)
-    delivery = deliver(result.images, request, storage, job_id)
+        stop.check("before its first step")
+        result = yield from run_streamed(models, job, request, plan, init_image, mask, on_progress, stop, output_budget)
+    stop.check("after its last step, before delivery")
+    delivery = deliver(result.images, request, storage, job_id, room_bytes=output_budget.final_room())
     payload = {
         "images": delivery.images,
         "image_url": delivery.images[0],
@@ -103,9 +119,9 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
         "seeds": list(plan.seeds),
         "timings": dict(result.timings, **delivery.timings, total=ms_since(started)),
     }
-    warnings = list(plan.warnings) + list(delivery.warnings)
-    if warnings:
-        payload["warnings"] = warnings
+    warnings = [*plan.warnings, storage_warning, output_budget.warning(), *delivery.warnings]
+    if any(warnings):  # redacted: an S3 error must not carry the job's own credentials back
+        payload["warnings"] = [redact(warning, limit=None) for warning in warnings if warning]
     yield payload
 
 

@@ -7,6 +7,7 @@ summary instead of walls of base64.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 from pathlib import Path
@@ -20,11 +21,7 @@ def run_local(handler, argv: list[str]) -> int:
     job = json.loads(args.test_input) if args.test_input else json.loads(Path("test_input.json").read_text())
     job.setdefault("id", "local-test")
 
-    final = None
-    for update in handler(job):
-        if "preview" in update:
-            print(f"preview: {update.get('stage')} step {update.get('step')}/{update.get('total_steps')}")
-        final = update
+    final = asyncio.run(_last_output(handler, job))
     if final is None or "error" in final:
         print(f"error: {final.get('error') if final else 'the handler yielded nothing'}")
         return 1
@@ -43,3 +40,13 @@ def run_local(handler, argv: list[str]) -> int:
             print(f"image {index}: {image} (seed {seed})")
     print("timings (ms): " + ", ".join(f"{k} {v}" for k, v in final["timings"].items()))
     return 0
+
+
+async def _last_output(handler, job: dict) -> dict | None:
+    """Run the (async generator) handler to its end, printing a line per preview; its last output."""
+    final = None
+    async for update in handler(job):
+        if "preview" in update:
+            print(f"preview: {update.get('stage')} step {update.get('step')}/{update.get('total_steps')}")
+        final = update
+    return final

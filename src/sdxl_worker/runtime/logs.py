@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+from contextlib import contextmanager
 
 from sdxl_worker import config
 
@@ -45,11 +47,29 @@ def redact(text: str, limit: int | None = MAX_RECORD_CHARS) -> str:
     text = _USERINFO.sub(r"\1<redacted>@", text)
     text = _BEARER.sub(r"\1<redacted>", text)
     text = _AWS_KEY_ID.sub("<aws key id>", text)
-    for value in config.secret_values():
+    for value in [*config.secret_values(), *_job_secrets]:
         text = text.replace(value, "<redacted>")
     if limit is not None and len(text) > limit:
         text = text[:limit] + f"... ({len(text):,} characters)"
     return text
+
+
+_job_secrets: list[str] = []  # credentials a running job brought (its s3Config)
+_job_secrets_lock = threading.Lock()
+
+
+@contextmanager
+def hidden(*values: str):
+    """While the block runs, these values are redacted from every record, like secret env values."""
+    values = tuple(value for value in values if isinstance(value, str) and len(value) >= 4)
+    with _job_secrets_lock:
+        _job_secrets.extend(values)
+    try:
+        yield
+    finally:
+        with _job_secrets_lock:
+            for value in values:
+                _job_secrets.remove(value)
 
 
 def _base64_run(match: re.Match) -> str:

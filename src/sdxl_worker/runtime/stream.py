@@ -1,8 +1,10 @@
-"""Streaming a run: the pipelines denoise in a worker thread, the job's thread yields previews.
+"""Streaming a run: the pipelines denoise in the long-lived denoise thread, the job's thread yields previews.
 
 The denoising loop only hands each step over a queue (and, on a preview step, a copy of the
 first image's clean estimate); projecting, encoding and RunPod progress updates happen in the
-job's own thread, so the loop never waits for them.
+job's own thread, so the loop never waits for them. Each step first checks the job's ``Stop``
+(src/sdxl_worker/runtime/stopping.py): a stopped job ends within one step. Previews that would
+pass the job's output budget (src/sdxl_worker/delivery/size_guard.py) are dropped.
 """
 
 from __future__ import annotations
@@ -15,17 +17,21 @@ from contextlib import closing
 from typing import Callable, Generator
 
 from sdxl_worker.delivery.previews import preview_data_url
+from sdxl_worker.delivery.size_guard import OutputBudget
 from sdxl_worker.engine import generate, previews
 from sdxl_worker.runtime.logs import protect
 from sdxl_worker.engine.models import Models
 from sdxl_worker.request.types import Request
+from sdxl_worker.runtime.stopping import Stop
+from sdxl_worker.runtime.threads import DENOISE
 
 log = protect(logging.getLogger(__name__))
 
 
 def run_streamed(models: Models, job: dict, request: Request, plan, init_image, mask=None,
-                 on_progress: ProgressCallback | None = None) -> Generator[dict, None, object]:
-    """Run the plan in a worker thread; yield a preview dict after each preview step; return the result."""
+                 on_progress: ProgressCallback | None = None, stop: Stop | None = None,
+                 budget: OutputBudget | None = None) -> Generator[dict, None, object]:
+    """Run the plan in the denoise thread; yield a preview dict after each preview step; return the result."""
     steps = generate.count_steps(models, plan)
     total = sum(steps.values())
     first_step = {"base": 0, "refiner": steps.get("base", 0)}  # steps count across the job, base then refiner
@@ -37,11 +43,18 @@ def run_streamed(models: Models, job: dict, request: Request, plan, init_image, 
         return every > 0 and (number % every == 0 or number == total)
 
     def on_step(stage, step, kwargs):
-        # In the denoising loop: keep the first image's x0 on a preview step, nothing more.
+        # In the denoising loop: end a stopped job; keep the first image's x0 on a preview step, nothing more.
+        if stop is not None:
+            stop.check(f"at step {first_step[stage] + step} of {total}")
         x0 = kwargs.get("x0")
         return x0[0].detach().clone() if x0 is not None and wants_preview(stage, step) else None
 
-    events = _steps_in_thread(lambda callback: generate.run(models, plan, init_image, callback, mask=mask), on_step)
+    def denoise(callback):
+        if stop is not None:
+            stop.check(f"before its first step (of {total})")
+        return generate.run(models, plan, init_image, callback, mask=mask)
+
+    events = _steps_in_thread(denoise, on_step)
     with closing(events):
         while True:
             try:
@@ -57,7 +70,9 @@ def run_streamed(models: Models, job: dict, request: Request, plan, init_image, 
                 except Exception:  # a preview is a courtesy: losing one must not lose the image
                     log.exception("job %s: preview after step %d failed", job.get("id"), number)
                     continue
-                yield {"preview": url, "step": number, "total_steps": total, "stage": stage}
+                chunk = {"preview": url, "step": number, "total_steps": total, "stage": stage}
+                if budget is None or budget.admit(chunk):
+                    yield chunk
 
 
 def render_preview(latent, size: int, image_format: str = "jpeg", quality: int = 75, decoder=None) -> str:
@@ -70,27 +85,28 @@ class _Stopped(Exception):
 
 
 def _steps_in_thread(run, on_step) -> Generator[tuple, None, object]:
-    """Call ``run(callback)`` in a worker thread; yield (stage, step, on_step's value) per step; return its result.
+    """Call ``run(callback)`` in the denoise thread; yield (stage, step, on_step's value) per step; return its result.
 
-    The thread is always joined before this generator finishes, even when it is closed early
-    (the loop is then stopped at its next step), so no job leaves a thread behind.
+    The run is always over before this generator finishes, even when it is closed early (the
+    loop is then stopped at its next step), so no job's work outlives it.
     """
     events: queue.Queue = queue.Queue()
-    stop = threading.Event()
+    closed = threading.Event()
 
     def callback(stage, step, kwargs):
-        if stop.is_set():
+        if closed.is_set():
             raise _Stopped()
         events.put(("step", (stage, step, on_step(stage, step, kwargs))))
 
     def work():
         try:
+            if closed.is_set():  # given up while it waited for another job's run
+                raise _Stopped()
             events.put(("done", run(callback)))
         except BaseException as error:  # handed to the consumer, which raises it in the job's own thread
             events.put(("failed", error))
 
-    thread = threading.Thread(target=work, name="denoise", daemon=True)
-    thread.start()
+    finished = DENOISE.submit(work)
     try:
         while True:
             kind, value = events.get()
@@ -101,8 +117,8 @@ def _steps_in_thread(run, on_step) -> Generator[tuple, None, object]:
             else:
                 raise value
     finally:
-        stop.set()
-        thread.join()
+        closed.set()
+        finished.result()  # work() never raises: this only waits for the run to be over
 
 
 ProgressCallback = Callable[[dict, dict], None]  # (job, {"step", "total_steps", "stage"})

@@ -8,9 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
-from pathlib import Path
 
 import boto3
 import numpy as np
@@ -21,7 +19,7 @@ from sdxl_worker.request.types import Request
 from sdxl_worker.delivery.deliver import deliver
 from sdxl_worker.delivery.storage import Storage, StorageConfigError, config_from_env, storage_from_env
 from tests.helpers import ROOT, decode
-from tests.helpers import free_port
+from tests.helpers import free_port, moto_server
 
 ACCESS_KEY = "AKIATESTKEYID0000001"
 SECRET = "test-secret-do-not-log-9f3b2c"
@@ -30,24 +28,8 @@ BUCKETS = itertools.count()
 
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory):
-    port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"moto's server did not start: {Path(log.name).read_text()[-2000:]}")
-            time.sleep(0.2)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as url:
+        yield url
 
 
 def env_for(endpoint: str, bucket: str, **extra) -> dict:

@@ -18,7 +18,7 @@ from sdxl_worker.runtime.stream import Progress
 from sdxl_worker.engine.plan import make_plan
 from sdxl_worker.engine.schedulers import build_scheduler
 from sdxl_worker.request.samplers import SCHEDULERS
-from tests.helpers import decode, png_data_url
+from tests.helpers import collect, decode, png_data_url
 
 FAST = {"prompt": "a lighthouse at dusk", "num_inference_steps": 4, "refiner_inference_steps": 4, "strength": 0.5,
         "width": 256, "height": 256, "seed": 1}
@@ -211,24 +211,39 @@ def test_invalid_preview_inputs_are_named(run, inputs, field):
 # --- the worker thread, progress, TAESD ---
 
 
-def test_no_thread_outlives_its_job_even_when_the_stream_is_dropped(models):
+def denoising_threads(monkeypatch) -> list:
+    """The thread each run of the pipelines happens in, from now on."""
+    threads, real_run = [], generate.run
+
+    def run(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "run", run)
+    return threads
+
+
+def test_every_job_denoises_in_one_long_lived_thread_even_when_a_stream_is_dropped(models, monkeypatch):
+    threads = denoising_threads(monkeypatch)
+    list(run_job(models, {"id": "first", "input": FAST}))
     before = threading.active_count()
     job = run_job(models, {"id": "drop", "input": {**FAST, "preview_steps": 1, "num_inference_steps": 8}})
     assert "preview" in next(job)
-    job.close()  # the client went away: the loop stops at its next step and the thread is joined
-    assert not [t for t in threading.enumerate() if t.name == "denoise"]
+    job.close()  # the client went away: the loop stops at its next step, before close() returns
     list(run_job(models, {"id": "full", "input": {**FAST, "preview_steps": 2}}))
-    assert threading.active_count() == before
+    assert len(threads) == 3 and len(set(threads)) == 1 and threads[0].name.startswith("denoise")
+    assert threading.active_count() == before  # no thread started, none left behind
 
 
-def test_a_failure_inside_the_loop_is_one_error_and_joins_the_thread(models, monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("a bug in the loop, say")
-
-    monkeypatch.setattr(generate, "_generators", broken)
-    outputs = list(run_job(models, {"id": "broken", "input": {**FAST, "preview_steps": 1}}))
+def test_a_failure_inside_the_loop_is_one_error_and_the_thread_serves_the_next_job(models, monkeypatch):
+    threads = denoising_threads(monkeypatch)
+    with monkeypatch.context() as patch:
+        patch.setattr(generate, "_generators", lambda *args, **kwargs: (_ for _ in ()).throw(
+            RuntimeError("a bug in the loop, say")))
+        outputs = list(run_job(models, {"id": "broken", "input": {**FAST, "preview_steps": 1}}))
     assert len(outputs) == 1 and "internal error" in outputs[0]["error"]
-    assert not [t for t in threading.enumerate() if t.name == "denoise"]
+    assert "images" in list(run_job(models, {"id": "next", "input": FAST}))[-1]
+    assert len(set(threads)) == 1
 
 
 def test_progress_goes_to_runpod_only_on_runpod(models, monkeypatch):
@@ -240,12 +255,12 @@ def test_progress_goes_to_runpod_only_on_runpod(models, monkeypatch):
     monkeypatch.setattr(runpod.serverless, "progress_update", lambda job, progress: sent.append((job["id"], progress)))
     monkeypatch.delenv("RUNPOD_WEBHOOK_GET_JOB", raising=False)
     monkeypatch.delenv("RUNPOD_POD_ID", raising=False)
-    list(handler.runpod_config(models)["handler"]({"id": "local", "input": {**FAST, "preview_steps": 1,
-                                                                             "refine": "no_refiner"}}))
+    collect(handler.runpod_config(models)["handler"], {"id": "local", "input": {**FAST, "preview_steps": 1,
+                                                                                 "refine": "no_refiner"}})
     assert sent == []
     monkeypatch.setenv("RUNPOD_WEBHOOK_GET_JOB", "https://example.invalid/job-take/$ID")
     job = {"id": "on-runpod", "input": {**FAST, "refine": "no_refiner"}}  # previews off: progress still flows
-    list(handler.runpod_config(models)["handler"](job))
+    collect(handler.runpod_config(models)["handler"], job)
     assert sent and sent[0] == ("on-runpod", {"step": 1, "total_steps": 4, "stage": "base"})
     assert sent[-1] == ("on-runpod", {"step": 4, "total_steps": 4, "stage": "base"})
 

@@ -1,0 +1,51 @@
+"""The size guard: a job's whole output, previews and final payload together, fits RunPod's limits.
+
+With ``return_aggregate_stream`` every preview a job yields is also part of the result that
+``/runsync`` and ``/status`` return, so the previews and the final payload share one limit
+(INLINE_LIMIT_MB, default RunPod's 10 MB). Previews may fill at most half of it; once the next
+one would pass that, it and every later one are dropped, and the result says so once. The
+final payload gets what the previews left (src/sdxl_worker/delivery/deliver.py fits inline
+images into it). Each preview also stays under RunPod's 1 MB stream chunk
+(src/sdxl_worker/delivery/previews.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+PREVIEW_SHARE = 0.5  # of the job's output limit
+
+
+def chunk_bytes(chunk: dict) -> int:
+    """What one yielded chunk weighs in RunPod's JSON."""
+    return len(json.dumps(chunk, ensure_ascii=False))
+
+
+class OutputBudget:
+    """Counts the bytes a job has yielded; says which previews still fit and what is left for the final."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit = limit_bytes
+        self.spent = 0
+        self.dropped_from: int | None = None  # the first step whose preview was dropped
+
+    def admit(self, chunk: dict) -> bool:
+        """True when this preview chunk fits (and is counted); False drops it and every later one."""
+        size = chunk_bytes(chunk)
+        if self.dropped_from is None and self.spent + size <= self.limit * PREVIEW_SHARE:
+            self.spent += size
+            return True
+        if self.dropped_from is None:
+            self.dropped_from = chunk.get("step", 0)
+        return False
+
+    def final_room(self) -> int:
+        """The bytes left for the final payload."""
+        return self.limit - self.spent
+
+    def warning(self) -> str | None:
+        if self.dropped_from is None:
+            return None
+        return (f"Previews from step {self.dropped_from} on were dropped: with them the job's output would pass "
+                f"half of the {self.limit / 1_000_000:.1f} MB limit (INLINE_LIMIT_MB) that previews may use; "
+                f"ask for fewer previews ('preview_steps') or smaller ones ('preview_size').")

@@ -1,0 +1,131 @@
+"""Jobs for an asyncio loop (runpod's job loop): run in worker threads, awaited without blocking.
+
+``Runner.run(job)`` is an async generator. Each job runs ``run_job`` in a job thread (the
+pipelines in the denoise thread, src/sdxl_worker/runtime/threads.py) and hands each output to
+the loop, so while a job denoises the loop goes on taking stop signals, posting stream chunks
+and progress. The job's ``Stop`` is set when:
+
+- runpod cancels the job's task (a stop signal: the user's cancel, or the execution timeout);
+- the job runs past JOB_TIMEOUT_S;
+- the worker gets SIGTERM (``shut_down``): every running job is answered with an error saying
+  the worker is shutting down, then the process exits, within ``EXIT_WITHIN_S`` of the signal.
+
+Either way the denoising ends within one step and the job's memory is freed before the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from typing import AsyncIterator
+
+from sdxl_worker.runtime.job import run_job
+from sdxl_worker.runtime.logs import protect
+from sdxl_worker.runtime.stopping import CANCELLED, SHUTTING_DOWN, TIMED_OUT, Stop
+from sdxl_worker.runtime.stream import ProgressCallback
+from sdxl_worker.runtime.threads import LongLivedThreads
+
+log = protect(logging.getLogger(__name__))
+
+EXIT_WITHIN_S = 8.0  # after SIGTERM: time for running jobs to be answered (RunPod kills at 10 s or later)
+
+
+class Runner:
+    """Runs jobs on the loaded models, ``concurrency`` at a time, each stoppable."""
+
+    def __init__(self, models, storage=None, timeout_s: float | None = None, concurrency: int = 1,
+                 on_progress: ProgressCallback | None = None, exit_process=None):
+        self.models, self.storage, self.timeout_s = models, storage, timeout_s
+        self.on_progress = on_progress
+        self.threads = LongLivedThreads("job", concurrency)
+        self.running: dict[Stop, str] = {}  # the jobs whose answer is not yet sent: stop -> job id
+        self.shutting_down = False
+        self._exit_process = exit_process or _exit_process
+
+    async def run(self, job: dict) -> AsyncIterator[dict]:
+        """The job's outputs (previews, then the final payload or one error), as run_job yields them."""
+        loop = asyncio.get_running_loop()
+        stop = Stop(self.timeout_s)
+        if self.shutting_down:
+            stop.stop(SHUTTING_DOWN)
+        outputs: asyncio.Queue = asyncio.Queue()
+
+        def hand_over(item) -> None:
+            try:
+                loop.call_soon_threadsafe(outputs.put_nowait, item)
+            except RuntimeError:  # the loop is gone (the process is exiting): nobody waits for this job
+                pass
+
+        def work() -> None:
+            try:
+                for output in run_job(self.models, job, self.storage, self.on_progress, stop):
+                    hand_over(output)
+            finally:
+                hand_over(None)
+
+        self._track(stop, job)
+        self.threads.submit(work)
+        try:
+            while (output := await self._next(outputs, stop)) is not None:
+                yield output
+        finally:
+            # Cancelled (runpod's stop signal), closed early, or done: the job's thread stops at its next step.
+            stop.stop(CANCELLED)
+
+    async def _next(self, outputs: asyncio.Queue, stop: Stop):
+        """The next output; past the job's deadline, the job is told to stop and its answer awaited."""
+        if stop.deadline is None or stop.stopped:
+            return await outputs.get()
+        try:
+            return await asyncio.wait_for(outputs.get(), timeout=max(0.0, stop.deadline - stop.clock()))
+        except asyncio.TimeoutError:
+            stop.stop(TIMED_OUT)
+            return await outputs.get()
+
+    def _track(self, stop: Stop, job: dict) -> None:
+        """Count the job as running until its task is done: for runpod, that is once its answer is sent.
+        A task cancelled while runpod posts a chunk never resumes this generator: its end stops the job too."""
+        self.running[stop] = str(job.get("id", "local"))
+
+        def done(_task) -> None:
+            stop.stop(CANCELLED)
+            self.running.pop(stop, None)
+
+        asyncio.current_task().add_done_callback(done)
+
+    def shut_down(self) -> None:
+        """SIGTERM: stop every running job (each answers that the worker is shutting down), take no new
+        one, and exit the process once they are answered, or after EXIT_WITHIN_S at the latest."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        log.warning("SIGTERM: stopping %d running job(s), then exiting", len(self.running))
+        for stop in list(self.running):
+            stop.stop(SHUTTING_DOWN)
+        threading.Thread(target=self._exit_when_answered, name="shutdown", daemon=True).start()
+
+    def _exit_when_answered(self) -> None:
+        give_up_at = time.monotonic() + EXIT_WITHIN_S
+        while self.running and time.monotonic() < give_up_at:
+            time.sleep(0.05)
+        if self.running:
+            log.warning("exiting with %d job(s) unanswered: %s", len(self.running), ", ".join(self.running.values()))
+        else:
+            log.info("every job answered; exiting")
+        self._exit_process()
+
+
+def _exit_process() -> None:
+    """Exit now: runpod's loop would otherwise wait out its stop-channel long poll (up to 90 s).
+    Its heartbeat process is ended first, so no orphan keeps pinging."""
+    for child in multiprocessing.active_children():
+        child.terminate()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -1,0 +1,175 @@
+"""The worker as RunPod runs it: `python handler.py` under runpod-python's job loop, against a
+loopback queue that speaks RunPod's protocol (tests/runpod_queue.py), on the tiny model.
+
+One worker serves the tests in order; the last one ends it with SIGTERM.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import boto3
+import pytest
+
+from tests.helpers import FAST, ROOT, decode, moto_server
+from tests.runpod_queue import API_KEY, RunPodQueue
+
+SMALL = {**FAST, "refine": "no_refiner"}
+LONG = {"prompt": "a long walk", "width": 1024, "height": 1024, "num_inference_steps": 150,
+        "refine": "no_refiner", "seed": 3}  # about 30 s on 2 CPU cores
+OUTPUT_LIMIT_MB = 2  # the worker's INLINE_LIMIT_MB here: small enough for the size guard to act
+SECRET = "per-job-secret-do-not-log-7c1d"
+ACCESS_ID = "AKIAPERJOBTEST000001"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    """A queue, and `python handler.py` taking jobs from it; yields (queue, process, log path)."""
+    rp_queue = RunPodQueue()
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = dict(os.environ, **rp_queue.env(), BASE_MODEL="tiny", REFINER_MODEL="tiny", PYTHONUNBUFFERED="1",
+               INLINE_LIMIT_MB=str(OUTPUT_LIMIT_MB), RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true")  # no 8.8.8.8 here
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "handler.py"], cwd=ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        yield rp_queue, process, log_path
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+        rp_queue.close()
+
+
+def answer(rp_queue, job_id, timeout=180):
+    """The job's last output as RunPod aggregates it, and the whole aggregated body."""
+    body = rp_queue.result(job_id, timeout).body
+    if "error" in body:
+        return body, body
+    return body["output"][-1], body
+
+
+def small_job_seconds(rp_queue, job_id) -> float:
+    """Submit the small job; seconds from now until its answer arrived."""
+    submitted = time.monotonic()
+    rp_queue.submit(job_id, SMALL)
+    done = rp_queue.result(job_id, 180)
+    assert "error" not in done.body, done.body
+    return done.at - submitted
+
+
+def test_a_job_is_answered_with_images(worker):
+    rp_queue, process, log_path = worker
+    rp_queue.submit("job-first", {**FAST, "preview_steps": 2})
+    final, body = answer(rp_queue, "job-first", timeout=240)  # the first one waits for start-up
+    assert decode(final["images"][0]).size == (256, 256)
+    assert final["seed"] == 1
+    streamed = rp_queue.records("stream", "job-first")
+    total = streamed[0].body["output"]["total_steps"]
+    assert [chunk.body["output"]["step"] for chunk in streamed[:-1]] == list(range(2, total + 1, 2))  # in order
+    assert streamed[-1].body["output"]["images"] == final["images"]
+    assert rp_queue.unauthorised == 0
+    assert "fitness check" in log_path.read_text().lower()  # runpod ran the worker's fitness checks
+
+
+def test_a_bad_job_is_answered_with_an_error_naming_the_field(worker):
+    rp_queue, _, _ = worker
+    rp_queue.submit("job-bad", {"prompt": "a", "width": 100})
+    body, _ = answer(rp_queue, "job-bad")
+    assert "width" in body["error"] and "multiple of 8" in body["error"]
+    assert small_job_seconds(rp_queue, "job-after-bad") < 60  # and the worker goes on
+
+
+def test_progress_and_pings_arrive_during_a_long_job(worker):
+    rp_queue, _, _ = worker
+    rp_queue.submit("job-progress", {**LONG, "width": 512, "height": 512, "num_inference_steps": 90})
+    done = rp_queue.result("job-progress", 180)
+    started = rp_queue.taken["job-progress"]
+    progress = [p for p in rp_queue.progress("job-progress") if started < p.at < done.at]
+    pings = [p for p in rp_queue.pings_for("job-progress") if started < p.at < done.at]
+    assert len(progress) >= 2, "progress reports flow while the job denoises"
+    assert progress[-1].body["output"]["step"] > progress[0].body["output"]["step"]
+    assert len(pings) >= 2, "runpod's heartbeat names the job while it runs"
+
+
+def test_a_stop_signal_frees_the_worker_within_a_step(worker):
+    rp_queue, _, log_path = worker
+    alone = small_job_seconds(rp_queue, "job-small-alone")
+    rp_queue.submit("job-long-stopped", LONG)
+    rp_queue.wait_for(lambda: rp_queue.progress("job-long-stopped"), 120, "no progress for the long job")
+    stopped_at = time.monotonic()
+    rp_queue.stop("job-long-stopped")
+    rp_queue.submit("job-small-after-stop", SMALL)
+    after = rp_queue.result("job-small-after-stop", 180).at - stopped_at
+    print(f"small job alone {alone:.2f} s; stop signal to the next small job's answer {after:.2f} s")
+    assert after < alone + 4, f"the stopped job kept the worker busy ({after:.1f} s against {alone:.1f} s alone)"
+    assert not [p for p in rp_queue.records("done", "job-long-stopped") if "error" in p.body or "output" in p.body
+                and p.body.get("status") != "IN_PROGRESS"], "a cancelled job gets no result"
+    log = log_path.read_text()
+    assert "job job-long-stopped stopped (cancelled)" in log
+    step = int(log.split("job job-long-stopped stopped (cancelled): The job was cancelled at step ")[1].split()[0])
+    assert step < 150
+
+
+def test_a_job_with_s3config_lands_in_its_bucket(worker, s3):
+    rp_queue, _, log_path = worker
+    client = boto3.client("s3", endpoint_url=s3, aws_access_key_id=ACCESS_ID, aws_secret_access_key=SECRET,
+                          region_name="us-east-1")
+    client.create_bucket(Bucket="per-job")
+    s3_config = {"accessId": ACCESS_ID, "accessSecret": SECRET, "bucketName": "per-job", "endpointUrl": s3}
+    rp_queue.submit("job-s3", SMALL, s3Config=s3_config)
+    final, body = answer(rp_queue, "job-s3")
+    url = final["images"][0]
+    assert url.startswith(s3 + "/per-job/job-s3/0.png?")
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert response.headers["Content-Type"] == "image/png"
+        assert len(response.read()) > 1000
+    assert [item["Key"] for item in client.list_objects_v2(Bucket="per-job")["Contents"]] == ["job-s3/0.png"]
+    assert SECRET not in json.dumps(body) and SECRET not in log_path.read_text()
+
+    # A per-job bucket that cannot be reached: the images come back inline, with a warning.
+    rp_queue.submit("job-s3-down", SMALL, s3Config={**s3_config, "endpointUrl": "http://127.0.0.1:9"})
+    final, body = answer(rp_queue, "job-s3-down")
+    assert final["images"][0].startswith("data:image/png;base64,")
+    assert any("could not be uploaded" in warning for warning in final["warnings"])
+    assert SECRET not in json.dumps(body) and SECRET not in log_path.read_text()
+
+
+def test_a_preview_heavy_job_stays_under_the_output_limit(worker):
+    rp_queue, _, _ = worker
+    job = {**SMALL, "width": 512, "height": 512, "num_inference_steps": 40, "preview_steps": 1,
+           "preview_size": 512, "preview_quality": 95}
+    rp_queue.submit("job-previews", job)
+    done = rp_queue.result("job-previews", 180)
+    final = done.body["output"][-1]
+    previews = done.body["output"][:-1]
+    assert done.size <= OUTPUT_LIMIT_MB * 1_000_000, f"aggregated output {done.size:,} bytes"
+    assert 0 < len(previews) < 40, "later previews were dropped"
+    assert sum("were dropped" in warning for warning in final["warnings"]) == 1
+    assert decode(final["images"][0]).size == (512, 512)
+    assert max(chunk.size for chunk in rp_queue.records("stream", "job-previews")[:-1]) < 1_000_000
+
+
+def test_sigterm_during_a_job_answers_it_and_exits_within_10_s(worker):
+    rp_queue, process, log_path = worker
+    rp_queue.submit("job-at-sigterm", LONG)
+    rp_queue.wait_for(lambda: rp_queue.progress("job-at-sigterm"), 120, "no progress for the long job")
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=30)
+    exited = time.monotonic() - sent
+    print(f"SIGTERM to exit: {exited:.2f} s")
+    assert exited < 10, f"the worker took {exited:.1f} s to exit after SIGTERM"
+    assert code == 0
+    body, _ = answer(rp_queue, "job-at-sigterm", timeout=1)
+    assert "shutting down" in body["error"] and "send it again" in body["error"]
