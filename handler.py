@@ -18,7 +18,8 @@ from sdxl_worker.runtime import startup
 
 def main() -> None:
     worker = startup.start()
-    config = runpod_config(worker.models, worker.storage, timeout_s=worker.settings.jobs.timeout_s)
+    jobs = worker.settings.jobs
+    config = runpod_config(worker.models, worker.storage, timeout_s=jobs.timeout_s, concurrency=jobs.concurrency)
     if _serving():
         import runpod
 

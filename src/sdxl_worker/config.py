@@ -290,6 +290,7 @@ _variable("INLINE_LIMIT_MB", "jobs", "10", "MB",
           "a job's whole output, previews and final payload together (RunPod's /run limit)")
 _variable("JOB_TIMEOUT_S", "jobs", "unset (no limit of the worker's own)", "seconds, 1-86400",
           "a job running longer is stopped within one step and answered with an error")
+_variable("CONCURRENCY", "jobs", "1", "1-4", "jobs in flight at once on RunPod; the pipelines still run one at a time")
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,7 @@ class JobSettings:
     max_job_work: float = 6000.0
     inline_limit_mb: float = 10.0
     timeout_s: float | None = None  # None: only the platform's execution timeout
+    concurrency: int = 1  # docs/runpod.md: 2 overlaps one job's delivery with the next one's denoising
 
 
 def _jobs(read: _Reader) -> JobSettings:
@@ -306,6 +308,7 @@ def _jobs(read: _Reader) -> JobSettings:
         max_job_work=read.number("MAX_JOB_WORK", 6000.0, 1e-9, 1e12),
         inline_limit_mb=read.number("INLINE_LIMIT_MB", 10.0, 0.001, 1e6),
         timeout_s=read.number("JOB_TIMEOUT_S", 0, 1, 86400) or None,
+        concurrency=int(read.number("CONCURRENCY", 1, 1, 4, integer=True)),
     )
 
 

@@ -218,3 +218,27 @@ def test_the_cache_evicts_the_least_recently_used_first(tmp_path):
     removed = loras.evict(tmp_path, cap_bytes=0, keep=tmp_path / "middle.safetensors")
     assert [file.name for file in removed] == ["new.safetensors"]
     assert [file.name for file in tmp_path.iterdir()] == ["middle.safetensors"]
+
+
+def test_two_jobs_in_flight_each_get_only_their_own_lora(models, server, baseline):
+    """CONCURRENCY=2: one job's LoRA layers must never be on while the other job denoises."""
+    import asyncio
+
+    from sdxl_worker.runtime.job import run_job
+    from sdxl_worker.runtime.serve import Runner
+
+    fox = {"path": f"{server}/fox.safetensors", "scale": 1.0}
+    alone = _pixels(list(run_job(models, {"id": "fox-alone", "input": dict(FAST, loras=[fox])})))
+    runner = Runner(models, concurrency=2)
+
+    async def both():
+        async def outputs(job):
+            return [output async for output in runner.run(job)]
+        return await asyncio.gather(*(outputs({"id": f"{name}-{round_}", "input": job})
+                                      for round_ in range(2)
+                                      for name, job in (("fox", dict(FAST, loras=[fox])), ("plain", FAST))))
+
+    results = asyncio.run(both())
+    for index, outputs in enumerate(results):
+        expected = alone if index % 2 == 0 else baseline
+        assert _pixels(outputs).tolist() == expected.tolist()

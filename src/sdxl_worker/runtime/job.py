@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 import traceback
 from dataclasses import asdict
@@ -40,6 +41,10 @@ from sdxl_worker.runtime.stopping import JobStopped, Stop
 from sdxl_worker.runtime.stream import ProgressCallback, run_streamed
 
 log = protect(logging.getLogger(__name__))  # no payloads or secrets in the log
+
+# With CONCURRENCY above 1 two jobs run at once, but one at a time holds the models: its LoRA
+# layers on, its run in the denoise thread. The other's downloads and delivery overlap that.
+_models_in_use = threading.Lock()
 
 
 def run_job(models: Models, job: dict, storage: Storage | None = None,
@@ -84,6 +89,7 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
          on_progress: ProgressCallback | None, stop: Stop) -> Iterator[dict]:
     job_id = str(job.get("id", "local"))[:100]
     started = time.perf_counter()
+    stop.check("before it started")  # taken after SIGTERM: not started at all
     request = Request.from_input(raw_input)
     storage, storage_warning = job_storage(job.get("s3Config"), storage)
     check(request, has_refiner=models.has_refiner, has_storage=storage is not None)
@@ -107,7 +113,8 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
             budget.check(plan, steps, width, height, plan.guidance_scale)
     mask = load_mask(request.mask, "mask", init_image.size) if request.mask is not None else None
     output_budget = OutputBudget(inline_limit_bytes())  # previews and the final payload together
-    with lora_layers.applied(models, local_loras(request.loras)):
+    loras = local_loras(request.loras)
+    with _models_in_use, lora_layers.applied(models, loras):
         stop.check("before its first step")
         result = yield from run_streamed(models, job, request, plan, init_image, mask, on_progress, stop, output_budget)
     stop.check("after its last step, before delivery")

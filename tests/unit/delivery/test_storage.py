@@ -101,6 +101,41 @@ def test_a_whole_job_returns_presigned_urls(s3_endpoint, bucket, models):
     assert np.array_equal(np.asarray(decode(inline["images"][1])), np.asarray(decode_url(result["images"][1])))
 
 
+def test_a_jobs_s3config_sends_its_images_to_its_own_bucket(s3_endpoint, bucket, models, caplog):
+    from sdxl_worker.runtime.job import run_job
+
+    caplog.set_level(logging.DEBUG)
+    worker_bucket, client = bucket
+    client.create_bucket(Bucket="someone-elses")
+    worker_storage = storage_from_env(env_for(s3_endpoint, worker_bucket))
+    s3_config = {"accessId": ACCESS_KEY, "accessSecret": SECRET, "bucketName": "someone-elses",
+                 "endpointUrl": s3_endpoint}
+    job = {"id": "per-job", "s3Config": s3_config, "input": {"prompt": "a fox", "width": 256, "height": 256,
+                                                             "num_inference_steps": 2, "refine": "no_refiner"}}
+    for storage in (worker_storage, None):  # with or without storage of the worker's own
+        [result] = list(run_job(models, job, storage))
+        assert "/someone-elses/per-job/0.png?" in result["images"][0] and "warnings" not in result
+        assert decode_url(result["images"][0]).size == (256, 256)
+    assert "Contents" not in client.list_objects_v2(Bucket=worker_bucket)
+    assert SECRET not in caplog.text and SECRET not in repr(result)
+
+
+@pytest.mark.parametrize("s3_config, problem", [
+    ({"accessId": "a", "accessSecret": SECRET, "bucketName": "b"}, "endpointUrl missing"),
+    ({"accessId": "a", "accessSecret": SECRET, "bucketName": "b", "endpointUrl": "ftp://x"}, "http(s) URL"),
+    ("a string", "must be an object"),
+])
+def test_an_unusable_s3config_falls_back_with_a_warning(models, s3_config, problem):
+    from sdxl_worker.runtime.job import run_job
+
+    job = {"id": "bad-s3", "s3Config": s3_config, "input": {"prompt": "a", "width": 256, "height": 256,
+                                                            "num_inference_steps": 2, "refine": "no_refiner"}}
+    [result] = list(run_job(models, job))
+    assert result["images"][0].startswith("data:image/png;base64,")
+    [warning] = result["warnings"]
+    assert problem in warning and "are returned inline" in warning and SECRET not in warning
+
+
 def decode_url(url: str) -> Image.Image:
     return Image.open(io.BytesIO(fetch(url)[0]))
 

@@ -1,0 +1,118 @@
+"""The async side of a job (runtime/serve.py): cancel, JOB_TIMEOUT_S and SIGTERM end it within a step."""
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+import handler
+from sdxl_worker.engine import generate
+from sdxl_worker.runtime.serve import Runner
+from sdxl_worker.runtime.stopping import SHUTTING_DOWN, TIMED_OUT, JobStopped, Stop
+from tests.helpers import FAST
+
+LONG = {**FAST, "refine": "no_refiner", "num_inference_steps": 200, "width": 768, "height": 768}
+
+
+def steps_seen(monkeypatch) -> list:
+    """The base steps the pipelines run from now on (the UNet's calls, counted in the step callback)."""
+    seen, real = [], generate._callback
+
+    def counting(on_step, stage, scheduler):
+        def counted(stage_, step, kwargs):
+            seen.append(step)
+            if on_step is not None:
+                on_step(stage_, step, kwargs)
+        return real(counted, stage, scheduler)
+
+    monkeypatch.setattr(generate, "_callback", counting)
+    return seen
+
+
+async def until(condition, timeout: float = 60) -> None:
+    give_up = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < give_up, "waited in vain"
+        await asyncio.sleep(0.01)
+
+
+async def outputs_of(runner: Runner, job: dict) -> list:
+    return [output async for output in runner.run(job)]
+
+
+def test_a_cancelled_task_stops_the_denoising_within_a_step(models, monkeypatch):
+    seen = steps_seen(monkeypatch)
+    runner = Runner(models)
+
+    async def scenario():
+        task = asyncio.create_task(outputs_of(runner, {"id": "cancel-me", "input": LONG}))
+        await until(lambda: len(seen) >= 2)  # the loop is free while the job denoises
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        stopped_at = len(seen)
+        return stopped_at, await outputs_of(runner, {"id": "next", "input": {**FAST, "refine": "no_refiner"}})
+
+    stopped_at, after = asyncio.run(scenario())
+    assert "images" in after[-1], "the next job runs at once"
+    assert stopped_at < 10 and len(seen) - 4 <= stopped_at + 1  # the next job's 4 steps, and at most one more
+
+
+def test_job_timeout_ends_a_long_job_with_an_error_naming_the_limit(models):
+    runner = Runner(models, timeout_s=1.0)
+    started = time.monotonic()
+    outputs = asyncio.run(outputs_of(runner, {"id": "slow", "input": LONG}))
+    assert time.monotonic() - started < 15
+    assert len(outputs) == 1
+    message = outputs[0]["error"]
+    assert "JOB_TIMEOUT_S=1 s" in message and "stopped at step" in message and "of 200" in message
+    assert "images" in asyncio.run(outputs_of(runner, {"id": "quick", "input": FAST}))[-1]
+
+
+@pytest.fixture
+def runpods_sigterm_handler():
+    """A stand-in for the SIGTERM handler runpod's JobScaler installs; the real one is restored after."""
+    calls, original = [], signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda number, frame: calls.append(number))
+    yield calls
+    signal.signal(signal.SIGTERM, original)
+
+
+def test_sigterm_answers_running_jobs_then_exits(models, runpods_sigterm_handler):
+    exits = []
+    runner = Runner(models, exit_process=lambda: exits.append(time.monotonic()))
+    handler._stop_jobs_on_sigterm(runner)  # what the concurrency_modifier does once runpod's loop runs
+    handler._stop_jobs_on_sigterm(runner)  # once only: runpod calls the modifier before every job take
+
+    async def scenario():
+        task = asyncio.create_task(outputs_of(runner, {"id": "at-sigterm", "input": LONG}))
+        await until(lambda: runner.running)
+        await asyncio.sleep(0.5)  # denoising by now
+        os.kill(os.getpid(), signal.SIGTERM)
+        signalled = time.monotonic()
+        outputs = await task
+        late = await outputs_of(runner, {"id": "too-late", "input": FAST})
+        return signalled, outputs, late
+
+    signalled, outputs, late = asyncio.run(scenario())
+    assert runpods_sigterm_handler == [signal.SIGTERM], "runpod's own handler still runs: it stops taking jobs"
+    assert len(outputs) == 1 and "shutting down" in outputs[0]["error"] and "at step" in outputs[0]["error"]
+    assert len(late) == 1 and "shutting down" in late[0]["error"]  # a job taken after SIGTERM is not started
+    deadline = time.monotonic() + 5
+    while not exits and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(exits) == 1 and exits[0] - signalled < 8
+
+
+def test_stop_reports_the_first_reason_and_how_far_the_job_got():
+    now = [0.0]
+    stop = Stop(timeout_s=5, clock=lambda: now[0])
+    stop.check("at step 1 of 9")
+    now[0] = 6
+    with pytest.raises(JobStopped) as stopped:
+        stop.check("at step 3 of 9")
+    stop.stop(SHUTTING_DOWN)
+    assert stopped.value.reason == TIMED_OUT and stop.reason == TIMED_OUT
+    assert str(stopped.value).startswith("The job ran longer than JOB_TIMEOUT_S=5 s and was stopped at step 3 of 9")
