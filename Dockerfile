@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # SDXL worker for RunPod: CUDA base, Python, torch with CUDA, the requirements and the fp16 weights.
 #
 #   docker build -t you/sdxl-worker:1.0 .
@@ -31,17 +32,23 @@ RUN uv venv --python 3.12 /opt/venv \
     && uv pip install huggingface_hub==2.4.0 hf_xet==1.8.0
 
 # The weights, fetched at build time: exactly the files the worker loads (builder/).
-# Model ids are build args with the same names as the run-time variables.
+# Model ids are build args with the same names as the run-time variables. A checkpoint from a
+# model site: BASE_MODEL_URL, with BASE_MODEL the .safetensors path it goes to; a site's token
+# comes as the build secret model_token, never stored in a layer (docs/checkpoints.md).
 ARG BASE_MODEL=stabilityai/stable-diffusion-xl-base-1.0
 ARG REFINER_MODEL=stabilityai/stable-diffusion-xl-refiner-1.0
 ARG VAE_MODEL=madebyollin/sdxl-vae-fp16-fix
 ARG TAESD_MODEL=madebyollin/taesdxl
+ARG BASE_MODEL_URL=""
+ARG CHECKPOINT_CONFIG=stabilityai/stable-diffusion-xl-base-1.0
 WORKDIR /app
 COPY builder/ builder/
 # The builder reads the model ids as the worker does, through its configuration module
 # (standard library only, so it runs before anything else is installed).
 COPY src/sdxl_worker/__init__.py src/sdxl_worker/config.py src/sdxl_worker/errors.py src/sdxl_worker/
-RUN PYTHONPATH=src python builder/download_weights.py
+RUN --mount=type=secret,id=model_token,required=false \
+    PYTHONPATH=src python builder/download_checkpoint.py \
+    && PYTHONPATH=src python builder/download_weights.py
 
 # The libraries. OpenCV (pulled in by invisible-watermark) is swapped for its headless build,
 # which needs no X11/OpenGL system libraries.
@@ -52,6 +59,7 @@ RUN uv pip install -r requirements.txt \
 
 # Run time is offline: everything the worker loads is in the image.
 ENV BASE_MODEL=${BASE_MODEL} \
+    CHECKPOINT_CONFIG=${CHECKPOINT_CONFIG} \
     REFINER_MODEL=${REFINER_MODEL} \
     VAE_MODEL=${VAE_MODEL} \
     TAESD_MODEL=${TAESD_MODEL} \

@@ -5,7 +5,9 @@
     python builder/download_weights.py --dry-run --listings tests/fixtures/hub   ... from stored listings
 
 The models come from the same variables the worker reads at run time (Docker build args in the
-image): BASE_MODEL, REFINER_MODEL, VAE_MODEL and TAESD_MODEL. Of each repository it takes the
+image): BASE_MODEL, REFINER_MODEL, VAE_MODEL and TAESD_MODEL. A BASE_MODEL (or REFINER_MODEL) that
+is a single `.safetensors` file (builder/download_checkpoint.py bakes one from BASE_MODEL_URL)
+needs only the configs and tokenizers of CHECKPOINT_CONFIG (REFINER_CHECKPOINT_CONFIG): no weights. Of each repository it takes the
 configs, the tokenizers and one copy of the weights: the fp16 safetensors where the repository has
 them, else its plain safetensors. Never the fp32 duplicates, flax, ONNX or OpenVINO copies, nor
 single-file checkpoints (the base repository is over 70 GB with them; the worker loads 11.5 GB),
@@ -50,14 +52,24 @@ class Wanted:
     variable: str
     repo: str
     skip: tuple[str, ...] = ()
+    configs_only: bool = False  # a single-file checkpoint's component configs: no weights
+
+
+def _single_file(name: str | None) -> bool:
+    return bool(name) and name.lower().endswith(".safetensors")
 
 
 def wanted_from_env(env=None) -> list[Wanted]:
     """The repositories to bake, as the worker will load them: the build arguments read by the
     worker's own configuration (sdxl_worker.config), so `none`/`off` mean the same in both."""
     settings = config.image_models(env)
-    wanted = [Wanted("BASE_MODEL", settings.base, ("vae",) if settings.vae else ())]
-    if settings.refiner:
+    if _single_file(settings.base):  # baked by builder/download_checkpoint.py, or on a volume
+        wanted = [Wanted("CHECKPOINT_CONFIG", settings.checkpoint_config, configs_only=True)]
+    else:
+        wanted = [Wanted("BASE_MODEL", settings.base, ("vae",) if settings.vae else ())]
+    if _single_file(settings.refiner):
+        wanted.append(Wanted("REFINER_CHECKPOINT_CONFIG", settings.refiner_checkpoint_config, configs_only=True))
+    elif settings.refiner:
         wanted.append(Wanted("REFINER_MODEL", settings.refiner, ("text_encoder_2", "vae")))
     if settings.vae:
         wanted.append(Wanted("VAE_MODEL", settings.vae))
@@ -102,13 +114,14 @@ class NothingToLoad(ValueError):
 
 
 def files_to_fetch(
-    listing: list[str], components: list[str] | None = None, variant: str = VARIANT, skip=()
+    listing: list[str], components: list[str] | None = None, variant: str = VARIANT, skip=(), weights: bool = True
 ) -> list[str]:
     """The files of one repository that the worker loads.
 
     listing: every file path in the repository. components: the pipeline's component folders
     (pipeline_components of its model_index.json), or None for a single model (a VAE) whose
     config.json and weights sit at the top. skip: components the worker passes in from elsewhere.
+    weights: False for the configs and tokenizers alone (what a single-file checkpoint needs).
     """
     if components is None:
         top = [f for f in listing if "/" not in f]
@@ -122,11 +135,11 @@ def files_to_fetch(
         if component in skip:
             continue
         inside = [f for f in listing if f.startswith(component + "/") and f.count("/") == 1]
-        settings, weights = _settings(inside), _weights(inside, variant)
+        settings, chosen_weights = _settings(inside), _weights(inside, variant)
         has_weights = any(f.endswith((".safetensors", ".bin", ".msgpack", ".onnx")) for f in inside)
-        if has_weights and not weights:
+        if weights and has_weights and not chosen_weights:
             raise NothingToLoad(f"component {component!r} has no safetensors weights")
-        chosen += settings + weights
+        chosen += settings + (chosen_weights if weights else [])
     return sorted(chosen)
 
 
@@ -162,7 +175,7 @@ def plan(wanted: list[Wanted], listings: Path | None = None) -> list[tuple[Wante
         listing, index = _stored_listing(listings, item.repo) if listings else _hub_listing(item.repo)
         components = pipeline_components(index) if index is not None else None
         try:
-            files = files_to_fetch(listing, components, VARIANT, item.skip)
+            files = files_to_fetch(listing, components, VARIANT, item.skip, weights=not item.configs_only)
         except NothingToLoad as error:
             raise SystemExit(f"{item.variable}={item.repo}: {error}") from None
         planned.append((item, files))
@@ -184,7 +197,8 @@ def main(argv=None) -> int:
 
     planned = plan(wanted_from_env(), args.listings)
     for item, files in planned:
-        print(f"{item.variable}={item.repo}: {len(files)} files" + (f" (not {', '.join(item.skip)})" if item.skip else ""))
+        note = " (configs only)" if item.configs_only else (f" (not {', '.join(item.skip)})" if item.skip else "")
+        print(f"{item.variable}={item.repo}: {len(files)} files{note}")
         for name in files:
             print(f"  {name}")
     if args.dry_run:

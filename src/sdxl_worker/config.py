@@ -29,6 +29,7 @@ YES, NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 # Two warm-up shapes: the default one compiles static kernels for it, and a second, different
 # size and batch makes dynamo compile shape-generic kernels, so other sizes do not recompile.
 DEFAULT_WARMUP_SIZES = "1024x1024:1,768x1344:2"
+RUNPOD_MODEL_CACHE = "/runpod-volume/huggingface-cache/hub"  # where RunPod's model caching puts hub repos
 MAX_URL_LIFETIME_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
 STORAGE_REQUIRED = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
 _SECRET_NAMES = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
@@ -136,10 +137,17 @@ def parse_sizes(text: str) -> tuple:
 
 # --- the parts ---
 
-_variable("BASE_MODEL", "models", DEFAULT_BASE, "hub id, folder (diffusers layout) or `tiny`",
+_variable("BASE_MODEL", "models", DEFAULT_BASE, "hub id, folder (diffusers layout), a `.safetensors` file, or `tiny`",
           "the SDXL checkpoint; `tiny` is the built-in random-weight test model")
-_variable("REFINER_MODEL", "models", DEFAULT_REFINER, "hub id, folder, `tiny`, or `none`/`off`",
+_variable("REFINER_MODEL", "models", DEFAULT_REFINER, "hub id, folder, a `.safetensors` file, `tiny`, or `none`/`off`",
           "the refiner; off: no refiner")
+_variable("CHECKPOINT_CONFIG", "models", f"{DEFAULT_BASE} and {DEFAULT_REFINER} (baked in the image)",
+          "hub id or folder of the base (the refiner's: `REFINER_CHECKPOINT_CONFIG`), or `tiny`",
+          "where a single-file checkpoint's component configs come from, never the network")
+_variable("REFINER_CHECKPOINT_CONFIG", "models", f"{DEFAULT_REFINER}, or `tiny` with CHECKPOINT_CONFIG=tiny",
+          "hub id or folder", "the same for a single-file refiner")
+_variable("RUNPOD_MODEL_CACHE", "models", RUNPOD_MODEL_CACHE, "a folder (a Hugging Face hub cache)",
+          "RunPod's cached models: hub ids resolve there first, offline, when it exists")
 _variable("VAE_MODEL", "models", f"{DEFAULT_VAE} (`base` with BASE_MODEL=tiny)", "hub id, folder, or `base`/`none`",
           "an SDXL VAE; `base`: the checkpoint's own")
 _variable("TAESD_MODEL", "models", f"unset ({DEFAULT_TAESD} in the Docker image)", "hub id, folder, or `none`",
@@ -162,11 +170,15 @@ class ModelSettings:
     dtype: str | None = None  # None: fp16 on CUDA, fp32 on CPU
     taesd: str | None = None  # None: linear previews
     tiny_dir: Path | None = None  # None: ~/.cache/sdxl-worker
+    checkpoint_config: str = DEFAULT_BASE  # a single-file base's component configs
+    refiner_checkpoint_config: str = DEFAULT_REFINER  # a single-file refiner's
+    runpod_cache: Path = Path(RUNPOD_MODEL_CACHE)  # RunPod's cached models, when the folder exists
 
 
 def _models(read: _Reader) -> ModelSettings:
     base = read.text("BASE_MODEL", DEFAULT_BASE)
     vae = read.model("VAE_MODEL", "base" if base == "tiny" else DEFAULT_VAE)
+    checkpoint_config = read.text("CHECKPOINT_CONFIG", DEFAULT_BASE)
     return ModelSettings(
         base=base,
         refiner=read.model("REFINER_MODEL", DEFAULT_REFINER),
@@ -176,6 +188,10 @@ def _models(read: _Reader) -> ModelSettings:
         dtype=read.choice("DTYPE", "", ("", "float16", "bfloat16", "float32")) or None,
         taesd=read.model("TAESD_MODEL", None),
         tiny_dir=Path(read.text("TINY_MODEL_DIR")) if read.text("TINY_MODEL_DIR") else None,
+        checkpoint_config=checkpoint_config,
+        refiner_checkpoint_config=read.text("REFINER_CHECKPOINT_CONFIG",
+                                            "tiny" if checkpoint_config == "tiny" else DEFAULT_REFINER),
+        runpod_cache=Path(read.text("RUNPOD_MODEL_CACHE", RUNPOD_MODEL_CACHE)),
     )
 
 
@@ -384,6 +400,25 @@ def unused_storage_variables(env: Mapping[str, str] | None = None) -> list[str]:
     if any(read.raw(name) for name in STORAGE_REQUIRED):
         return []
     return sorted(name for name in read.env if name.startswith("BUCKET_") and read.raw(name))
+
+
+_variable("BASE_MODEL_URL", "build", "unset", "an http(s) URL",
+          "build time: a single-file checkpoint to download to BASE_MODEL's path (docs/checkpoints.md)")
+_variable("MODEL_TOKEN", "build", "unset", "text", "build time, outside Docker: the site's token (in Docker: the "
+          "build secret `model_token`)")
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What only the image builder reads."""
+
+    base_model_url: str | None = None
+    model_token: str | None = field(default=None, repr=False)
+
+
+def build(env: Mapping[str, str] | None = None) -> BuildSettings:
+    read = _reader(env)
+    return BuildSettings(base_model_url=read.text("BASE_MODEL_URL"), model_token=read.text("MODEL_TOKEN"))
 
 
 _variable("LOG_LEVEL", "runtime", "INFO", "DEBUG, INFO, WARNING, ERROR", "the worker's log level")

@@ -166,3 +166,74 @@ def test_help_names_the_variables():
         [sys.executable, "builder/download_weights.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert "--dry-run" in done.stdout and "TAESD_MODEL" in done.stdout
+
+
+# --- a checkpoint from a model site: builder/download_checkpoint.py ---
+
+
+def test_a_single_file_base_bakes_only_the_configs_it_needs():
+    planned = _planned({"BASE_MODEL": "/models/checkpoints/base.safetensors"})
+    assert "BASE_MODEL" not in planned  # the file itself comes from BASE_MODEL_URL or a volume
+    configs = planned["CHECKPOINT_CONFIG"]
+    assert not [name for name in configs if name.endswith(".safetensors")]
+    assert {"model_index.json", "unet/config.json", "vae/config.json", "text_encoder_2/config.json",
+            "tokenizer/vocab.json", "scheduler/scheduler_config.json"} <= set(configs)
+    assert any(name.endswith(".safetensors") for name in planned["REFINER_MODEL"])  # the refiner as before
+
+
+def _checkpoint_site(tmp_path, data: bytes, secret: str = "site-token-abc123"):
+    """A download link that answers only with the right bearer token."""
+    from sdxl_worker.testing.servers import Server
+
+    def answer(handler):
+        if handler.headers.get("Authorization") != f"Bearer {secret}":
+            handler.send_error(401)
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    return Server({"/api/download/models/1": answer})
+
+
+def test_base_model_url_is_baked_with_the_token_from_the_build_secret(tmp_path, capsys, monkeypatch):
+    from builder import download_checkpoint
+    from sdxl_worker.engine.tiny import ensure_tiny_model
+    from sdxl_worker.testing.checkpoints import write_single_file
+
+    data = write_single_file(ensure_tiny_model() / "base", tmp_path / "source.safetensors").read_bytes()
+    secret = tmp_path / "model_token"
+    secret.write_text("site-token-abc123\n")
+    target = tmp_path / "models" / "checkpoints" / "base.safetensors"
+    with _checkpoint_site(tmp_path, data) as site:
+        env = {"BASE_MODEL_URL": site.url("/api/download/models/1"), "BASE_MODEL": str(target)}
+        with pytest.raises(download_checkpoint.CheckpointError, match="HTTP 401 .*build secret model_token"):
+            download_checkpoint.main(env)  # no token
+        assert not target.exists()
+        monkeypatch.setattr(download_checkpoint, "SECRET_FILE", secret)  # where docker mounts it: /run/secrets/
+        assert download_checkpoint.main(env) == 0
+    assert target.read_bytes() == data
+    assert "site-token-abc123" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("data, refusal", [
+    (b"PK\x03\x04 a torch zip checkpoint", "pickle checkpoint"),
+    (b"\x80\x02}q\x00 an old pickle", "pickle checkpoint"),
+    (b"<html>Please log in</html>", "not a safetensors file"),
+])
+def test_a_download_that_is_not_safetensors_is_refused_and_left_out(tmp_path, data, refusal):
+    from builder import download_checkpoint
+
+    target = tmp_path / "base.safetensors"
+    with _checkpoint_site(tmp_path, data) as site:
+        with pytest.raises(download_checkpoint.CheckpointError, match=refusal):
+            download_checkpoint.download(site.url("/api/download/models/1"), target, "site-token-abc123")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_base_model_url_needs_a_safetensors_target(tmp_path):
+    from builder import download_checkpoint
+
+    with pytest.raises(download_checkpoint.CheckpointError, match="ending in .safetensors"):
+        download_checkpoint.download("http://127.0.0.1:9/x", tmp_path / "model.ckpt")

@@ -135,14 +135,56 @@ def loaded_bytes(models: Models) -> int:
 
 
 def _hub_snapshot(name: str) -> Path | None:
-    """The cached snapshot folder of a hub id, found without importing huggingface_hub."""
+    """The cached snapshot folder of a hub id, found without importing huggingface_hub: RunPod's
+    model cache first (RUNPOD_MODEL_CACHE, when the folder exists), then the Hugging Face cache."""
     if name.count("/") != 1 or Path(name).exists():
         return None
-    repo = config.hub_cache() / ("models--" + name.replace("/", "--"))
-    try:
-        return repo / "snapshots" / (repo / "refs" / "main").read_text().strip()
-    except OSError:
+    for cache in (config.current("models").runpod_cache, config.hub_cache()):
+        repo = cache / ("models--" + name.replace("/", "--"))
+        try:
+            return repo / "snapshots" / (repo / "refs" / "main").read_text().strip()
+        except OSError:
+            snapshots = sorted(repo.glob("snapshots/*/model_index.json")) if repo.is_dir() else []
+            if snapshots:  # no refs/main: the newest snapshot holding a whole pipeline
+                return max(snapshots, key=lambda index: index.stat().st_mtime).parent
+    return None
+
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
+
+
+def single_file(name: str | None, variable: str) -> Path | None:
+    """The checkpoint file when ``name`` is one (``.safetensors``); ModelUnavailable for a pickle one."""
+    if not name:
         return None
+    path = Path(name)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelUnavailable(
+            f"{variable}={name!r} is a pickle checkpoint ({path.suffix}), which can run code when it is loaded; "
+            f"the worker loads only .safetensors files: download the checkpoint's .safetensors version."
+        )
+    if path.suffix.lower() != ".safetensors":
+        return None
+    if not path.is_file():
+        raise ModelUnavailable(f"{variable}={name!r}: no such file; check the path (a network volume is "
+                               f"mounted at /runpod-volume).")
+    return path
+
+
+def _from_single_file(pipeline_cls, path: Path, config_name: str, variable: str, dtype, device: str | None,
+                      **components):
+    """A pipeline from one original-layout checkpoint, the other files (configs, tokenizers,
+    scheduler) from ``config_name``'s local folder: nothing is fetched."""
+    try:
+        pipe = pipeline_cls.from_single_file(str(path), config=config_name, local_files_only=True,
+                                             torch_dtype=dtype, add_watermarker=False, **components)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelUnavailable(
+            f"Could not load {variable}={str(path)!r} as a single-file SDXL checkpoint with the configs of "
+            f"{config_name!r}: {str(error).splitlines()[0].rstrip('.')}. Check that it is an SDXL checkpoint "
+            f"and that CHECKPOINT_CONFIG names a baked SDXL model folder."
+        ) from None
+    return pipe.to(device) if device and device != "cpu" else pipe  # loaded on the CPU
 
 
 def weight_files(settings: Settings) -> list[Path]:
@@ -154,6 +196,8 @@ def weight_files(settings: Settings) -> list[Path]:
         return Path(name) if Path(name).exists() else _hub_snapshot(name)
 
     def weights(where: Path | None, subfolder: str = "") -> list[Path]:
+        if where is not None and where.is_file():  # a single-file checkpoint: everything in one
+            return [where] if subfolder in ("", "unet") else []
         if where is None or not (where / subfolder).is_dir():
             return []
         found = sorted((where / subfolder).glob("*.safetensors"))
@@ -237,31 +281,48 @@ def load_models(settings: Settings | None = None) -> Models:
     everything_started = time.perf_counter()
 
     # 1. Base: each weight-bearing component on its own, so the log can say what each cost.
-    base_name = _resolve(settings.base, "base")
+    vae = None
     if settings.vae:
         vae = loader.component("vae", lib.AutoencoderKL, _resolve(settings.vae, "vae"), "VAE_MODEL")
+    base_file = single_file(settings.base, "BASE_MODEL")
+    if base_file is not None:
+        started = time.perf_counter()
+        base = _from_single_file(lib.StableDiffusionXLPipeline, base_file, _resolve(settings.checkpoint_config, "base"),
+                                 "BASE_MODEL", dtype, loader.device_map, **({"vae": vae} if vae else {}))
+        loader.report["checkpoint"] = (sum(model_bytes(getattr(base, part)) for part in
+                                           ("unet", "text_encoder", "text_encoder_2")) + model_bytes(base.vae),
+                                       time.perf_counter() - started)
     else:
-        vae = loader.component("vae", lib.AutoencoderKL, base_name, "BASE_MODEL", "vae")
-    text_encoder = loader.component("text_encoder", lib.CLIPTextModel, base_name, "BASE_MODEL", "text_encoder")
-    text_encoder_2 = loader.component(
-        "text_encoder_2", lib.CLIPTextModelWithProjection, base_name, "BASE_MODEL", "text_encoder_2"
-    )
-    unet = loader.component("unet", lib.UNet2DConditionModel, base_name, "BASE_MODEL", "unet")
-    # Tokenizers and the scheduler are all that is left to read.
-    base = _load(
-        lib.StableDiffusionXLPipeline,
-        base_name,
-        "BASE_MODEL",
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        unet=unet,
-        add_watermarker=False,
-    )
+        base_name = _resolve(settings.base, "base")
+        if vae is None:
+            vae = loader.component("vae", lib.AutoencoderKL, base_name, "BASE_MODEL", "vae")
+        text_encoder = loader.component("text_encoder", lib.CLIPTextModel, base_name, "BASE_MODEL", "text_encoder")
+        text_encoder_2 = loader.component(
+            "text_encoder_2", lib.CLIPTextModelWithProjection, base_name, "BASE_MODEL", "text_encoder_2"
+        )
+        unet = loader.component("unet", lib.UNet2DConditionModel, base_name, "BASE_MODEL", "unet")
+        # Tokenizers and the scheduler are all that is left to read.
+        base = _load(
+            lib.StableDiffusionXLPipeline,
+            base_name,
+            "BASE_MODEL",
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            unet=unet,
+            add_watermarker=False,
+        )
 
     # 2. Refiner: its own UNet; text_encoder_2 and the VAE are the base's (one copy in memory).
     refiner = None
-    if settings.refiner:
+    refiner_file = single_file(settings.refiner, "REFINER_MODEL")
+    if refiner_file is not None:
+        started = time.perf_counter()
+        refiner = _from_single_file(lib.StableDiffusionXLImg2ImgPipeline, refiner_file,
+                                    _resolve(settings.refiner_checkpoint_config, "refiner"), "REFINER_MODEL", dtype,
+                                    loader.device_map, text_encoder_2=base.text_encoder_2, vae=base.vae)
+        loader.report["refiner unet"] = (model_bytes(refiner.unet), time.perf_counter() - started)
+    elif settings.refiner:
         refiner_name = _resolve(settings.refiner, "refiner")
         refiner_unet = loader.component(
             "refiner unet", lib.UNet2DConditionModel, refiner_name, "REFINER_MODEL", "unet"

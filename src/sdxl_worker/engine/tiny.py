@@ -13,11 +13,13 @@ import tempfile
 from pathlib import Path
 
 # Bump when the architecture below changes, so stale caches are rebuilt.
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 SEED = 20240723
 
-TEXT_WIDTH = 32  # hidden size of both tiny text encoders
-POOLED_WIDTH = 32  # projection size of text_encoder_2 (pooled prompt embedding)
+# Two widths, as in SDXL (768 and 1280): diffusers' single-file loader tells the encoders apart by them.
+TEXT_WIDTH = 32  # hidden size of text_encoder (CLIP ViT-L in SDXL)
+TEXT_WIDTH_2 = 48  # hidden size of text_encoder_2 (OpenCLIP ViT-bigG in SDXL)
+POOLED_WIDTH = 48  # projection size of text_encoder_2 (pooled prompt embedding)
 TIME_EMBED = 8  # SDXL's addition_time_embed_dim, shrunk
 
 
@@ -64,12 +66,12 @@ def tokenizer():
     return CLIPTokenizer(vocab=_byte_vocabulary(), merges=[], model_max_length=77)
 
 
-def _text_config(vocab: dict[str, int]):
+def _text_config(vocab: dict[str, int], width: int):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=len(vocab),
-        hidden_size=TEXT_WIDTH,
+        hidden_size=width,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -145,14 +147,14 @@ def _build(folder: Path) -> None:
 
     vocab = _byte_vocabulary()
     torch.manual_seed(SEED)
-    text_encoder = CLIPTextModel(_text_config(vocab))
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(vocab))
+    text_encoder = CLIPTextModel(_text_config(vocab, TEXT_WIDTH))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(vocab, TEXT_WIDTH_2))
     tokenizer_1, tokenizer_2 = tokenizer(), tokenizer()
     vae = _vae()
     # Base: both encoders' hidden states concatenated; time ids = size, crop, target size.
-    base_unet = _unet(cross_attention_dim=2 * TEXT_WIDTH, time_ids=6)
+    base_unet = _unet(cross_attention_dim=TEXT_WIDTH + TEXT_WIDTH_2, time_ids=6)
     # Refiner: text_encoder_2 only; time ids = size, crop, aesthetic score.
-    refiner_unet = _unet(cross_attention_dim=TEXT_WIDTH, time_ids=5)
+    refiner_unet = _unet(cross_attention_dim=TEXT_WIDTH_2, time_ids=5)
 
     StableDiffusionXLPipeline(
         vae=vae,
