@@ -41,11 +41,14 @@ ARG VAE_MODEL=madebyollin/sdxl-vae-fp16-fix
 ARG TAESD_MODEL=madebyollin/taesdxl
 ARG BASE_MODEL_URL=""
 ARG CHECKPOINT_CONFIG=stabilityai/stable-diffusion-xl-base-1.0
+# Fast presets whose weights to bake (lightning-4,lcm-4,... or all); docs/checkpoints.md.
+ARG PRESETS=""
 WORKDIR /app
 COPY builder/ builder/
 # The builder reads the model ids as the worker does, through its configuration module
 # (standard library only, so it runs before anything else is installed).
 COPY src/sdxl_worker/__init__.py src/sdxl_worker/config.py src/sdxl_worker/errors.py src/sdxl_worker/
+COPY src/sdxl_worker/request/__init__.py src/sdxl_worker/request/presets.py src/sdxl_worker/request/
 RUN --mount=type=secret,id=model_token,required=false \
     PYTHONPATH=src python builder/download_checkpoint.py \
     && PYTHONPATH=src python builder/download_weights.py

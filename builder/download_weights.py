@@ -5,7 +5,8 @@
     python builder/download_weights.py --dry-run --listings tests/fixtures/hub   ... from stored listings
 
 The models come from the same variables the worker reads at run time (Docker build args in the
-image): BASE_MODEL, REFINER_MODEL, VAE_MODEL and TAESD_MODEL. A BASE_MODEL (or REFINER_MODEL) that
+image): BASE_MODEL, REFINER_MODEL, VAE_MODEL and TAESD_MODEL; PRESETS adds the weights of those fast
+presets (sdxl_worker.request.presets). A BASE_MODEL (or REFINER_MODEL) that
 is a single `.safetensors` file (builder/download_checkpoint.py bakes one from BASE_MODEL_URL)
 needs only the configs and tokenizers of CHECKPOINT_CONFIG (REFINER_CHECKPOINT_CONFIG): no weights. Of each repository it takes the
 configs, the tokenizers and one copy of the weights: the fp16 safetensors where the repository has
@@ -182,6 +183,20 @@ def plan(wanted: list[Wanted], listings: Path | None = None) -> list[tuple[Wante
     return planned
 
 
+def preset_downloads(names: tuple[str, ...]) -> list[tuple[str, str, list[str]]]:
+    """(preset, repository, file patterns) for the fast presets PRESETS names (``all``: every one).
+    A LoRA preset needs its one file; a UNet preset its UNet's config and fp16 weights."""
+    from sdxl_worker.request.presets import PRESETS
+
+    names = tuple(PRESETS) if "all" in names else names
+    unknown = [name for name in names if name not in PRESETS]
+    if unknown:
+        raise SystemExit(f"PRESETS={','.join(names)}: {unknown[0]!r} is not a preset; use {', '.join(PRESETS)} or all.")
+    return [(name, PRESETS[name].repo,
+             [PRESETS[name].file] if PRESETS[name].file else ["unet/config.json", f"unet/*.{VARIANT}.safetensors"])
+            for name in names]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description="Download the weights the worker loads (fp16 safetensors, configs, tokenizers) "
@@ -196,11 +211,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     planned = plan(wanted_from_env(), args.listings)
+    presets = preset_downloads(config.build().presets)
     for item, files in planned:
         note = " (configs only)" if item.configs_only else (f" (not {', '.join(item.skip)})" if item.skip else "")
         print(f"{item.variable}={item.repo}: {len(files)} files{note}")
         for name in files:
             print(f"  {name}")
+    for name, repo, patterns in presets:
+        print(f"PRESETS {name}={repo}: {', '.join(patterns)}")
     if args.dry_run:
         return 0
 
@@ -210,6 +228,8 @@ def main(argv=None) -> int:
         # Exact paths as patterns: nothing else in the repository matches them.
         path = snapshot_download(item.repo, allow_patterns=files)
         print(f"{item.variable}: {path}", flush=True)
+    for name, repo, patterns in presets:
+        print(f"PRESETS {name}: {snapshot_download(repo, allow_patterns=patterns)}", flush=True)
     return 0
 
 

@@ -30,6 +30,7 @@ YES, NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 # size and batch makes dynamo compile shape-generic kernels, so other sizes do not recompile.
 DEFAULT_WARMUP_SIZES = "1024x1024:1,768x1344:2"
 RUNPOD_MODEL_CACHE = "/runpod-volume/huggingface-cache/hub"  # where RunPod's model caching puts hub repos
+DEFAULT_MODEL_NAME = "default"  # the one checkpoint's name when BASE_MODELS is unset
 MAX_URL_LIFETIME_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
 STORAGE_REQUIRED = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
 _SECRET_NAMES = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
@@ -139,6 +140,11 @@ def parse_sizes(text: str) -> tuple:
 
 _variable("BASE_MODEL", "models", DEFAULT_BASE, "hub id, folder (diffusers layout), a `.safetensors` file, or `tiny`",
           "the SDXL checkpoint; `tiny` is the built-in random-weight test model")
+_variable("BASE_MODELS", "models", "unset (BASE_MODEL alone, named `default`)",
+          "`name=source,...`, each source as BASE_MODEL takes it",
+          "the checkpoints a job may pick with `model`; the first is the default and is loaded at start")
+_variable("MODELS_KEPT", "models", "1", "1-8", "how many of BASE_MODELS stay loaded; the least recently used is "
+          "evicted and its memory freed")
 _variable("REFINER_MODEL", "models", DEFAULT_REFINER, "hub id, folder, a `.safetensors` file, `tiny`, or `none`/`off`",
           "the refiner; off: no refiner")
 _variable("CHECKPOINT_CONFIG", "models", f"{DEFAULT_BASE} and {DEFAULT_REFINER} (baked in the image)",
@@ -173,10 +179,13 @@ class ModelSettings:
     checkpoint_config: str = DEFAULT_BASE  # a single-file base's component configs
     refiner_checkpoint_config: str = DEFAULT_REFINER  # a single-file refiner's
     runpod_cache: Path = Path(RUNPOD_MODEL_CACHE)  # RunPod's cached models, when the folder exists
+    choices: tuple[tuple[str, str], ...] = ((DEFAULT_MODEL_NAME, DEFAULT_BASE),)  # BASE_MODELS: (name, source)
+    kept: int = 1  # MODELS_KEPT: how many of them stay loaded
 
 
 def _models(read: _Reader) -> ModelSettings:
-    base = read.text("BASE_MODEL", DEFAULT_BASE)
+    choices = _model_choices(read) or ((DEFAULT_MODEL_NAME, read.text("BASE_MODEL", DEFAULT_BASE)),)
+    base = choices[0][1]
     vae = read.model("VAE_MODEL", "base" if base == "tiny" else DEFAULT_VAE)
     checkpoint_config = read.text("CHECKPOINT_CONFIG", DEFAULT_BASE)
     return ModelSettings(
@@ -192,7 +201,26 @@ def _models(read: _Reader) -> ModelSettings:
         refiner_checkpoint_config=read.text("REFINER_CHECKPOINT_CONFIG",
                                             "tiny" if checkpoint_config == "tiny" else DEFAULT_REFINER),
         runpod_cache=Path(read.text("RUNPOD_MODEL_CACHE", RUNPOD_MODEL_CACHE)),
+        choices=choices,
+        kept=int(read.number("MODELS_KEPT", 1, 1, 8, integer=True)),
     )
+
+
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
+
+
+def _model_choices(read: _Reader) -> tuple[tuple[str, str], ...]:
+    """BASE_MODELS: ``name=source`` pairs, comma-separated, names unique; () when unset."""
+    text, choices = read.raw("BASE_MODELS"), {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, source = (half.strip() for half in item.partition("="))
+        if not MODEL_NAME.fullmatch(name) or not source:
+            raise ConfigError(f"BASE_MODELS entry {item[:60]!r} is not name=source with a name of lowercase "
+                              f"letters, digits, '.', '_' or '-' (e.g. juggernaut=/runpod-volume/juggernaut.safetensors).")
+        if name in choices:
+            raise ConfigError(f"BASE_MODELS names {name!r} twice; give each checkpoint its own name.")
+        choices[name] = source
+    return tuple(choices.items())
 
 
 _variable("CHANNELS_LAST", "speed", "auto (on with CUDA)", "auto, 1, 0", "channels-last memory format for UNets and VAE")
@@ -404,6 +432,8 @@ def unused_storage_variables(env: Mapping[str, str] | None = None) -> list[str]:
 
 _variable("BASE_MODEL_URL", "build", "unset", "an http(s) URL",
           "build time: a single-file checkpoint to download to BASE_MODEL's path (docs/checkpoints.md)")
+_variable("PRESETS", "build", "unset (none)", "preset names, comma-separated, or `all`",
+          "build time: bake the weights of these fast presets (docs/checkpoints.md#fast-presets)")
 _variable("MODEL_TOKEN", "build", "unset", "text", "build time, outside Docker: the site's token (in Docker: the "
           "build secret `model_token`)")
 
@@ -413,12 +443,16 @@ class BuildSettings:
     """What only the image builder reads."""
 
     base_model_url: str | None = None
+    presets: tuple[str, ...] = ()  # PRESETS: the fast presets whose weights to bake, or ("all",)
     model_token: str | None = field(default=None, repr=False)
 
 
 def build(env: Mapping[str, str] | None = None) -> BuildSettings:
     read = _reader(env)
-    return BuildSettings(base_model_url=read.text("BASE_MODEL_URL"), model_token=read.text("MODEL_TOKEN"))
+    # Names only: the builder checks them against the preset table (sdxl_worker.request.presets).
+    asked = tuple(dict.fromkeys(name.strip().lower() for name in read.raw("PRESETS").split(",") if name.strip()))
+    return BuildSettings(base_model_url=read.text("BASE_MODEL_URL"), presets=asked,
+                         model_token=read.text("MODEL_TOKEN"))
 
 
 _variable("LOG_LEVEL", "runtime", "INFO", "DEBUG, INFO, WARNING, ERROR", "the worker's log level")

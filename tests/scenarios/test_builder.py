@@ -1,5 +1,7 @@
 """builder/download_weights.py: which files the image bakes, checked against the real repos' listings."""
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -237,3 +239,37 @@ def test_base_model_url_needs_a_safetensors_target(tmp_path):
 
     with pytest.raises(download_checkpoint.CheckpointError, match="ending in .safetensors"):
         download_checkpoint.download("http://127.0.0.1:9/x", tmp_path / "model.ckpt")
+
+
+# --- the fast presets' weights: PRESETS ---
+
+
+def test_presets_bake_their_lora_file_or_unet_and_unknown_names_are_refused():
+    from builder.download_weights import preset_downloads
+    from sdxl_worker.request.presets import PRESETS
+
+    assert preset_downloads(("lightning-4", "turbo-1")) == [
+        ("lightning-4", "ByteDance/SDXL-Lightning", ["sdxl_lightning_4step_lora.safetensors"]),
+        ("turbo-1", "stabilityai/sdxl-turbo", ["unet/config.json", "unet/*.fp16.safetensors"])]
+    assert [name for name, _, _ in preset_downloads(("all",))] == list(PRESETS)
+    with pytest.raises(SystemExit, match="'lightning-2' is not a preset; use lightning-4"):
+        preset_downloads(("lightning-2",))
+
+
+def test_the_builder_runs_on_what_the_dockerfile_copies_before_it(tmp_path):
+    """Before the libraries are installed, the builder has only the files the Dockerfile copies for it."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    before = dockerfile[:dockerfile.index("builder/download_weights.py")]
+    for sources, target in re.findall(r"^COPY (?!--from)(.+) (\S+)$", before, flags=re.M):
+        for source in sources.split():
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, tmp_path / target, dirs_exist_ok=True)
+            else:
+                (tmp_path / target).mkdir(parents=True, exist_ok=True)
+                shutil.copy(ROOT / source, tmp_path / target)
+    shutil.copytree(LISTINGS, tmp_path / "listings")
+    command = [sys.executable, "-S", "builder/download_weights.py", "--dry-run", "--listings", "listings"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "src", "PRESETS": "lightning-8,lcm-4"})
+    assert "PRESETS lightning-8=ByteDance/SDXL-Lightning: sdxl_lightning_8step_lora.safetensors" in done.stdout
+    assert "PRESETS lcm-4=latent-consistency/lcm-lora-sdxl" in done.stdout

@@ -77,3 +77,93 @@ def test_hub_ids_resolve_in_runpods_model_cache_first(models, tmp_path, monkeypa
     job = {"id": "cached", "input": {**FAST, "refine": "no_refiner"}}
     assert list(run_job(cached, job))[-1]["images"] == list(run_job(models, job))[-1]["images"]
     assert str(weight_files(Settings(base="someone/tiny-sdxl", refiner=None, vae=None))[0]).startswith(str(repo))
+
+
+# --- several models: BASE_MODELS, a job's 'model', MODELS_KEPT ---
+
+
+@pytest.fixture(scope="module")
+def other_checkpoint(tmp_path_factory, single_files):
+    """A second tiny checkpoint: the tiny base with its UNet changed (text encoders and VAE the same),
+    as a diffusers folder; and the first one as a single file, for a mixed BASE_MODELS."""
+    from diffusers import UNet2DConditionModel
+
+    folder = tmp_path_factory.mktemp("other") / "other-base"
+    shutil.copytree(ensure_tiny_model() / "base", folder)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for parameter in unet.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    unet.save_pretrained(folder / "unet")
+    return folder
+
+
+def _choices(single_files, other_checkpoint, kept: int) -> Settings:
+    return Settings(base=str(single_files[0]), refiner="tiny", vae=None, device="cpu", checkpoint_config="tiny",
+                    choices=(("first", str(single_files[0])), ("second", str(other_checkpoint))), kept=kept)
+
+
+def _image(models, **inputs) -> dict:
+    return list(run_job(models, {"id": "choice", "input": {**FAST, **inputs}}))[-1]
+
+
+def test_each_model_gives_its_own_image_and_the_evicted_one_is_freed(models, single_files, other_checkpoint):
+    import weakref
+
+    worker = load_models(_choices(single_files, other_checkpoint, kept=1))
+    first = _image(worker)
+    assert "model_switch" not in first["timings"]
+    assert first["images"] == _image(models)["images"]  # the single-file tiny base: the tiny model's image
+    evicted = weakref.ref(worker.base.unet)
+    second = _image(worker, model="second", preview_steps=2)
+    assert second["timings"]["model_switch"] >= 0 and second["images"] != first["images"]
+    assert evicted() is None and worker.kept == {}  # MODELS_KEPT=1: the first is gone, memory and all
+    alone = load_models(Settings(base=str(other_checkpoint), refiner="tiny", vae=None, device="cpu"))
+    assert second["images"] == _image(alone)["images"]  # the same pixels as a worker serving it alone
+    back = _image(worker, model="first")
+    assert back["images"] == first["images"] and "model_switch" in back["timings"]
+
+
+def test_kept_models_switch_back_without_loading_and_share_identical_weights(single_files, other_checkpoint, tmp_path,
+                                                                           monkeypatch):
+    from sdxl_worker.testing.loras import tiny_lora
+
+    monkeypatch.setenv("LORA_DIR", str(tmp_path))
+    worker = load_models(_choices(single_files, other_checkpoint, kept=2))
+    first_unet = worker.base.unet
+    lora = tmp_path / "fox.safetensors"
+    lora.write_bytes(tiny_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1))
+    plain = _image(worker, model="second")
+    with_lora = _image(worker, model="second", loras=[{"path": str(lora)}])
+    assert with_lora["images"] != plain["images"] and "refiner" in with_lora["timings"]
+    kept = worker.kept["first"].base
+    # Only the UNet differs between the two: the text encoders and the VAE are loaded once.
+    assert worker.base.text_encoder is kept.text_encoder and worker.base.vae is kept.vae
+    assert worker.base.unet is not kept.unet
+    assert worker.refiner.text_encoder_2 is worker.base.text_encoder_2
+    _image(worker, model="first")
+    assert worker.base.unet is first_unet  # put back, not loaded again
+    assert _image(worker, model="second")["images"] == plain["images"]
+
+
+def test_a_model_not_served_is_refused_naming_the_choices(single_files, other_checkpoint, models):
+    worker = load_models(_choices(single_files, other_checkpoint, kept=1))
+    refused = _image(worker, model="juggernaut")
+    assert refused["error"].startswith("'model' is 'juggernaut', which this worker does not serve; use one of "
+                                       "first, second")
+    assert "default" in _image(models, model="other")["error"]  # without BASE_MODELS, one model: 'default'
+
+
+def test_a_checkpoint_that_fails_to_load_fails_its_job_and_the_worker_keeps_serving(single_files, tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    settings = Settings(base="tiny", refiner="tiny", vae=None, device="cpu",
+                        choices=(("first", "tiny"), ("broken", str(broken))), kept=1)
+    worker = load_models(settings)
+    before = _image(worker)
+    assert _image(worker, model="broken")["error"].startswith("'model' 'broken' could not be loaded on this worker")
+    assert _image(worker)["images"] == before["images"] and worker.name == "first"
+    with pytest.raises(ModelUnavailable, match=r"BASE_MODELS gone='/nowhere/gone.safetensors': no such file"):
+        load_models(Settings(base="tiny", refiner=None, vae=None, device="cpu",
+                             choices=(("first", "tiny"), ("gone", "/nowhere/gone.safetensors"))))

@@ -49,12 +49,24 @@ def test_the_builder_and_the_worker_share_the_default_model_ids():
     ("WARMUP_SIZES", "big", "not a list of sizes"),
     ("LOG_LEVEL", "loud", "not one of debug, info"),
     ("BUCKET_NAME", "renders", "half configured"),
+    ("BASE_MODELS", "Juggernaut=/m/j.safetensors", "not name=source"),
+    ("BASE_MODELS", "a=tiny,a=/m/b.safetensors", "names 'a' twice"),
+    ("MODELS_KEPT", "0", "not a whole number from 1 to 8"),
 ])
 def test_a_bad_value_is_one_sentence_naming_the_variable(name, value, words):
     with pytest.raises(config.ConfigError) as refused:
         config.load({name: value})
     message = str(refused.value)
     assert name in message and words in message and message.endswith(".")
+
+
+def test_base_models_name_the_checkpoints_and_the_first_is_the_one_loaded():
+    settings = config.models({"BASE_MODELS": " jugg = /runpod-volume/j.safetensors, sdxl=stabilityai/sdxl ",
+                              "BASE_MODEL": "ignored", "MODELS_KEPT": "2"})
+    assert settings.choices == (("jugg", "/runpod-volume/j.safetensors"), ("sdxl", "stabilityai/sdxl"))
+    assert settings.base == "/runpod-volume/j.safetensors" and settings.kept == 2
+    assert config.models({"BASE_MODEL": "tiny"}).choices == ((config.DEFAULT_MODEL_NAME, "tiny"),)
+    assert config.build({"PRESETS": "Lightning-4, lcm-4,lightning-4"}).presets == ("lightning-4", "lcm-4")
 
 
 def test_the_worker_stops_at_start_up_on_a_bad_value(tmp_path):

@@ -53,7 +53,11 @@ def _default_device() -> str:
 
 @dataclass
 class Models:
-    """The loaded pipelines. One job at a time uses them (RunPod runs one job per worker)."""
+    """The loaded pipelines. One job at a time uses them (RunPod runs one job per worker).
+
+    base, img2img and inpaint are the checkpoint in use (``name``); sdxl_worker.engine.switch
+    swaps them for another of BASE_MODELS, keeping MODELS_KEPT of them loaded.
+    """
 
     base: object  # StableDiffusionXLPipeline
     img2img: object  # StableDiffusionXLImg2ImgPipeline on the base's components
@@ -66,6 +70,10 @@ class Models:
     refiner_inpaint: object | None = None  # the same on the refiner's: refining keeps to the mask
     preview_decoder: object | None = None  # TAESDXL (AutoencoderTiny) when TAESD_MODEL loads, else None
     speedups: object | None = None  # the sdxl_worker.engine.speed.Speedups applied at loading
+    name: str = config.DEFAULT_MODEL_NAME  # which of BASE_MODELS the base pipelines are
+    settings: Settings | None = None  # what was loaded: where the other BASE_MODELS come from
+    kept: dict = field(default_factory=dict)  # name -> sdxl_worker.engine.switch.Checkpoint, not in use
+    preset_unets: dict = field(default_factory=dict)  # preset name -> its UNet for this checkpoint
 
     @property
     def has_refiner(self) -> bool:
@@ -275,6 +283,7 @@ def load_models(settings: Settings | None = None) -> Models:
     if settings.device is None:
         settings = replace(settings, device=_default_device())
     _quiet_libraries()
+    _check_choices(settings)
     on_gpu = settings.device.startswith("cuda")
     dtype = torch_dtype(settings)
     loader = _Loader(dtype, None if settings.cpu_offload and on_gpu else settings.device)
@@ -284,34 +293,7 @@ def load_models(settings: Settings | None = None) -> Models:
     vae = None
     if settings.vae:
         vae = loader.component("vae", lib.AutoencoderKL, _resolve(settings.vae, "vae"), "VAE_MODEL")
-    base_file = single_file(settings.base, "BASE_MODEL")
-    if base_file is not None:
-        started = time.perf_counter()
-        base = _from_single_file(lib.StableDiffusionXLPipeline, base_file, _resolve(settings.checkpoint_config, "base"),
-                                 "BASE_MODEL", dtype, loader.device_map, **({"vae": vae} if vae else {}))
-        loader.report["checkpoint"] = (sum(model_bytes(getattr(base, part)) for part in
-                                           ("unet", "text_encoder", "text_encoder_2")) + model_bytes(base.vae),
-                                       time.perf_counter() - started)
-    else:
-        base_name = _resolve(settings.base, "base")
-        if vae is None:
-            vae = loader.component("vae", lib.AutoencoderKL, base_name, "BASE_MODEL", "vae")
-        text_encoder = loader.component("text_encoder", lib.CLIPTextModel, base_name, "BASE_MODEL", "text_encoder")
-        text_encoder_2 = loader.component(
-            "text_encoder_2", lib.CLIPTextModelWithProjection, base_name, "BASE_MODEL", "text_encoder_2"
-        )
-        unet = loader.component("unet", lib.UNet2DConditionModel, base_name, "BASE_MODEL", "unet")
-        # Tokenizers and the scheduler are all that is left to read.
-        base = _load(
-            lib.StableDiffusionXLPipeline,
-            base_name,
-            "BASE_MODEL",
-            vae=vae,
-            text_encoder=text_encoder,
-            text_encoder_2=text_encoder_2,
-            unet=unet,
-            add_watermarker=False,
-        )
+    base = load_base(lib, settings, settings.base, loader, vae)
 
     # 2. Refiner: its own UNet; text_encoder_2 and the VAE are the base's (one copy in memory).
     refiner = None
@@ -337,21 +319,8 @@ def load_models(settings: Settings | None = None) -> Models:
             add_watermarker=False,
         )
 
-    # Pipelines made from components take add_watermarker=False too: otherwise diffusers adds
-    # one whenever invisible-watermark is installed. apply_watermark is done in src/sdxl_worker/engine/watermark.py.
-    img2img = lib.StableDiffusionXLImg2ImgPipeline(**base.components, add_watermarker=False)
-    inpaint = lib.StableDiffusionXLInpaintPipeline(**base.components, add_watermarker=False)
-    refiner_inpaint = None
-    if refiner:
-        refiner_inpaint = lib.StableDiffusionXLInpaintPipeline(
-            **refiner.components,
-            requires_aesthetics_score=refiner.config.requires_aesthetics_score,
-            force_zeros_for_empty_prompt=refiner.config.force_zeros_for_empty_prompt,
-            add_watermarker=False,
-        )
-    pipelines = [base, img2img, inpaint] + ([refiner, refiner_inpaint] if refiner else [])
-    for pipe in pipelines:
-        pipe.set_progress_bar_config(disable=True)
+    img2img, inpaint = base_pipelines(lib, base)
+    refiner, refiner_inpaint = refiner_pipelines(lib, refiner) if refiner else (None, None)
     if settings.cpu_offload and on_gpu:
         base.enable_model_cpu_offload()
         if refiner:
@@ -362,11 +331,83 @@ def load_models(settings: Settings | None = None) -> Models:
         configs["refiner"] = dict(refiner.scheduler.config)
     seconds = {label: spent for label, (_, spent) in loader.report.items()}
     models = Models(base, img2img, refiner, settings.device, dtype, configs, seconds,
-                    inpaint=inpaint, refiner_inpaint=refiner_inpaint)
+                    inpaint=inpaint, refiner_inpaint=refiner_inpaint, name=settings.choices[0][0],
+                    settings=settings)
     models.preview_decoder = lib.load_preview_decoder(settings.taesd, settings.device, dtype)
     _log_loaded(settings, dtype, loader.report, loaded_bytes(models), time.perf_counter() - everything_started)
     models.speedups = apply_speedups(models, settings)
     return models
+
+
+def _check_choices(settings: Settings) -> None:
+    """The BASE_MODELS loaded only when a job asks must at least exist: checked at start-up."""
+    for name, source in settings.choices[1:]:
+        single_file(source, f"BASE_MODELS {name}")  # a pickle or missing .safetensors file
+        if source.startswith(("/", "./", "../")) and not Path(source).exists():
+            raise ModelUnavailable(f"BASE_MODELS {name}={source!r}: no such folder; check the path (a network "
+                                   f"volume is mounted at /runpod-volume).")
+
+
+def load_base(lib, settings: Settings, source: str, loader: "_Loader", vae=None):
+    """The base pipeline of checkpoint ``source`` (as BASE_MODEL takes it), with ``vae`` when given."""
+    base_file = single_file(source, "BASE_MODEL")
+    if base_file is not None:
+        started = time.perf_counter()
+        base = _from_single_file(lib.StableDiffusionXLPipeline, base_file, _resolve(settings.checkpoint_config, "base"),
+                                 "BASE_MODEL", loader.dtype, loader.device_map, **({"vae": vae} if vae else {}))
+        loader.report["checkpoint"] = (sum(model_bytes(getattr(base, part)) for part in
+                                           ("unet", "text_encoder", "text_encoder_2")) + model_bytes(base.vae),
+                                       time.perf_counter() - started)
+        return base
+    base_name = _resolve(source, "base")
+    if vae is None:
+        vae = loader.component("vae", lib.AutoencoderKL, base_name, "BASE_MODEL", "vae")
+    text_encoder = loader.component("text_encoder", lib.CLIPTextModel, base_name, "BASE_MODEL", "text_encoder")
+    text_encoder_2 = loader.component(
+        "text_encoder_2", lib.CLIPTextModelWithProjection, base_name, "BASE_MODEL", "text_encoder_2"
+    )
+    unet = loader.component("unet", lib.UNet2DConditionModel, base_name, "BASE_MODEL", "unet")
+    # Tokenizers and the scheduler are all that is left to read.
+    return _load(lib.StableDiffusionXLPipeline, base_name, "BASE_MODEL", vae=vae, text_encoder=text_encoder,
+                 text_encoder_2=text_encoder_2, unet=unet, add_watermarker=False)
+
+
+def base_pipelines(lib, base) -> tuple:
+    """The img2img and inpaint pipelines on the base's components (no weights copied).
+
+    Pipelines made from components take add_watermarker=False too: otherwise diffusers adds one
+    whenever invisible-watermark is installed (sdxl_worker.engine.watermark does it instead).
+    """
+    img2img = lib.StableDiffusionXLImg2ImgPipeline(**base.components, add_watermarker=False)
+    inpaint = lib.StableDiffusionXLInpaintPipeline(**base.components, add_watermarker=False)
+    for pipe in (base, img2img, inpaint):
+        pipe.set_progress_bar_config(disable=True)
+    return img2img, inpaint
+
+
+def refiner_pipelines(lib, refiner, **components) -> tuple:
+    """The refiner's img2img and inpaint pipelines on its components, with ``components`` swapped in
+    (another base's text_encoder_2 and VAE): refining keeps to the mask after inpainting."""
+    parts = {**refiner.components, **components}
+    settings = dict(requires_aesthetics_score=refiner.config.requires_aesthetics_score,
+                    force_zeros_for_empty_prompt=refiner.config.force_zeros_for_empty_prompt, add_watermarker=False)
+    if components:
+        refiner = lib.StableDiffusionXLImg2ImgPipeline(**parts, **settings)
+    inpaint = lib.StableDiffusionXLInpaintPipeline(**parts, **settings)
+    for pipe in (refiner, inpaint):
+        pipe.set_progress_bar_config(disable=True)
+    return refiner, inpaint
+
+
+def free_memory() -> None:
+    """Return what dropped models or a failed job held: Python objects, then CUDA's cached blocks."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _log_loaded(settings: Settings, dtype, report: dict, total_bytes: int, total_seconds: float) -> None:

@@ -86,6 +86,9 @@ def make_plan(request: Request, has_refiner: bool) -> Plan:
         # cog-sdxl's playground sends its default 0.8 with every request, whatever the mode.
         warnings = (f"'high_noise_frac' was ignored: it only applies to refine='expert_ensemble_refiner', "
                     f"and this job ran '{refine}'.",)
+    if request.preset and request.negative_prompt and request.guidance_scale <= 1:
+        warnings += (f"'negative_prompt' had no effect: 'preset' '{request.preset}' runs without classifier-free "
+                     f"guidance (guidance_scale {request.guidance_scale:g}).",)
     return Plan(
         task=task,
         refine=refine,

@@ -106,22 +106,29 @@ def apply_speedups(models, settings=None, speedups: Speedups | None = None) -> S
             getattr(settings, "cpu_offload", False),
         )
     unets = _unique([models.base.unet] + ([models.refiner.unet] if models.refiner else []))
-    vae = models.base.vae  # shared by every pipeline
+    speed_up(unets, [models.base.vae], speedups)  # the VAE is shared by every pipeline
+    log.info("Speed-ups: %s", ", ".join(f"{k}={v}" for k, v in asdict(speedups).items()))
+    return speedups
 
-    if speedups.vae_upcast is not None:
-        vae.register_to_config(force_upcast=speedups.vae_upcast)
+
+def speed_up(unets: list, vaes: list, speedups: Speedups) -> None:
+    """The speed-ups on these UNets and VAEs, in place: at loading, and for a UNet or checkpoint
+    loaded later (a preset's, another of BASE_MODELS)."""
+    for vae in vaes:
+        if speedups.vae_upcast is not None:
+            vae.register_to_config(force_upcast=speedups.vae_upcast)
     if speedups.attention == "classic":
         from diffusers.models.attention_processor import AttnProcessor
 
-        for model in unets + [vae]:
+        for model in unets + vaes:
             model.set_attn_processor(AttnProcessor())
     if speedups.fused_qkv and speedups.attention != "classic":
-        for model in unets + [vae]:
+        for model in unets + vaes:
             model.fuse_qkv_projections()
     if speedups.channels_last:
         import torch
 
-        for model in unets + [vae]:
+        for model in unets + vaes:
             model.to(memory_format=torch.channels_last)
     if speedups.attention == "cudnn":
         for unet in unets:
@@ -131,8 +138,6 @@ def apply_speedups(models, settings=None, speedups: Speedups | None = None) -> S
             _move_timesteps_in_forward(unet)
     if speedups.compile:
         _compile(unets, speedups)  # paid by the warm-up jobs (sdxl_worker.runtime.warmup), not here
-    log.info("Speed-ups: %s", ", ".join(f"{k}={v}" for k, v in asdict(speedups).items()))
-    return speedups
 
 
 def keep_timesteps_on_host(pipe, scheduler):

@@ -10,14 +10,25 @@ The derivations it shares with the plan (the task, the refine mode) live here to
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sdxl_worker.config import STORAGE_REQUIRED as STORAGE_VARIABLES
 from sdxl_worker.errors import InputError
 from sdxl_worker.request.schema import MAX_SEED
 from sdxl_worker.request.types import Request
 
 
-def check(request: Request, has_refiner: bool, has_storage: bool) -> None:
-    """InputError naming the field, for the first thing about ``request`` this worker cannot do."""
+def check(request: Request, has_refiner: bool, has_storage: bool, model_names: Iterable[str] = (),
+          presets: Iterable[str] = ()) -> None:
+    """InputError naming the field, for the first thing about ``request`` this worker cannot do.
+    ``model_names``: the checkpoints it serves (BASE_MODELS); ``presets``: those whose weights it has."""
+    model_names = tuple(model_names)
+    if request.model is not None and request.model not in model_names:
+        raise InputError(f"'model' is {request.model[:40]!r}, which this worker does not serve; use one of "
+                         f"{', '.join(model_names)} (set by BASE_MODELS), or leave it out for {model_names[0]}.")
+    if request.preset is not None and request.preset not in tuple(presets):
+        raise InputError(f"'preset' {request.preset!r} needs weights that are not in this worker's image; build it "
+                         f"with --build-arg PRESETS={request.preset} (or PRESETS=all), or leave 'preset' out.")
     if request.upload is True and not has_storage:
         raise InputError(
             f"'upload' is true but this worker has no storage configured; set {', '.join(STORAGE_VARIABLES)} "

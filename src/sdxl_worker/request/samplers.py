@@ -18,6 +18,7 @@ class Sampler(NamedTuple):
 
 
 KARRAS = {"use_karras_sigmas": True}
+TRAILING = {"timestep_spacing": "trailing"}
 
 SCHEDULERS: dict[str, Sampler] = {
     # worker-sdxl's and cog-sdxl's names
@@ -41,6 +42,12 @@ SCHEDULERS: dict[str, Sampler] = {
         "DPMSolverMultistepScheduler", {**KARRAS, "algorithm_type": "sde-dpmsolver++"}, "DPM++ 2M SDE Karras"
     ),
     "UniPC_Karras": Sampler("UniPCMultistepScheduler", KARRAS),
+    # What the few-step methods need (sdxl_worker.request.presets): "trailing" puts the first step at
+    # the very start of the schedule, where distilled models expect it.
+    "K_EULER_TRAILING": Sampler("EulerDiscreteScheduler", TRAILING, "SDXL-Lightning"),
+    "K_EULER_ANCESTRAL_TRAILING": Sampler("EulerAncestralDiscreteScheduler", TRAILING, "SDXL-Turbo"),
+    "DDIM_TRAILING": Sampler("DDIMScheduler", TRAILING, "Hyper-SD"),
+    "LCM": Sampler("LCMScheduler", {}, "LCM-LoRA"),
     # Stability's sampler names (REST v1 / Bedrock), as aliases
     "DDPM": Sampler("DDPMScheduler", {}),
     "K_LMS": Sampler("LMSDiscreteScheduler", {}, "alias of KLMS"),

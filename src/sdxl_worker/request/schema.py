@@ -15,6 +15,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.validators import extend
 
 from sdxl_worker.errors import InputError
+from sdxl_worker.request import presets
 from sdxl_worker.request.samplers import SCHEDULERS as SCHEDULER_TABLE
 
 MAX_SEED = 2**63 - 1
@@ -247,6 +248,27 @@ INPUT_SCHEMA: dict = {
                 "https URL of a .safetensors file, a hub id or a local path; `scale` in [-4, 4], default 1."
             ),
         },
+        # --- which model, how fast ---
+        "model": {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": MAX_NAME_CHARS,
+            "default": None,
+            "description": (
+                "Which of the worker's checkpoints to use, by its name in BASE_MODELS. Unset: the first. "
+                "Switching loads it (the time is in `timings.model_switch`)."
+            ),
+        },
+        "preset": {
+            "type": ["string", "null"],
+            "enum": [*presets.PRESETS, None],
+            "maxLength": MAX_NAME_CHARS,
+            "default": None,
+            "description": (
+                "A few-step method: sets the scheduler, steps and guidance it needs and turns the refiner off "
+                "(docs/checkpoints.md#fast-presets). Inputs that would break it are refused."
+            ),
+        },
         # --- delivery (issue 6) ---
         "output_format": {
             "type": "string",
@@ -310,6 +332,7 @@ def validate(raw) -> dict:
     if problems:
         raise InputError(" ".join(dict.fromkeys(problems)))  # ordered, without repeats
     request = defaults()
+    request.update(presets.defaults(raw.get("preset"), raw))  # a preset is a set of defaults of its own
     request.update(raw)
     for name, spec in _PROPERTIES.items():  # 1024.0 is a valid integer in JSON Schema
         if "integer" in _types(spec) and isinstance(request[name], float):
@@ -349,6 +372,7 @@ def _cross_field_problems(raw: dict) -> list[str]:
         problems.append(
             "Give either 'image' (img2img through the base) or 'image_url' (refiner only), not both."
         )
+    problems += presets.problems(raw.get("preset"), raw)
     task = raw.get("task")
     if task == "txt2img" and has_image:
         problems.append("'task' is 'txt2img' but an input image was given; drop the image or use 'img2img'.")

@@ -52,6 +52,9 @@ class Request:
     preview_format: str
     preview_quality: int
     loras: tuple[Lora, ...]
+    # which model, how fast
+    model: str | None
+    preset: str | None
     # delivery
     output_format: str
     output_quality: int

@@ -11,7 +11,6 @@ why, and its memory is freed the same way. A job's ``s3Config`` sends its images
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -23,7 +22,9 @@ from sdxl_worker.engine import budget
 from sdxl_worker.request import dialects
 from sdxl_worker import errors
 from sdxl_worker.engine import loras as lora_layers
+from sdxl_worker.engine import presets as fast_presets
 from sdxl_worker.engine import prompts
+from sdxl_worker.engine import switch
 from sdxl_worker.inputs import loras as lora_files
 from sdxl_worker.delivery.deliver import deliver, inline_limit_bytes
 from sdxl_worker.delivery.size_guard import OutputBudget
@@ -32,7 +33,7 @@ from sdxl_worker.errors import InputError
 from sdxl_worker.engine.generate import count_steps, ms_since
 from sdxl_worker.inputs.images import load_image, load_mask
 from sdxl_worker.runtime.logs import hidden, protect, redact, truncate
-from sdxl_worker.engine.models import Models
+from sdxl_worker.engine.models import Models, free_memory
 from sdxl_worker.engine.plan import make_plan
 from sdxl_worker.request.check import check
 from sdxl_worker.request.types import Lora, Request
@@ -81,7 +82,7 @@ def run_job(models: Models, job: dict, storage: Storage | None = None,
         return
     # Here the exception and its frames (and the tensors they held) are gone: memory can be freed.
     if collect:
-        _free_memory()
+        free_memory()
     yield failure
 
 
@@ -92,7 +93,8 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     stop.check("before it started")  # taken after SIGTERM: not started at all
     request = Request.from_input(raw_input)
     storage, storage_warning = job_storage(job.get("s3Config"), storage)
-    check(request, has_refiner=models.has_refiner, has_storage=storage is not None)
+    check(request, has_refiner=models.has_refiner, has_storage=storage is not None,
+          model_names=switch.model_names(models), presets=fast_presets.available() if request.preset else ())
     plan = make_plan(request, models.has_refiner)
     log.info("job %s: %s, %s, %d image(s), prompt %r", job_id, plan.task, plan.refine, len(plan.seeds),
              truncate(request.prompt))
@@ -114,9 +116,13 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     mask = load_mask(request.mask, "mask", init_image.size) if request.mask is not None else None
     output_budget = OutputBudget(inline_limit_bytes())  # previews and the final payload together
     loras = local_loras(request.loras)
-    with _models_in_use, lora_layers.applied(models, loras):
-        stop.check("before its first step")
-        result = yield from run_streamed(models, job, request, plan, init_image, mask, on_progress, stop, output_budget)
+    with _models_in_use:
+        loading = {"model_switch": switch.use_model(models, request.model)}
+        with fast_presets.applied(models, request.preset) as loading["preset_load"], \
+                lora_layers.applied(models, loras):
+            stop.check("before its first step")
+            result = yield from run_streamed(models, job, request, plan, init_image, mask, on_progress, stop,
+                                             output_budget)
     stop.check("after its last step, before delivery")
     delivery = deliver(result.images, request, storage, job_id, room_bytes=output_budget.final_room())
     payload = {
@@ -124,7 +130,8 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
         "image_url": delivery.images[0],
         "seed": plan.seeds[0],
         "seeds": list(plan.seeds),
-        "timings": dict(result.timings, **delivery.timings, total=ms_since(started)),
+        "timings": dict({name: ms for name, ms in loading.items() if ms is not None}, **result.timings,
+                        **delivery.timings, total=ms_since(started)),
     }
     warnings = [*plan.warnings, storage_warning, output_budget.warning(), *delivery.warnings]
     if any(warnings):  # redacted: an S3 error must not carry the job's own credentials back
@@ -138,13 +145,3 @@ def local_loras(loras) -> list[lora_layers.LoraFile]:
     entries = [asdict(lora) if isinstance(lora, Lora) else dict(lora) for lora in loras or ()]
     return [lora_layers.LoraFile(lora_files.resolve(lora, index), lora.get("scale", 1.0), lora_files.label_of(lora),
                                  index) for index, lora in enumerate(entries)]
-
-
-def _free_memory() -> None:
-    """Return what a failed job held: Python objects, then CUDA's cached blocks."""
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
-
