@@ -40,9 +40,9 @@ def runpod_config(models, storage=None, timeout_s: float | None = None, concurre
     - ``handler`` awaits each job's outputs from sdxl_worker.runtime.serve.Runner, so runpod's
       loop keeps taking stop signals and posting chunks while a job denoises; runpod cancelling
       the job's task stops it within one step.
-    - ``concurrency_modifier`` is the first thing runpod's job loop calls, in the main thread,
-      after runpod installed its own SIGTERM handler: there the worker puts its own in front
-      (every running job answered "shutting down", then exit within 10 s), and chains runpod's.
+    - ``concurrency_modifier`` is the first thing runpod's job loop calls, in its event loop, after
+      runpod installed its own SIGTERM handler: there the worker puts its own in front (every
+      running job answered "shutting down", then exit within 10 s), and chains runpod's.
     - runpod 1.12 ignores a ``refresh_worker`` key in what a generator handler yields; it reads
       ``config["refresh_worker"]`` after each job (rp_job.handle_job then stops the pod). So the
       handler sets it there, only when run_job reports a poisoned CUDA context.
@@ -56,7 +56,8 @@ def runpod_config(models, storage=None, timeout_s: float | None = None, concurre
 
         runpod.serverless.progress_update(job, progress)
 
-    runner = Runner(models, storage, timeout_s, concurrency, on_progress=report_progress if _on_runpod() else None)
+    runner = Runner(models, storage, timeout_s, concurrency, on_progress=report_progress if _on_runpod() else None,
+                    pending=_jobs_runpod_holds)
 
     async def handler(job):
         async for output in runner.run(job):
@@ -73,21 +74,35 @@ def runpod_config(models, storage=None, timeout_s: float | None = None, concurre
 
 
 def _stop_jobs_on_sigterm(runner) -> None:
-    """Put runner.shut_down in front of whatever handles SIGTERM now (runpod's), once."""
-    previous = signal.getsignal(signal.SIGTERM)
-    if getattr(previous, "stops_jobs", False):
-        return
+    """Put runner.shut_down in front of whatever handles SIGTERM now (runpod's), once.
 
-    def on_sigterm(signum, frame):
+    Through the event loop (``add_signal_handler``), not ``signal.signal``: a Python signal
+    handler runs between any two bytecodes of the main thread, where stopping a job could take a
+    lock that same thread already holds; the loop runs its callback between tasks instead.
+    """
+    import asyncio
+
+    if getattr(runner, "stops_on_sigterm", False):
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm():
         runner.shut_down()
         if callable(previous):
-            previous(signum, frame)
+            previous(signal.SIGTERM, None)  # runpod's: stop taking jobs, drain the queue
 
-    on_sigterm.stops_jobs = True
     try:
-        signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread: runpod's local API, which handles signals itself
-        pass
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+    except (RuntimeError, ValueError):  # no loop here, or not the main thread: runpod's local API
+        return
+    runner.stops_on_sigterm = True
+
+
+def _jobs_runpod_holds() -> int:
+    """Jobs runpod took from the queue and has not answered yet, started or not (its JobsProgress)."""
+    from runpod.serverless.modules.worker_state import JobsProgress
+
+    return JobsProgress().get_job_count()
 
 
 def _serving() -> bool:

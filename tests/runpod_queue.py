@@ -4,6 +4,7 @@ The worker under test is ``python handler.py`` with RunPod's variables pointing 
 (``RunPodQueue.env()``), so it runs runpod's real ``JobScaler``, heartbeat and HTTP code:
 
 - ``GET  /job-take/POD?...&job_in_progress=0|1``  the next job as JSON, or 204 after a short wait;
+- ``GET  /job-take-batch/POD?...&batch_size=N``  (CONCURRENCY above 1) up to N jobs as a JSON list;
 - ``GET  /job-stop/POD?...``   long poll: ``{"jobsToStop": [ids]}`` when a stop is queued, else 204
   after ``stop_poll_s`` (RunPod holds it open; so does this);
 - ``POST /job-done/POD/JOB?...&isStream=true|false``  results, and progress (``status: IN_PROGRESS``);
@@ -46,6 +47,7 @@ class RunPodQueue:
         self.posted: list[Posted] = []
         self.taken: dict[str, float] = {}  # job id -> when the worker took it
         self.unauthorised = 0
+        self.batch_takes = 0  # job-take-batch requests (CONCURRENCY above 1)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -131,13 +133,18 @@ class RunPodQueue:
                     return
                 url = urlparse(self.path)
                 parts, query = url.path.strip("/").split("/"), parse_qs(url.query)
-                if parts[0] == "job-take":
+                if parts[0] in ("job-take", "job-take-batch"):
                     try:
-                        job = owner.jobs.get(timeout=owner.take_wait_s)
+                        jobs = [owner.jobs.get(timeout=owner.take_wait_s)]
                     except queue.Empty:
                         return self._answer(204)
-                    owner.taken[job["id"]] = time.monotonic()
-                    return self._answer(200, job)
+                    wanted = int(query.get("batch_size", ["1"])[0]) if parts[0] == "job-take-batch" else 1
+                    owner.batch_takes += parts[0] == "job-take-batch"
+                    while len(jobs) < wanted and not owner.jobs.empty():
+                        jobs.append(owner.jobs.get())
+                    for job in jobs:
+                        owner.taken[job["id"]] = time.monotonic()
+                    return self._answer(200, jobs if parts[0] == "job-take-batch" else jobs[0])
                 if parts[0] == "job-stop":
                     try:
                         first = owner.stops.get(timeout=owner.stop_poll_s)

@@ -4,8 +4,11 @@ loopback queue that speaks RunPod's protocol (tests/runpod_queue.py), on the tin
 One worker serves the tests in order; the last one ends it with SIGTERM.
 """
 
+import contextlib
 import json
 import os
+import socket
+import threading
 import signal
 import subprocess
 import sys
@@ -32,13 +35,13 @@ def s3(tmp_path_factory):
         yield url
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory):
+@contextlib.contextmanager
+def handler_process(folder, **env):
     """A queue, and `python handler.py` taking jobs from it; yields (queue, process, log path)."""
     rp_queue = RunPodQueue()
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    log_path = folder / "worker.log"
     env = dict(os.environ, **rp_queue.env(), BASE_MODEL="tiny", REFINER_MODEL="tiny", PYTHONUNBUFFERED="1",
-               INLINE_LIMIT_MB=str(OUTPUT_LIMIT_MB), RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true")  # no 8.8.8.8 here
+               RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true", **env)  # no 8.8.8.8 here
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, "handler.py"], cwd=ROOT, env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
@@ -49,6 +52,14 @@ def worker(tmp_path_factory):
             process.kill()
         process.wait(timeout=30)
         rp_queue.close()
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    # ALLOW_PRIVATE_URLS: the per-job bucket (moto) is on this machine.
+    with handler_process(tmp_path_factory.mktemp("worker"), INLINE_LIMIT_MB=str(OUTPUT_LIMIT_MB),
+                         ALLOW_PRIVATE_URLS="1") as running:
+        yield running
 
 
 def answer(rp_queue, job_id, timeout=180):
@@ -79,7 +90,8 @@ def test_a_job_is_answered_with_images(worker):
     assert [chunk.body["output"]["step"] for chunk in streamed[:-1]] == list(range(2, total + 1, 2))  # in order
     assert streamed[-1].body["output"]["images"] == final["images"]
     assert rp_queue.unauthorised == 0
-    assert "fitness check" in log_path.read_text().lower()  # runpod ran the worker's fitness checks
+    log = log_path.read_text()
+    assert "Running 3 fitness check(s)" in log and "All fitness checks passed" in log  # the worker's three
 
 
 def test_a_bad_job_is_answered_with_an_error_naming_the_field(worker):
@@ -160,16 +172,82 @@ def test_a_preview_heavy_job_stays_under_the_output_limit(worker):
     assert max(chunk.size for chunk in rp_queue.records("stream", "job-previews")[:-1]) < 1_000_000
 
 
-def test_sigterm_during_a_job_answers_it_and_exits_within_10_s(worker):
-    rp_queue, process, log_path = worker
-    rp_queue.submit("job-at-sigterm", LONG)
-    rp_queue.wait_for(lambda: rp_queue.progress("job-at-sigterm"), 120, "no progress for the long job")
+def sigterm_once_denoising(rp_queue, process, job_id: str) -> tuple[float, int]:
+    """Send SIGTERM once ``job_id`` reports progress; (seconds until the process exited, its exit code)."""
+    rp_queue.wait_for(lambda: rp_queue.progress(job_id), 120, f"no progress for {job_id}")
     sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
     code = process.wait(timeout=30)
-    exited = time.monotonic() - sent
+    return time.monotonic() - sent, code
+
+
+def test_sigterm_during_a_job_answers_it_and_exits_within_10_s(worker):
+    rp_queue, process, log_path = worker
+    rp_queue.submit("job-at-sigterm", LONG)
+    exited, code = sigterm_once_denoising(rp_queue, process, "job-at-sigterm")
     print(f"SIGTERM to exit: {exited:.2f} s")
     assert exited < 10, f"the worker took {exited:.1f} s to exit after SIGTERM"
     assert code == 0
     body, _ = answer(rp_queue, "job-at-sigterm", timeout=1)
     assert "shutting down" in body["error"] and "send it again" in body["error"]
+
+
+# --- a worker of its own: failing fitness, CONCURRENCY=2, SIGTERM while an upload hangs ---
+
+
+def test_a_failing_fitness_check_stops_the_worker_before_any_job(tmp_path):
+    # Storage configured but not answering: the storage check fails, runpod exits with code 1.
+    with handler_process(tmp_path, BUCKET_ENDPOINT_URL="http://127.0.0.1:9", BUCKET_ACCESS_KEY_ID="AKIAFITNESS0001",
+                         BUCKET_SECRET_ACCESS_KEY="fitness-secret-value", BUCKET_NAME="nowhere") as (rp_queue, process,
+                                                                                                       log_path):
+        assert process.wait(timeout=180) == 1
+        log = log_path.read_text()
+    assert "Running 3 fitness check(s)" in log and "Fitness check failed: storage_answers" in log
+    assert "does not answer" in log
+    assert "fitness-secret-value" not in log and rp_queue.records("done") == []
+
+
+@contextlib.contextmanager
+def silent_endpoint():
+    """An endpoint that accepts connections and never answers: storage that hangs."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held, connected = [], threading.Event()
+
+    def accept():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            held.append(connection)
+            connected.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", connected
+    finally:
+        server.close()
+        for connection in held:
+            connection.close()
+
+
+def test_two_jobs_at_once_then_sigterm_while_an_upload_hangs(tmp_path):
+    with handler_process(tmp_path, CONCURRENCY="2", ALLOW_PRIVATE_URLS="1") as (rp_queue, process, log_path), \
+            silent_endpoint() as (hanging, connected):
+        rp_queue.submit("pair-1", SMALL)
+        rp_queue.submit("pair-2", SMALL)
+        first, second = (rp_queue.result(job_id, 240) for job_id in ("pair-1", "pair-2"))
+        assert "output" in first.body and "output" in second.body
+        assert rp_queue.batch_takes >= 1, "CONCURRENCY=2 takes jobs with runpod's batch request"
+
+        s3_config = {"accessId": ACCESS_ID, "accessSecret": SECRET, "bucketName": "b", "endpointUrl": hanging}
+        rp_queue.submit("job-upload-hangs", SMALL, s3Config=s3_config)
+        assert connected.wait(120), "the upload reached the hanging endpoint"
+        rp_queue.submit("job-beside-it", LONG)
+        exited, code = sigterm_once_denoising(rp_queue, process, "job-beside-it")
+        print(f"SIGTERM with an upload hanging: exit after {exited:.2f} s")
+        assert exited < 10 and code == 0
+        for job_id in ("job-upload-hangs", "job-beside-it"):
+            body = rp_queue.result(job_id, 1).body
+            assert "shutting down" in body["error"], (job_id, body)
+        assert SECRET not in log_path.read_text()

@@ -166,27 +166,46 @@ JOB_STORAGE_FIELDS = {"endpointUrl": "endpoint_url", "accessId": "access_key_id"
 _AWS_REGION = re.compile(r"^https?://s3[.-]([a-z0-9-]+)\.amazonaws\.com", re.I)
 
 
-def job_storage(s3_config, worker_storage: Storage | None) -> tuple[Storage | None, str | None]:
+def job_storage(s3_config, worker_storage: Storage | None,
+                refuse_host=None) -> tuple[Storage | None, str | None]:
     """The storage a job's images go to: its own ``s3Config`` when it carries a usable one, else the
     worker's. Returns (storage, warning); the warning names what was wrong, never a credential.
 
     A per-job bucket keeps the worker's retry and timeout settings (or the defaults) and its URL
     lifetime; its region is ``s3Config.region`` when given, else read from an AWS endpoint URL.
+    ``refuse_host(url)`` says why the endpoint may not be used (the download rules' private
+    addresses, sdxl_worker.inputs.fetch), or None.
     """
     if s3_config is None:
         return worker_storage, None
-    problem = _job_storage_problem(s3_config)
+    problem = _job_storage_problem(s3_config) or (refuse_host(s3_config["endpointUrl"]) if refuse_host else None)
+    storage = None
+    if not problem:
+        try:
+            storage = Storage(_job_settings(s3_config, worker_storage))
+        except (ValueError, BotoCoreError) as error:  # a URL or region boto3 cannot use
+            problem = f"boto3 cannot use it: {type(error).__name__}"
     if problem:
         fallback = "go to the worker's own storage" if worker_storage else "are returned inline"
         return worker_storage, f"The job's s3Config is not usable ({problem}), so its images {fallback}."
+    return storage, None
+
+
+def _job_settings(s3_config: dict, worker_storage: Storage | None) -> StorageConfig:
     values = {ours: s3_config[theirs].strip() for theirs, ours in JOB_STORAGE_FIELDS.items()}
     values["endpoint_url"] = values["endpoint_url"].rstrip("/")
     region = s3_config.get("region") if isinstance(s3_config.get("region"), str) else None
     aws = _AWS_REGION.match(values["endpoint_url"])
     base = worker_storage.config if worker_storage is not None else config.StorageSettings(**values)
-    settings = dataclasses.replace(base, **values, region=region or (aws.group(1) if aws else None), key_prefix="",
-                                   path_style=bool(s3_config.get("pathStyle", base.path_style)))
-    return Storage(settings), None
+    return dataclasses.replace(base, **values, region=region or (aws.group(1) if aws else None), key_prefix="",
+                               path_style=_yes(s3_config.get("pathStyle"), base.path_style))
+
+
+def _yes(value, default: bool) -> bool:
+    """pathStyle as JSON gives it: a boolean, or the text of one ("false" is false)."""
+    if isinstance(value, str):
+        return value.strip().lower() in config.YES
+    return default if value is None else bool(value)
 
 
 def _job_storage_problem(s3_config) -> str | None:

@@ -82,6 +82,20 @@ def fetch_into(source: str, field: str, write: Callable[[bytes], object], max_by
                      "give an http(s) URL, a data URL or base64 data.")
 
 
+def private_host_problem(url: str) -> str | None:
+    """Why the worker may not send to ``url`` (a per-job S3 endpoint): a host that does not resolve,
+    or one at a local or private address, as for downloads (unless ALLOW_PRIVATE_URLS); else None."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        _resolve(parts.hostname or "", port, "endpointUrl", config.current("fetch"))
+    except InputError as error:
+        return str(error).replace("'endpointUrl' ", "endpointUrl ").rstrip(".")
+    except ValueError:  # a port that is not a number
+        return "endpointUrl is not a valid URL"
+    return None
+
+
 def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """True for an address on the public internet; the IPv4 inside a mapped IPv6 is what counts."""
     if isinstance(address, ipaddress.IPv6Address):

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Iterator
 
@@ -31,6 +32,7 @@ from sdxl_worker.delivery.size_guard import OutputBudget
 from sdxl_worker.delivery.storage import job_storage
 from sdxl_worker.errors import InputError
 from sdxl_worker.engine.generate import count_steps, ms_since
+from sdxl_worker.inputs.fetch import private_host_problem
 from sdxl_worker.inputs.images import load_image, load_mask
 from sdxl_worker.runtime.logs import hidden, protect, redact, truncate
 from sdxl_worker.engine.models import Models, free_memory
@@ -51,15 +53,21 @@ _models_in_use = threading.Lock()
 def run_job(models: Models, job: dict, storage: Storage | None = None,
             on_progress: ProgressCallback | None = None, stop: Stop | None = None) -> Iterator[dict]:
     job = job if isinstance(job, dict) else {}
-    job_id = str(job.get("id", "local"))[:100]
-    names = dialects.AS_SENT  # puts errors back in the words of the API the request was written for
     s3_config = job.get("s3Config")
     secrets = [s3_config.get(name) for name in ("accessId", "accessSecret")] if isinstance(s3_config, dict) else []
+    with hidden(*secrets):  # the job's own credentials never reach the log, its failures' included
+        yield from _answer(models, job, storage, on_progress, stop or Stop())
+
+
+def _answer(models: Models, job: dict, storage: Storage | None, on_progress: ProgressCallback | None,
+            stop: Stop) -> Iterator[dict]:
+    """The job's outputs, or one error: never an exception."""
+    job_id = str(job.get("id", "local"))[:100]
+    names = dialects.AS_SENT  # puts errors back in the words of the API the request was written for
     try:
-        with hidden(*secrets):  # the job's own credentials never reach the log
-            names = dialects.translate(job.get("input"))
-            # The work runs in its own frame, so what it holds dies with it when it fails.
-            yield from _run(models, job, names.input, storage, on_progress, stop or Stop())
+        names = dialects.translate(job.get("input"))
+        # The work runs in its own frame, so what it holds dies with it when it fails.
+        yield from _run(models, job, names.input, storage, on_progress, stop)
     except JobStopped as error:
         log.info("job %s stopped (%s): %s", job_id, error.reason, error)
         failure, collect = {"error": str(error)}, True
@@ -92,7 +100,7 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     started = time.perf_counter()
     stop.check("before it started")  # taken after SIGTERM: not started at all
     request = Request.from_input(raw_input)
-    storage, storage_warning = job_storage(job.get("s3Config"), storage)
+    storage, storage_warning = job_storage(job.get("s3Config"), storage, refuse_host=private_host_problem)
     check(request, has_refiner=models.has_refiner, has_storage=storage is not None,
           model_names=switch.model_names(models), presets=fast_presets.available() if request.preset else ())
     plan = make_plan(request, models.has_refiner)
@@ -116,7 +124,7 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     mask = load_mask(request.mask, "mask", init_image.size) if request.mask is not None else None
     output_budget = OutputBudget(inline_limit_bytes())  # previews and the final payload together
     loras = local_loras(request.loras)
-    with _models_in_use:
+    with _holding_the_models(stop):
         loading = {"model_switch": switch.use_model(models, request.model)}
         with fast_presets.applied(models, request.preset) as loading["preset_load"], \
                 lora_layers.applied(models, loras):
@@ -137,6 +145,17 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     if any(warnings):  # redacted: an S3 error must not carry the job's own credentials back
         payload["warnings"] = [redact(warning, limit=None) for warning in warnings if warning]
     yield payload
+
+
+@contextmanager
+def _holding_the_models(stop: Stop):
+    """The models for this job; while another job holds them, a stop still ends this one at once."""
+    while not _models_in_use.acquire(timeout=0.1):
+        stop.check("while another job held the models")
+    try:
+        yield
+    finally:
+        _models_in_use.release()
 
 
 def local_loras(loras) -> list[lora_layers.LoraFile]:

@@ -33,15 +33,22 @@ from sdxl_worker.runtime.threads import LongLivedThreads
 log = protect(logging.getLogger(__name__))
 
 EXIT_WITHIN_S = 8.0  # after SIGTERM: time for running jobs to be answered (RunPod kills at 10 s or later)
+STOP_GRACE_S = 2.0  # a stopped job not answered by then (stuck in a download or upload) is answered for it
+_POLL_S = 0.25  # how often a waiting handler looks at its job's Stop
+
+
+class _AnsweredForIt(dict):
+    """The error answer of a stopped job whose thread did not answer within STOP_GRACE_S."""
 
 
 class Runner:
     """Runs jobs on the loaded models, ``concurrency`` at a time, each stoppable."""
 
     def __init__(self, models, storage=None, timeout_s: float | None = None, concurrency: int = 1,
-                 on_progress: ProgressCallback | None = None, exit_process=None):
+                 on_progress: ProgressCallback | None = None, exit_process=None, pending=None):
         self.models, self.storage, self.timeout_s = models, storage, timeout_s
         self.on_progress = on_progress
+        self.pending = pending or (lambda: 0)  # jobs runpod holds, taken but not yet answered (its JobsProgress)
         self.threads = LongLivedThreads("job", concurrency)
         self.running: dict[Stop, str] = {}  # the jobs whose answer is not yet sent: stop -> job id
         self.shutting_down = False
@@ -61,31 +68,55 @@ class Runner:
             except RuntimeError:  # the loop is gone (the process is exiting): nobody waits for this job
                 pass
 
+        finished, abandoned, state = threading.Event(), threading.Event(), threading.Lock()
+
         def work() -> None:
             try:
                 for output in run_job(self.models, job, self.storage, self.on_progress, stop):
                     hand_over(output)
             finally:
+                with state:
+                    finished.set()
+                    if abandoned.is_set():  # its thread was replaced while it finished what it was in
+                        self.threads.retire_one()
                 hand_over(None)
+
+        def abandon() -> None:
+            """Stop waiting for the job's thread: the next job gets another one at once."""
+            with state:
+                if not finished.is_set() and not abandoned.is_set():
+                    abandoned.set()
+                    self.threads.lend_one()
 
         self._track(stop, job)
         self.threads.submit(work)
         try:
             while (output := await self._next(outputs, stop)) is not None:
                 yield output
+                if isinstance(output, _AnsweredForIt):
+                    log.warning("job %s did not stop within %g s (%s); answered, its thread left to finish",
+                                job.get("id"), STOP_GRACE_S, stop.where)
+                    break
         finally:
             # Cancelled (runpod's stop signal), closed early, or done: the job's thread stops at its next step.
             stop.stop(CANCELLED)
+            abandon()
 
     async def _next(self, outputs: asyncio.Queue, stop: Stop):
-        """The next output; past the job's deadline, the job is told to stop and its answer awaited."""
-        if stop.deadline is None or stop.stopped:
-            return await outputs.get()
-        try:
-            return await asyncio.wait_for(outputs.get(), timeout=max(0.0, stop.deadline - stop.clock()))
-        except asyncio.TimeoutError:
-            stop.stop(TIMED_OUT)
-            return await outputs.get()
+        """The job's next output. Past its deadline the job is told to stop; once stopped (deadline,
+        SIGTERM), its own answer is awaited for STOP_GRACE_S, then one is made for it."""
+        stopped_at = None
+        while True:
+            if stop.deadline is not None and not stop.stopped and stop.clock() >= stop.deadline:
+                stop.stop(TIMED_OUT)
+            if stop.stopped and stopped_at is None:
+                stopped_at = time.monotonic()
+            if stopped_at is not None and time.monotonic() - stopped_at > STOP_GRACE_S:
+                return _AnsweredForIt(error=stop.message())
+            try:
+                return await asyncio.wait_for(outputs.get(), timeout=_POLL_S)
+            except asyncio.TimeoutError:
+                continue
 
     def _track(self, stop: Stop, job: dict) -> None:
         """Count the job as running until its task is done: for runpod, that is once its answer is sent.
@@ -110,10 +141,12 @@ class Runner:
         threading.Thread(target=self._exit_when_answered, name="shutdown", daemon=True).start()
 
     def _exit_when_answered(self) -> None:
+        """Exit once no job is left: none running here, none runpod took and has not answered (a job
+        taken just before the signal is answered "shutting down" as soon as runpod hands it over)."""
         give_up_at = time.monotonic() + EXIT_WITHIN_S
-        while self.running and time.monotonic() < give_up_at:
+        while (self.running or self.pending() > 0) and time.monotonic() < give_up_at:
             time.sleep(0.05)
-        if self.running:
+        if self.running or self.pending() > 0:
             log.warning("exiting with %d job(s) unanswered: %s", len(self.running), ", ".join(self.running.values()))
         else:
             log.info("every job answered; exiting")

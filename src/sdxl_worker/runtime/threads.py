@@ -35,16 +35,33 @@ class LongLivedThreads:
         self._work.put((future, work))
         return future
 
+    def lend_one(self) -> None:
+        """One more thread, while one of them is held by work nobody waits for any more (a stopped
+        job stuck in an upload): the next job starts at once. ``retire_one`` when that work ends."""
+        with self._lock:
+            self.count += 1
+
+    def retire_one(self) -> None:
+        """Undo one ``lend_one``: the next idle thread ends."""
+        with self._lock:
+            self.count -= 1
+        self._work.put(None)
+
     def _serve(self) -> None:
         while True:
-            future, work = self._work.get()
+            item = self._work.get()
+            if item is None:  # retired
+                with self._lock:
+                    self._threads.remove(threading.current_thread())
+                return
+            future, work = item
             if not future.set_running_or_notify_cancel():
                 continue
             try:
                 future.set_result(work())
             except BaseException as error:  # handed to whoever waits on the future
                 future.set_exception(error)
-            del future, work  # a finished job's tensors must not wait here for the next one
+            del future, work, item  # a finished job's tensors must not wait here for the next one
 
 
 DENOISE = LongLivedThreads("denoise")

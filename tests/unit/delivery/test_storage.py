@@ -101,9 +101,10 @@ def test_a_whole_job_returns_presigned_urls(s3_endpoint, bucket, models):
     assert np.array_equal(np.asarray(decode(inline["images"][1])), np.asarray(decode_url(result["images"][1])))
 
 
-def test_a_jobs_s3config_sends_its_images_to_its_own_bucket(s3_endpoint, bucket, models, caplog):
+def test_a_jobs_s3config_sends_its_images_to_its_own_bucket(s3_endpoint, bucket, models, caplog, monkeypatch):
     from sdxl_worker.runtime.job import run_job
 
+    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")  # the test bucket is on this machine
     caplog.set_level(logging.DEBUG)
     worker_bucket, client = bucket
     client.create_bucket(Bucket="someone-elses")
@@ -124,9 +125,21 @@ def test_a_jobs_s3config_sends_its_images_to_its_own_bucket(s3_endpoint, bucket,
     ({"accessId": "a", "accessSecret": SECRET, "bucketName": "b"}, "endpointUrl missing"),
     ({"accessId": "a", "accessSecret": SECRET, "bucketName": "b", "endpointUrl": "ftp://x"}, "http(s) URL"),
     ("a string", "must be an object"),
+    # Where downloads may not go, uploads may not either: a job cannot make the worker PUT to its network.
+    ({"accessId": "a", "accessSecret": SECRET, "bucketName": "b", "endpointUrl": "http://169.254.169.254"},
+     "endpointUrl points at a local or private address (169.254.169.254)"),
+    ({"accessId": "a", "accessSecret": SECRET, "bucketName": "b", "endpointUrl": "http://127.0.0.1:9000"},
+     "ALLOW_PRIVATE_URLS=1"),
+    # What boto3 itself cannot use fails over the same way, never the job.
+    ({"accessId": "a", "accessSecret": SECRET, "bucketName": "b", "endpointUrl": "http://[bad"}, "not a valid URL"),
+    ({"accessId": "a", "accessSecret": SECRET, "bucketName": "b", "endpointUrl": "https://s3.example.com",
+      "region": "bad region!"}, "boto3 cannot use it"),
 ])
-def test_an_unusable_s3config_falls_back_with_a_warning(models, s3_config, problem):
+def test_an_unusable_s3config_falls_back_with_a_warning(models, s3_config, problem, monkeypatch):
     from sdxl_worker.runtime.job import run_job
+
+    if isinstance(s3_config, dict) and "example.com" in s3_config.get("endpointUrl", ""):
+        monkeypatch.setattr("sdxl_worker.runtime.job.private_host_problem", lambda url: None)  # no DNS here
 
     job = {"id": "bad-s3", "s3Config": s3_config, "input": {"prompt": "a", "width": 256, "height": 256,
                                                             "num_inference_steps": 2, "refine": "no_refiner"}}
@@ -134,6 +147,15 @@ def test_an_unusable_s3config_falls_back_with_a_warning(models, s3_config, probl
     assert result["images"][0].startswith("data:image/png;base64,")
     [warning] = result["warnings"]
     assert problem in warning and "are returned inline" in warning and SECRET not in warning
+
+
+def test_path_style_is_read_as_json_sends_it():
+    from sdxl_worker.delivery.storage import _job_settings
+
+    base = {"accessId": "a", "accessSecret": SECRET, "bucketName": "b", "endpointUrl": "https://s3.example.com"}
+    assert [_job_settings({**base, "pathStyle": value}, None).path_style
+            for value in (True, "true", "1", False, "false", "no", None)] == [True, True, True, False, False, False,
+                                                                              False]
 
 
 def decode_url(url: str) -> Image.Image:

@@ -83,10 +83,10 @@ def runpods_sigterm_handler():
 def test_sigterm_answers_running_jobs_then_exits(models, runpods_sigterm_handler):
     exits = []
     runner = Runner(models, exit_process=lambda: exits.append(time.monotonic()))
-    handler._stop_jobs_on_sigterm(runner)  # what the concurrency_modifier does once runpod's loop runs
-    handler._stop_jobs_on_sigterm(runner)  # once only: runpod calls the modifier before every job take
 
     async def scenario():
+        handler._stop_jobs_on_sigterm(runner)  # what the concurrency_modifier does in runpod's loop
+        handler._stop_jobs_on_sigterm(runner)  # once only: runpod calls the modifier before every job take
         task = asyncio.create_task(outputs_of(runner, {"id": "at-sigterm", "input": LONG}))
         await until(lambda: runner.running)
         await asyncio.sleep(0.5)  # denoising by now
@@ -116,3 +116,86 @@ def test_stop_reports_the_first_reason_and_how_far_the_job_got():
     stop.stop(SHUTTING_DOWN)
     assert stopped.value.reason == TIMED_OUT and stop.reason == TIMED_OUT
     assert str(stopped.value).startswith("The job ran longer than JOB_TIMEOUT_S=5 s and was stopped at step 3 of 9")
+
+
+class HangingStorage:
+    """A bucket whose uploads never finish until released: storage that accepts and never answers."""
+
+    def __init__(self):
+        import threading
+
+        self.release, self.entered = threading.Event(), threading.Event()
+
+    def key(self, job_id, index, extension):
+        return f"{job_id}/{index}.{extension}"
+
+    def upload(self, key, data, content_type):
+        self.entered.set()
+        self.release.wait(60)
+        raise RuntimeError("released")
+
+
+def test_a_job_stuck_in_its_upload_is_answered_and_the_next_job_runs_at_once(models):
+    storage = HangingStorage()
+    runner = Runner(models, storage=storage, timeout_s=None)
+
+    async def scenario():
+        task = asyncio.create_task(outputs_of(runner, {"id": "stuck", "input": {**FAST, "upload": True}}))
+        await until(storage.entered.is_set)
+        next(iter(runner.running)).stop(SHUTTING_DOWN)  # as SIGTERM does
+        stopped = time.monotonic()
+        outputs = await task
+        answered = time.monotonic() - stopped
+        after = await outputs_of(runner, {"id": "next", "input": {**FAST, "refine": "no_refiner", "upload": False}})
+        return outputs, answered, after, runner.threads.count
+
+    try:
+        outputs, answered, after, threads = asyncio.run(scenario())
+    finally:
+        storage.release.set()
+    assert len(outputs) == 1 and "shutting down" in outputs[0]["error"] and "before delivery" in outputs[0]["error"]
+    assert answered < 5, f"answered {answered:.1f} s after the stop"
+    assert "images" in after[-1]  # while the stuck upload still hangs
+    assert threads == 2, "a thread lent in place of the stuck one"
+    until_retired = time.monotonic() + 10
+    while runner.threads.count != 1 and time.monotonic() < until_retired:
+        time.sleep(0.05)
+    assert runner.threads.count == 1, "given back once the upload ended"
+
+
+def test_a_job_waiting_for_the_models_stops_at_once(models):
+    from sdxl_worker.runtime import job as jobs
+
+    runner = Runner(models, concurrency=2)
+
+    async def scenario():
+        jobs._models_in_use.acquire()  # another job holds the models
+        try:
+            task = asyncio.create_task(outputs_of(runner, {"id": "waiting", "input": FAST}))
+            await until(lambda: runner.running)
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.5)
+            threads = runner.threads.count  # 3 while a thread still waited: one lent in its place
+        finally:
+            jobs._models_in_use.release()
+        return threads, await outputs_of(runner, {"id": "after", "input": {**FAST, "refine": "no_refiner"}})
+
+    threads, after = asyncio.run(scenario())
+    assert threads == 2, "the cancelled job's thread stopped waiting for the models"
+    assert "images" in after[-1]
+
+
+def test_after_sigterm_the_worker_waits_for_jobs_runpod_took_but_has_not_handed_over():
+    pending, exits = [1], []
+    runner = Runner(models=None, exit_process=lambda: exits.append(time.monotonic()), pending=lambda: pending[0])
+    runner.shut_down()
+    time.sleep(0.5)
+    assert exits == [], "a job taken just before SIGTERM is still to be answered"
+    pending[0] = 0  # runpod handed it over, the Runner answered it "shutting down", runpod posted that
+    deadline = time.monotonic() + 5
+    while not exits and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(exits) == 1
