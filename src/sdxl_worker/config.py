@@ -30,6 +30,7 @@ YES, NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 # size and batch makes dynamo compile shape-generic kernels, so other sizes do not recompile.
 DEFAULT_WARMUP_SIZES = "1024x1024:1,768x1344:2"
 RUNPOD_MODEL_CACHE = "/runpod-volume/huggingface-cache/hub"  # where RunPod's model caching puts hub repos
+DEFAULT_IP_ADAPTER_WEIGHT = "sdxl_models/ip-adapter_sdxl.safetensors"  # h94/IP-Adapter's SDXL adapter
 DEFAULT_MODEL_NAME = "default"  # the one checkpoint's name when BASE_MODELS is unset
 MAX_URL_LIFETIME_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
 STORAGE_REQUIRED = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
@@ -145,6 +146,12 @@ _variable("BASE_MODELS", "models", "unset (BASE_MODEL alone, named `default`)",
           "the checkpoints a job may pick with `model`; the first is the default and is loaded at start")
 _variable("MODELS_KEPT", "models", "1", "1-8", "how many of BASE_MODELS stay loaded; the least recently used is "
           "evicted and its memory freed")
+_variable("CONTROLNET_MODELS", "models", "unset (none)", "`name=source,...`, each a hub id or folder of an SDXL "
+          "ControlNet", "the ControlNets a job may name in `controlnets`; loaded at start, shared by every job")
+_variable("IP_ADAPTER_MODEL", "models", "unset (none)", "hub id or folder, e.g. `h94/IP-Adapter`",
+          "the IP-Adapter a job's `ip_adapter` uses, with its image encoder; loaded at start")
+_variable("IP_ADAPTER_WEIGHT", "models", DEFAULT_IP_ADAPTER_WEIGHT, "a path inside IP_ADAPTER_MODEL",
+          "the IP-Adapter's weight file; its image encoder is the `image_encoder` folder beside it")
 _variable("REFINER_MODEL", "models", DEFAULT_REFINER, "hub id, folder, a `.safetensors` file, `tiny`, or `none`/`off`",
           "the refiner; off: no refiner")
 _variable("CHECKPOINT_CONFIG", "models", f"{DEFAULT_BASE} and {DEFAULT_REFINER} (baked in the image)",
@@ -181,10 +188,13 @@ class ModelSettings:
     runpod_cache: Path = Path(RUNPOD_MODEL_CACHE)  # RunPod's cached models, when the folder exists
     choices: tuple[tuple[str, str], ...] = ((DEFAULT_MODEL_NAME, DEFAULT_BASE),)  # BASE_MODELS: (name, source)
     kept: int = 1  # MODELS_KEPT: how many of them stay loaded
+    controlnets: tuple[tuple[str, str], ...] = ()  # CONTROLNET_MODELS: (name, source)
+    ip_adapter: str | None = None  # IP_ADAPTER_MODEL: a hub id or folder; None: none
+    ip_adapter_weight: str = DEFAULT_IP_ADAPTER_WEIGHT  # IP_ADAPTER_WEIGHT: subfolder/file inside it
 
 
 def _models(read: _Reader) -> ModelSettings:
-    choices = _model_choices(read) or ((DEFAULT_MODEL_NAME, read.text("BASE_MODEL", DEFAULT_BASE)),)
+    choices = _named_sources(read, "BASE_MODELS") or ((DEFAULT_MODEL_NAME, read.text("BASE_MODEL", DEFAULT_BASE)),)
     base = choices[0][1]
     vae = read.model("VAE_MODEL", "base" if base == "tiny" else DEFAULT_VAE)
     checkpoint_config = read.text("CHECKPOINT_CONFIG", DEFAULT_BASE)
@@ -203,22 +213,25 @@ def _models(read: _Reader) -> ModelSettings:
         runpod_cache=Path(read.text("RUNPOD_MODEL_CACHE", RUNPOD_MODEL_CACHE)),
         choices=choices,
         kept=int(read.number("MODELS_KEPT", 1, 1, 8, integer=True)),
+        controlnets=_named_sources(read, "CONTROLNET_MODELS"),
+        ip_adapter=read.model("IP_ADAPTER_MODEL", None),
+        ip_adapter_weight=read.text("IP_ADAPTER_WEIGHT", DEFAULT_IP_ADAPTER_WEIGHT),
     )
 
 
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")
 
 
-def _model_choices(read: _Reader) -> tuple[tuple[str, str], ...]:
-    """BASE_MODELS: ``name=source`` pairs, comma-separated, names unique; () when unset."""
-    text, choices = read.raw("BASE_MODELS"), {}
+def _named_sources(read: _Reader, variable: str) -> tuple[tuple[str, str], ...]:
+    """BASE_MODELS, CONTROLNET_MODELS: ``name=source`` pairs, comma-separated, names unique; () when unset."""
+    text, choices = read.raw(variable), {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, source = (half.strip() for half in item.partition("="))
         if not MODEL_NAME.fullmatch(name) or not source:
-            raise ConfigError(f"BASE_MODELS entry {item[:60]!r} is not name=source with a name of lowercase "
-                              f"letters, digits, '.', '_' or '-' (e.g. juggernaut=/runpod-volume/juggernaut.safetensors).")
+            raise ConfigError(f"{variable} entry {item[:60]!r} is not name=source with a name of lowercase "
+                              f"letters, digits, '.', '_' or '-' (e.g. canny=diffusers/controlnet-canny-sdxl-1.0).")
         if name in choices:
-            raise ConfigError(f"BASE_MODELS names {name!r} twice; give each checkpoint its own name.")
+            raise ConfigError(f"{variable} names {name!r} twice; give each its own name.")
         choices[name] = source
     return tuple(choices.items())
 

@@ -167,3 +167,14 @@ def test_a_checkpoint_that_fails_to_load_fails_its_job_and_the_worker_keeps_serv
     with pytest.raises(ModelUnavailable, match=r"BASE_MODELS gone='/nowhere/gone.safetensors': no such file"):
         load_models(Settings(base="tiny", refiner=None, vae=None, device="cpu",
                              choices=(("first", "tiny"), ("gone", "/nowhere/gone.safetensors"))))
+
+
+def test_vae_model_serves_every_checkpoint_across_switches(single_files, other_checkpoint):
+    shared_vae = str(ensure_tiny_model() / "base" / "vae")  # VAE_MODEL as a folder
+    worker = load_models(Settings(base="tiny", refiner="tiny", vae=shared_vae, device="cpu", kept=1,
+                                  choices=(("first", "tiny"), ("second", str(other_checkpoint)))))
+    first = _image(worker)
+    assert _image(worker, model="second")["images"] != first["images"]
+    assert worker.base.vae is worker.shared_vae and worker.refiner.vae is worker.shared_vae
+    assert _image(worker, model="first")["images"] == first["images"]  # loaded again, with VAE_MODEL's VAE
+    assert worker.base.vae is worker.shared_vae

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import functools
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from PIL import Image
 
+from sdxl_worker.engine import control, ip_adapter
 from sdxl_worker.engine.models import Models
 from sdxl_worker.engine.plan import Plan
 from sdxl_worker.engine.previews import clean_estimate
@@ -37,7 +39,8 @@ class Result:
 
 
 def run(models: Models, plan: Plan, init_image: Image.Image | None = None,
-        on_step: StepCallback | None = None, mask: Image.Image | None = None) -> Result:
+        on_step: StepCallback | None = None, mask: Image.Image | None = None,
+        control_images: list | None = None, reference_images: list | None = None) -> Result:
     timings: dict[str, float] = {}
     if init_image is not None:
         init_image = _resize(init_image, plan)
@@ -51,7 +54,8 @@ def run(models: Models, plan: Plan, init_image: Image.Image | None = None,
     with torch.inference_mode():
         if plan.runs_base:
             started = time.perf_counter()
-            latents = _run_base(models, plan, generators, init_image, mask, on_step)
+            latents = _run_base(models, plan, generators, init_image, mask, on_step, control_images,
+                                reference_images)
             timings["base"] = ms_since(started)
         if plan.runs_refiner:
             started = time.perf_counter()
@@ -75,20 +79,33 @@ def _common(plan: Plan, conditioning, generators: list) -> dict:
     )
 
 
-def _run_base(models, plan, generators, init_image, mask, on_step):
+def _run_base(models, plan, generators, init_image, mask, on_step, control_images=None, reference_images=None):
     pipe = {"txt2img": models.base, "img2img": models.img2img, "inpaint": models.inpaint}[plan.task]
+    if plan.controls:
+        pipe = control.pipeline_for(models, plan.task, pipe, [guide.model for guide in plan.controls])
     pipe.scheduler = keep_timesteps_on_host(
         pipe, build_scheduler(plan.scheduler, models.scheduler_configs["base"])
     )
     conditioning = encode_for_base(pipe, plan.prompt, plan.negative_prompt)
     args = dict(_common(plan, conditioning, generators), **_base_args(plan))
+    end_after = None
+    if plan.controls:
+        args.update(control.arguments(plan, control_images))
+        if plan.task == "img2img" and "denoising_end" in args:
+            # diffusers' ControlNet img2img pipeline has no denoising_end: the base stops after the
+            # same steps by interrupting its loop, which then hands over the latents as they are.
+            del args["denoising_end"]
+            end_after = count_steps(models, plan)["base"]
     if plan.task != "txt2img":
         args["image"] = init_image
     if plan.task == "inpaint":
         # The inpaint pipeline would otherwise default to 1024x1024 whatever the image.
         args.update(mask_image=mask, width=init_image.width, height=init_image.height)
     args["output_type"] = "latent" if plan.runs_refiner else "pil"
-    return pipe(**args, **_callback(on_step, "base", pipe.scheduler)).images
+    if reference_images:
+        args["ip_adapter_image"] = [list(reference_images)]  # one adapter, its images
+    with ip_adapter.applied(models.ip_adapter, pipe, plan.reference_scale) if reference_images else nullcontext():
+        return pipe(**args, **_callback(on_step, "base", pipe.scheduler, end_after)).images
 
 
 def _base_args(plan) -> dict:
@@ -180,13 +197,17 @@ def _count(scheduler, args: dict) -> int:
     return len(timesteps)
 
 
-def _callback(on_step: StepCallback | None, stage: str, scheduler) -> dict:
-    if on_step is None:
+def _callback(on_step: StepCallback | None, stage: str, scheduler, end_after: int | None = None) -> dict:
+    """The step callback: ``on_step`` after every step, and the loop interrupted after ``end_after`` steps."""
+    if on_step is None and end_after is None:
         return {}
-    latest = _observe_clean_estimate(scheduler)
+    latest = _observe_clean_estimate(scheduler) if on_step is not None else {}
 
     def after_step(pipe, step, timestep, kwargs):
-        on_step(stage, step + 1, dict(kwargs, x0=latest.get("x0")))
+        if on_step is not None:
+            on_step(stage, step + 1, dict(kwargs, x0=latest.get("x0")))
+        if end_after is not None and step + 1 >= end_after:
+            pipe._interrupt = True  # the remaining iterations are skipped, no step or random draw run
         return kwargs
 
     return {"callback_on_step_end": after_step}

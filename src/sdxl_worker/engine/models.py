@@ -74,6 +74,9 @@ class Models:
     settings: Settings | None = None  # what was loaded: where the other BASE_MODELS come from
     kept: dict = field(default_factory=dict)  # name -> sdxl_worker.engine.switch.Checkpoint, not in use
     preset_unets: dict = field(default_factory=dict)  # preset name -> its UNet for this checkpoint
+    controlnets: dict = field(default_factory=dict)  # CONTROLNET_MODELS: name -> ControlNetModel, shared
+    ip_adapter: object | None = None  # sdxl_worker.engine.ip_adapter.IpAdapter when IP_ADAPTER_MODEL is set
+    shared_vae: object | None = None  # VAE_MODEL's VAE, which every checkpoint of BASE_MODELS uses
 
     @property
     def has_refiner(self) -> bool:
@@ -263,9 +266,14 @@ def import_libraries() -> SimpleNamespace:
     )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    from sdxl_worker.engine.control import load_controlnets, speed_up_controlnets
+    from sdxl_worker.engine.ip_adapter import load_ip_adapter
     from sdxl_worker.engine.previews import load_preview_decoder
 
     return SimpleNamespace(
+        load_controlnets=load_controlnets,
+        speed_up_controlnets=speed_up_controlnets,
+        load_ip_adapter=load_ip_adapter,
         AutoencoderKL=AutoencoderKL,
         CLIPTextModel=CLIPTextModel,
         CLIPTextModelWithProjection=CLIPTextModelWithProjection,
@@ -319,6 +327,10 @@ def load_models(settings: Settings | None = None) -> Models:
             add_watermarker=False,
         )
 
+    # 3. What guides the base: ControlNets and the IP-Adapter, loaded once for every job and checkpoint.
+    controlnets = lib.load_controlnets(settings, loader)
+    ip = lib.load_ip_adapter(base, settings)
+
     img2img, inpaint = base_pipelines(lib, base)
     refiner, refiner_inpaint = refiner_pipelines(lib, refiner) if refiner else (None, None)
     if settings.cpu_offload and on_gpu:
@@ -332,10 +344,11 @@ def load_models(settings: Settings | None = None) -> Models:
     seconds = {label: spent for label, (_, spent) in loader.report.items()}
     models = Models(base, img2img, refiner, settings.device, dtype, configs, seconds,
                     inpaint=inpaint, refiner_inpaint=refiner_inpaint, name=settings.choices[0][0],
-                    settings=settings)
+                    settings=settings, controlnets=controlnets, ip_adapter=ip, shared_vae=vae)
     models.preview_decoder = lib.load_preview_decoder(settings.taesd, settings.device, dtype)
     _log_loaded(settings, dtype, loader.report, loaded_bytes(models), time.perf_counter() - everything_started)
     models.speedups = apply_speedups(models, settings)
+    lib.speed_up_controlnets(list(controlnets.values()), models.speedups)
     return models
 
 

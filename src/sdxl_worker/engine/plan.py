@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sdxl_worker.errors import InputError
 from sdxl_worker.request.schema import INPUT_SCHEMA, MAX_SEED
@@ -21,6 +22,15 @@ MIN_SIDE = INPUT_SCHEMA["properties"]["width"]["minimum"]
 MAX_SIDE = INPUT_SCHEMA["properties"]["width"]["maximum"]
 SIDE_STEP = INPUT_SCHEMA["properties"]["width"]["multipleOf"]
 DEFAULT_HIGH_NOISE_FRAC = 0.8  # cog-sdxl's default hand-off point
+
+
+class Guide(NamedTuple):
+    """One ControlNet as a stage runs it (its control image is prepared beside the plan)."""
+
+    model: str
+    scale: float
+    start: float
+    end: float
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,8 @@ class Plan:
     refiner_strength: float
     watermark: bool
     warnings: tuple[str, ...] = ()  # inputs the plan ignored, one sentence each, for the result
+    controls: tuple[Guide, ...] = ()  # ControlNets guiding the base, in the job's order
+    reference_scale: float | None = None  # the IP-Adapter's scale; None: no reference images
 
     def size_for(self, image_size: tuple[int, int] | None, field: str = "image") -> tuple[int, int]:
         """The output size: the sides the job gave, the others from the input image.
@@ -106,6 +118,8 @@ def make_plan(request: Request, has_refiner: bool) -> Plan:
         refiner_strength=request.strength,
         watermark=request.apply_watermark,
         warnings=warnings,
+        controls=tuple(Guide(c.model, float(c.scale), float(c.start), float(c.end)) for c in request.controlnets),
+        reference_scale=float(request.ip_adapter.scale) if request.ip_adapter is not None else None,
     )
 
 

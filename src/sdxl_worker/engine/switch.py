@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from dataclasses import dataclass, field
 
 from sdxl_worker.engine import models as loading
@@ -61,10 +62,17 @@ def use_model(models, name: str | None) -> int | None:
         try:
             chosen = _load(models, name)
         except Exception as error:
+            failure = error
+        else:
+            failure = None
+        if failure is not None:
+            traceback.clear_frames(failure.__traceback__)  # its frames held the half-loaded tensors
+            loading.free_memory()  # what the half-loaded checkpoint held, before the previous one loads again
             if previous not in models.kept:  # dropped for room: the worker must still have a model
                 _put_in_place(models, previous, _load(models, previous))
+            error = failure
             if not isinstance(error, loading.ModelUnavailable):
-                raise
+                raise error
             log.warning("Model %s could not be loaded: %s", name, error)
             raise InputError(f"'model' {name!r} could not be loaded on this worker (its log says why); use "
                              f"another of {', '.join(model_names(models))}, or fix BASE_MODELS.") from None
@@ -111,7 +119,7 @@ def _load(models, name: str) -> Checkpoint:
     on_gpu = models.device.startswith("cuda")
     loader = loading._Loader(models.dtype, None if settings.cpu_offload and on_gpu else models.device)
     loaded = [pipe for pipe in [models.base] + [kept.base for kept in models.kept.values()] if hasattr(pipe, "vae")]
-    shared_vae = loaded[0].vae if settings.vae and loaded else None  # VAE_MODEL serves every checkpoint
+    shared_vae = models.shared_vae if settings.vae else None  # VAE_MODEL serves every checkpoint, loaded once
     base = loading.load_base(lib, settings, model_sources(settings)[name], loader, shared_vae)
     fresh = _share_identical(base, loaded)
     if models.speedups is not None:

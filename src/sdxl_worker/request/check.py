@@ -19,10 +19,20 @@ from sdxl_worker.request.types import Request
 
 
 def check(request: Request, has_refiner: bool, has_storage: bool, model_names: Iterable[str] = (),
-          presets: Iterable[str] = ()) -> None:
+          presets: Iterable[str] = (), controlnets: Iterable[str] = (), has_ip_adapter: bool = False) -> None:
     """InputError naming the field, for the first thing about ``request`` this worker cannot do.
-    ``model_names``: the checkpoints it serves (BASE_MODELS); ``presets``: those whose weights it has."""
-    model_names = tuple(model_names)
+    ``model_names``: the checkpoints it serves (BASE_MODELS); ``presets``: those whose weights it has;
+    ``controlnets``: CONTROLNET_MODELS' names; ``has_ip_adapter``: IP_ADAPTER_MODEL is loaded."""
+    model_names, controlnets = tuple(model_names), tuple(controlnets)
+    for index, control in enumerate(request.controlnets):
+        if control.model not in controlnets:
+            have = (f"use one of {', '.join(controlnets)}" if controlnets else
+                    "this worker has none: set CONTROLNET_MODELS (docs/control.md)")
+            raise InputError(f"'controlnets[{index}].model' is {control.model[:40]!r}, which is not a ControlNet of "
+                             f"this worker; {have}.")
+    if request.ip_adapter is not None and not has_ip_adapter:
+        raise InputError("'ip_adapter' needs an IP-Adapter, and this worker has none; set IP_ADAPTER_MODEL "
+                         "(docs/control.md), or leave 'ip_adapter' out.")
     if request.model is not None and request.model not in model_names:
         raise InputError(f"'model' is {request.model[:40]!r}, which this worker does not serve; use one of "
                          f"{', '.join(model_names)} (set by BASE_MODELS), or leave it out for {model_names[0]}.")

@@ -20,6 +20,8 @@ from sdxl_worker.request.samplers import SCHEDULERS as SCHEDULER_TABLE
 
 MAX_SEED = 2**63 - 1
 MAX_LORAS = 4  # per job; each one adds its own low-rank matmuls to every step
+MAX_CONTROLNETS = 3  # per job; each one is about half a UNet more per step
+MAX_REFERENCE_IMAGES = 4  # IP-Adapter reference images per job
 MAX_PROMPT_CHARS = 10_000  # keeps a megabyte prompt from tying up the tokenizers and the GPU
 MAX_IMAGE_CHARS = 30_000_000  # an image as base64 or a URL: about 22 MB of file
 MAX_NAME_CHARS = 64  # names from a list (scheduler, task, ...)
@@ -248,6 +250,49 @@ INPUT_SCHEMA: dict = {
                 "https URL of a .safetensors file, a hub id or a local path; `scale` in [-4, 4], default 1."
             ),
         },
+        # --- guiding the image: structure and reference (docs/control.md) ---
+        "controlnets": {
+            "type": ["array", "null"],
+            "maxItems": MAX_CONTROLNETS,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["model", "image"],
+                "properties": {
+                    "model": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS},
+                    "image": {**_IMAGE, "type": "string"},
+                    "preprocess": {"type": "string", "enum": ["none", "canny"], "maxLength": 16, "default": "none"},
+                    "low_threshold": {"type": "integer", "minimum": 0, "maximum": 255, "default": 100},
+                    "high_threshold": {"type": "integer", "minimum": 0, "maximum": 255, "default": 200},
+                    "scale": {"type": "number", "minimum": 0, "maximum": 2, "default": 1.0},
+                    "start": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.0},
+                    "end": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0},
+                },
+            },
+            "default": None,
+            "description": (
+                "ControlNets guiding the base by an image's structure: a list (at most 3) of `{\"model\", "
+                "\"image\", \"preprocess\", \"scale\", \"start\", \"end\"}`; `model` names one of CONTROLNET_MODELS, "
+                "`preprocess` `canny` makes an edge map (`low_threshold`, `high_threshold`), `none` takes the image "
+                "as the control image; `scale` 0-2 (default 1), `start`/`end` the part of the schedule it guides."
+            ),
+        },
+        "ip_adapter": {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "required": ["image"],
+            "properties": {
+                # One image, or a list: the string and the array keywords each apply to their own type.
+                "image": {"type": ["string", "array"], "minLength": 1, "maxLength": MAX_IMAGE_CHARS,
+                          "minItems": 1, "maxItems": MAX_REFERENCE_IMAGES, "items": {**_IMAGE, "type": "string"}},
+                "scale": {"type": "number", "minimum": 0, "maximum": 2, "default": 0.6},
+            },
+            "default": None,
+            "description": (
+                "A reference picture's style or subject, through the worker's IP-Adapter (IP_ADAPTER_MODEL): "
+                "`{\"image\", \"scale\"}`, `image` one image or a list of up to 4, `scale` 0-2 (default 0.6)."
+            ),
+        },
         # --- which model, how fast ---
         "model": {
             "type": ["string", "null"],
@@ -373,6 +418,16 @@ def _cross_field_problems(raw: dict) -> list[str]:
             "Give either 'image' (img2img through the base) or 'image_url' (refiner only), not both."
         )
     problems += presets.problems(raw.get("preset"), raw)
+    for index, control in enumerate(raw.get("controlnets") or ()):
+        start, end = control.get("start", 0.0), control.get("end", 1.0)
+        if start >= end:
+            problems.append(f"'controlnets[{index}].start' ({start:g}) must be less than 'controlnets[{index}].end' "
+                            f"({end:g}): they are the part of the schedule the ControlNet guides.")
+    if raw.get("image_url") is not None or raw.get("task") == "refine":
+        for name in ("controlnets", "ip_adapter"):
+            if raw.get(name):
+                problems.append(f"'{name}' guides the base, and a refiner-only job ('image_url') runs no base; "
+                                f"send the image as 'image' for img2img, or leave '{name}' out.")
     task = raw.get("task")
     if task == "txt2img" and has_image:
         problems.append("'task' is 'txt2img' but an input image was given; drop the image or use 'img2img'.")

@@ -22,6 +22,28 @@ class Lora:
 
 
 @dataclass(frozen=True)
+class Control:
+    """One ControlNet of a job: which one, its control image, how it is made and how strongly it guides."""
+
+    model: str
+    image: str
+    preprocess: str = "none"  # none | canny
+    low_threshold: int = 100
+    high_threshold: int = 200
+    scale: float = 1.0
+    start: float = 0.0  # the fraction of the schedule where its guidance starts ...
+    end: float = 1.0  # ... and ends
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The IP-Adapter's reference images for a job, and how strongly they steer it."""
+
+    images: tuple[str, ...]
+    scale: float = 0.6
+
+
+@dataclass(frozen=True)
 class Request:
     # what to draw
     prompt: str | None
@@ -52,6 +74,9 @@ class Request:
     preview_format: str
     preview_quality: int
     loras: tuple[Lora, ...]
+    # guiding the image
+    controlnets: tuple[Control, ...]
+    ip_adapter: Reference | None
     # which model, how fast
     model: str | None
     preset: str | None
@@ -65,4 +90,10 @@ class Request:
         """The request ``raw`` asks for; InputError naming every problem with it."""
         values = validate(raw)
         values["loras"] = tuple(Lora(**lora) for lora in values["loras"] or ())
+        values["controlnets"] = tuple(Control(**control) for control in values["controlnets"] or ())
+        reference = values["ip_adapter"]
+        if reference is not None:
+            images = reference["image"]
+            values["ip_adapter"] = Reference(tuple([images] if isinstance(images, str) else images),
+                                             reference.get("scale", Reference.scale))
         return cls(**{f.name: values[f.name] for f in fields(cls)})

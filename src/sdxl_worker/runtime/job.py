@@ -32,6 +32,7 @@ from sdxl_worker.delivery.size_guard import OutputBudget
 from sdxl_worker.delivery.storage import job_storage
 from sdxl_worker.errors import InputError
 from sdxl_worker.engine.generate import count_steps, ms_since
+from sdxl_worker.inputs.control import control_image
 from sdxl_worker.inputs.fetch import private_host_problem
 from sdxl_worker.inputs.images import load_image, load_mask
 from sdxl_worker.runtime.logs import hidden, protect, redact, truncate
@@ -102,7 +103,11 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     request = Request.from_input(raw_input)
     storage, storage_warning = job_storage(job.get("s3Config"), storage, refuse_host=private_host_problem)
     check(request, has_refiner=models.has_refiner, has_storage=storage is not None,
-          model_names=switch.model_names(models), presets=fast_presets.available() if request.preset else ())
+          model_names=switch.model_names(models), presets=fast_presets.available() if request.preset else (),
+          controlnets=tuple(models.controlnets), has_ip_adapter=models.ip_adapter is not None)
+    if request.preset and models.settings is not None and models.settings.cpu_offload:
+        raise InputError(f"'preset' cannot run on this worker: CPU_OFFLOAD=1 keeps the UNets on the host and a "
+                         f"preset's own UNet is not part of that; leave 'preset' out, or run without CPU_OFFLOAD.")
     plan = make_plan(request, models.has_refiner)
     log.info("job %s: %s, %s, %d image(s), prompt %r", job_id, plan.task, plan.refine, len(plan.seeds),
              truncate(request.prompt))
@@ -122,6 +127,13 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
             width, height = plan.size_for(init_image.size, field)
             budget.check(plan, steps, width, height, plan.guidance_scale)
     mask = load_mask(request.mask, "mask", init_image.size) if request.mask is not None else None
+    output_size = plan.size_for(init_image.size if init_image is not None else None) if request.controlnets else None
+    control_images = [control_image(guide.image, f"controlnets[{index}].image", output_size, guide.preprocess,
+                                    guide.low_threshold, guide.high_threshold)
+                      for index, guide in enumerate(request.controlnets)]
+    references = request.ip_adapter.images if request.ip_adapter is not None else ()
+    reference_images = [load_image(image, "ip_adapter.image" if len(references) == 1 else f"ip_adapter.image[{index}]")
+                        for index, image in enumerate(references)]
     output_budget = OutputBudget(inline_limit_bytes())  # previews and the final payload together
     loras = local_loras(request.loras)
     with _holding_the_models(stop):
@@ -130,7 +142,7 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
                 lora_layers.applied(models, loras):
             stop.check("before its first step")
             result = yield from run_streamed(models, job, request, plan, init_image, mask, on_progress, stop,
-                                             output_budget)
+                                             output_budget, control_images, reference_images)
     stop.check("after its last step, before delivery")
     delivery = deliver(result.images, request, storage, job_id, room_bytes=output_budget.final_room())
     payload = {

@@ -30,7 +30,8 @@ log = protect(logging.getLogger(__name__))
 
 def run_streamed(models: Models, job: dict, request: Request, plan, init_image, mask=None,
                  on_progress: ProgressCallback | None = None, stop: Stop | None = None,
-                 budget: OutputBudget | None = None) -> Generator[dict, None, object]:
+                 budget: OutputBudget | None = None, control_images: list | None = None,
+                 reference_images: list | None = None) -> Generator[dict, None, object]:
     """Run the plan in the denoise thread; yield a preview dict after each preview step; return the result."""
     steps = generate.count_steps(models, plan)
     total = sum(steps.values())
@@ -52,7 +53,8 @@ def run_streamed(models: Models, job: dict, request: Request, plan, init_image, 
     def denoise(callback):
         if stop is not None:
             stop.check(f"before its first step (of {total})")
-        return generate.run(models, plan, init_image, callback, mask=mask)
+        return generate.run(models, plan, init_image, callback, mask=mask, control_images=control_images,
+                            reference_images=reference_images)
 
     events = _steps_in_thread(denoise, on_step)
     with closing(events):

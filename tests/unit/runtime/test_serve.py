@@ -20,12 +20,12 @@ def steps_seen(monkeypatch) -> list:
     """The base steps the pipelines run from now on (the UNet's calls, counted in the step callback)."""
     seen, real = [], generate._callback
 
-    def counting(on_step, stage, scheduler):
+    def counting(on_step, stage, scheduler, *rest):
         def counted(stage_, step, kwargs):
             seen.append(step)
             if on_step is not None:
                 on_step(stage_, step, kwargs)
-        return real(counted, stage, scheduler)
+        return real(counted, stage, scheduler, *rest)
 
     monkeypatch.setattr(generate, "_callback", counting)
     return seen

@@ -1,0 +1,81 @@
+"""ControlNets: loaded once at start-up (CONTROLNET_MODELS), shared by every job and checkpoint.
+
+A job with ``controlnets`` runs its base stage on diffusers' SDXL ControlNet pipeline of its task
+(txt2img, img2img, inpaint), made for the job from the base's components and the named
+ControlNets (one, or several as diffusers' MultiControlNetModel): no weights are copied, and the
+next job runs the plain pipelines again. The refiner stage runs without control.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sdxl_worker.engine.models import _resolve
+
+log = logging.getLogger(__name__)
+
+
+def load_controlnets(settings, loader) -> dict:
+    """Name -> ControlNetModel for CONTROLNET_MODELS, each on the device in the models' dtype."""
+    if not settings.controlnets:
+        return {}
+    from diffusers import ControlNetModel
+
+    return {name: loader.component(f"controlnet {name}", ControlNetModel, _resolve(source, ""),
+                                   "CONTROLNET_MODELS").eval().requires_grad_(False)
+            for name, source in settings.controlnets}
+
+
+def speed_up_controlnets(controlnets: list, speedups) -> None:
+    """What of the speed-ups a ControlNet takes: the memory format, and timesteps from the host (it
+    is called with the same timestep as the UNet). Fused QKV, cuDNN attention and compiling stay
+    the UNet's."""
+    from sdxl_worker.engine.speed import _move_timesteps_in_forward
+
+    for controlnet in controlnets:
+        if speedups.channels_last:
+            import torch
+
+            controlnet.to(memory_format=torch.channels_last)
+        if speedups.host_timesteps:
+            _move_timesteps_in_forward(controlnet)
+
+
+def pipeline_for(models, task: str, pipe, names: list[str]):
+    """The ControlNet pipeline of ``task`` on ``pipe``'s components (the base's, the preset's UNet if
+    one is in), with the named ControlNets."""
+    from diffusers import (
+        StableDiffusionXLControlNetImg2ImgPipeline,
+        StableDiffusionXLControlNetInpaintPipeline,
+        StableDiffusionXLControlNetPipeline,
+    )
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    chosen = [models.controlnets[name] for name in names]
+    controlnet = chosen[0] if len(chosen) == 1 else MultiControlNetModel(chosen)
+    cls = {"txt2img": StableDiffusionXLControlNetPipeline, "img2img": StableDiffusionXLControlNetImg2ImgPipeline,
+           "inpaint": StableDiffusionXLControlNetInpaintPipeline}[task]
+    components = {name: part for name, part in pipe.components.items() if name in _init_arguments(cls)}
+    control_pipe = cls(**components, controlnet=controlnet, add_watermarker=False)
+    control_pipe.set_progress_bar_config(disable=True)
+    return control_pipe
+
+
+def arguments(plan, images: list) -> dict:
+    """The ControlNet pipeline's control arguments for the plan's controls and their images."""
+    one = len(plan.controls) == 1
+
+    def each(values):
+        return values[0] if one else list(values)
+
+    field = "image" if plan.task == "txt2img" else "control_image"  # txt2img's "image" is the control image
+    return {field: each(images),
+            "controlnet_conditioning_scale": each([control.scale for control in plan.controls]),
+            "control_guidance_start": each([control.start for control in plan.controls]),
+            "control_guidance_end": each([control.end for control in plan.controls])}
+
+
+def _init_arguments(cls) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(cls.__init__).parameters) - {"self"}
