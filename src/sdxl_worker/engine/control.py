@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import logging
 
-from sdxl_worker.engine.models import _resolve
-
 log = logging.getLogger(__name__)
 
 
-def load_controlnets(settings, loader) -> dict:
-    """Name -> ControlNetModel for CONTROLNET_MODELS, each on the device in the models' dtype."""
+def load_controlnets(settings, loader, resolve) -> dict:
+    """Name -> ControlNetModel for CONTROLNET_MODELS, each on the device in the models' dtype
+    (``resolve``: sdxl_worker.engine.models' name-to-folder rule, passed in so imports go one way)."""
     if not settings.controlnets:
         return {}
     from diffusers import ControlNetModel
 
-    return {name: loader.component(f"controlnet {name}", ControlNetModel, _resolve(source, ""),
+    return {name: loader.component(f"controlnet {name}", ControlNetModel, resolve(source, ""),
                                    "CONTROLNET_MODELS").eval().requires_grad_(False)
             for name, source in settings.controlnets}
 

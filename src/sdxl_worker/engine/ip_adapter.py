@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from sdxl_worker.engine.models import ModelUnavailable, _resolve
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +26,9 @@ class IpAdapter:
     projection: object  # the UNet's encoder_hid_proj while in use (MultiIPAdapterImageProjection)
 
 
-def load_ip_adapter(base, settings) -> IpAdapter | None:
-    """The IP-Adapter of ``settings`` loaded through ``base`` (diffusers' load_ip_adapter), then set aside."""
+def load_ip_adapter(base, settings, resolve, unavailable) -> IpAdapter | None:
+    """The IP-Adapter of ``settings`` loaded through ``base`` (diffusers' load_ip_adapter), then set aside.
+    ``resolve`` and ``unavailable`` are sdxl_worker.engine.models' name rule and error, passed in."""
     if not settings.ip_adapter:
         return None
     from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
@@ -36,10 +36,10 @@ def load_ip_adapter(base, settings) -> IpAdapter | None:
     unet, where = base.unet, PurePosixPath(settings.ip_adapter_weight)
     before = dict(unet.attn_processors)
     try:
-        base.load_ip_adapter(_resolve(settings.ip_adapter, ""), subfolder=str(where.parent), weight_name=where.name,
+        base.load_ip_adapter(resolve(settings.ip_adapter, ""), subfolder=str(where.parent), weight_name=where.name,
                              local_files_only=True)
     except (OSError, ValueError, KeyError) as error:
-        raise ModelUnavailable(
+        raise unavailable(
             f"Could not load IP_ADAPTER_MODEL={settings.ip_adapter!r} with IP_ADAPTER_WEIGHT={settings.ip_adapter_weight!r}: "
             f"{str(error).splitlines()[0].rstrip('.')}. Bake it into the image (--build-arg IP_ADAPTER_MODEL=...) or "
             f"point IP_ADAPTER_MODEL at a folder holding that file and an image_encoder folder beside it."

@@ -328,8 +328,8 @@ def load_models(settings: Settings | None = None) -> Models:
         )
 
     # 3. What guides the base: ControlNets and the IP-Adapter, loaded once for every job and checkpoint.
-    controlnets = lib.load_controlnets(settings, loader)
-    ip = lib.load_ip_adapter(base, settings)
+    controlnets = lib.load_controlnets(settings, loader, _resolve)
+    ip = lib.load_ip_adapter(base, settings, _resolve, ModelUnavailable)
 
     img2img, inpaint = base_pipelines(lib, base)
     refiner, refiner_inpaint = refiner_pipelines(lib, refiner) if refiner else (None, None)
