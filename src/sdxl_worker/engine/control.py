@@ -26,18 +26,14 @@ def load_controlnets(settings, loader, resolve) -> dict:
 
 
 def speed_up_controlnets(controlnets: list, speedups) -> None:
-    """What of the speed-ups a ControlNet takes: the memory format, and timesteps from the host (it
-    is called with the same timestep as the UNet). Fused QKV, cuDNN attention and compiling stay
-    the UNet's."""
-    from sdxl_worker.engine.speed import _move_timesteps_in_forward
+    """The UNets' speed-ups a ControlNet takes (it is called with the same timestep as the UNet):
+    the memory format and timesteps from the host. Attention processors, fused QKV and compiling
+    stay the UNet's."""
+    from dataclasses import replace
 
-    for controlnet in controlnets:
-        if speedups.channels_last:
-            import torch
+    from sdxl_worker.engine.speed import speed_up
 
-            controlnet.to(memory_format=torch.channels_last)
-        if speedups.host_timesteps:
-            _move_timesteps_in_forward(controlnet)
+    speed_up(controlnets, [], replace(speedups, fused_qkv=False, compile=False, attention="sdpa"))
 
 
 def pipeline_for(models, task: str, pipe, names: list[str]):

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from sdxl_worker.engine.models import _hub_snapshot
+from sdxl_worker.engine.models import _hub_snapshot, _Loader
 from sdxl_worker.engine.speed import speed_up
 from sdxl_worker.request.presets import PRESETS, Preset
 
@@ -94,9 +94,8 @@ def _fused_copy(models, lora_file: Path):
 
 
 def _own_unet(models, folder: Path):
+    """The preset repository's UNet, loaded as start-up loads a checkpoint's (fp16 variant, dtype, device)."""
     from diffusers import UNet2DConditionModel
 
-    variant = "fp16" if any(folder.glob("*.fp16.safetensors")) else None
-    unet = UNet2DConditionModel.from_pretrained(folder, torch_dtype=models.dtype, variant=variant,
-                                                use_safetensors=True)
-    return unet.to(models.device).eval().requires_grad_(False)
+    loader = _Loader(models.dtype, models.device)
+    return loader.component("preset unet", UNet2DConditionModel, str(folder), "PRESETS").eval().requires_grad_(False)
