@@ -43,6 +43,12 @@ ARG BASE_MODEL_URL=""
 ARG CHECKPOINT_CONFIG=stabilityai/stable-diffusion-xl-base-1.0
 # Fast presets whose weights to bake (lightning-4,lcm-4,... or all); docs/checkpoints.md.
 ARG PRESETS=""
+# ControlNets (name=hub id,...) and an IP-Adapter with its image encoder; docs/control.md. E.g.
+#   --build-arg CONTROLNET_MODELS=canny=diffusers/controlnet-canny-sdxl-1.0,depth=diffusers/controlnet-depth-sdxl-1.0
+#   --build-arg IP_ADAPTER_MODEL=h94/IP-Adapter
+ARG CONTROLNET_MODELS=""
+ARG IP_ADAPTER_MODEL=""
+ARG IP_ADAPTER_WEIGHT=sdxl_models/ip-adapter_sdxl.safetensors
 WORKDIR /app
 COPY builder/ builder/
 # The builder reads the model ids as the worker does, through its configuration module
@@ -66,6 +72,9 @@ ENV BASE_MODEL=${BASE_MODEL} \
     REFINER_MODEL=${REFINER_MODEL} \
     VAE_MODEL=${VAE_MODEL} \
     TAESD_MODEL=${TAESD_MODEL} \
+    CONTROLNET_MODELS=${CONTROLNET_MODELS} \
+    IP_ADAPTER_MODEL=${IP_ADAPTER_MODEL} \
+    IP_ADAPTER_WEIGHT=${IP_ADAPTER_WEIGHT} \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
 

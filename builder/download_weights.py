@@ -6,7 +6,8 @@
 
 The models come from the same variables the worker reads at run time (Docker build args in the
 image): BASE_MODEL, REFINER_MODEL, VAE_MODEL and TAESD_MODEL; PRESETS adds the weights of those fast
-presets (sdxl_worker.request.presets). A BASE_MODEL (or REFINER_MODEL) that
+presets (sdxl_worker.request.presets), CONTROLNET_MODELS the ControlNets a job may name, and
+IP_ADAPTER_MODEL the IP-Adapter file IP_ADAPTER_WEIGHT with its image encoder. A BASE_MODEL (or REFINER_MODEL) that
 is a single `.safetensors` file (builder/download_checkpoint.py bakes one from BASE_MODEL_URL)
 needs only the configs and tokenizers of CHECKPOINT_CONFIG (REFINER_CHECKPOINT_CONFIG): no weights. Of each repository it takes the
 configs, the tokenizers and one copy of the weights: the fp16 safetensors where the repository has
@@ -54,6 +55,7 @@ class Wanted:
     repo: str
     skip: tuple[str, ...] = ()
     configs_only: bool = False  # a single-file checkpoint's component configs: no weights
+    weight: str | None = None  # an IP-Adapter: its weight file in the repository, image_encoder beside it
 
 
 def _single_file(name: str | None) -> bool:
@@ -76,6 +78,11 @@ def wanted_from_env(env=None) -> list[Wanted]:
         wanted.append(Wanted("VAE_MODEL", settings.vae))
     if settings.taesd:
         wanted.append(Wanted("TAESD_MODEL", settings.taesd))
+    # ControlNets are single models (config.json and weights at the top); an IP-Adapter is one file
+    # of a repository that holds many, with the CLIP image encoder it was trained with beside it.
+    wanted += [Wanted(f"CONTROLNET_MODELS {name}", source) for name, source in settings.controlnets]
+    if settings.ip_adapter:
+        wanted.append(Wanted("IP_ADAPTER_MODEL", settings.ip_adapter, weight=settings.ip_adapter_weight))
     # Local folders and the built-in test model need no download.
     return [w for w in wanted if w.repo != "tiny" and not Path(w.repo).exists()]
 
@@ -147,6 +154,22 @@ def files_to_fetch(
 # --- the network side: listing and downloading ----------------------------------------------
 
 
+def ip_adapter_files(listing: list[str], weight: str, variant: str = VARIANT) -> list[str]:
+    """An IP-Adapter's weight file and the image encoder the worker loads with it: the
+    ``image_encoder`` folder beside the file (diffusers' load_ip_adapter reads it from there)."""
+    if weight not in listing:
+        raise NothingToLoad(f"no file {weight!r} in the repository (IP_ADAPTER_WEIGHT)")
+    if not weight.endswith(".safetensors"):
+        raise NothingToLoad(f"IP_ADAPTER_WEIGHT={weight!r} is not a .safetensors file")
+    folder = weight.rsplit("/", 1)[0] + "/image_encoder" if "/" in weight else "image_encoder"
+    inside = [f[len(folder) + 1:] for f in listing if f.startswith(folder + "/") and f.count("/") == folder.count("/") + 1]
+    try:
+        encoder = files_to_fetch(inside, None, variant)
+    except NothingToLoad:
+        raise NothingToLoad(f"no image encoder (config.json and safetensors weights) in {folder}/") from None
+    return sorted([weight] + [f"{folder}/{name}" for name in encoder])
+
+
 def _stored_listing(folder: Path, repo: str) -> tuple[list[str], dict | None]:
     """A listing saved as <owner>__<name>.txt (one path a line, # comments), model_index beside it."""
     stem = repo.replace("/", "__")
@@ -176,7 +199,10 @@ def plan(wanted: list[Wanted], listings: Path | None = None) -> list[tuple[Wante
         listing, index = _stored_listing(listings, item.repo) if listings else _hub_listing(item.repo)
         components = pipeline_components(index) if index is not None else None
         try:
-            files = files_to_fetch(listing, components, VARIANT, item.skip, weights=not item.configs_only)
+            if item.weight:
+                files = ip_adapter_files(listing, item.weight)
+            else:
+                files = files_to_fetch(listing, components, VARIANT, item.skip, weights=not item.configs_only)
         except NothingToLoad as error:
             raise SystemExit(f"{item.variable}={item.repo}: {error}") from None
         planned.append((item, files))
@@ -200,7 +226,8 @@ def preset_downloads(names: tuple[str, ...]) -> list[tuple[str, str, list[str]]]
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description="Download the weights the worker loads (fp16 safetensors, configs, tokenizers) "
-        "for BASE_MODEL, REFINER_MODEL, VAE_MODEL and TAESD_MODEL into the Hugging Face cache.",
+        "for BASE_MODEL, REFINER_MODEL, VAE_MODEL, TAESD_MODEL, PRESETS, CONTROLNET_MODELS and "
+        "IP_ADAPTER_MODEL into the Hugging Face cache.",
         epilog="Model ids come from the environment; 'none' turns REFINER_MODEL or TAESD_MODEL off, "
         "VAE_MODEL=base keeps the checkpoint's own VAE.",
     )

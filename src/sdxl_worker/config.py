@@ -147,9 +147,11 @@ _variable("BASE_MODELS", "models", "unset (BASE_MODEL alone, named `default`)",
 _variable("MODELS_KEPT", "models", "1", "1-8", "how many of BASE_MODELS stay loaded; the least recently used is "
           "evicted and its memory freed")
 _variable("CONTROLNET_MODELS", "models", "unset (none)", "`name=source,...`, each a hub id or folder of an SDXL "
-          "ControlNet", "the ControlNets a job may name in `controlnets`; loaded at start, shared by every job")
+          "ControlNet", "the ControlNets a job may name in `controlnets`; loaded at start, shared by every job; "
+          "as a build argument, baked into the image")
 _variable("IP_ADAPTER_MODEL", "models", "unset (none)", "hub id or folder, e.g. `h94/IP-Adapter`",
-          "the IP-Adapter a job's `ip_adapter` uses, with its image encoder; loaded at start")
+          "the IP-Adapter a job's `ip_adapter` uses, with its image encoder; loaded at start; as a build "
+          "argument, its file and encoder are baked")
 _variable("IP_ADAPTER_WEIGHT", "models", DEFAULT_IP_ADAPTER_WEIGHT, "a path inside IP_ADAPTER_MODEL",
           "the IP-Adapter's weight file; its image encoder is the `image_encoder` folder beside it")
 _variable("REFINER_MODEL", "models", DEFAULT_REFINER, "hub id, folder, a `.safetensors` file, `tiny`, or `none`/`off`",

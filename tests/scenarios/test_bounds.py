@@ -210,6 +210,23 @@ def test_work_counts_both_stages_guidance_and_the_schedulers_that_call_the_model
     assert work(num_images=3, refine="no_refiner") == 3 * 25 * 2
 
 
+def test_controlnets_count_half_a_call_on_each_base_step_and_can_be_named_as_the_fix():
+    from types import SimpleNamespace
+
+    from sdxl_worker.engine.plan import Guide
+
+    steps = {"base": 25, "refiner": 15}
+    assert budget.job_work(steps, 1024, 1024, 1, 7.5, controlnets=2) == (25 + 15 + 25 * 0.5 * 2) * 2
+    plan = SimpleNamespace(seeds=[1], controls=(Guide("canny", 1.0, 0.0, 1.0),) * 3, runs_base=True,
+                           runs_refiner=True, refine="base_image_refiner")
+    assert budget.check(plan, steps, 1024, 1024, 7.5, limit=155) == 155  # (25 + 15 + 37.5) x 2: at the limit
+    with pytest.raises(InputError) as refused:
+        budget.check(plan, steps, 1024, 1024, 7.5, limit=154)
+    message = str(refused.value)
+    assert "3 ControlNet(s) at 0.5 a base step each" in message
+    assert message.endswith("or the number of 'controlnets'.")
+
+
 def test_the_budget_is_an_environment_variable(run, monkeypatch):
     monkeypatch.setenv("MAX_JOB_WORK", "0.5")  # SMALL is 2 steps x 2 x 1/16 = 0.25 units
     assert "images" in run(SMALL)[-1]

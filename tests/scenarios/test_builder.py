@@ -273,3 +273,56 @@ def test_the_builder_runs_on_what_the_dockerfile_copies_before_it(tmp_path):
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": "src", "PRESETS": "lightning-8,lcm-4"})
     assert "PRESETS lightning-8=ByteDance/SDXL-Lightning: sdxl_lightning_8step_lora.safetensors" in done.stdout
     assert "PRESETS lcm-4=latent-consistency/lcm-lora-sdxl" in done.stdout
+
+
+# --- ControlNets and the IP-Adapter: CONTROLNET_MODELS, IP_ADAPTER_MODEL ---
+
+CONTROL_ENV = {
+    "CONTROLNET_MODELS": "canny=diffusers/controlnet-canny-sdxl-1.0,depth=diffusers/controlnet-depth-sdxl-1.0",
+    "IP_ADAPTER_MODEL": "h94/IP-Adapter",
+}
+
+
+def test_controlnets_bake_their_config_and_fp16_weights_and_the_ip_adapter_its_file_and_encoder():
+    planned = _planned(CONTROL_ENV)
+    for name in ("canny", "depth"):
+        assert planned[f"CONTROLNET_MODELS {name}"] == ["config.json", "diffusion_pytorch_model.fp16.safetensors"]
+    # One adapter file of the many in the repository, and the SDXL image encoder beside it.
+    assert planned["IP_ADAPTER_MODEL"] == [
+        "sdxl_models/image_encoder/config.json",
+        "sdxl_models/image_encoder/model.safetensors",
+        "sdxl_models/ip-adapter_sdxl.safetensors",
+    ]
+    assert "IP_ADAPTER_MODEL" not in _planned({})  # nothing extra unless asked
+
+
+def test_an_ip_adapter_weight_that_is_missing_or_pickled_stops_the_build_naming_it():
+    with pytest.raises(SystemExit, match=r"IP_ADAPTER_MODEL=h94/IP-Adapter: no file 'sdxl_models/nope.safetensors'"):
+        _planned({**CONTROL_ENV, "IP_ADAPTER_WEIGHT": "sdxl_models/nope.safetensors"})
+    with pytest.raises(SystemExit, match="not a .safetensors file"):
+        _planned({**CONTROL_ENV, "IP_ADAPTER_WEIGHT": "sdxl_models/ip-adapter_sdxl.bin"})
+
+
+def test_the_files_the_builder_takes_of_a_controlnet_and_an_ip_adapter_are_enough_to_load_them(tmp_path):
+    """Copy only what the builder would fetch from tiny repositories (plus files it must leave), then start
+    the worker on the copies: it loads both."""
+    from builder.download_weights import ip_adapter_files
+    from sdxl_worker.engine.models import Settings, load_models
+    from sdxl_worker.testing.control import write_tiny_controlnet, write_tiny_ip_adapter
+
+    def baked(made: Path, choose) -> Path:
+        (made / "diffusion_pytorch_model.bin").write_bytes(b"a pickle copy")  # as real repositories hold
+        listing = sorted(str(path.relative_to(made)) for path in made.rglob("*") if path.is_file())
+        target = tmp_path / "baked" / made.name
+        for name in choose(listing):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(made / name, target / name)
+        return target
+
+    controlnet = baked(write_tiny_controlnet(tmp_path / "made" / "canny", seed=1), files_to_fetch)
+    adapter = baked(write_tiny_ip_adapter(tmp_path / "made" / "ip"),
+                    lambda listing: ip_adapter_files(listing, "sdxl_models/ip-adapter_sdxl.safetensors"))
+    assert not list((tmp_path / "baked").rglob("*.bin"))
+    models = load_models(Settings(base="tiny", refiner=None, vae=None, taesd=None, device="cpu",
+                                  controlnets=(("canny", str(controlnet)),), ip_adapter=str(adapter)))
+    assert list(models.controlnets) == ["canny"] and models.ip_adapter is not None

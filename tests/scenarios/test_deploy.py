@@ -14,6 +14,7 @@ from tests.helpers import ROOT
 import pytest
 
 from builder.download_weights import DEFAULTS as BUILDER_DEFAULTS
+from sdxl_worker.config import DEFAULT_IP_ADAPTER_WEIGHT
 from sdxl_worker.engine import models
 from sdxl_worker.request.schema import validate
 
@@ -153,7 +154,10 @@ def test_build_args_are_the_run_time_variables_with_the_worker_defaults():
     assert args["REFINER_MODEL"] == models.DEFAULT_REFINER == BUILDER_DEFAULTS["REFINER_MODEL"]
     assert args["VAE_MODEL"] == models.DEFAULT_VAE == BUILDER_DEFAULTS["VAE_MODEL"]
     assert args["TAESD_MODEL"] == BUILDER_DEFAULTS["TAESD_MODEL"] == "madebyollin/taesdxl"
-    for name in ("BASE_MODEL", "REFINER_MODEL", "VAE_MODEL", "TAESD_MODEL"):
+    assert args["IP_ADAPTER_WEIGHT"] == DEFAULT_IP_ADAPTER_WEIGHT
+    assert args["CONTROLNET_MODELS"] == args["IP_ADAPTER_MODEL"] == '""'  # none baked unless asked
+    for name in ("BASE_MODEL", "REFINER_MODEL", "VAE_MODEL", "TAESD_MODEL", "CONTROLNET_MODELS", "IP_ADAPTER_MODEL",
+                 "IP_ADAPTER_WEIGHT"):
         assert re.search(rf"^(ENV)?\s+{name}=\${{{name}}}", DOCKERFILE, flags=re.M), f"{name} is not passed on to run time"
 
 

@@ -4,7 +4,9 @@ Work is counted in units of one UNet call on one 1024x1024 image: the output's p
 fraction of 1024x1024) x images x model calls, both stages. Model calls are the denoising loop's
 iterations as the schedulers will really run them (Heun and KDPM2 call the model twice per step,
 PNDM runs one step more), doubled by classifier-free guidance, which runs every call on a batch
-twice the size. A job over ``MAX_JOB_WORK`` units is refused at once, with the sum shown.
+twice the size. Each ControlNet adds half a call to every base step: diffusers runs it beside
+the UNet at every step (outside its start/end only its scale is zero), and an SDXL ControlNet is
+the UNet's encoder half. A job over ``MAX_JOB_WORK`` units is refused at once, with the sum shown.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from sdxl_worker import config
 from sdxl_worker.errors import InputError
 
 REFERENCE_PIXELS = 1024 * 1024
+CONTROLNET_CALL = 0.5  # one SDXL ControlNet call, in UNet calls
 
 
 def max_job_work() -> float:
@@ -20,24 +23,28 @@ def max_job_work() -> float:
     return config.current("jobs").max_job_work
 
 
-def model_calls(steps: dict[str, int], guidance_scale: float) -> int:
-    """UNet calls per image for the whole job; guidance above 1 doubles each (diffusers' CFG rule)."""
-    return sum(steps.values()) * (2 if guidance_scale > 1 else 1)
+def model_calls(steps: dict[str, int], guidance_scale: float, controlnets: int = 0) -> float:
+    """UNet calls per image for the whole job, ControlNet calls counted at CONTROLNET_CALL each on
+    the base's steps; guidance above 1 doubles each (diffusers' CFG rule)."""
+    calls = sum(steps.values()) + steps.get("base", 0) * CONTROLNET_CALL * controlnets
+    return calls * (2 if guidance_scale > 1 else 1)
 
 
-def job_work(steps: dict[str, int], width: int, height: int, images: int, guidance_scale: float) -> float:
-    return width * height / REFERENCE_PIXELS * images * model_calls(steps, guidance_scale)
+def job_work(steps: dict[str, int], width: int, height: int, images: int, guidance_scale: float,
+             controlnets: int = 0) -> float:
+    return width * height / REFERENCE_PIXELS * images * model_calls(steps, guidance_scale, controlnets)
 
 
 def check(plan, steps: dict[str, int], width: int, height: int, guidance_scale: float,
           limit: float | None = None) -> float:
     """The job's work; InputError saying by how much it is over the budget and which inputs to lower."""
     limit = max_job_work() if limit is None else limit
-    images = len(plan.seeds)
-    work = job_work(steps, width, height, images, guidance_scale)
+    images, controlnets = len(plan.seeds), len(plan.controls)
+    work = job_work(steps, width, height, images, guidance_scale, controlnets)
     if work <= limit:
         return work
     stages = " + ".join(f"{count} {stage}" for stage, count in steps.items())
+    guided = f", {controlnets} ControlNet(s) at {CONTROLNET_CALL:g} a base step each" if controlnets else ""
     lower = ["'num_images'"] if images > 1 else []
     if width * height > REFERENCE_PIXELS:
         lower.append("'width'/'height'")
@@ -45,10 +52,12 @@ def check(plan, steps: dict[str, int], width: int, height: int, guidance_scale: 
         lower.append("'num_inference_steps'")
     if plan.runs_refiner and plan.refine != "expert_ensemble_refiner":  # the ensemble shares the base's schedule
         lower.append("'refiner_inference_steps'")
+    if controlnets:
+        lower.append("the number of 'controlnets'")
     raise InputError(
         f"This job is {_units(work)} units of work, {work / limit:.1f}x the worker's budget of {_units(limit)} "
         f"(MAX_JOB_WORK; a unit is one model call on one 1024x1024 image: {images} image(s) of "
-        f"{width}x{height}, {stages} steps{', x2 for guidance' if guidance_scale > 1 else ''}); "
+        f"{width}x{height}, {stages} steps{guided}{', x2 for guidance' if guidance_scale > 1 else ''}); "
         f"lower {_either(lower)}."
     )
 
