@@ -3,6 +3,8 @@
     python handler.py                   run test_input.json locally, save images under output/
     python handler.py --test_input '{"input": {...}}'
     python handler.py --rp_serve_api    runpod's local HTTP API (/run, /runsync, /stream, /status)
+    python handler.py --studio          the studio page on http://127.0.0.1:8080/ (--port, --host)
+    python handler.py --studio --endpoint ENDPOINT_ID    the page, jobs on a RunPod endpoint
     on RunPod                           the serverless worker
 
 It wires runpod to the package and nothing else: start-up is sdxl_worker.runtime.startup,
@@ -17,6 +19,8 @@ from sdxl_worker.runtime import startup
 
 
 def main() -> None:
+    if "--studio" in sys.argv:
+        sys.exit(studio(sys.argv[1:]))
     worker = startup.start()
     jobs = worker.settings.jobs
     config = runpod_config(worker.models, worker.storage, timeout_s=jobs.timeout_s, concurrency=jobs.concurrency)
@@ -34,7 +38,39 @@ def main() -> None:
         sys.exit(run_local(config["handler"], sys.argv[1:]))
 
 
-def runpod_config(models, storage=None, timeout_s: float | None = None, concurrency: int = 1) -> dict:
+def studio(argv: list[str]) -> int:
+    """The studio page (sdxl_worker.studio): jobs on this worker's models, or on a RunPod endpoint."""
+    from sdxl_worker.studio import app
+
+    args = app.parse(argv)
+    if args.endpoint:
+        from sdxl_worker import config
+        from sdxl_worker.studio.endpoint import Endpoint, EndpointError
+
+        settings = config.studio()
+        try:
+            source = Endpoint(args.endpoint, settings.api_key, settings.endpoint_base_url)
+        except EndpointError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        where = f"RunPod endpoint {args.endpoint}"
+        page = app.create_app(source, where)
+    else:
+        worker = startup.start()
+        jobs = worker.settings.jobs
+
+        def local_source(on_progress):
+            return runpod_config(worker.models, worker.storage, jobs.timeout_s, jobs.concurrency,
+                                 on_progress=on_progress)["handler"]
+
+        where = "this machine"
+        page = app.create_app(local_source, where, wants_progress=True)
+    app.serve(page, args.host, args.port, where)
+    return 0
+
+
+def runpod_config(models, storage=None, timeout_s: float | None = None, concurrency: int = 1,
+                  on_progress=None) -> dict:
     """The config for runpod.serverless.start: an async generator handler, and its hooks.
 
     - ``handler`` awaits each job's outputs from sdxl_worker.runtime.serve.Runner, so runpod's
@@ -56,7 +92,9 @@ def runpod_config(models, storage=None, timeout_s: float | None = None, concurre
 
         runpod.serverless.progress_update(job, progress)
 
-    runner = Runner(models, storage, timeout_s, concurrency, on_progress=report_progress if _on_runpod() else None,
+    if on_progress is None and _on_runpod():
+        on_progress = report_progress
+    runner = Runner(models, storage, timeout_s, concurrency, on_progress=on_progress,
                     pending=_jobs_runpod_holds)
 
     async def handler(job):

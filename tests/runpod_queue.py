@@ -17,13 +17,19 @@ arrival time, so tests can ask what arrived and when.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
+
+from tests.helpers import ROOT
 
 API_KEY = "rp-test-key-0123456789"
 POD_ID = "pod-under-test"
@@ -180,3 +186,27 @@ class RunPodQueue:
 
 def _is_progress(body) -> bool:
     return isinstance(body, dict) and body.get("status") == "IN_PROGRESS"
+
+
+@contextlib.contextmanager
+def handler_process(folder, rp_queue: RunPodQueue | None = None, **env):
+    """A queue (this one, or a new one), and `python handler.py` taking jobs from it; yields (queue,
+    process, log path)."""
+    rp_queue = rp_queue or RunPodQueue()
+    log_path = folder / "worker.log"
+    env = dict(os.environ, **rp_queue.env(), BASE_MODEL="tiny", REFINER_MODEL="tiny", PYTHONUNBUFFERED="1",
+               RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true", **env)  # no 8.8.8.8 here
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "handler.py"], cwd=ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        yield rp_queue, process, log_path
+    finally:
+        if process.poll() is None:  # SIGTERM first: the worker ends runpod's heartbeat process before it exits
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        process.wait(timeout=30)
+        rp_queue.close()

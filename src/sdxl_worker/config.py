@@ -470,6 +470,27 @@ def build(env: Mapping[str, str] | None = None) -> BuildSettings:
                          model_token=read.text("MODEL_TOKEN"))
 
 
+_variable("RUNPOD_API_KEY", "studio", "unset", "a RunPod API key",
+          "`--studio --endpoint`: the key the studio's server sends to the endpoint (never to the browser)")
+_variable("RUNPOD_ENDPOINT_BASE_URL", "studio", "https://api.runpod.ai/v2", "an http(s) URL",
+          "`--studio --endpoint`: where RunPod's endpoint API is (runpod-python reads the same name)")
+
+
+@dataclass(frozen=True)
+class StudioSettings:
+    api_key: str | None = field(default=None, repr=False)
+    endpoint_base_url: str = "https://api.runpod.ai/v2"
+
+
+def studio(env: Mapping[str, str] | None = None) -> StudioSettings:
+    """The studio page's settings (python handler.py --studio)."""
+    read = _reader(env)
+    base = read.text("RUNPOD_ENDPOINT_BASE_URL", StudioSettings.endpoint_base_url).rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise ConfigError(f"RUNPOD_ENDPOINT_BASE_URL={base!r} is not an http(s) URL, e.g. https://api.runpod.ai/v2.")
+    return StudioSettings(api_key=read.text("RUNPOD_API_KEY"), endpoint_base_url=base)
+
+
 _variable("LOG_LEVEL", "runtime", "INFO", "DEBUG, INFO, WARNING, ERROR", "the worker's log level")
 _variable("PREFETCH", "runtime", "1", "yes/no", "the cold-start helper that reads files ahead of need")
 _variable("START_FILES", "runtime", "share/sdxl-worker/start-files.txt under the Python prefix", "a file",

@@ -37,14 +37,19 @@ def test_the_original_layout_converts_back_to_the_same_tensors_with_diffusers():
         assert all(torch.equal(converted[key], state[key]) for key in state)
 
 
-def test_single_file_base_and_refiner_give_the_folders_pixels(models, single_files):
+def test_single_file_base_and_refiner_give_the_folders_pixels(single_files):
+    from sdxl_worker.testing.memory import fresh_memory
+
     base_file, refiner_file = single_files
     from_files = load_models(Settings(base=str(base_file), refiner=str(refiner_file), vae=None, device="cpu",
                                       checkpoint_config="tiny", refiner_checkpoint_config="tiny"))
     assert from_files.refiner.text_encoder_2 is from_files.base.text_encoder_2  # shared, as with folders
+    from_folders = load_models(Settings(base="tiny", refiner="tiny", vae=None, device="cpu"))
+    for loaded in (from_files, from_folders):  # the same weights in the same kind of memory (testing/memory.py)
+        fresh_memory(loaded.base, loaded.refiner)
     for inputs in (FAST, {**FAST, "refine": "base_image_refiner"}, {**FAST, "refine": "no_refiner", "num_images": 2}):
         job = {"id": "file", "input": inputs}
-        assert list(run_job(from_files, job))[-1]["images"] == list(run_job(models, job))[-1]["images"]
+        assert list(run_job(from_files, job))[-1]["images"] == list(run_job(from_folders, job))[-1]["images"]
     assert weight_files(from_files_settings := Settings(base=str(base_file), refiner=str(refiner_file)))[:1] == \
         [base_file]
     assert refiner_file in weight_files(from_files_settings)
@@ -108,13 +113,15 @@ def _image(models, **inputs) -> dict:
     return list(run_job(models, {"id": "choice", "input": {**FAST, **inputs}}))[-1]
 
 
-def test_each_model_gives_its_own_image_and_the_evicted_one_is_freed(models, single_files, other_checkpoint):
+def test_each_model_gives_its_own_image_and_the_evicted_one_is_freed(single_files, other_checkpoint):
     import weakref
 
     worker = load_models(_choices(single_files, other_checkpoint, kept=1))
     first = _image(worker)
     assert "model_switch" not in first["timings"]
-    assert first["images"] == _image(models)["images"]  # the single-file tiny base: the tiny model's image
+    alone = load_models(Settings(base=str(single_files[0]), refiner="tiny", vae=None, device="cpu",
+                                 checkpoint_config="tiny"))
+    assert first["images"] == _image(alone)["images"]  # the first checkpoint: what a worker serving it alone gives
     evicted = weakref.ref(worker.base.unet)
     second = _image(worker, model="second", preview_steps=2)
     assert second["timings"]["model_switch"] >= 0 and second["images"] != first["images"]

@@ -64,6 +64,7 @@ def test_a_lora_preset_gives_diffusers_recipe_pixels_and_leaves_the_default_job_
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     from sdxl_worker.engine.tiny import ensure_tiny_model
+    from sdxl_worker.testing.memory import fresh_memory
 
     before = pixels(final(run(dict(JOB, refine="no_refiner"))))
     ours = final(run(dict(JOB, preset="lightning-4")))
@@ -73,6 +74,7 @@ def test_a_lora_preset_gives_diffusers_recipe_pixels_and_leaves_the_default_job_
     pipe.load_lora_weights(str(with_presets / "models--ByteDance--SDXL-Lightning" / "snapshots" / "tiny"),
                            weight_name=PRESETS["lightning-4"].file)
     pipe.fuse_lora()
+    fresh_memory(pipe.unet)  # the worker fuses into a copy of the UNet, in fresh memory (testing/memory.py)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     reference = pipe(JOB["prompt"], width=256, height=256, num_inference_steps=4, guidance_scale=0,
                      generator=[torch.Generator("cpu").manual_seed(7)]).images[0]

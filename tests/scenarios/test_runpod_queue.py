@@ -6,20 +6,17 @@ One worker serves the tests in order; the last one ends it with SIGTERM.
 
 import contextlib
 import json
-import os
 import socket
 import threading
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 
 import boto3
 import pytest
 
-from tests.helpers import FAST, ROOT, decode, moto_server
-from tests.runpod_queue import API_KEY, RunPodQueue
+from tests.helpers import FAST, decode, moto_server
+from tests.runpod_queue import handler_process
 
 SMALL = {**FAST, "refine": "no_refiner"}
 LONG = {"prompt": "a long walk", "width": 1024, "height": 1024, "num_inference_steps": 150,
@@ -33,25 +30,6 @@ ACCESS_ID = "AKIAPERJOBTEST000001"
 def s3(tmp_path_factory):
     with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as url:
         yield url
-
-
-@contextlib.contextmanager
-def handler_process(folder, **env):
-    """A queue, and `python handler.py` taking jobs from it; yields (queue, process, log path)."""
-    rp_queue = RunPodQueue()
-    log_path = folder / "worker.log"
-    env = dict(os.environ, **rp_queue.env(), BASE_MODEL="tiny", REFINER_MODEL="tiny", PYTHONUNBUFFERED="1",
-               RUNPOD_SKIP_AUTO_SYSTEM_CHECKS="true", **env)  # no 8.8.8.8 here
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "handler.py"], cwd=ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-    try:
-        yield rp_queue, process, log_path
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
-        rp_queue.close()
 
 
 @pytest.fixture(scope="module")

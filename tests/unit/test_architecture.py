@@ -1,6 +1,7 @@
 """The package's shape: imports go one way, with no cycle, and importing does no work.
 
-runtime -> request, inputs, engine, delivery -> config, errors. The engine may read the request's
+runtime -> request, inputs, engine, delivery -> config, errors; the studio (the web page's server)
+-> request, config, errors. The engine may read the request's
 constants and sampler table (the plan is built from a request), but never imports runpod,
 delivery or runtime: progress and previews leave it through callbacks. Imports inside
 functions count.
@@ -29,9 +30,13 @@ ALLOWED = {
     "delivery": {"config", "errors"},
     "runtime": {"config", "errors", "request", "inputs", "engine", "delivery"},
     "testing": {"config", "errors", "request", "inputs", "engine", "delivery", "runtime"},
+    # The page's server: it gets its jobs' source from handler.py (the worker's RunPod handler, or
+    # a RunPod endpoint), so it never loads models itself.
+    "studio": {"config", "errors", "request"},
 }
 FORBIDDEN_LIBRARIES = {"engine": {"runpod"}, "request": {"runpod", "torch", "diffusers"},
-                       "inputs": {"runpod"}, "delivery": {"runpod", "torch", "diffusers"}}
+                       "inputs": {"runpod"}, "delivery": {"runpod", "torch", "diffusers"},
+                       "studio": {"runpod", "torch", "diffusers"}}
 
 
 def _modules() -> dict[str, Path]:

@@ -1,0 +1,72 @@
+"""The studio's form, described from the input schema: one entry per field the page can edit.
+
+The schema stays the one source of truth: labels come from the field names, defaults, ranges,
+choices and help text from the schema. The page draws the fields it is given in this order, the
+first ones (what a user tries first) in the open, the others under "More".
+"""
+
+from __future__ import annotations
+
+from sdxl_worker.request.schema import INPUT_SCHEMA
+
+MAIN = ("prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "seed",
+        "scheduler", "refine", "num_images", "preview_steps")
+IMAGES = ("image", "mask")  # picked, dropped or pasted files, sent as data URLs
+LONG_TEXT = ("prompt", "negative_prompt")
+# Left out: lists and objects (loras, controlnets, ip_adapter, s3Config) have their own JSON box,
+# and image_url (the refiner-only path) is an image field too.
+STRUCTURED = ("loras", "controlnets", "ip_adapter")
+
+
+def _types(spec: dict) -> list[str]:
+    kinds = spec.get("type", "string")
+    return [kinds] if isinstance(kinds, str) else list(kinds)
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ").capitalize()
+
+
+def _plain(text: str) -> str:
+    return text.replace("`", "")
+
+
+def _first_sentence(text: str) -> str:
+    head, dot, _ = text.partition(". ")
+    return head + "." if dot else text
+
+
+def _field(name: str, spec: dict) -> dict:
+    kinds = [kind for kind in _types(spec) if kind != "null"]
+    description = _plain(spec.get("description", ""))
+    entry = {"name": name, "label": _label(name), "help": _first_sentence(description), "details": description,
+             "group": "main" if name in MAIN else "more", "optional": "null" in _types(spec),
+             "default": spec.get("default")}
+    if name in IMAGES or name == "image_url":
+        entry["kind"] = "image"
+    elif name in STRUCTURED:
+        entry["kind"] = "json"
+    elif "enum" in spec:
+        entry.update(kind="choice", options=[value for value in spec["enum"] if value is not None])
+    elif kinds[0] == "boolean":
+        entry["kind"] = "boolean"
+    elif kinds[0] in ("integer", "number"):
+        entry["kind"] = "number"
+        entry["step"] = spec.get("multipleOf", 1 if kinds[0] == "integer" else "any")
+        for bound in ("minimum", "maximum"):
+            if bound in spec:
+                entry[bound[:3]] = spec[bound]
+        for bound, key in (("exclusiveMinimum", "min"), ("exclusiveMaximum", "max")):
+            if bound in spec:
+                entry[key] = spec[bound]
+    else:
+        entry["kind"] = "long_text" if name in LONG_TEXT else "text"
+    return entry
+
+
+def fields() -> list[dict]:
+    """Every field the page shows: the main ones first, in MAIN's order, then the rest in the schema's."""
+    properties = INPUT_SCHEMA["properties"]
+    hidden = {"s3Config", "upload"}  # the studio shows images inline; a bucket belongs to the server
+    order = [*MAIN, *(name for name in properties if name not in MAIN)]
+    return [_field(name, properties[name]) for name in order if name in properties and name not in hidden]

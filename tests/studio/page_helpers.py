@@ -1,0 +1,81 @@
+"""What the studio's browser tests share: starting `python handler.py --studio`, and driving the page."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.helpers import ROOT, free_port
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts")) / "studio"
+
+
+@contextmanager
+def studio_server(*args: str, log_path: Path, ready=None, **env: str):
+    """``python handler.py --studio ARGS`` on a free loopback port; yields its URL once the page answers.
+    ``ready``: a context manager entered while the studio starts (its start overlaps, both import torch)."""
+    port = free_port()
+    environment = dict(os.environ, BASE_MODEL="tiny", REFINER_MODEL="tiny", **env)
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "handler.py", "--studio", "--port", str(port), *args], cwd=ROOT,
+                                  env=environment, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with ready if ready is not None else _nothing() as alongside:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(url + "/api/form", timeout=2)
+                    break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"the studio did not start: {log_path.read_text()[-3000:]}")
+                    time.sleep(0.3)
+            yield url, alongside
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@contextmanager
+def _nothing():
+    yield None
+
+
+# Records what the page shows as it changes: every preview frame (its src), when the first came
+# after Generate, and how many frames had come when the result's image appeared.
+WATCH = """
+const seen = window.seen = {frames: [], firstMs: null, framesBeforeResult: null, clickedAt: null};
+document.getElementById('generate').addEventListener('click', () => { seen.clickedAt = performance.now(); });
+new MutationObserver(() => {
+  const src = document.getElementById('preview').getAttribute('src');
+  if (src && src !== seen.frames[seen.frames.length - 1]) {
+    if (!seen.frames.length && seen.clickedAt !== null) seen.firstMs = performance.now() - seen.clickedAt;
+    seen.frames.push(src);
+  }
+}).observe(document.getElementById('preview'), {attributes: true, attributeFilter: ['src']});
+new MutationObserver(() => {
+  if (document.querySelector('#results img') && seen.framesBeforeResult === null)
+    seen.framesBeforeResult = seen.frames.length;
+}).observe(document.getElementById('results'), {childList: true, subtree: true});
+"""
+
+
+def fill(page, name: str, value: str) -> None:
+    field = page.find_element(By.ID, f"in-{name}")
+    field.clear()
+    field.send_keys(value)
+
+
+def wait(page, condition: str, seconds: float = 60):
+    return WebDriverWait(page, seconds, poll_frequency=0.05).until(lambda b: b.execute_script(f"return {condition}"))

@@ -1,0 +1,57 @@
+"""The studio's form comes from the input schema; its events carry what the page needs, intact."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from sdxl_worker.request.schema import INPUT_SCHEMA
+from sdxl_worker.studio.form import MAIN, fields
+from sdxl_worker.studio.jobs import Jobs, kind_of, sse
+
+
+def test_the_form_has_every_schema_field_with_its_default_and_range_main_fields_first():
+    drawn = {field["name"]: field for field in fields()}
+    assert set(drawn) == set(INPUT_SCHEMA["properties"]) - {"s3Config", "upload"}
+    assert [field["name"] for field in fields()][:len(MAIN)] == list(MAIN)
+    steps = INPUT_SCHEMA["properties"]["num_inference_steps"]
+    assert (drawn["num_inference_steps"]["default"], drawn["num_inference_steps"]["min"],
+            drawn["num_inference_steps"]["max"]) == (steps["default"], steps["minimum"], steps["maximum"])
+    assert drawn["width"]["step"] == 8 and drawn["width"]["default"] is None  # unset: the worker decides
+    assert drawn["scheduler"]["options"] == INPUT_SCHEMA["properties"]["scheduler"]["enum"]
+    assert None not in drawn["refine"]["options"] and drawn["refine"]["optional"]
+    assert drawn["image"]["kind"] == drawn["mask"]["kind"] == "image" and drawn["loras"]["kind"] == "json"
+    assert all("`" not in field["help"] and field["help"] for field in fields())
+
+
+def test_events_name_what_came_and_keep_a_seed_of_19_digits_whole():
+    assert [kind_of(o) for o in ({"preview": "data:", "step": 2}, {"step": 3, "total_steps": 9, "stage": "base"},
+                                 {"images": []}, {"error": "x"}, {"status": "IN_QUEUE"})] == [
+        "preview", "progress", "result", "error", "status"]
+    seed = 9_007_199_254_740_993  # 2^53 + 1: a browser's JSON.parse would make it ...992
+    text = sse({"event": "result", "data": {"seeds": [seed, 5], "seed": seed, "ok": True}}).decode()
+    assert text.startswith("event: result\ndata: ") and text.endswith("\n\n")
+    data = json.loads(text.split("data: ", 1)[1])
+    assert data == {"seeds": [str(seed), 5], "seed": str(seed), "ok": True}
+
+
+def test_a_watcher_gets_every_event_from_the_first_even_when_it_connects_late_and_cancel_ends_the_job():
+    async def source(job):
+        yield {"preview": "data:a", "step": 1, "total_steps": 3, "stage": "base"}
+        yield {"preview": "data:b", "step": 2, "total_steps": 3, "stage": "base"}
+        await asyncio.sleep(30)  # a long last step: the page's Cancel arrives here
+        yield {"images": ["data:c"], "seed": 1}
+
+    async def scenario():
+        jobs = Jobs(source)
+        job = jobs.start({"prompt": "a"})
+        await asyncio.sleep(0.05)
+        seen = []
+        async for event in jobs.watch(job.id):
+            seen.append(event["event"])
+            if len(seen) == 2:
+                assert jobs.cancel(job.id)
+        assert not jobs.cancel(job.id)  # already over
+        return seen
+
+    assert asyncio.run(scenario()) == ["preview", "preview", "cancelled"]
