@@ -49,6 +49,7 @@ ARG PRESETS=""
 ARG CONTROLNET_MODELS=""
 ARG IP_ADAPTER_MODEL=""
 ARG IP_ADAPTER_WEIGHT=sdxl_models/ip-adapter_sdxl.safetensors
+ARG IP_ADAPTER_ENCODER=""
 WORKDIR /app
 COPY builder/ builder/
 # The builder reads the model ids as the worker does, through its configuration module
@@ -75,6 +76,7 @@ ENV BASE_MODEL=${BASE_MODEL} \
     CONTROLNET_MODELS=${CONTROLNET_MODELS} \
     IP_ADAPTER_MODEL=${IP_ADAPTER_MODEL} \
     IP_ADAPTER_WEIGHT=${IP_ADAPTER_WEIGHT} \
+    IP_ADAPTER_ENCODER=${IP_ADAPTER_ENCODER} \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
 

@@ -55,7 +55,8 @@ class Wanted:
     repo: str
     skip: tuple[str, ...] = ()
     configs_only: bool = False  # a single-file checkpoint's component configs: no weights
-    weight: str | None = None  # an IP-Adapter: its weight file in the repository, image_encoder beside it
+    weight: str | None = None  # an IP-Adapter: its weight file in the repository
+    encoder: str | None = None  # and its image encoder's folder there
 
 
 def _single_file(name: str | None) -> bool:
@@ -82,7 +83,8 @@ def wanted_from_env(env=None) -> list[Wanted]:
     # of a repository that holds many, with the CLIP image encoder it was trained with beside it.
     wanted += [Wanted(f"CONTROLNET_MODELS {name}", source) for name, source in settings.controlnets]
     if settings.ip_adapter:
-        wanted.append(Wanted("IP_ADAPTER_MODEL", settings.ip_adapter, weight=settings.ip_adapter_weight))
+        wanted.append(Wanted("IP_ADAPTER_MODEL", settings.ip_adapter, weight=settings.ip_adapter_weight,
+                             encoder=config.ip_adapter_encoder_folder(settings)))
     # Local folders and the built-in test model need no download.
     return [w for w in wanted if w.repo != "tiny" and not Path(w.repo).exists()]
 
@@ -154,20 +156,22 @@ def files_to_fetch(
 # --- the network side: listing and downloading ----------------------------------------------
 
 
-def ip_adapter_files(listing: list[str], weight: str, variant: str = VARIANT) -> list[str]:
-    """An IP-Adapter's weight file and the image encoder the worker loads with it: the
-    ``image_encoder`` folder beside the file (diffusers' load_ip_adapter reads it from there)."""
+def ip_adapter_files(listing: list[str], weight: str, encoder: str | None = None, variant: str = VARIANT) -> list[str]:
+    """An IP-Adapter's weight file and the image encoder the worker loads with it: ``encoder`` (a
+    folder of the repository; by default the ``image_encoder`` folder beside the file, where
+    diffusers' load_ip_adapter looks)."""
     if weight not in listing:
         raise NothingToLoad(f"no file {weight!r} in the repository (IP_ADAPTER_WEIGHT)")
     if not weight.endswith(".safetensors"):
         raise NothingToLoad(f"IP_ADAPTER_WEIGHT={weight!r} is not a .safetensors file")
-    folder = weight.rsplit("/", 1)[0] + "/image_encoder" if "/" in weight else "image_encoder"
+    folder = encoder or (weight.rsplit("/", 1)[0] + "/image_encoder" if "/" in weight else "image_encoder")
     inside = [f[len(folder) + 1:] for f in listing if f.startswith(folder + "/") and f.count("/") == folder.count("/") + 1]
     try:
-        encoder = files_to_fetch(inside, None, variant)
+        files = files_to_fetch(inside, None, variant)
     except NothingToLoad:
-        raise NothingToLoad(f"no image encoder (config.json and safetensors weights) in {folder}/") from None
-    return sorted([weight] + [f"{folder}/{name}" for name in encoder])
+        raise NothingToLoad(f"no image encoder (config.json and safetensors weights) in {folder}/ "
+                            f"(IP_ADAPTER_ENCODER)") from None
+    return sorted([weight] + [f"{folder}/{name}" for name in files])
 
 
 def _stored_listing(folder: Path, repo: str) -> tuple[list[str], dict | None]:
@@ -200,7 +204,7 @@ def plan(wanted: list[Wanted], listings: Path | None = None) -> list[tuple[Wante
         components = pipeline_components(index) if index is not None else None
         try:
             if item.weight:
-                files = ip_adapter_files(listing, item.weight)
+                files = ip_adapter_files(listing, item.weight, item.encoder)
             else:
                 files = files_to_fetch(listing, components, VARIANT, item.skip, weights=not item.configs_only)
         except NothingToLoad as error:

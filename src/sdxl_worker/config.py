@@ -153,7 +153,10 @@ _variable("IP_ADAPTER_MODEL", "models", "unset (none)", "hub id or folder, e.g. 
           "the IP-Adapter a job's `ip_adapter` uses, with its image encoder; loaded at start; as a build "
           "argument, its file and encoder are baked")
 _variable("IP_ADAPTER_WEIGHT", "models", DEFAULT_IP_ADAPTER_WEIGHT, "a path inside IP_ADAPTER_MODEL",
-          "the IP-Adapter's weight file; its image encoder is the `image_encoder` folder beside it")
+          "the IP-Adapter's weight file (`.safetensors`)")
+_variable("IP_ADAPTER_ENCODER", "models", "the `image_encoder` folder beside IP_ADAPTER_WEIGHT",
+          "a folder path inside IP_ADAPTER_MODEL, e.g. `models/image_encoder`",
+          "the image encoder the adapter was trained with; h94's `*_vit-h` SDXL adapters need `models/image_encoder`")
 _variable("REFINER_MODEL", "models", DEFAULT_REFINER, "hub id, folder, a `.safetensors` file, `tiny`, or `none`/`off`",
           "the refiner; off: no refiner")
 _variable("CHECKPOINT_CONFIG", "models", f"{DEFAULT_BASE} and {DEFAULT_REFINER} (baked in the image)",
@@ -193,6 +196,7 @@ class ModelSettings:
     controlnets: tuple[tuple[str, str], ...] = ()  # CONTROLNET_MODELS: (name, source)
     ip_adapter: str | None = None  # IP_ADAPTER_MODEL: a hub id or folder; None: none
     ip_adapter_weight: str = DEFAULT_IP_ADAPTER_WEIGHT  # IP_ADAPTER_WEIGHT: subfolder/file inside it
+    ip_adapter_encoder: str | None = None  # IP_ADAPTER_ENCODER: its folder inside it; None: beside the weight
 
 
 def _models(read: _Reader) -> ModelSettings:
@@ -218,6 +222,7 @@ def _models(read: _Reader) -> ModelSettings:
         controlnets=_named_sources(read, "CONTROLNET_MODELS"),
         ip_adapter=read.model("IP_ADAPTER_MODEL", None),
         ip_adapter_weight=read.text("IP_ADAPTER_WEIGHT", DEFAULT_IP_ADAPTER_WEIGHT),
+        ip_adapter_encoder=read.text("IP_ADAPTER_ENCODER"),
     )
 
 
@@ -557,6 +562,15 @@ def current(part: str):
 # Each part on its own, for code called outside a job (tests, benchmarks, the builder).
 def models(env: Mapping[str, str] | None = None) -> ModelSettings:
     return _models(_reader(env))
+
+
+def ip_adapter_encoder_folder(settings: "ModelSettings") -> str:
+    """Where the IP-Adapter's image encoder is inside IP_ADAPTER_MODEL: IP_ADAPTER_ENCODER, else the
+    ``image_encoder`` folder beside IP_ADAPTER_WEIGHT (the worker and the builder read it here)."""
+    if settings.ip_adapter_encoder:
+        return settings.ip_adapter_encoder.strip("/")
+    parent = settings.ip_adapter_weight.rsplit("/", 1)[0] if "/" in settings.ip_adapter_weight else ""
+    return f"{parent}/image_encoder" if parent else "image_encoder"
 
 
 def image_models(env: Mapping[str, str] | None = None) -> ModelSettings:

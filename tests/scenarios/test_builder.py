@@ -326,3 +326,15 @@ def test_the_files_the_builder_takes_of_a_controlnet_and_an_ip_adapter_are_enoug
     models = load_models(Settings(base="tiny", refiner=None, vae=None, taesd=None, device="cpu",
                                   controlnets=(("canny", str(controlnet)),), ip_adapter=str(adapter)))
     assert list(models.controlnets) == ["canny"] and models.ip_adapter is not None
+
+
+def test_a_vit_h_adapter_bakes_the_encoder_ip_adapter_encoder_names():
+    planned = _planned({**CONTROL_ENV, "IP_ADAPTER_WEIGHT": "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+                        "IP_ADAPTER_ENCODER": "models/image_encoder"})
+    assert planned["IP_ADAPTER_MODEL"] == [
+        "models/image_encoder/config.json",
+        "models/image_encoder/model.safetensors",
+        "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+    ]
+    with pytest.raises(SystemExit, match=r"no image encoder .* in models/nothing/ \(IP_ADAPTER_ENCODER\)"):
+        _planned({**CONTROL_ENV, "IP_ADAPTER_ENCODER": "models/nothing"})

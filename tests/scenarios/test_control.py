@@ -3,6 +3,8 @@ pixel, several ControlNets at once, the refiner after them, IP-Adapter on and of
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -126,9 +128,14 @@ def test_ip_adapter_steers_the_image_and_a_job_after_it_equals_the_job_before(gu
 
 
 def test_refusals_name_the_field_before_anything_runs(guided, models):
+    calls = []
+    hooks = [network.register_forward_hook(lambda *_: calls.append(1))
+             for network in (guided.base.unet, models.base.unet, *guided.controlnets.values())]
+
     def error(on, **inputs):
         outputs = job(on, **inputs)
         assert len(outputs) == 1, outputs
+        assert calls == [], "a network ran before the refusal"
         return outputs[0]["error"]
 
     assert error(guided, controlnets=[{**CANNY, "model": "openpose"}]).startswith(
@@ -143,3 +150,50 @@ def test_refusals_name_the_field_before_anything_runs(guided, models):
         "'ip_adapter' needs an IP-Adapter, and this worker has none; set IP_ADAPTER_MODEL")
     assert "'ip_adapter' guides the base, and a refiner-only job" in error(
         guided, image_url=CANNY["image"], ip_adapter={"image": CANNY["image"]})
+    offloaded = replace(guided, settings=replace(guided.settings, cpu_offload=True))
+    for field, value in (("controlnets", [CANNY]), ("ip_adapter", {"image": CANNY["image"]})):
+        message = error(offloaded, **{field: value})
+        assert message.startswith(f"'{field}' cannot run on this worker: CPU_OFFLOAD=1") and message.count(". ") == 0
+    for hook in hooks:
+        hook.remove()
+
+
+def test_a_reference_image_far_from_square_is_cut_to_4_to_1_around_its_centre(guided):
+    from sdxl_worker.inputs.control import reference_image
+
+    strip = Image.new("RGB", (4000, 10), "red")
+    strip.paste(Image.new("RGB", (40, 10), "blue"), (1980, 0))
+    cut = reference_image(png_data_url(strip), "ip_adapter.image")
+    assert cut.size == (40, 10) and cut.getpixel((0, 5)) == cut.getpixel((39, 5)) == (0, 0, 255)
+    assert reference_image(png_data_url(strip.rotate(90, expand=True)), "ip_adapter.image").size == (10, 40)
+    assert reference_image(png_data_url(photo(300, 200)), "ip_adapter.image").size == (300, 200)  # left as it is
+    assert final(job(guided, ip_adapter={"image": png_data_url(Image.new("RGB", (100000, 1), "gray"))}))
+
+
+def test_an_ip_adapter_with_an_encoder_it_was_not_made_for_stops_the_start_in_one_sentence(tmp_path):
+    from sdxl_worker.engine.models import ModelUnavailable
+
+    adapter = write_tiny_ip_adapter(tmp_path / "mismatched", encoder_width=16)
+    with pytest.raises(ModelUnavailable) as refused:
+        load_models(Settings(base="tiny", refiner=None, vae=None, device="cpu", ip_adapter=str(adapter)))
+    message = str(refused.value)
+    assert message.startswith(f"Could not load IP_ADAPTER_MODEL={str(adapter)!r}") and "IP_ADAPTER_ENCODER" in message
+    with pytest.raises(ModelUnavailable, match="IP_ADAPTER_WEIGHT='nope/ip.safetensors'"):
+        load_models(Settings(base="tiny", refiner=None, vae=None, device="cpu", ip_adapter=str(adapter),
+                             ip_adapter_weight="nope/ip.safetensors"))
+
+
+def test_a_stopped_ip_adapter_job_leaves_the_unet_as_it_was(guided):
+    from sdxl_worker.runtime.stopping import CANCELLED, Stop
+
+    before = image_of(guided)
+    stop = Stop()
+    outputs = []
+    for output in run_job(guided, {"id": "stopped", "input": {**JOB, "ip_adapter": {"image": CANNY["image"]},
+                                                              "controlnets": [CANNY], "preview_steps": 1}},
+                          stop=stop):
+        outputs.append(output)
+        stop.stop(CANCELLED)
+    assert "error" in outputs[-1]
+    assert guided.base.unet.encoder_hid_proj is None and guided.base.image_encoder is None
+    assert image_of(guided).tolist() == before.tolist()

@@ -157,7 +157,7 @@ def test_build_args_are_the_run_time_variables_with_the_worker_defaults():
     assert args["IP_ADAPTER_WEIGHT"] == DEFAULT_IP_ADAPTER_WEIGHT
     assert args["CONTROLNET_MODELS"] == args["IP_ADAPTER_MODEL"] == '""'  # none baked unless asked
     for name in ("BASE_MODEL", "REFINER_MODEL", "VAE_MODEL", "TAESD_MODEL", "CONTROLNET_MODELS", "IP_ADAPTER_MODEL",
-                 "IP_ADAPTER_WEIGHT"):
+                 "IP_ADAPTER_WEIGHT", "IP_ADAPTER_ENCODER"):
         assert re.search(rf"^(ENV)?\s+{name}=\${{{name}}}", DOCKERFILE, flags=re.M), f"{name} is not passed on to run time"
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 
 log = logging.getLogger(__name__)
@@ -33,16 +33,25 @@ def load_ip_adapter(base, settings, resolve, unavailable) -> IpAdapter | None:
         return None
     from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
 
+    from sdxl_worker.config import ip_adapter_encoder_folder
+
     unet, where = base.unet, PurePosixPath(settings.ip_adapter_weight)
+    source, encoder = resolve(settings.ip_adapter, ""), ip_adapter_encoder_folder(settings)
     before = dict(unet.attn_processors)
     try:
-        base.load_ip_adapter(resolve(settings.ip_adapter, ""), subfolder=str(where.parent), weight_name=where.name,
-                             local_files_only=True)
-    except (OSError, ValueError, KeyError) as error:
+        # A folder is read as it is; a hub id not baked follows HF_HUB_OFFLINE, like every other model.
+        # diffusers reads an encoder path with a "/" from the repository's top, a bare name beside the file.
+        base.load_ip_adapter(source, subfolder=str(where.parent), weight_name=where.name, image_encoder_folder=encoder,
+                             local_files_only=Path(source).is_dir())
+        _check_fits(base, unet)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        _take_off(unet, before)
+        base.register_modules(image_encoder=None, feature_extractor=None)
         raise unavailable(
-            f"Could not load IP_ADAPTER_MODEL={settings.ip_adapter!r} with IP_ADAPTER_WEIGHT={settings.ip_adapter_weight!r}: "
-            f"{str(error).splitlines()[0].rstrip('.')}. Bake it into the image (--build-arg IP_ADAPTER_MODEL=...) or "
-            f"point IP_ADAPTER_MODEL at a folder holding that file and an image_encoder folder beside it."
+            f"Could not load IP_ADAPTER_MODEL={settings.ip_adapter!r} with IP_ADAPTER_WEIGHT={settings.ip_adapter_weight!r} "
+            f"and its image encoder {encoder!r}: {str(error).splitlines()[0].rstrip('.')}. Bake it into the image "
+            f"(--build-arg IP_ADAPTER_MODEL=...), point IP_ADAPTER_MODEL at a folder in that layout, or set "
+            f"IP_ADAPTER_ENCODER to the encoder the adapter was trained with."
         ) from None
     parts = IpAdapter(base.image_encoder.eval().requires_grad_(False), base.feature_extractor,
                       {name: processor for name, processor in unet.attn_processors.items()
@@ -52,6 +61,21 @@ def load_ip_adapter(base, settings, resolve, unavailable) -> IpAdapter | None:
     base.register_modules(image_encoder=None, feature_extractor=None)
     log.info("IP-Adapter %s (%s) loaded: %d cross-attention layers", settings.ip_adapter, where, len(parts.processors))
     return parts
+
+
+def _check_fits(base, unet) -> None:
+    """The encoder's output must be what the adapter's image projection takes: a mismatch (an
+    adapter paired with another encoder) is refused at start-up, not in the first job."""
+    import torch
+
+    size = base.image_encoder.config.image_size
+    pixels = torch.zeros(1, 3, size, size, device=base.image_encoder.device, dtype=base.image_encoder.dtype)
+    with torch.no_grad():
+        encoded = base.image_encoder(pixels, output_hidden_states=True)
+        for projection in unet.encoder_hid_proj.image_projection_layers:
+            plain = type(projection).__name__ == "ImageProjection"  # diffusers' rule for which output it takes
+            embeds = encoded.image_embeds if plain else encoded.hidden_states[-2]
+            projection(embeds.to(next(projection.parameters()).dtype))
 
 
 @contextmanager

@@ -1,5 +1,6 @@
 """Control images for ControlNets: decoded like any input image, at the output size, made into an
-edge map when the job asks for ``canny``.
+edge map when the job asks for ``canny``. Reference images for the IP-Adapter: decoded, and cut to
+at most 4:1 around their centre.
 
 The resize comes first, so a canny edge map has its one-pixel edges at the resolution the
 ControlNet sees. OpenCV is the one already installed (invisible-watermark's, headless in the image).
@@ -21,6 +22,24 @@ def control_image(source: str, field: str, size: tuple[int, int], preprocess: st
         image = image.resize(size, Image.Resampling.LANCZOS)
     if preprocess == "canny":
         image = canny(image, low_threshold, high_threshold)
+    return image
+
+
+MAX_REFERENCE_ASPECT = 4  # the image encoder scales the short side to 224 and keeps the centre square
+
+
+def reference_image(source: str, field: str) -> Image.Image:
+    """The IP-Adapter reference image ``source`` names. CLIP's processor scales the short side up to
+    its input size before it crops the centre, so a 100000x1 image would become tens of GB: past
+    4:1 the image is cut to 4:1 around its centre first (the processor keeps only the centre anyway)."""
+    image = load_image(source, field)
+    width, height = image.size
+    if width > MAX_REFERENCE_ASPECT * height:
+        keep = MAX_REFERENCE_ASPECT * height
+        image = image.crop(((width - keep) // 2, 0, (width - keep) // 2 + keep, height))
+    elif height > MAX_REFERENCE_ASPECT * width:
+        keep = MAX_REFERENCE_ASPECT * width
+        image = image.crop((0, (height - keep) // 2, width, (height - keep) // 2 + keep))
     return image
 
 

@@ -32,7 +32,7 @@ from sdxl_worker.delivery.size_guard import OutputBudget
 from sdxl_worker.delivery.storage import job_storage
 from sdxl_worker.errors import InputError
 from sdxl_worker.engine.generate import count_steps, ms_since
-from sdxl_worker.inputs.control import control_image
+from sdxl_worker.inputs.control import control_image, reference_image
 from sdxl_worker.inputs.fetch import private_host_problem
 from sdxl_worker.inputs.images import load_image, load_mask
 from sdxl_worker.runtime.logs import hidden, protect, redact, truncate
@@ -105,9 +105,8 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     check(request, has_refiner=models.has_refiner, has_storage=storage is not None,
           model_names=switch.model_names(models), presets=fast_presets.available() if request.preset else (),
           controlnets=tuple(models.controlnets), has_ip_adapter=models.ip_adapter is not None)
-    if request.preset and models.settings is not None and models.settings.cpu_offload:
-        raise InputError(f"'preset' cannot run on this worker: CPU_OFFLOAD=1 keeps the UNets on the host and a "
-                         f"preset's own UNet is not part of that; leave 'preset' out, or run without CPU_OFFLOAD.")
+    if models.settings is not None and models.settings.cpu_offload:
+        _refuse_what_offload_cannot_run(request)
     plan = make_plan(request, models.has_refiner)
     log.info("job %s: %s, %s, %d image(s), prompt %r", job_id, plan.task, plan.refine, len(plan.seeds),
              truncate(request.prompt))
@@ -132,7 +131,7 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
                                     guide.low_threshold, guide.high_threshold)
                       for index, guide in enumerate(request.controlnets)]
     references = request.ip_adapter.images if request.ip_adapter is not None else ()
-    reference_images = [load_image(image, "ip_adapter.image" if len(references) == 1 else f"ip_adapter.image[{index}]")
+    reference_images = [reference_image(image, "ip_adapter.image" if len(references) == 1 else f"ip_adapter.image[{index}]")
                         for index, image in enumerate(references)]
     output_budget = OutputBudget(inline_limit_bytes())  # previews and the final payload together
     loras = local_loras(request.loras)
@@ -157,6 +156,18 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     if any(warnings):  # redacted: an S3 error must not carry the job's own credentials back
         payload["warnings"] = [redact(warning, limit=None) for warning in warnings if warning]
     yield payload
+
+
+def _refuse_what_offload_cannot_run(request) -> None:
+    """CPU_OFFLOAD=1 moves the pipelines' own models on and off the GPU; a preset's UNet, the
+    ControlNets and the IP-Adapter's image encoder are not among them."""
+    for field, given, what in (("preset", request.preset, "a preset's own UNet"),
+                               ("controlnets", request.controlnets, "the ControlNets"),
+                               ("ip_adapter", request.ip_adapter, "the IP-Adapter's image encoder")):
+        if given:
+            raise InputError(f"'{field}' cannot run on this worker: CPU_OFFLOAD=1 moves only the pipelines' own "
+                             f"models to the GPU and back, and {what} is not one of them; leave '{field}' out, "
+                             f"or run without CPU_OFFLOAD.")
 
 
 @contextmanager

@@ -34,8 +34,9 @@ def write_tiny_controlnet(folder: Path, seed: int) -> Path:
     return Path(folder)
 
 
-def write_tiny_ip_adapter(folder: Path, seed: int = 3) -> Path:
-    """The tiny IP-Adapter under ``folder`` at IP_ADAPTER_WEIGHT's default path; returns ``folder``."""
+def write_tiny_ip_adapter(folder: Path, seed: int = 3, encoder_width: int = IMAGE_EMBEDDING) -> Path:
+    """The tiny IP-Adapter under ``folder`` at IP_ADAPTER_WEIGHT's default path; returns ``folder``.
+    ``encoder_width`` other than IMAGE_EMBEDDING: an image encoder the adapter was not made for."""
     import torch
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
@@ -71,6 +72,6 @@ def write_tiny_ip_adapter(folder: Path, seed: int = 3) -> Path:
     torch.manual_seed(seed)
     encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
         hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-        patch_size=8, projection_dim=IMAGE_EMBEDDING))
+        patch_size=8, projection_dim=encoder_width))
     encoder.save_pretrained(weight.parent / "image_encoder")
     return Path(folder)
