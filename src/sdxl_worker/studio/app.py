@@ -13,6 +13,7 @@ Bound to 127.0.0.1 unless ``--host`` says otherwise: the studio has no login, an
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Callable
@@ -50,10 +51,16 @@ def create_app(source: Source | Callable[[ProgressCallback], Source], where: str
 
     @app.post("/api/jobs")
     async def start(request: Request):
+        too_big = HTTPException(413, f"The job is over {MAX_BODY_BYTES // 2**20} MB; use smaller input images.")
         if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-            raise HTTPException(413, f"The job is over {MAX_BODY_BYTES // 2**20} MB; use smaller input images.")
+            raise too_big
+        data = bytearray()
+        async for chunk in request.stream():  # counted as it comes: a chunked body has no length to trust
+            data += chunk
+            if len(data) > MAX_BODY_BYTES:
+                raise too_big
         try:
-            body = await request.json()
+            body = json.loads(data)
         except ValueError:
             raise HTTPException(400, "The body must be JSON: {\"input\": {...}}.") from None
         if not isinstance(body, dict) or not isinstance(body.get("input"), dict):

@@ -15,6 +15,9 @@ from typing import AsyncIterator
 POLL_S = 0.3  # between /stream calls; RunPod answers /stream at once with what is new
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 WAITING = ("IN_QUEUE", "IN_PROGRESS")
+ENDINGS = {"FAILED": "The endpoint's job failed without saying why.",
+           "CANCELLED": "The job was cancelled on the endpoint (not from this page).",
+           "TIMED_OUT": "The job ran past the endpoint's execution timeout; ask for less, or raise the timeout."}
 
 
 class EndpointError(RuntimeError):
@@ -29,6 +32,8 @@ class Endpoint:
         self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
 
     async def _call(self, session, method: str, path: str, body: dict | None = None) -> dict:
+        import aiohttp
+
         try:
             async with session.request(method, self.url + path, headers=self._headers,
                                        data=json.dumps(body) if body is not None else None) as answer:
@@ -38,14 +43,24 @@ class Endpoint:
                 if answer.status >= 400:
                     raise EndpointError(f"The endpoint answered {path.split('/')[1]} with HTTP {answer.status}.")
                 return json.loads(text or "{}")
-        except (OSError, asyncio.TimeoutError) as error:
-            raise EndpointError(f"Could not reach the endpoint at {self.url}: {error}.") from None
+        except ValueError:
+            raise EndpointError(f"The endpoint's answer to {path.split('/')[1]} was not JSON.") from None
+        except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as error:
+            raise EndpointError(f"Could not reach the endpoint at {self.url}: {error or type(error).__name__}.") from None
 
     async def __call__(self, job: dict) -> AsyncIterator[dict]:
         import aiohttp
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-            started = await self._call(session, "POST", "/run", {"input": job["input"]})
+            # Shielded: a Cancel while /run is on its way still learns the job's id, and cancels it there.
+            starting = asyncio.ensure_future(self._call(session, "POST", "/run", {"input": job["input"]}))
+            try:
+                started = await asyncio.shield(starting)
+            except asyncio.CancelledError:
+                started = await starting
+                if started.get("id"):
+                    await self._cancel(session, started["id"])
+                raise
             remote = started.get("id")
             if not remote:
                 raise EndpointError("The endpoint's /run answer had no job id.")
@@ -62,7 +77,7 @@ class Endpoint:
     async def _cancel(self, session, remote: str) -> None:
         try:
             await self._call(session, "POST", f"/cancel/{remote}")
-        except EndpointError:
+        except Exception:  # the cancel is a courtesy to the endpoint: the page's job is cancelled either way
             pass
 
     async def _outputs(self, session, remote: str) -> AsyncIterator[dict]:
@@ -84,8 +99,9 @@ class Endpoint:
         if seen_result:
             return
         final = await self._call(session, "GET", f"/status/{remote}")
-        if final.get("status") != "COMPLETED":
-            yield {"error": final.get("error") or f"The endpoint's job ended {str(final.get('status')).lower()}."}
+        status = final.get("status")
+        if status != "COMPLETED":
+            yield {"error": final.get("error") or ENDINGS.get(status, f"The endpoint's job ended {status}.")}
             return
         output = final.get("output")
         last = output[-1] if isinstance(output, list) and output else output

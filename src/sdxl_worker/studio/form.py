@@ -36,6 +36,16 @@ def _first_sentence(text: str) -> str:
     return head + "." if dot else text
 
 
+def _range(spec: dict) -> str:
+    """The accepted range as the page shows it: "From 256 to 2048."."""
+    low = spec.get("minimum", spec.get("exclusiveMinimum"))
+    high = spec.get("maximum", spec.get("exclusiveMaximum"))
+    text = "Above" if "exclusiveMinimum" in spec else "From"
+    text = f"{text} {low} " if low is not None else "Up "
+    text += (f"{'below' if 'exclusiveMaximum' in spec else 'to'} {high}" if high is not None else "up")
+    return text + "."
+
+
 def _field(name: str, spec: dict) -> dict:
     kinds = [kind for kind in _types(spec) if kind != "null"]
     description = _plain(spec.get("description", ""))
@@ -59,6 +69,7 @@ def _field(name: str, spec: dict) -> dict:
         for bound, key in (("exclusiveMinimum", "min"), ("exclusiveMaximum", "max")):
             if bound in spec:
                 entry[key] = spec[bound]
+        entry["help"] += f" {_range(spec)}"
     else:
         entry["kind"] = "long_text" if name in LONG_TEXT else "text"
     return entry

@@ -5,9 +5,12 @@ handler (handler.py's runpod_config), or a RunPod endpoint (endpoint.py). A job 
 asyncio task iterating it; cancelling that task is the page's Cancel, the same path as RunPod's
 cancel (the handler's Runner sets the job's Stop and the denoising ends within one step).
 
-Every output becomes an event kept on the job, so a page that connects late still sees them all:
-``preview`` (step, total_steps, stage and the preview), ``progress`` (step reports without a
-preview), ``status`` (an endpoint's IN_QUEUE or IN_PROGRESS), then one of ``result``, ``error`` or ``cancelled``.
+Every output becomes an event kept on the job, so a page that connects late, or reconnects, still
+sees where the job is: ``preview`` (step, total_steps, stage and the preview), ``progress`` (step
+reports without a preview), ``status`` (an endpoint's IN_QUEUE or IN_PROGRESS), then one of
+``result``, ``error`` or ``cancelled``; nothing after that. Only the latest preview and step report
+are kept (a job's previews would otherwise be megabytes), and a job nobody watches for
+``UNWATCHED_S`` (the tab was closed) is cancelled.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ Source = Callable[[dict], AsyncIterator[dict]]
 ProgressCallback = Callable[[dict, dict], None]  # (job, {"step", "total_steps", "stage"}), from any thread
 JS_SAFE = 2**53 - 1  # larger integers (seeds up to 2^63) lose digits in a browser's JSON.parse
 KEPT_JOBS = 20  # finished jobs whose events stay for a late watcher; older ones are dropped
+UNWATCHED_S = 10.0  # a running job with no page watching it this long is cancelled
 ENDED = ("result", "error", "cancelled")
+REPLACED = ("preview", "progress", "status")  # a newer one of these replaces the one before
 
 
 @dataclass
@@ -36,14 +41,19 @@ class StudioJob:
     events: list[dict] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
-
-    @property
-    def ended(self) -> bool:
-        return bool(self.events) and self.events[-1]["event"] in ENDED
+    ended: bool = False
+    watchers: int = 0
+    numbered: int = 0  # events so far; each kept event carries its number
 
     def add(self, event: str, data: dict) -> None:
+        if self.ended:  # a step report from the worker's thread after the end: the end stands
+            return
         data = {**data, "seconds": round(time.monotonic() - self.started, 3)}
-        self.events.append({"event": event, "data": data})
+        if event in REPLACED:
+            self.events = [kept for kept in self.events if kept["event"] != event]
+        self.numbered += 1
+        self.events.append({"event": event, "data": data, "number": self.numbered})
+        self.ended = event in ENDED
         self.changed.set()
         self.changed = asyncio.Event()
 
@@ -81,8 +91,8 @@ def sse(event: dict) -> bytes:
 class Jobs:
     """The jobs started from the page (the source queues them as a worker does)."""
 
-    def __init__(self, source: Source):
-        self.source = source
+    def __init__(self, source: Source, unwatched_s: float = UNWATCHED_S):
+        self.source, self.unwatched_s = source, unwatched_s
         self.jobs: dict[str, StudioJob] = {}
         self._numbers = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -91,10 +101,14 @@ class Jobs:
         self._loop = asyncio.get_running_loop()
         job = StudioJob(f"studio-{next(self._numbers)}")
         self.jobs[job.id] = job
-        for old in [key for key, kept in self.jobs.items() if kept.ended][:-KEPT_JOBS]:
-            del self.jobs[old]
         job.task = self._loop.create_task(self._run(job, {"id": job.id, "input": job_input}))
+        self._loop.call_later(self.unwatched_s, self._cancel_if_unwatched, job.id)
         return job
+
+    def _trim(self) -> None:
+        finished = [key for key, kept in self.jobs.items() if kept.ended]
+        for old in finished[:-KEPT_JOBS]:
+            del self.jobs[old]
 
     def progress(self, job: dict, report: dict) -> None:
         """A step report from the worker's job thread (Runner's on_progress): onto the loop."""
@@ -105,7 +119,10 @@ class Jobs:
     async def _run(self, job: StudioJob, request: dict) -> None:
         try:
             async for output in self.source(request):
-                job.add(kind_of(output), output)
+                kind = kind_of(output)
+                if kind == "error" and not isinstance(output["error"], str):  # an endpoint's error object
+                    output = {**output, "error": json.dumps(output["error"])[:500]}
+                job.add(kind, output)
                 if job.ended:
                     break
             if not job.ended:
@@ -115,22 +132,39 @@ class Jobs:
         except Exception as error:  # a source that fails (the endpoint unreachable): the page says so
             log.warning("studio job %s failed: %s", job.id, error)
             job.add("error", {"error": str(error) or type(error).__name__})
+        finally:
+            self._trim()
 
     def cancel(self, job_id: str) -> bool:
         job = self.jobs.get(job_id)
-        if job is None or job.ended or job.task is None:
+        if job is None or job.ended or job.task is None or job.task.done():
             return False
         job.task.cancel()
         return True
 
+    def _cancel_if_unwatched(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or job.ended:
+            return
+        if job.watchers == 0:
+            log.info("studio job %s: no page watches it (closed?); cancelling it", job_id)
+            self.cancel(job_id)
+        else:
+            self._loop.call_later(self.unwatched_s, self._cancel_if_unwatched, job_id)
+
     async def watch(self, job_id: str) -> AsyncIterator[dict]:
-        """The job's events from the first, then each new one as it comes, until it ends."""
-        job, sent = self.jobs[job_id], 0
-        while True:
-            changed = job.changed
-            while sent < len(job.events):
-                yield job.events[sent]
-                sent += 1
-            if job.ended:
-                return
-            await changed.wait()
+        """The job's kept events, then each new one as it comes, until it ends."""
+        job = self.jobs[job_id]
+        job.watchers += 1
+        try:
+            sent = 0  # the number of the last event sent; superseded previews are skipped
+            while True:
+                changed = job.changed
+                for event in [kept for kept in job.events if kept["number"] > sent]:
+                    yield event
+                    sent = event["number"]
+                if job.ended:
+                    return
+                await changed.wait()
+        finally:
+            job.watchers -= 1

@@ -3,8 +3,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { fields: [], images: {}, job: null, events: null, lastImageField: "image" };
-const NUMBER = /^-?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+const state = { fields: [], images: {}, job: null, events: null, starting: false, lastImageField: "image" };
+const NUMBER = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$/;  // JSON's own number grammar
+const SAFE_LINK = /^(data:image\/|https?:\/\/)/;  // what a result's image may be: inline, or a bucket's URL
 
 function element(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -134,6 +135,7 @@ function clearErrors() {
 }
 
 function showError(message) {
+  message = typeof message === "string" ? message : JSON.stringify(message);
   // The worker's errors are sentences naming the field in quotes: 'width' must be ...
   const sentences = message.split(/(?<=\.)\s+(?=')/);
   const general = [];
@@ -173,7 +175,7 @@ function showResult(data) {
   const results = $("results");
   results.replaceChildren();
   const seeds = data.seeds || [data.seed];
-  data.images.forEach((src, index) => {
+  data.images.filter((src) => SAFE_LINK.test(String(src))).forEach((src, index) => {
     const seed = seeds[index];
     const kind = (src.match(/^data:image\/(\w+)/) || [null, "png"])[1];
     const name = `sdxl-${seed}.${kind === "jpeg" ? "jpg" : kind}`;
@@ -191,6 +193,7 @@ function showResult(data) {
 function finish() {
   if (state.events) state.events.close();
   state.events = null;
+  state.starting = false;
   state.job = null;
   running(false);
 }
@@ -198,6 +201,12 @@ function finish() {
 function watch(id) {
   const events = new EventSource(`/api/jobs/${encodeURIComponent(id)}/events`);
   state.events = events;
+  // The job's end closes this stream before anything else, so an error while showing the end can
+  // never leave it reconnecting (EventSource reconnects a stream the server closed).
+  const ending = (handle) => (event) => {
+    events.close();
+    try { handle(event); } finally { finish(); }
+  };
   events.addEventListener("progress", (event) => setProgress(JSON.parse(event.data)));
   events.addEventListener("status", (event) => {
     const status = JSON.parse(event.data).status;
@@ -211,25 +220,24 @@ function watch(id) {
     $("preview").dataset.step = data.step;
     $("preview-caption").textContent = `Preview after step ${data.step} of ${data.total_steps} (${data.stage})`;
   });
-  events.addEventListener("result", (event) => { showResult(JSON.parse(event.data)); finish(); });
+  events.addEventListener("result", ending((event) => showResult(JSON.parse(event.data))));
+  events.addEventListener("cancelled", ending(() => { $("progress-text").textContent = "Cancelled."; }));
   events.addEventListener("error", (event) => {
-    if (!event.data) {  // the connection itself: EventSource retries unless the job has ended
-      if (events.readyState === EventSource.CLOSED) { showError("The studio server closed the connection."); finish(); }
-      return;
+    if (event.data) {  // the job's own error
+      ending(() => { $("progress-text").textContent = "The job failed."; showError(JSON.parse(event.data).error); })(event);
+    } else if (events.readyState === EventSource.CLOSED) {  // the connection, and EventSource gave up
+      ending(() => showError("The studio server closed the connection."))(event);
     }
-    $("progress-text").textContent = "The job failed.";
-    showError(JSON.parse(event.data).error);
-    finish();
   });
-  events.addEventListener("cancelled", () => { $("progress-text").textContent = "Cancelled."; finish(); });
 }
 
 async function generate(event) {
   event.preventDefault();
-  if (state.job) return;
+  if (state.job || state.starting) return;  // Ctrl+Enter while a job starts: one job
+  state.starting = true;
   clearErrors();
   let body;
-  try { body = jobInput(); } catch (problem) { showError(problem.message); return; }
+  try { body = jobInput(); } catch (problem) { state.starting = false; showError(problem.message); return; }
   running(true);
   $("results").replaceChildren();
   $("preview-frame").hidden = true;
@@ -244,6 +252,7 @@ async function generate(event) {
     watch(reply.id);
   } catch (error) {
     showError(`Could not start the job: ${error.message}`);
+    state.starting = false;
     running(false);
   }
 }
@@ -266,11 +275,22 @@ async function start() {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) generate(event);
   });
   document.addEventListener("paste", (event) => {
+    if (event.target.closest && event.target.closest("textarea, input[type=text]")) return;  // text goes in text boxes
     const item = [...(event.clipboardData?.items || [])].find((entry) => entry.type.startsWith("image/"));
     if (!item) return;
     event.preventDefault();
+    const box = $(`field-${state.lastImageField}`);
     const picker = $(`in-${state.lastImageField}`)?.parentElement;
-    if (picker && picker.pick) picker.pick(item.getAsFile());
+    if (!box || !picker || !picker.pick) return;
+    if (box.closest("details")) box.closest("details").open = true;  // show where it went: the job changes
+    picker.pick(item.getAsFile());
+    $("progress-text").textContent = `Pasted image set as ${state.lastImageField}.`;
+  });
+  // A file dropped beside a drop box must not make the browser leave the page (and the form).
+  for (const kind of ["dragover", "drop"]) document.addEventListener(kind, (event) => event.preventDefault());
+  // Closing or leaving the page cancels its running job (the server also cancels a job nobody watches).
+  window.addEventListener("pagehide", () => {
+    if (state.job) navigator.sendBeacon(`/api/jobs/${encodeURIComponent(state.job)}/cancel`);
   });
   document.body.dataset.ready = "true";
 }
