@@ -573,6 +573,25 @@ def ip_adapter_encoder_folder(settings: "ModelSettings") -> str:
     return f"{parent}/image_encoder" if parent else "image_encoder"
 
 
+def model_not_found(variable: str, name: str, reason: str, local: bool) -> str:
+    """The one sentence for a model the worker cannot load (at start-up, before or after the libraries)."""
+    where = "the local folder" if local else "the Hugging Face hub id"
+    fallback = "base to use the checkpoint's own VAE" if variable == "VAE_MODEL" else "tiny to try the built-in test model"
+    return (f"Could not load {variable}={name!r} ({where}): {reason.rstrip('.')}. Bake the weights into the image "
+            f"(builder/download_weights.py), point {variable} at a folder in diffusers layout, or set "
+            f"{variable}={fallback}.")
+
+
+def missing_model_paths(settings: ModelSettings) -> list[str]:
+    """Models named by a path (absolute, or ./ ../ ~) that is not there: known before any library
+    loads, so such a start stops in a second rather than after the imports."""
+    named = [("BASE_MODEL", source) for _, source in settings.choices]
+    named += [("REFINER_MODEL", settings.refiner), ("VAE_MODEL", settings.vae), ("TAESD_MODEL", settings.taesd)]
+    return [model_not_found(variable, source, "no such file or folder", local=True)
+            for variable, source in named
+            if source and source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().exists()]
+
+
 def image_models(env: Mapping[str, str] | None = None) -> ModelSettings:
     """What the Docker image bakes: the worker's models, with TAESDXL unless TAESD_MODEL says otherwise."""
     return _models(_Reader({"TAESD_MODEL": DEFAULT_TAESD, **_reader(env).env}))

@@ -110,13 +110,7 @@ def _load(loader, name: str, variable: str, **kwargs):
     try:
         return loader.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:
-        where = "the local folder" if local else "the Hugging Face hub id"
-        fallback = "base to use the checkpoint's own VAE" if variable == "VAE_MODEL" else "tiny to try the built-in test model"
-        raise ModelUnavailable(
-            f"Could not load {variable}={name!r} ({where}): {str(error).splitlines()[0].rstrip('.')}. "
-            f"Bake the weights into the image (builder/download_weights.py), point {variable} "
-            f"at a folder in diffusers layout, or set {variable}={fallback}."
-        ) from None
+        raise ModelUnavailable(config.model_not_found(variable, name, str(error).splitlines()[0], local)) from None
 
 
 def _tensors(module) -> list:

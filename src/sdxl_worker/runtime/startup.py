@@ -37,6 +37,10 @@ def start() -> Worker:
         logging.basicConfig(level="INFO", format=LOG_FORMAT)
         _stop(error)
     config.install(settings)
+    missing = config.missing_model_paths(settings.models)
+    if missing:  # before the libraries: a wrong path stops the start in a second
+        logging.basicConfig(level="INFO", format=LOG_FORMAT)
+        _stop(StartupError(missing[0]))
     # Cold start: a helper process reads the files the imports open, then the weights, into
     # memory while Python imports torch and diffusers below.
     prefetching = prefetch.start()
