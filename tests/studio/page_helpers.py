@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.helpers import ROOT, free_port
 
@@ -75,6 +75,15 @@ def fill(page, name: str, value: str) -> None:
     field = page.find_element(By.ID, f"in-{name}")
     field.clear()
     field.send_keys(value)
+
+
+def generate(page, refine: str | None = None, **fields: str) -> None:
+    """Type ``fields`` into the form (``refine`` picked from its list), then click Generate."""
+    for name, value in fields.items():
+        fill(page, name, value)
+    if refine:
+        Select(page.find_element(By.ID, "in-refine")).select_by_value(refine)
+    page.find_element(By.ID, "generate").click()
 
 
 def wait(page, condition: str, seconds: float = 60):

@@ -9,11 +9,11 @@ import urllib.request
 
 import pytest
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.runpod_endpoint import CLIENT_KEY, ENDPOINT_ID, RunPodEndpoint
 from tests.runpod_queue import RunPodQueue, handler_process
-from tests.studio.page_helpers import WATCH, fill, studio_server, wait
+from tests.studio.page_helpers import WATCH, generate, studio_server, wait
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +47,8 @@ def test_a_job_on_the_endpoint_streams_its_previews_into_the_page(endpoint_page,
     page = endpoint_page
     assert f"RunPod endpoint {ENDPOINT_ID}" in page.find_element(By.ID, "runs-on").text
     page.execute_script(WATCH)
-    fill(page, "prompt", "a lighthouse at dusk")
-    fill(page, "width", "512")
-    fill(page, "height", "512")
-    fill(page, "num_inference_steps", "30")
-    fill(page, "seed", "77")
-    fill(page, "preview_steps", "3")
-    Select(page.find_element(By.ID, "in-refine")).select_by_value("no_refiner")
-    page.find_element(By.ID, "generate").click()
+    generate(page, prompt="a lighthouse at dusk", width="512", height="512", num_inference_steps="30", seed="77",
+             preview_steps="3", refine="no_refiner")
     wait(page, "document.querySelector('#results img') !== null", 180)
     seen = page.execute_script("return window.seen")
     assert len(set(seen["frames"])) >= 2 and seen["framesBeforeResult"] >= 2
@@ -72,12 +66,7 @@ def test_a_job_on_the_endpoint_streams_its_previews_into_the_page(endpoint_page,
 
 def test_cancel_on_the_page_cancels_the_job_on_the_endpoint(endpoint_page, remote):
     page = endpoint_page
-    fill(page, "prompt", "a long job")
-    fill(page, "width", "1024")
-    fill(page, "height", "1024")
-    fill(page, "num_inference_steps", "200")
-    fill(page, "preview_steps", "1")
-    page.find_element(By.ID, "generate").click()
+    generate(page, prompt="a long job", width="1024", height="1024", num_inference_steps="200", preview_steps="1")
     # Once a preview is in, the job is denoising in the worker. (A stop that reaches runpod-python
     # before it has started the job's task is dropped by its JobScaler: docs/runpod.md.)
     wait(page, "document.getElementById('progress-text').textContent.startsWith('Step')", 60)
@@ -92,11 +81,7 @@ def test_cancel_on_the_page_cancels_the_job_on_the_endpoint(endpoint_page, remot
     while f"job {job_id} stopped (cancelled)" not in remote.worker_log.read_text():
         assert time.monotonic() < give_up, "the worker did not stop the cancelled job"
         time.sleep(0.1)
-    fill(page, "width", "256")
-    fill(page, "height", "256")
-    fill(page, "num_inference_steps", "2")
-    fill(page, "preview_steps", "0")
-    page.find_element(By.ID, "generate").click()
+    generate(page, width="256", height="256", num_inference_steps="2", preview_steps="0")
     wait(page, "document.querySelector('#results img') !== null", 60)
 
 

@@ -7,21 +7,14 @@ import time
 
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import Select
 
-from tests.studio.page_helpers import ARTIFACTS, WATCH, fill, wait
+from tests.studio.page_helpers import ARTIFACTS, WATCH, fill, generate, wait
 
 def test_previews_form_in_place_then_the_image_and_its_seed(page):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.execute_script(WATCH)
-    fill(page, "prompt", "a lighthouse at dusk, oil painting")
-    fill(page, "width", "512")
-    fill(page, "height", "512")
-    fill(page, "num_inference_steps", "24")
-    fill(page, "seed", "1234")
-    fill(page, "preview_steps", "3")
-    Select(page.find_element(By.ID, "in-refine")).select_by_value("no_refiner")
-    page.find_element(By.ID, "generate").click()
+    generate(page, prompt="a lighthouse at dusk, oil painting", width="512", height="512", num_inference_steps="24",
+             seed="1234", preview_steps="3", refine="no_refiner")
 
     wait(page, "window.seen.frames.length >= 2")
     page.execute_script("window.scrollTo(0, 0)")
@@ -57,20 +50,13 @@ def test_an_error_is_shown_next_to_the_field_it_names(page):
     assert page.find_element(By.ID, "in-width").get_attribute("aria-invalid") == "true"
     assert page.switch_to.active_element.get_attribute("id") == "in-width"  # focus goes to the field to fix
     assert page.find_element(By.ID, "err-height").get_attribute("hidden") is not None  # only the field at fault
-    fill(page, "width", "256")
-    fill(page, "height", "256")
-    fill(page, "num_inference_steps", "2")
-    page.find_element(By.ID, "generate").click()
+    generate(page, width="256", height="256", num_inference_steps="2")
     wait(page, "document.querySelector('#results img') !== null")
     assert page.find_element(By.ID, "err-width").get_attribute("hidden") is not None  # cleared by the next job
 
 
 def test_cancel_stops_a_long_job_and_the_next_one_runs(page):
-    fill(page, "prompt", "a long job")
-    fill(page, "width", "1024")
-    fill(page, "height", "1024")
-    fill(page, "num_inference_steps", "200")
-    page.find_element(By.ID, "generate").click()
+    generate(page, prompt="a long job", width="1024", height="1024", num_inference_steps="200")
     wait(page, "document.getElementById('progress-text').textContent.startsWith('Step')")
     started = time.monotonic()
     page.find_element(By.ID, "cancel").click()
@@ -78,10 +64,7 @@ def test_cancel_stops_a_long_job_and_the_next_one_runs(page):
     assert time.monotonic() - started < 20
     assert page.find_element(By.ID, "generate").is_enabled()
     assert not page.find_elements(By.CSS_SELECTOR, "#results img")
-    fill(page, "width", "256")
-    fill(page, "height", "256")
-    fill(page, "num_inference_steps", "2")
-    page.find_element(By.ID, "generate").click()
+    generate(page, width="256", height="256", num_inference_steps="2")
     wait(page, "document.querySelector('#results img') !== null")
 
 
