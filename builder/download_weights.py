@@ -156,22 +156,21 @@ def files_to_fetch(
 # --- the network side: listing and downloading ----------------------------------------------
 
 
-def ip_adapter_files(listing: list[str], weight: str, encoder: str | None = None, variant: str = VARIANT) -> list[str]:
-    """An IP-Adapter's weight file and the image encoder the worker loads with it: ``encoder`` (a
-    folder of the repository; by default the ``image_encoder`` folder beside the file, where
-    diffusers' load_ip_adapter looks)."""
+def ip_adapter_files(listing: list[str], weight: str, encoder: str, variant: str = VARIANT) -> list[str]:
+    """An IP-Adapter's weight file and the image encoder the worker loads with it: ``encoder``, a
+    folder of the repository, as sdxl_worker.config.ip_adapter_encoder_folder names it."""
     if weight not in listing:
         raise NothingToLoad(f"no file {weight!r} in the repository (IP_ADAPTER_WEIGHT)")
     if not weight.endswith(".safetensors"):
         raise NothingToLoad(f"IP_ADAPTER_WEIGHT={weight!r} is not a .safetensors file")
-    folder = encoder or (weight.rsplit("/", 1)[0] + "/image_encoder" if "/" in weight else "image_encoder")
-    inside = [f[len(folder) + 1:] for f in listing if f.startswith(folder + "/") and f.count("/") == folder.count("/") + 1]
+    inside = [f[len(encoder) + 1:] for f in listing
+              if f.startswith(encoder + "/") and f.count("/") == encoder.count("/") + 1]
     try:
         files = files_to_fetch(inside, None, variant)
     except NothingToLoad:
-        raise NothingToLoad(f"no image encoder (config.json and safetensors weights) in {folder}/ "
+        raise NothingToLoad(f"no image encoder (config.json and safetensors weights) in {encoder}/ "
                             f"(IP_ADAPTER_ENCODER)") from None
-    return sorted([weight] + [f"{folder}/{name}" for name in files])
+    return sorted([weight] + [f"{encoder}/{name}" for name in files])
 
 
 def _stored_listing(folder: Path, repo: str) -> tuple[list[str], dict | None]:

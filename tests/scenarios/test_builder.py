@@ -321,7 +321,8 @@ def test_the_files_the_builder_takes_of_a_controlnet_and_an_ip_adapter_are_enoug
 
     controlnet = baked(write_tiny_controlnet(tmp_path / "made" / "canny", seed=1), files_to_fetch)
     adapter = baked(write_tiny_ip_adapter(tmp_path / "made" / "ip"),
-                    lambda listing: ip_adapter_files(listing, "sdxl_models/ip-adapter_sdxl.safetensors"))
+                    lambda listing: ip_adapter_files(listing, "sdxl_models/ip-adapter_sdxl.safetensors",
+                                                     "sdxl_models/image_encoder"))
     assert not list((tmp_path / "baked").rglob("*.bin"))
     models = load_models(Settings(base="tiny", refiner=None, vae=None, taesd=None, device="cpu",
                                   controlnets=(("canny", str(controlnet)),), ip_adapter=str(adapter)))
