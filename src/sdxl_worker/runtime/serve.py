@@ -28,7 +28,8 @@ from sdxl_worker.runtime.job import run_job
 from sdxl_worker.runtime.logs import protect
 from sdxl_worker.runtime.stopping import CANCELLED, SHUTTING_DOWN, TIMED_OUT, Stop
 from sdxl_worker.runtime.stream import ProgressCallback
-from sdxl_worker.runtime.threads import LongLivedThreads
+from sdxl_worker.runtime.threads import JobThreads
+from sdxl_worker.runtime.turns import Turns
 
 log = protect(logging.getLogger(__name__))
 
@@ -42,24 +43,51 @@ class _AnsweredForIt(dict):
 
 
 class Runner:
-    """Runs jobs on the loaded models, ``concurrency`` at a time, each stoppable."""
+    """Runs jobs on the loaded models, ``concurrency`` at a time, each stoppable.
+
+    ``run_job`` is the work of one job (sdxl_worker.runtime.job.run_job) and ``clock`` the one its
+    JOB_TIMEOUT_S is read on (time.monotonic); tests give a fast fake of each."""
 
     def __init__(self, models, storage=None, timeout_s: float | None = None, concurrency: int = 1,
-                 on_progress: ProgressCallback | None = None, exit_process=None, pending=None):
+                 on_progress: ProgressCallback | None = None, exit_process=None, pending=None, run_job=run_job,
+                 clock=time.monotonic):
         self.models, self.storage, self.timeout_s = models, storage, timeout_s
         self.on_progress = on_progress
         self.pending = pending or (lambda: 0)  # jobs runpod holds, taken but not yet answered (its JobsProgress)
-        self.threads = LongLivedThreads("job", concurrency)
+        self.turns = Turns(concurrency)
+        self.threads = JobThreads("job", keep=concurrency)
         self.running: dict[Stop, str] = {}  # the jobs whose answer is not yet sent: stop -> job id
         self.shutting_down = False
+        self._run_job, self._clock = run_job, clock
         self._exit_process = exit_process or _exit_process
 
     async def run(self, job: dict) -> AsyncIterator[dict]:
-        """The job's outputs (previews, then the final payload or one error), as run_job yields them."""
-        loop = asyncio.get_running_loop()
-        stop = Stop(self.timeout_s)
+        """The job's outputs (previews, then the final payload or one error), as run_job yields them.
+
+        The job waits for its turn (at most ``concurrency`` run at once); JOB_TIMEOUT_S counts from
+        then. Stopped while it waits (SIGTERM), it is answered at once, saying it never started;
+        cancelled while it waits, it just leaves the line."""
+        stop = Stop(self.timeout_s, self._clock)
         if self.shutting_down:
             stop.stop(SHUTTING_DOWN)
+        self._track(stop, job)
+        ticket = self.turns.ask()
+        try:
+            while not ticket.ready.done() and not stop.stopped:
+                await asyncio.wait({ticket.ready}, timeout=_POLL_S)
+            if stop.stopped:
+                yield {"error": stop.message()}
+                return
+            stop.begin()
+            async for output in self._outputs(job, stop):
+                yield output
+        finally:
+            # Cancelled (runpod's stop signal), closed early, or done: the job's thread stops at its next step.
+            stop.stop(CANCELLED)
+            self.turns.give_back(ticket)
+
+    async def _outputs(self, job: dict, stop: Stop) -> AsyncIterator[dict]:
+        loop = asyncio.get_running_loop()
         outputs: asyncio.Queue = asyncio.Queue()
 
         def hand_over(item) -> None:
@@ -68,39 +96,20 @@ class Runner:
             except RuntimeError:  # the loop is gone (the process is exiting): nobody waits for this job
                 pass
 
-        finished, abandoned, state = threading.Event(), threading.Event(), threading.Lock()
-
         def work() -> None:
             try:
-                for output in run_job(self.models, job, self.storage, self.on_progress, stop):
+                for output in self._run_job(self.models, job, self.storage, self.on_progress, stop):
                     hand_over(output)
             finally:
-                with state:
-                    finished.set()
-                    if abandoned.is_set():  # its thread was replaced while it finished what it was in
-                        self.threads.retire_one()
                 hand_over(None)
 
-        def abandon() -> None:
-            """Stop waiting for the job's thread: the next job gets another one at once."""
-            with state:
-                if not finished.is_set() and not abandoned.is_set():
-                    abandoned.set()
-                    self.threads.lend_one()
-
-        self._track(stop, job)
         self.threads.submit(work)
-        try:
-            while (output := await self._next(outputs, stop)) is not None:
-                yield output
-                if isinstance(output, _AnsweredForIt):
-                    log.warning("job %s did not stop within %g s (%s); answered, its thread left to finish",
-                                job.get("id"), STOP_GRACE_S, stop.where)
-                    break
-        finally:
-            # Cancelled (runpod's stop signal), closed early, or done: the job's thread stops at its next step.
-            stop.stop(CANCELLED)
-            abandon()
+        while (output := await self._next(outputs, stop)) is not None:
+            yield output
+            if isinstance(output, _AnsweredForIt):
+                log.warning("job %s did not stop within %g s (%s); answered, its thread left to finish",
+                            job.get("id"), STOP_GRACE_S, stop.where)
+                return
 
     async def _next(self, outputs: asyncio.Queue, stop: Stop):
         """The job's next output. Past its deadline the job is told to stop; once stopped (deadline,

@@ -25,15 +25,21 @@ class JobStopped(Exception):
 
 
 class Stop:
-    """A job's stop switch, with an optional deadline (seconds of the monotonic clock)."""
+    """A job's stop switch, with an optional deadline (seconds of the monotonic clock) that runs
+    from ``begin()``: a job waiting for its turn has not started, and its time does not run."""
 
     def __init__(self, timeout_s: float | None = None, clock=time.monotonic):
         self.clock = clock
         self.timeout_s = timeout_s
-        self.deadline = clock() + timeout_s if timeout_s else None
+        self.deadline: float | None = None
         self.reason: str | None = None
         self.where = "before it started"
         self._set = threading.Event()
+
+    def begin(self) -> None:
+        """The job starts now: its timeout counts from here."""
+        if self.timeout_s:
+            self.deadline = self.clock() + self.timeout_s
 
     def stop(self, reason: str) -> None:
         """Ask the job to stop; the first reason given is the one it reports."""

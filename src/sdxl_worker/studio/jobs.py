@@ -11,14 +11,18 @@ reports without a preview), ``status`` (an endpoint's IN_QUEUE or IN_PROGRESS), 
 ``result``, ``error`` or ``cancelled``; nothing after that. Only the latest preview and step report
 are kept (a job's previews would otherwise be megabytes), and a job nobody watches for
 ``UNWATCHED_S`` (the tab was closed) is cancelled.
+
+Job ids are random (``secrets.token_urlsafe``): knowing one job's id tells nothing of another's.
+``Limits`` caps what strangers could pile up: jobs queued or running, the bytes of their bodies
+held until they end, and the event streams open at once; past a cap, ``Busy`` says which.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
@@ -34,9 +38,21 @@ ENDED = ("result", "error", "cancelled")
 REPLACED = ("preview", "progress", "status")  # a newer one of these replaces the one before
 
 
+@dataclass(frozen=True)
+class Limits:
+    jobs: int = 8  # queued or running at once
+    held_bytes: int = 256 * 1024 * 1024  # bodies of the jobs queued or running, together
+    streams: int = 32  # event streams open at once (a page holds one)
+
+
+class Busy(Exception):
+    """A cap reached: one sentence for the page (HTTP 429)."""
+
+
 @dataclass
 class StudioJob:
     id: str
+    size: int = 0  # bytes of the body it came in, held until it ends
     started: float = field(default_factory=time.monotonic)
     events: list[dict] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -91,15 +107,31 @@ def sse(event: dict) -> bytes:
 class Jobs:
     """The jobs started from the page (the source queues them as a worker does)."""
 
-    def __init__(self, source: Source, unwatched_s: float = UNWATCHED_S):
-        self.source, self.unwatched_s = source, unwatched_s
+    def __init__(self, source: Source, unwatched_s: float = UNWATCHED_S, limits: Limits = Limits()):
+        self.source, self.unwatched_s, self.limits = source, unwatched_s, limits
         self.jobs: dict[str, StudioJob] = {}
-        self._numbers = itertools.count(1)
+        self.streams = 0  # event streams open now
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def start(self, job_input: dict) -> StudioJob:
+    def open(self) -> list[StudioJob]:
+        """The jobs queued or running."""
+        return [job for job in self.jobs.values() if not job.ended]
+
+    def room_for(self, size: int) -> None:
+        """Busy unless a job of ``size`` body bytes fits under the caps now."""
+        open_jobs = self.open()
+        if len(open_jobs) >= self.limits.jobs:
+            raise Busy(f"This studio already has {len(open_jobs)} jobs queued or running, its limit; "
+                       f"wait for one to end or cancel one.")
+        if sum(job.size for job in open_jobs) + size > self.limits.held_bytes:
+            raise Busy(f"The jobs queued here already hold close to {self.limits.held_bytes // 2**20} MB of input "
+                       f"images, this studio's limit; wait for one to end, or send smaller images.")
+
+    def start(self, job_input: dict, size: int = 0) -> StudioJob:
+        """Start a job (Busy past a cap); ``size``: the bytes of the body it came in."""
+        self.room_for(size)
         self._loop = asyncio.get_running_loop()
-        job = StudioJob(f"studio-{next(self._numbers)}")
+        job = StudioJob(secrets.token_urlsafe(16), size=size)
         self.jobs[job.id] = job
         job.task = self._loop.create_task(self._run(job, {"id": job.id, "input": job_input}))
         self._loop.call_later(self.unwatched_s, self._cancel_if_unwatched, job.id)
@@ -152,9 +184,24 @@ class Jobs:
         else:
             self._loop.call_later(self.unwatched_s, self._cancel_if_unwatched, job_id)
 
-    async def watch(self, job_id: str) -> AsyncIterator[dict]:
-        """The job's kept events, then each new one as it comes, until it ends."""
-        job = self.jobs[job_id]
+    def watch(self, job_id: str) -> AsyncIterator[dict]:
+        """The job's kept events, then each new one as it comes, until it ends. Busy, before the
+        answer starts, when as many streams as the limit are open already."""
+        if self.streams >= self.limits.streams:
+            raise Busy(self._too_many_streams())
+        return self._events(self.jobs[job_id])
+
+    def _too_many_streams(self) -> str:
+        return (f"This studio already has {self.streams} event streams open, its limit; close other studio "
+                f"tabs and reload.")
+
+    async def _events(self, job: StudioJob) -> AsyncIterator[dict]:
+        # Counted here, where a finally is sure to run; a flood that passed watch() together is
+        # still held to the limit: the streams past it end at once with an error event.
+        if self.streams >= self.limits.streams:
+            yield {"event": "error", "data": {"error": self._too_many_streams()}, "number": 0}
+            return
+        self.streams += 1
         job.watchers += 1
         try:
             sent = 0  # the number of the last event sent; superseded previews are skipped
@@ -168,3 +215,4 @@ class Jobs:
                 await changed.wait()
         finally:
             job.watchers -= 1
+            self.streams -= 1

@@ -109,8 +109,11 @@ def test_sigterm_answers_running_jobs_then_exits(models, runpods_sigterm_handler
 def test_stop_reports_the_first_reason_and_how_far_the_job_got():
     now = [0.0]
     stop = Stop(timeout_s=5, clock=lambda: now[0])
+    now[0] = 100  # waited for its turn: the timeout counts from the job's start
+    stop.begin()
+    now[0] = 104
     stop.check("at step 1 of 9")
-    now[0] = 6
+    now[0] = 106
     with pytest.raises(JobStopped) as stopped:
         stop.check("at step 3 of 9")
     stop.stop(SHUTTING_DOWN)
@@ -147,7 +150,7 @@ def test_a_job_stuck_in_its_upload_is_answered_and_the_next_job_runs_at_once(mod
         outputs = await task
         answered = time.monotonic() - stopped
         after = await outputs_of(runner, {"id": "next", "input": {**FAST, "refine": "no_refiner", "upload": False}})
-        return outputs, answered, after, runner.threads.count
+        return outputs, answered, after, runner.threads.alive
 
     try:
         outputs, answered, after, threads = asyncio.run(scenario())
@@ -156,11 +159,11 @@ def test_a_job_stuck_in_its_upload_is_answered_and_the_next_job_runs_at_once(mod
     assert len(outputs) == 1 and "shutting down" in outputs[0]["error"] and "before delivery" in outputs[0]["error"]
     assert answered < 5, f"answered {answered:.1f} s after the stop"
     assert "images" in after[-1]  # while the stuck upload still hangs
-    assert threads == 2, "a thread lent in place of the stuck one"
+    assert threads == 2, "the stuck job keeps its thread, the next job ran in another"
     until_retired = time.monotonic() + 10
-    while runner.threads.count != 1 and time.monotonic() < until_retired:
+    while runner.threads.alive != 1 and time.monotonic() < until_retired:
         time.sleep(0.05)
-    assert runner.threads.count == 1, "given back once the upload ended"
+    assert runner.threads.alive == 1, "the stuck thread ends once its upload does"
 
 
 def test_a_job_waiting_for_the_models_stops_at_once(models):
@@ -177,17 +180,17 @@ def test_a_job_waiting_for_the_models_stops_at_once(models):
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            for _ in range(100):  # 3 while a thread still waits: one lent in its place
-                if runner.threads.count == 2:
+            for _ in range(100):  # busy while its thread still waits for the models
+                if runner.threads.busy == 0:
                     break
                 await asyncio.sleep(0.05)
-            threads = runner.threads.count
+            threads = runner.threads.busy
         finally:
             jobs._models_in_use.release()
         return threads, await outputs_of(runner, {"id": "after", "input": {**FAST, "refine": "no_refiner"}})
 
     threads, after = asyncio.run(scenario())
-    assert threads == 2, "the cancelled job's thread stopped waiting for the models"
+    assert threads == 0, "the cancelled job's thread stopped waiting for the models"
     assert "images" in after[-1]
 
 
@@ -202,3 +205,29 @@ def test_after_sigterm_the_worker_waits_for_jobs_runpod_took_but_has_not_handed_
     while not exits and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(exits) == 1
+
+
+@pytest.mark.parametrize("timeout_s", [None, 5.0])
+def test_cancelling_a_running_job_and_two_queued_ones_leaves_the_worker_ready_for_the_next(models, timeout_s):
+    """The hole of issue 28: each cancel of a job that never started cost the pool a thread, and the
+    next job never started (or, with JOB_TIMEOUT_S, was answered "stopped before it started")."""
+    runner = Runner(models, timeout_s=timeout_s)
+
+    async def scenario():
+        long_one = asyncio.create_task(outputs_of(runner, {"id": "long", "input": LONG}))
+        await until(lambda: runner.threads.busy == 1)
+        queued = [asyncio.create_task(outputs_of(runner, {"id": f"queued-{n}", "input": FAST})) for n in (1, 2)]
+        await asyncio.sleep(0.3)
+        for task in (long_one, *queued):
+            task.cancel()
+        await asyncio.gather(long_one, *queued, return_exceptions=True)
+        await asyncio.sleep(1.5)  # the stopped jobs' threads have ended their work: the worker is idle
+        started = time.monotonic()
+        after = [await asyncio.wait_for(outputs_of(runner, {"id": f"after-{n}", "input": {**FAST, "refine": "no_refiner"}}),
+                                        30) for n in (1, 2)]  # a wedged worker fails here, not hangs
+        return after, time.monotonic() - started
+
+    after, seconds = asyncio.run(scenario())
+    assert ["images" in outputs[-1] for outputs in after] == [True, True], after
+    assert seconds < 20
+    assert runner.threads.busy == 0 and runner.threads.alive == 1 and runner.turns.running == 0
