@@ -40,21 +40,33 @@ def main() -> None:
 
 def studio(argv: list[str]) -> int:
     """The studio page (sdxl_worker.studio): jobs on this worker's models, or on a RunPod endpoint."""
-    from sdxl_worker.studio import app
+    from sdxl_worker import config
+    from sdxl_worker.studio import app, guard
 
     args = app.parse(argv)
+    settings = config.studio()
+    login = settings.login
+    if args.login_file:
+        try:
+            login = open(args.login_file, encoding="utf-8").read().strip() or None
+        except OSError as error:
+            print(f"error: --login-file {args.login_file} cannot be read ({error.strerror}).", file=sys.stderr)
+            return 2
+    problem = guard.check_login(args.host, login)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    gate = guard.Guard(hosts=guard.own_host_names(args.host, settings.hosts), login=login)
     if args.endpoint:
-        from sdxl_worker import config
         from sdxl_worker.studio.endpoint import Endpoint, EndpointError
 
-        settings = config.studio()
         try:
             source = Endpoint(args.endpoint, settings.api_key, settings.endpoint_base_url)
         except EndpointError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         where = f"RunPod endpoint {args.endpoint}"
-        page = app.create_app(source, where)
+        page = app.create_app(source, where, guard=gate)
     else:
         worker = startup.start()
         jobs = worker.settings.jobs
@@ -64,7 +76,7 @@ def studio(argv: list[str]) -> int:
                                  on_progress=on_progress)["handler"]
 
         where = "this machine"
-        page = app.create_app(local_source, where, wants_progress=True)
+        page = app.create_app(local_source, where, wants_progress=True, guard=gate)
     app.serve(page, args.host, args.port, where)
     return 0
 

@@ -102,3 +102,48 @@ def pixels(output: dict, index: int = 0) -> np.ndarray:
 def photo(width=300, height=200) -> Image.Image:
     gradient = np.linspace(0, 255, width * height * 3).reshape(height, width, 3).astype(np.uint8)
     return Image.fromarray(gradient)
+
+
+class RecordingServer:
+    """An HTTP server on loopback that records every request (method, path, headers) and answers with
+    ``answer(handler) -> (status, headers, body)``; by default 200 and an empty body."""
+
+    def __init__(self, answer=None, host: str = "127.0.0.1", port: int = 0):
+        import http.server
+        import threading
+
+        self.requests: list[tuple[str, str, dict]] = []
+        recorder, answer = self, answer or (lambda handler: (200, {}, b""))
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                recorder.requests.append((self.command, self.path, dict(self.headers)))
+                status, headers, body = answer(self)
+                self.send_response(status)
+                for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_HEAD = _any
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, port), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://{host}:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

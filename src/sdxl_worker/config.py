@@ -34,7 +34,7 @@ DEFAULT_IP_ADAPTER_WEIGHT = "sdxl_models/ip-adapter_sdxl.safetensors"  # h94/IP-
 DEFAULT_MODEL_NAME = "default"  # the one checkpoint's name when BASE_MODELS is unset
 MAX_URL_LIFETIME_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
 STORAGE_REQUIRED = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
-_SECRET_NAMES = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
+_SECRET_NAMES = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "LOGIN")
 
 
 class ConfigError(StartupError):
@@ -481,10 +481,19 @@ _variable("RUNPOD_ENDPOINT_BASE_URL", "studio", "https://api.runpod.ai/v2", "an 
           "`--studio --endpoint`: where RunPod's endpoint API is (runpod-python reads the same name)")
 
 
+_variable("STUDIO_HOSTS", "studio", "unset", "host names, comma-separated",
+          "more names the studio answers to, besides 127.0.0.1, localhost, [::1] and `--host` (a name you "
+          "reach it by); any other `Host` is refused")
+_variable("STUDIO_LOGIN", "studio", "unset", "text, at least 12 characters",
+          "the login the studio's page asks for; required with a `--host` that is not loopback")
+
+
 @dataclass(frozen=True)
 class StudioSettings:
     api_key: str | None = field(default=None, repr=False)
     endpoint_base_url: str = "https://api.runpod.ai/v2"
+    hosts: tuple[str, ...] = ()
+    login: str | None = field(default=None, repr=False)
 
 
 def studio(env: Mapping[str, str] | None = None) -> StudioSettings:
@@ -493,7 +502,9 @@ def studio(env: Mapping[str, str] | None = None) -> StudioSettings:
     base = read.text("RUNPOD_ENDPOINT_BASE_URL", StudioSettings.endpoint_base_url).rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise ConfigError(f"RUNPOD_ENDPOINT_BASE_URL={base!r} is not an http(s) URL, e.g. https://api.runpod.ai/v2.")
-    return StudioSettings(api_key=read.text("RUNPOD_API_KEY"), endpoint_base_url=base)
+    hosts = tuple(name.strip() for name in read.raw("STUDIO_HOSTS").split(",") if name.strip())
+    return StudioSettings(api_key=read.text("RUNPOD_API_KEY"), endpoint_base_url=base, hosts=hosts,
+                          login=read.text("STUDIO_LOGIN"))
 
 
 _variable("LOG_LEVEL", "runtime", "INFO", "DEBUG, INFO, WARNING, ERROR", "the worker's log level")

@@ -11,42 +11,35 @@ from tests.studio.page_helpers import CHROMEDRIVER, CHROMIUM
 
 
 @pytest.fixture(scope="session")
-def studio(models):
+def studio_app(models):
     """handler.py's studio on this machine's worker, in this process on the suite's tiny model: the
     page, the app and the RunPod handler its jobs run through are the ones `python handler.py
-    --studio` serves (the start-up itself is tested elsewhere; the endpoint tests start the command)."""
-    import threading
-    import time
+    --studio` serves (the start-up itself is tested elsewhere; the endpoint tests start the command).
+    Yields (its URL, the app)."""
     from types import SimpleNamespace
-
-    import uvicorn
 
     import handler
     from sdxl_worker import config
     from sdxl_worker.studio import app as studio_app
-    from tests.helpers import free_port
+    from tests.studio.page_helpers import served
 
-    served = {}
+    kept = {}
     real_start, real_serve = handler.startup.start, studio_app.serve
     handler.startup.start = lambda: SimpleNamespace(models=models, storage=None,
                                                     settings=SimpleNamespace(jobs=config.jobs({})))
-    studio_app.serve = lambda page, host, port, where: served.update(page=page, host=host, port=port)
+    studio_app.serve = lambda page, host, port, where: kept.update(page=page, host=host, port=port)
     try:
         assert handler.studio(["--studio"]) == 0
     finally:
         handler.startup.start, studio_app.serve = real_start, real_serve
-    assert (served["host"], served["port"]) == ("127.0.0.1", 8080)  # the defaults the docs give
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(served["page"], host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    give_up = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < give_up and thread.is_alive(), "the studio did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    assert (kept["host"], kept["port"]) == ("127.0.0.1", 8080)  # the defaults the docs give
+    with served(kept["page"]) as url:
+        yield url, kept["page"]
+
+
+@pytest.fixture(scope="session")
+def studio(studio_app):
+    return studio_app[0]
 
 
 @pytest.fixture(scope="session")

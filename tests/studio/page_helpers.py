@@ -35,7 +35,7 @@ def studio_server(*args: str, log_path: Path, ready=None, **env: str):
             deadline = time.monotonic() + 120
             while True:
                 try:
-                    urllib.request.urlopen(url + "/api/form", timeout=2)
+                    urllib.request.urlopen(url + "/", timeout=2)
                     break
                 except OSError:
                     if server.poll() is not None or time.monotonic() > deadline:
@@ -50,6 +50,37 @@ def studio_server(*args: str, log_path: Path, ready=None, **env: str):
 @contextmanager
 def _nothing():
     yield None
+
+
+@contextmanager
+def served(app):
+    """``app`` on uvicorn in a thread of this process, on a free loopback port; yields its URL."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    give_up = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < give_up and thread.is_alive(), "the studio did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def studio_headers(url: str, **more: str) -> dict:
+    """What the studio's own page sends with each API call: its origin and the key from its page."""
+    import re
+
+    page = urllib.request.urlopen(url + "/", timeout=10).read().decode()
+    key = re.search(r'<meta name="studio-key" content="([^"]+)">', page).group(1)
+    return {"Origin": url, "X-Studio-Key": key, **more}
 
 
 # Records what the page shows as it changes: every preview frame (its src), when the first came

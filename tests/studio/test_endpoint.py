@@ -13,7 +13,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.runpod_endpoint import CLIENT_KEY, ENDPOINT_ID, RunPodEndpoint
 from tests.runpod_queue import RunPodQueue, handler_process
-from tests.studio.page_helpers import WATCH, generate, studio_server, wait
+from tests.studio.page_helpers import WATCH, generate, studio_headers, studio_server, wait
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,8 @@ def test_a_job_on_the_endpoint_streams_its_previews_into_the_page(endpoint_page,
     assert CLIENT_KEY not in page.page_source
     url = endpoint_studio[0]
     for path in ("/", "/api/form", "/static/studio.js"):
-        assert CLIENT_KEY not in urllib.request.urlopen(url + path).read().decode()
+        request = urllib.request.Request(url + path, headers=studio_headers(url))
+        assert CLIENT_KEY not in urllib.request.urlopen(request).read().decode()
     assert CLIENT_KEY not in endpoint_studio[1].read_text()
 
 

@@ -1,9 +1,31 @@
 // The studio page: a form drawn from the worker's input schema (/api/form), a job started with
 // POST /api/jobs, its previews and result read from Server-Sent Events, Cancel as a POST.
+// Every API call carries the key the server put in this page (and the login, when it asks for
+// one): the server answers nothing else, so no other site can drive it (docs/security.md).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { fields: [], images: {}, job: null, events: null, starting: false, lastImageField: "image" };
+const meta = (name) => document.querySelector(`meta[name="${name}"]`).content;
+const KEY = meta("studio-key");
+const state = {
+  fields: [], images: {}, job: null, events: null, starting: false, lastImageField: "image",
+  login: sessionStorage.getItem("studio-login"),
+};
+
+class LoginNeeded extends Error {}
+
+// A call to the studio's API: same origin, the key and the login in headers, no caching.
+async function api(path, options = {}) {
+  const headers = { "X-Studio-Key": KEY, ...(options.headers || {}) };
+  if (state.login) headers["X-Studio-Login"] = state.login;
+  const answer = await fetch(path, { ...options, headers, credentials: "same-origin", cache: "no-store" });
+  if (answer.status === 401) {
+    const reply = await answer.json().catch(() => ({}));
+    askLogin(reply.detail || "This studio asks for its login.");
+    throw new LoginNeeded(reply.detail);
+  }
+  return answer;
+}
 const NUMBER = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$/;  // JSON's own number grammar
 const SAFE_LINK = /^(data:image\/|https?:\/\/)/;  // what a result's image may be: inline, or a bucket's URL
 
@@ -191,44 +213,61 @@ function showResult(data) {
 }
 
 function finish() {
-  if (state.events) state.events.close();
+  if (state.events) state.events.abort();
   state.events = null;
   state.starting = false;
   state.job = null;
   running(false);
 }
 
-function watch(id) {
-  const events = new EventSource(`/api/jobs/${encodeURIComponent(id)}/events`);
-  state.events = events;
-  // The job's end closes this stream before anything else, so an error while showing the end can
-  // never leave it reconnecting (EventSource reconnects a stream the server closed).
-  const ending = (handle) => (event) => {
-    events.close();
-    try { handle(event); } finally { finish(); }
+// The job's events, read from a streamed fetch (an EventSource could not send the key).
+async function watch(id) {
+  const controller = new AbortController();
+  state.events = controller;
+  let ended = false;
+  const ending = (handle) => { ended = true; controller.abort(); try { handle(); } finally { finish(); } };
+  const handlers = {
+    progress: (data) => setProgress(data),
+    status: (data) => {
+      $("progress-text").textContent = data.status === "IN_QUEUE" ? "In the endpoint's queue…" : "Running on the endpoint…";
+    },
+    preview: (data) => {
+      setProgress(data);
+      $("preview-frame").hidden = false;
+      $("preview").src = data.preview;
+      $("preview").dataset.step = data.step;
+      $("preview-caption").textContent = `Preview after step ${data.step} of ${data.total_steps} (${data.stage})`;
+    },
+    result: (data) => ending(() => showResult(data)),
+    cancelled: () => ending(() => { $("progress-text").textContent = "Cancelled."; }),
+    error: (data) => ending(() => { $("progress-text").textContent = "The job failed."; showError(data.error); }),
   };
-  events.addEventListener("progress", (event) => setProgress(JSON.parse(event.data)));
-  events.addEventListener("status", (event) => {
-    const status = JSON.parse(event.data).status;
-    $("progress-text").textContent = status === "IN_QUEUE" ? "In the endpoint's queue…" : "Running on the endpoint…";
-  });
-  events.addEventListener("preview", (event) => {
-    const data = JSON.parse(event.data);
-    setProgress(data);
-    $("preview-frame").hidden = false;
-    $("preview").src = data.preview;
-    $("preview").dataset.step = data.step;
-    $("preview-caption").textContent = `Preview after step ${data.step} of ${data.total_steps} (${data.stage})`;
-  });
-  events.addEventListener("result", ending((event) => showResult(JSON.parse(event.data))));
-  events.addEventListener("cancelled", ending(() => { $("progress-text").textContent = "Cancelled."; }));
-  events.addEventListener("error", (event) => {
-    if (event.data) {  // the job's own error
-      ending(() => { $("progress-text").textContent = "The job failed."; showError(JSON.parse(event.data).error); })(event);
-    } else if (events.readyState === EventSource.CLOSED) {  // the connection, and EventSource gave up
-      ending(() => showError("The studio server closed the connection."))(event);
+  try {
+    const answer = await api(`/api/jobs/${encodeURIComponent(id)}/events`, { signal: controller.signal });
+    if (!answer.ok) throw new Error((await answer.json().catch(() => ({}))).detail || `HTTP ${answer.status}`);
+    const reader = answer.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    while (!ended) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let cut;
+      while (!ended && (cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        let name = "message", data = "";
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event: ")) name = line.slice(7);
+          else if (line.startsWith("data: ")) data += line.slice(6);
+        }
+        if (handlers[name]) handlers[name](JSON.parse(data));
+      }
     }
-  });
+    if (!ended) ending(() => showError("The studio server closed the connection."));
+  } catch (error) {
+    if (ended || error.name === "AbortError" || error instanceof LoginNeeded) { if (!ended) finish(); return; }
+    ending(() => showError(`The studio server closed the connection (${error.message}).`));
+  }
 }
 
 async function generate(event) {
@@ -245,13 +284,13 @@ async function generate(event) {
   $("progress").removeAttribute("value");
   $("progress-text").textContent = "Starting…";
   try {
-    const answer = await fetch("/api/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body });
+    const answer = await api("/api/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body });
     const reply = await answer.json();
     if (!answer.ok) throw new Error(reply.detail || `HTTP ${answer.status}`);
     state.job = reply.id;
     watch(reply.id);
   } catch (error) {
-    showError(`Could not start the job: ${error.message}`);
+    if (!(error instanceof LoginNeeded)) showError(`Could not start the job: ${error.message}`);
     state.starting = false;
     running(false);
   }
@@ -260,15 +299,54 @@ async function generate(event) {
 async function cancel() {
   if (!state.job) return;
   $("progress-text").textContent = "Cancelling…";
-  await fetch(`/api/jobs/${encodeURIComponent(state.job)}/cancel`, { method: "POST" });
+  await api(`/api/jobs/${encodeURIComponent(state.job)}/cancel`, { method: "POST" });
 }
 
-async function start() {
-  const answer = await fetch("/api/form");
+// --- the login, when the studio is open to the network ---
+
+function askLogin(message) {
+  $("job").hidden = true;
+  $("output").hidden = true;
+  $("login").hidden = false;
+  if (state.login) { $("login-error").textContent = message; $("login-error").hidden = false; }
+  state.login = null;
+  sessionStorage.removeItem("studio-login");
+  $("runs-on").textContent = "Log in to use this studio.";
+  $("in-login").focus();
+}
+
+async function logIn(event) {
+  event.preventDefault();
+  state.login = $("in-login").value;
+  $("login-error").hidden = true;
+  try {
+    await loadForm();
+    sessionStorage.setItem("studio-login", state.login);
+    $("login").hidden = true;
+    $("job").hidden = false;
+    $("output").hidden = false;
+  } catch (error) {
+    if (!(error instanceof LoginNeeded)) throw error;
+  }
+}
+
+async function loadForm() {
+  const answer = await api("/api/form");
+  if (!answer.ok) throw new Error((await answer.json().catch(() => ({}))).detail || `HTTP ${answer.status}`);
   const form = await answer.json();
+  if (state.fields.length) return;  // drawn already (a login after a refused call)
   state.fields = form.fields;
   drawForm(form.fields);
   $("runs-on").textContent = `Jobs run on ${form.runs_on}.`;
+}
+
+async function start() {
+  $("login").addEventListener("submit", (event) => logIn(event).catch((error) => showError(error.message)));
+  if (meta("studio-login") === "required" && !state.login) {
+    askLogin("");
+  } else {
+    try { await loadForm(); } catch (error) { if (!(error instanceof LoginNeeded)) throw error; }
+  }
   $("job").addEventListener("submit", generate);
   $("cancel").addEventListener("click", cancel);
   $("job").addEventListener("keydown", (event) => {
@@ -290,7 +368,7 @@ async function start() {
   for (const kind of ["dragover", "drop"]) document.addEventListener(kind, (event) => event.preventDefault());
   // Closing or leaving the page cancels its running job (the server also cancels a job nobody watches).
   window.addEventListener("pagehide", () => {
-    if (state.job) navigator.sendBeacon(`/api/jobs/${encodeURIComponent(state.job)}/cancel`);
+    if (state.job) api(`/api/jobs/${encodeURIComponent(state.job)}/cancel`, { method: "POST", keepalive: true });
   });
   document.body.dataset.ready = "true";
 }
