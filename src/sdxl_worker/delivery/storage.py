@@ -18,9 +18,11 @@ from typing import Mapping
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from sdxl_worker import config
+from sdxl_worker.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +61,11 @@ class Storage:
     """One bucket: ``upload(key, data, content_type)`` returns a presigned GET URL or raises UploadError.
 
     The boto3 client is made once and shared by the upload threads (boto3 clients are thread-safe).
+    ``pinned``: the only addresses it may connect to (a job's own bucket, checked public): whatever
+    DNS answers later, and with no proxy from the environment in between.
     """
 
-    def __init__(self, config: StorageConfig):
+    def __init__(self, config: StorageConfig, pinned: tuple[str, ...] = ()):
         self.config = config
         self._client = boto3.session.Session().client(
             "s3",
@@ -80,8 +84,11 @@ class Storage:
                 # MinIO reject with SignatureDoesNotMatch: only send them when an API requires it.
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
+                **({"proxies": {}} if pinned else {}),
             ),
         )
+        if pinned:
+            _pin(self._client, pinned)
         # botocore's debug log prints signed requests; keep it out of a LOG_LEVEL=DEBUG worker's log.
         for name in ("botocore", "boto3", "urllib3"):
             logging.getLogger(name).setLevel(max(logging.getLogger(name).getEffectiveLevel(), logging.INFO))
@@ -135,7 +142,37 @@ def _retryable(error: Exception) -> bool:
         code = str(error.response.get("Error", {}).get("Code", ""))
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return code in _RETRYABLE_CODES or status >= 500 or status == 429
-    return True  # connection refused, timeouts, dropped connections
+    # Connection refused, timeouts, dropped connections; not what botocore refuses on this side
+    # (ParamValidationError, EndpointResolutionError...), which no retry would change.
+    return isinstance(error, (BotoConnectionError, HTTPClientError))
+
+
+def _pin(client, addresses: tuple[str, ...]) -> None:
+    """Every connection ``client`` opens goes to one of ``addresses`` (tried in order); the Host
+    header, the signature and the TLS name stay the endpoint's own name. botocore has no public
+    hook for this: its URLLib3Session's pool manager is told which pool classes to make."""
+    from botocore.awsrequest import (AWSHTTPConnection, AWSHTTPConnectionPool, AWSHTTPSConnection,
+                                     AWSHTTPSConnectionPool)
+
+    def pinned(connection_class):
+        class Pinned(connection_class):
+            def _new_conn(self):
+                name, failure = self._dns_host, None
+                try:
+                    for address in addresses:
+                        self._dns_host = address  # what urllib3 resolves and connects to, nothing else
+                        try:
+                            return super()._new_conn()
+                        except Exception as error:  # NewConnectionError, ConnectTimeoutError: the next address
+                            failure = error
+                    raise failure
+                finally:
+                    self._dns_host = name
+        return Pinned
+
+    pools = {"http": type("PinnedPool", (AWSHTTPConnectionPool,), {"ConnectionCls": pinned(AWSHTTPConnection)}),
+             "https": type("PinnedTLSPool", (AWSHTTPSConnectionPool,), {"ConnectionCls": pinned(AWSHTTPSConnection)})}
+    client._endpoint.http_session._manager.pool_classes_by_scheme = pools
 
 
 def _reason(error: Exception) -> str:
@@ -167,22 +204,27 @@ _AWS_REGION = re.compile(r"^https?://s3[.-]([a-z0-9-]+)\.amazonaws\.com", re.I)
 
 
 def job_storage(s3_config, worker_storage: Storage | None,
-                refuse_host=None) -> tuple[Storage | None, str | None]:
+                endpoint_addresses=None) -> tuple[Storage | None, str | None]:
     """The storage a job's images go to: its own ``s3Config`` when it carries a usable one, else the
     worker's. Returns (storage, warning); the warning names what was wrong, never a credential.
 
     A per-job bucket keeps the worker's retry and timeout settings (or the defaults) and its URL
     lifetime; its region is ``s3Config.region`` when given, else read from an AWS endpoint URL.
-    ``refuse_host(url)`` says why the endpoint may not be used (the download rules' private
-    addresses, sdxl_worker.inputs.fetch), or None.
+    ``endpoint_addresses(url)`` checks the endpoint as downloads are checked (a plain URL, public
+    addresses: sdxl_worker.inputs.fetch) and returns the addresses the uploads then connect to,
+    and only to; InputError says why not.
     """
     if s3_config is None:
         return worker_storage, None
-    problem = _job_storage_problem(s3_config) or (refuse_host(s3_config["endpointUrl"]) if refuse_host else None)
-    storage = None
+    problem, storage, pinned = _job_storage_problem(s3_config), None, ()
+    if not problem and endpoint_addresses is not None:
+        try:
+            pinned = endpoint_addresses(s3_config["endpointUrl"].strip())
+        except InputError as error:
+            problem = str(error).replace("'endpointUrl' ", "endpointUrl ").rstrip(".")
     if not problem:
         try:
-            storage = Storage(_job_settings(s3_config, worker_storage))
+            storage = Storage(_job_settings(s3_config, worker_storage), pinned=pinned)
         except (ValueError, BotoCoreError) as error:  # a URL or region boto3 cannot use
             problem = f"boto3 cannot use it: {type(error).__name__}"
     if problem:

@@ -82,18 +82,41 @@ def fetch_into(source: str, field: str, write: Callable[[bytes], object], max_by
                      "give an http(s) URL, a data URL or base64 data.")
 
 
-def private_host_problem(url: str) -> str | None:
-    """Why the worker may not send to ``url`` (a per-job S3 endpoint): a host that does not resolve,
-    or one at a local or private address, as for downloads (unless ALLOW_PRIVATE_URLS); else None."""
+# A job's endpoint URL as one strict pattern: scheme, a plain host name or bracketed IP, an optional
+# port and path. No user info, backslash, percent-encoding, whitespace or control character, so no
+# two URL parsers can see two different hosts in it (urllib.parse and urllib3, which botocore uses,
+# read "http://127.0.0.1:8302\\@public.example" differently).
+_PLAIN_ENDPOINT = re.compile(r"(?P<scheme>(?i:https?))://(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])"
+                             r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/[!-\[\]-~]*)?", re.ASCII)
+
+
+def endpoint_addresses(url: str, field: str = "endpointUrl") -> tuple[str, ...]:
+    """The checked addresses to connect to for an endpoint a job names (its s3Config.endpointUrl):
+    InputError for a URL that is not plainly one host, or whose host is local or private (the
+    download rules, unless ALLOW_PRIVATE_URLS). The caller connects to these addresses only."""
+    match = _PLAIN_ENDPOINT.fullmatch(url)
+    if match is None:
+        raise InputError(f"'{field}' must be a plain http(s) URL: a host name or IP address, an optional port "
+                         "and path, and no user name, backslash, %-escape, space or control character.")
+    host = match["host"].strip("[]").lower()
+    port = int(match["port"]) if match["port"] else (443 if match["scheme"].lower() == "https" else 80)
+    if not 0 < port < 65536 or _parsers_disagree(url, host, port):
+        raise InputError(f"'{field}' is not a valid URL.")
+    return _resolve(host, port, field, config.current("fetch"))
+
+
+def _parsers_disagree(url: str, host: str, port: int) -> bool:
+    """Belt and braces: the standard library and urllib3 must both read this host and port."""
+    from urllib3.util import parse_url
+
     try:
-        parts = urlsplit(url.strip())
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        _resolve(parts.hostname or "", port, "endpointUrl", config.current("fetch"))
-    except InputError as error:
-        return str(error).replace("'endpointUrl' ", "endpointUrl ").rstrip(".")
-    except ValueError:  # a port that is not a number
-        return "endpointUrl is not a valid URL"
-    return None
+        ours, theirs = urlsplit(url), parse_url(url)
+        theirs_port = theirs.port or (443 if theirs.scheme == "https" else 80)
+        ours_port = ours.port or (443 if ours.scheme == "https" else 80)
+    except ValueError:
+        return True
+    return ((ours.hostname or "").lower(), ours_port) != (host, port) or \
+        ((theirs.host or "").strip("[]").lower(), theirs_port) != (host, port)
 
 
 def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

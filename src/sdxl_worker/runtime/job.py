@@ -33,7 +33,7 @@ from sdxl_worker.delivery.storage import job_storage
 from sdxl_worker.errors import InputError
 from sdxl_worker.engine.generate import count_steps, ms_since
 from sdxl_worker.inputs.control import control_image, reference_image
-from sdxl_worker.inputs.fetch import private_host_problem
+from sdxl_worker.inputs.fetch import endpoint_addresses
 from sdxl_worker.inputs.images import load_image, load_mask
 from sdxl_worker.runtime.logs import hidden, protect, redact, truncate
 from sdxl_worker.engine.models import Models, free_memory
@@ -101,7 +101,7 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     started = time.perf_counter()
     stop.check("before it started")  # taken after SIGTERM: not started at all
     request = Request.from_input(raw_input)
-    storage, storage_warning = job_storage(job.get("s3Config"), storage, refuse_host=private_host_problem)
+    storage, storage_warning = job_storage(job.get("s3Config"), storage, endpoint_addresses=endpoint_addresses)
     check(request, has_refiner=models.has_refiner, has_storage=storage is not None,
           model_names=switch.model_names(models), presets=fast_presets.available() if request.preset else (),
           controlnets=tuple(models.controlnets), has_ip_adapter=models.ip_adapter is not None)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 
 import boto3
@@ -131,7 +132,7 @@ def test_a_jobs_s3config_sends_its_images_to_its_own_bucket(s3_endpoint, bucket,
     ({"accessId": "a", "accessSecret": SECRET, "bucketName": "b", "endpointUrl": "http://127.0.0.1:9000"},
      "ALLOW_PRIVATE_URLS=1"),
     # What boto3 itself cannot use fails over the same way, never the job.
-    ({"accessId": "a", "accessSecret": SECRET, "bucketName": "b", "endpointUrl": "http://[bad"}, "not a valid URL"),
+    ({"accessId": "a", "accessSecret": SECRET, "bucketName": "b", "endpointUrl": "http://[bad"}, "plain http(s) URL"),
     ({"accessId": "a", "accessSecret": SECRET, "bucketName": "b", "endpointUrl": "https://s3.example.com",
       "region": "bad region!"}, "boto3 cannot use it"),
 ])
@@ -139,7 +140,7 @@ def test_an_unusable_s3config_falls_back_with_a_warning(models, s3_config, probl
     from sdxl_worker.runtime.job import run_job
 
     if isinstance(s3_config, dict) and "example.com" in s3_config.get("endpointUrl", ""):
-        monkeypatch.setattr("sdxl_worker.runtime.job.private_host_problem", lambda url: None)  # no DNS here
+        monkeypatch.setattr("sdxl_worker.runtime.job.endpoint_addresses", lambda url: ("203.0.113.9",))  # no DNS here
 
     job = {"id": "bad-s3", "s3Config": s3_config, "input": {"prompt": "a", "width": 256, "height": 256,
                                                             "num_inference_steps": 2, "refine": "no_refiner"}}
@@ -258,3 +259,17 @@ def test_the_worker_refuses_to_start_half_configured():
     assert done.returncode == 1
     assert "half configured" in output and "BUCKET_ACCESS_KEY_ID" in output and "BUCKET_NAME" in output
     assert SECRET not in output
+
+
+def test_what_botocore_refuses_on_this_side_is_not_retried(caplog):
+    """A bucket name botocore will not send (ParamValidationError) fails the same way every time:
+    the images come back inline at once, not after four attempts and their waits."""
+    caplog.set_level(logging.WARNING)
+    storage = storage_from_env(env_for(f"http://127.0.0.1:{free_port()}", "not a bucket/name!",
+                                       BUCKET_UPLOAD_ATTEMPTS="4", BUCKET_RETRY_DELAY_S="2"))
+    started = time.monotonic()
+    delivery = deliver([picture(8)], Request.from_input({"prompt": "a"}), storage, job_id="job-param")
+    assert time.monotonic() - started < 2
+    assert "refused the upload (ParamValidationError)" in delivery.warnings[0]
+    assert not [record for record in caplog.records if "retrying" in record.getMessage()]
+    assert delivery.images[0].startswith("data:image/png")
