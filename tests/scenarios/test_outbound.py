@@ -14,7 +14,7 @@ import pytest
 from sdxl_worker.errors import InputError
 from sdxl_worker.inputs.fetch import fetch, is_public_address
 from sdxl_worker.runtime.job import run_job
-from tests.helpers import RecordingServer
+from sdxl_worker.testing.servers import Server, answer
 
 PUBLIC = "93.184.215.14"  # a public address: what the check sees for the names below
 SMALL = {"prompt": "a fox", "width": 256, "height": 256, "num_inference_steps": 2, "refine": "no_refiner"}
@@ -45,7 +45,7 @@ def dns(monkeypatch):
 
 @pytest.fixture
 def recorder():
-    with RecordingServer() as server:
+    with Server({"*": answer(200)}) as server:
         yield server
 
 
@@ -75,7 +75,7 @@ def test_the_metadata_address_behind_a_backslash_is_refused(models, dns):
 
 
 def test_a_private_endpoint_gets_the_image_urls_sentence(models, recorder):
-    [result] = list(run_job(models, s3_job(recorder.url)))
+    [result] = list(run_job(models, s3_job(recorder.base_url)))
     assert recorder.requests == []
     assert ("endpointUrl points at a local or private address (127.0.0.1), which this worker refuses; "
             "ALLOW_PRIVATE_URLS=1 allows it for local testing") in result["warnings"][0]
@@ -85,12 +85,13 @@ def test_a_second_dns_answer_does_not_move_the_upload(models, dns, monkeypatch):
     """DNS rebinding: the name answers the checked address first, then an internal one. Loopback
     stands in for both (ALLOW_PRIVATE_URLS=1): 127.0.0.2 is the checked one, 127.0.0.1 the internal."""
     monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
-    with RecordingServer(host="127.0.0.2") as checked, RecordingServer(port=checked.port) as internal:
+    with Server({"*": answer(200)}, host="127.0.0.2") as checked, \
+            Server({"*": answer(200)}, port=checked.port) as internal:
         dns["rebind.example"] = ["127.0.0.2", "127.0.0.1"]
         [result] = list(run_job(models, s3_job(f"http://rebind.example:{checked.port}")))
     assert internal.requests == [], "the upload followed the second DNS answer"
-    assert [method for method, _, _ in checked.requests] == ["PUT"]
-    assert checked.requests[0][2]["Host"] == f"rebind.example:{checked.port}"  # signed for the endpoint's name
+    assert [method for method, _, _ in checked.calls] == ["PUT"]
+    assert checked.calls[0][2]["Host"] == f"rebind.example:{checked.port}"  # signed for the endpoint's name
     assert result["images"][0].startswith(f"http://rebind.example:{checked.port}/b/outbound/0.png?")
 
 

@@ -238,7 +238,7 @@ class Answers:
 
 def test_a_page_on_another_port_cannot_start_read_or_cancel_a_job_in_chromium(browser):
     from sdxl_worker.studio.app import create_app
-    from tests.helpers import RecordingServer
+    from sdxl_worker.testing.servers import Server, answer
     from tests.studio.page_helpers import wait
 
     app = create_app(Quick())
@@ -264,8 +264,8 @@ def test_a_page_on_another_port_cannot_start_read_or_cancel_a_job_in_chromium(br
   setTimeout(() => {{ document.getElementById("form").submit(); finished(); }}, 300);
 </script>"""
         page = attack.encode()
-        with RecordingServer(lambda handler: (200, {"Content-Type": "text/html"}, page), host="127.0.0.1") as site:
-            browser.get(site.url.replace("127.0.0.1", "localhost") + "/cats")
+        with Server({"/cats": answer(200, page, Content_Type="text/html")}) as site:
+            browser.get(site.url("/cats").replace("127.0.0.1", "localhost"))
             wait(browser, "window.done >= 3", 20)
             give_up = time.monotonic() + 10
             while len(recorded.seen) < 4 and time.monotonic() < give_up:

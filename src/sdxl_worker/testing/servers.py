@@ -10,20 +10,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class Server:
     """An HTTP server on ``host`` (``port``, or a free one) in a thread; ``routes`` maps a path to a responder.
 
-    A responder gets the request handler and writes the answer itself. ``requests`` lists
-    (path, Host header) of everything that arrived, so a test can prove nothing did.
+    A responder gets the request handler and writes the answer itself; the route ``"*"`` takes
+    every path no other route names. ``requests`` lists (path, Host header) of everything that
+    arrived, so a test can prove nothing did; ``calls`` the same as (method, path, all headers).
     """
 
     def __init__(self, routes: dict, host: str = "127.0.0.1", port: int = 0):
         self.routes = routes
         self.requests: list[tuple[str, str]] = []
+        self.calls: list[tuple[str, str, dict]] = []
         self.release = threading.Event()  # stalling responders wait on it; set at shutdown
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 server.requests.append((self.path, self.headers.get("Host", "")))
-                responder = server.routes.get(self.path.split("?")[0])
+                server.calls.append((self.command, self.path, dict(self.headers)))
+                responder = server.routes.get(self.path.split("?")[0], server.routes.get("*"))
                 if responder is None:
                     self.send_error(404)
                     return
@@ -31,6 +34,8 @@ class Server:
                     responder(self)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up, as it should
+
+            do_PUT = do_POST = do_HEAD = do_GET
 
             def log_message(self, *args):
                 pass
@@ -40,6 +45,10 @@ class Server:
         self.host, self.port = host, self.httpd.server_address[1]
         # A short poll interval: shutdown() waits for it, once per test.
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return self.url("")
 
     def url(self, path: str) -> str:
         return f"http://{self.host}:{self.port}{path}"
@@ -126,5 +135,22 @@ def drip(server_release: threading.Event, interval: float = 0.2, in_headers: boo
             handler.wfile.write(b"x")
             handler.wfile.flush()
             time.sleep(interval)
+
+    return respond
+
+
+def answer(status: int = 200, body: bytes = b"", **headers: str):
+    """A responder that reads the request's body and answers ``status`` with ``body`` and ``headers``."""
+
+    def respond(handler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        if length:
+            handler.rfile.read(length)
+        handler.send_response(status)
+        for name, value in {"Content-Length": str(len(body)), **headers}.items():
+            handler.send_header(name.replace("_", "-"), value)
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(body)
 
     return respond
