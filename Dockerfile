@@ -40,6 +40,7 @@ ARG REFINER_MODEL=stabilityai/stable-diffusion-xl-refiner-1.0
 ARG VAE_MODEL=madebyollin/sdxl-vae-fp16-fix
 ARG TAESD_MODEL=madebyollin/taesdxl
 ARG BASE_MODEL_URL=""
+ARG BASE_MODEL_MAX_GB=16
 ARG CHECKPOINT_CONFIG=stabilityai/stable-diffusion-xl-base-1.0
 # Fast presets whose weights to bake (lightning-4,lcm-4,... or all); docs/checkpoints.md.
 ARG PRESETS=""

@@ -454,6 +454,8 @@ _variable("BASE_MODEL_URL", "build", "unset", "an http(s) URL",
           "build time: a single-file checkpoint to download to BASE_MODEL's path (docs/checkpoints.md)")
 _variable("PRESETS", "build", "unset (none)", "preset names, comma-separated, or `all`",
           "build time: bake the weights of these fast presets (docs/checkpoints.md#fast-presets)")
+_variable("BASE_MODEL_MAX_GB", "build", "16", "a number of GB, 1 to 100",
+          "build time: the largest BASE_MODEL_URL download accepted (an fp32 SDXL checkpoint is about 14 GB)")
 _variable("MODEL_TOKEN", "build", "unset", "text", "build time, outside Docker: the site's token (in Docker: the "
           "build secret `model_token`)")
 
@@ -463,6 +465,7 @@ class BuildSettings:
     """What only the image builder reads."""
 
     base_model_url: str | None = None
+    base_model_max_bytes: int = 16 * 10**9
     presets: tuple[str, ...] = ()  # PRESETS: the fast presets whose weights to bake, or ("all",)
     model_token: str | None = field(default=None, repr=False)
 
@@ -471,7 +474,9 @@ def build(env: Mapping[str, str] | None = None) -> BuildSettings:
     read = _reader(env)
     # Names only: the builder checks them against the preset table (sdxl_worker.request.presets).
     asked = tuple(dict.fromkeys(name.strip().lower() for name in read.raw("PRESETS").split(",") if name.strip()))
+    max_gb = read.number("BASE_MODEL_MAX_GB", 16, 1, 100)
     return BuildSettings(base_model_url=read.text("BASE_MODEL_URL"), presets=asked,
+                         base_model_max_bytes=int(max_gb * 10**9),
                          model_token=read.text("MODEL_TOKEN"))
 
 

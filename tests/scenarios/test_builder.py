@@ -241,6 +241,104 @@ def test_base_model_url_needs_a_safetensors_target(tmp_path):
         download_checkpoint.download("http://127.0.0.1:9/x", tmp_path / "model.ckpt")
 
 
+def _tiny_checkpoint(tmp_path) -> bytes:
+    from sdxl_worker.engine.tiny import ensure_tiny_model
+    from sdxl_worker.testing.checkpoints import write_single_file
+
+    return write_single_file(ensure_tiny_model() / "base", tmp_path / "source.safetensors").read_bytes()
+
+
+def _redirect(to: str):
+    def respond(handler):
+        handler.send_response(302)
+        handler.send_header("Location", to)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+    return respond
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_a_redirect_to_another_port_gets_no_token_and_the_same_origin_keeps_it(tmp_path, code):
+    from builder import download_checkpoint
+    from sdxl_worker.testing.servers import Server, answer
+
+    data = _tiny_checkpoint(tmp_path)
+    with Server({"/file.safetensors": answer(200, data)}) as storage:
+        def to_storage(handler):
+            handler.send_response(code)
+            handler.send_header("Location", storage.url("/file.safetensors"))
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+
+        with Server({"/api/download/models/1": _redirect("/api/download/models/2"),
+                     "/api/download/models/2": to_storage}) as site:
+            target = tmp_path / "base.safetensors"
+            download_checkpoint.download(site.url("/api/download/models/1"), target, "site-token-abc123")
+    assert target.read_bytes() == data
+    assert [headers.get("Authorization") for _, _, headers in site.calls] == ["Bearer site-token-abc123"] * 2
+    assert [headers.get("Authorization") for _, _, headers in storage.calls] == [None]
+
+
+@pytest.mark.parametrize("url", ["{site}/x?token=hunter2-secret x", "{site}/x?token=hunter2-secret\n",
+                                 "http://user:hunter2-secret@127.0.0.1:1/x"])
+def test_a_url_is_never_printed_with_its_query_or_user_info(tmp_path, capsys, url):
+    from builder import download_checkpoint
+    from sdxl_worker.testing.servers import Server, answer
+
+    with Server({"/x": answer(404)}) as site:
+        with pytest.raises(download_checkpoint.CheckpointError) as refused:
+            download_checkpoint.download(url.format(site=site.base_url), tmp_path / "base.safetensors")
+    printed = str(refused.value) + capsys.readouterr().out + capsys.readouterr().err
+    assert "hunter2-secret" not in printed and "BASE_MODEL_URL" in printed
+    assert str(refused.value).count(".") >= 1 and "\n" not in str(refused.value).strip()  # one sentence
+
+
+def test_a_body_that_is_not_safetensors_is_refused_from_its_first_bytes(tmp_path):
+    """300 MB of a login page: refused after its first bytes, not after the download."""
+    from builder import download_checkpoint
+    from sdxl_worker.testing.servers import Server
+
+    sent = [0]
+
+    def login_page(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(300 * 2**20))
+        handler.end_headers()
+        block = b"<html>Please log in</html>".ljust(2**20, b" ")
+        for _ in range(300):
+            handler.wfile.write(block)
+            sent[0] += len(block)
+
+    with Server({"/big": login_page}) as site:
+        with pytest.raises(download_checkpoint.CheckpointError, match="not a safetensors file"):
+            download_checkpoint.download(site.url("/big"), tmp_path / "base.safetensors")
+    assert sent[0] < 64 * 2**20, f"{sent[0] / 2**20:.0f} MB were sent before the refusal"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_over_the_size_cap_is_refused(tmp_path):
+    from builder import download_checkpoint
+    from sdxl_worker import config
+    from sdxl_worker.testing.servers import Server, answer
+
+    data = _tiny_checkpoint(tmp_path)
+    (tmp_path / "source.safetensors").unlink()
+
+    def undeclared(handler):  # no Content-Length: the body ends when the connection closes
+        handler.send_response(200)
+        handler.end_headers()
+        handler.wfile.write(data)
+        handler.close_connection = True
+
+    with Server({"/declared": answer(200, data), "/undeclared": undeclared}) as site:
+        for path in ("/declared", "/undeclared"):
+            with pytest.raises(download_checkpoint.CheckpointError, match="larger than BASE_MODEL_MAX_GB"):
+                download_checkpoint.download(site.url(path), tmp_path / "base.safetensors", max_bytes=len(data) - 1)
+            assert list(tmp_path.iterdir()) == []
+    assert config.build({}).base_model_max_bytes == 16 * 10**9
+    assert config.build({"BASE_MODEL_MAX_GB": "30"}).base_model_max_bytes == 30 * 10**9
+
+
 # --- the fast presets' weights: PRESETS ---
 
 
