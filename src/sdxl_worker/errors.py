@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import re
+
 INPUT = "input"
 OUT_OF_MEMORY = "out_of_memory"
 POISONED = "poisoned"
@@ -33,6 +35,18 @@ _POISONED_CUDA = (
 
 class InputError(ValueError):
     """A problem with the job's input that the user can fix."""
+
+
+# What an error sentence may quote of what the user sent: a short run of plain characters (a
+# misspelt name, a number). Anything longer, or with any other character (markup, quotes, control
+# characters, a payload), is described by its length instead (docs/security.md, "Errors").
+_QUOTABLE = re.compile(r"[A-Za-z0-9 _.,:/+-]{1,64}")
+
+
+def quoted(text) -> str:
+    """``'text'`` when it is short and plain, else ``a text of N characters``: all a sentence echoes."""
+    text = str(text)
+    return f"'{text}'" if _QUOTABLE.fullmatch(text) else f"a text of {len(text):,} characters"
 
 
 class StartupError(RuntimeError):

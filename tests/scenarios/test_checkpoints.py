@@ -162,18 +162,68 @@ def test_a_model_not_served_is_refused_naming_the_choices(single_files, other_ch
     assert "default" in _image(models, model="other")["error"]  # without BASE_MODELS, one model: 'default'
 
 
-def test_a_checkpoint_that_fails_to_load_fails_its_job_and_the_worker_keeps_serving(single_files, tmp_path):
-    broken = tmp_path / "broken.safetensors"
-    broken.write_bytes(b"not a checkpoint")
+def test_a_checkpoint_that_fails_to_load_fails_its_job_then_is_refused_at_once(tmp_path):
+    """Its folder looks right (a model_index.json naming SDXL) but its UNet's weights are gone: the
+    first job naming it fails; later ones are refused before anything is dropped or loaded again."""
+    import weakref
+
+    from sdxl_worker.engine import switch
+
+    broken = tmp_path / "broken"
+    shutil.copytree(ensure_tiny_model() / "base", broken)
+    for weights in (broken / "unet").glob("*.safetensors"):
+        weights.unlink()
     settings = Settings(base="tiny", refiner="tiny", vae=None, device="cpu",
                         choices=(("first", "tiny"), ("broken", str(broken))), kept=1)
     worker = load_models(settings)
     before = _image(worker)
-    assert _image(worker, model="broken")["error"].startswith("'model' 'broken' could not be loaded on this worker")
+    sentence = "'model' 'broken' could not be loaded on this worker (its log says why); use another of first"
+    assert _image(worker, model="broken")["error"].startswith(sentence)
     assert _image(worker)["images"] == before["images"] and worker.name == "first"
-    with pytest.raises(ModelUnavailable, match=r"BASE_MODELS gone='/nowhere/gone.safetensors': no such file"):
+    unet, loads = weakref.ref(worker.base.unet), []
+    real_load = switch._load
+    switch._load = lambda *args: loads.append(args) or real_load(*args)
+    try:
+        again = _image(worker, model="broken")
+    finally:
+        switch._load = real_load
+    assert again["error"].startswith(sentence) and loads == []  # refused at once: nothing dropped or loaded
+    assert worker.base.unet is unet()
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ("{tmp}/gone.safetensors", "no such file"),
+    ("{tmp}/not-a-checkpoint.safetensors", "not a safetensors file this worker can read"),
+    ("{tmp}/lora.safetensors", "not an SDXL checkpoint"),
+    ("{tmp}/empty-folder", "not a diffusers pipeline folder"),
+    ("{tmp}/sd15-folder", "not an SDXL pipeline"),
+    ("someone/not-baked", "HF_HUB_OFFLINE=1"),
+])
+def test_every_base_models_entry_is_checked_at_start_up(tmp_path, monkeypatch, entry, problem):
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "not-a-checkpoint.safetensors").write_bytes(b"<html>log in</html>")
+    save_file({"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(2, 2)}, str(tmp_path / "lora.safetensors"))
+    (tmp_path / "empty-folder").mkdir()
+    (tmp_path / "sd15-folder").mkdir()
+    (tmp_path / "sd15-folder" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    source = entry.format(tmp=tmp_path)
+    with pytest.raises(ModelUnavailable) as refused:
         load_models(Settings(base="tiny", refiner=None, vae=None, device="cpu",
-                             choices=(("first", "tiny"), ("gone", "/nowhere/gone.safetensors"))))
+                             choices=(("first", "tiny"), ("bad", source))))
+    message = str(refused.value)
+    assert message.startswith(f"BASE_MODELS bad={source!r}: ") and problem in message
+    assert message.endswith(".") and message.count(". ") == 0  # one sentence
+
+
+def test_a_switch_that_loads_counts_in_the_job_s_work(single_files, other_checkpoint, monkeypatch):
+    worker = load_models(_choices(single_files, other_checkpoint, kept=1))
+    monkeypatch.setenv("MAX_JOB_WORK", "300")
+    assert "images" in _image(worker)  # the model in use: no switch, well within 300
+    refused = _image(worker, model="second")["error"]
+    assert refused.startswith("This job is ") and "300 to load its model" in refused and "MAX_JOB_WORK" in refused
+    assert worker.name == "first"  # refused before anything was loaded
 
 
 def test_vae_model_serves_every_checkpoint_across_switches(single_files, other_checkpoint):

@@ -201,3 +201,15 @@ def test_an_internal_error_logs_its_traceback_and_tells_the_user_one_sentence(mo
 ])
 def test_redaction(text, gone):
     assert gone not in redact(text)
+
+
+@pytest.mark.parametrize("field", ["scheduler", "model", "task", "refine", "preset", "output_format"])
+def test_error_sentences_never_echo_markup_or_long_text(run, field):
+    hostile = "<img src=x onerror=alert(1)>"
+    error = run({**VALID, field: hostile})[-1]["error"]
+    assert "<img" not in error and "onerror" not in error and "alert" not in error
+    assert f"'{field}'" in error and "a text of 28 characters" in error
+
+
+def test_a_short_plain_mistake_is_still_quoted_back(run):
+    assert "got 'ddim'" in run({**VALID, "scheduler": "ddim"})[-1]["error"]

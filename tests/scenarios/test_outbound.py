@@ -11,8 +11,9 @@ import socket
 
 import pytest
 
+from sdxl_worker.delivery.storage import UploadError, job_storage
 from sdxl_worker.errors import InputError
-from sdxl_worker.inputs.fetch import fetch, is_public_address
+from sdxl_worker.inputs.fetch import endpoint_addresses, fetch, is_public_address
 from sdxl_worker.runtime.job import run_job
 from sdxl_worker.testing.servers import Server, answer
 
@@ -49,8 +50,18 @@ def recorder():
         yield server
 
 
+def upload_through(s3_config: dict):
+    """What the worker does with a job's s3Config, without a model: pick the storage, upload one image."""
+    storage, warning = job_storage(s3_config, None, endpoint_addresses=endpoint_addresses)
+    if storage is not None:
+        try:
+            storage.upload("outbound/0.png", b"\x89PNG", "image/png")
+        except UploadError:
+            pass
+    return warning
+
+
 @pytest.mark.parametrize("endpoint", [
-    "http://127.0.0.1:{port}\\@public.example",  # urllib.parse sees public.example, urllib3 127.0.0.1
     "http://127.0.0.1:{port}\\@public.example/",
     "http://127.0.0.1:{port}%5C@public.example",
     "http://user@127.0.0.1:{port}",
@@ -59,26 +70,34 @@ def recorder():
     "http://public.example\\@127.0.0.1:{port}",
     "http://%31%32%37.0.0.1:{port}",
 ])
-def test_an_endpoint_url_two_parsers_read_differently_never_gets_the_upload(models, dns, recorder, endpoint):
+def test_an_endpoint_url_two_parsers_read_differently_never_gets_the_upload(dns, recorder, endpoint):
     dns["public.example"] = [PUBLIC]
-    [result] = list(run_job(models, s3_job(endpoint.format(port=recorder.port))))
+    warning = upload_through(s3_job(endpoint.format(port=recorder.port))["s3Config"])
+    assert recorder.requests == [], "the worker sent the upload to a loopback server"
+    assert "endpointUrl must be a plain http(s) URL" in warning
+
+
+def test_a_job_with_a_backslash_endpoint_gets_its_images_inline_and_nothing_reaches_loopback(models, dns, recorder):
+    """The case as it was found: urllib.parse sees public.example, urllib3 connects to 127.0.0.1."""
+    dns["public.example"] = [PUBLIC]
+    [result] = list(run_job(models, s3_job(f"http://127.0.0.1:{recorder.port}\\@public.example")))
     assert recorder.requests == [], "the worker sent the job's upload to a loopback server"
     assert result["images"][0].startswith("data:image/png;base64,")
     [warning] = result["warnings"]
     assert "endpointUrl must be a plain http(s) URL" in warning and "s3cr3t-value" not in warning
 
 
-def test_the_metadata_address_behind_a_backslash_is_refused(models, dns):
+def test_the_metadata_address_behind_a_backslash_is_refused(dns):
     dns["example.com"] = [PUBLIC]
-    [result] = list(run_job(models, s3_job("http://169.254.169.254\\@example.com")))
-    assert "endpointUrl must be a plain http(s) URL" in result["warnings"][0]
+    warning = upload_through(s3_job("http://169.254.169.254\\@example.com")["s3Config"])
+    assert "endpointUrl must be a plain http(s) URL" in warning
 
 
-def test_a_private_endpoint_gets_the_image_urls_sentence(models, recorder):
-    [result] = list(run_job(models, s3_job(recorder.base_url)))
+def test_a_private_endpoint_gets_the_image_urls_sentence(recorder):
+    warning = upload_through(s3_job(recorder.base_url)["s3Config"])
     assert recorder.requests == []
     assert ("endpointUrl points at a local or private address (127.0.0.1), which this worker refuses; "
-            "ALLOW_PRIVATE_URLS=1 allows it for local testing") in result["warnings"][0]
+            "ALLOW_PRIVATE_URLS=1 allows it for local testing") in warning
 
 
 def test_a_second_dns_answer_does_not_move_the_upload(models, dns, monkeypatch):

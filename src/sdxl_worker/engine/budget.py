@@ -6,7 +6,9 @@ iterations as the schedulers will really run them (Heun and KDPM2 call the model
 PNDM runs one step more), doubled by classifier-free guidance, which runs every call on a batch
 twice the size. Each ControlNet adds half a call to every base step: diffusers runs it beside
 the UNet at every step (outside its start/end only its scale is zero), and an SDXL ControlNet is
-the UNet's encoder half. A job over ``MAX_JOB_WORK`` units is refused at once, with the sum shown.
+the UNet's encoder half. A job whose ``model`` must be loaded first adds the switch's work
+(sdxl_worker.engine.switch.SWITCH_WORK). A job over ``MAX_JOB_WORK`` units is refused at once,
+with the sum shown.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ def job_work(steps: dict[str, int], width: int, height: int, images: int, guidan
 
 
 def check(plan, steps: dict[str, int], width: int, height: int, guidance_scale: float,
-          limit: float | None = None) -> float:
-    """The job's work; InputError saying by how much it is over the budget and which inputs to lower."""
+          limit: float | None = None, switch: float = 0) -> float:
+    """The job's work (``switch``: the work of loading its model first); InputError saying by how
+    much it is over the budget and which inputs to lower."""
     limit = max_job_work() if limit is None else limit
     images, controlnets = len(plan.seeds), len(plan.controls)
-    work = job_work(steps, width, height, images, guidance_scale, controlnets)
+    work = job_work(steps, width, height, images, guidance_scale, controlnets) + switch
     if work <= limit:
         return work
     stages = " + ".join(f"{count} {stage}" for stage, count in steps.items())
@@ -57,8 +60,8 @@ def check(plan, steps: dict[str, int], width: int, height: int, guidance_scale: 
     raise InputError(
         f"This job is {_units(work)} units of work, {work / limit:.1f}x the worker's budget of {_units(limit)} "
         f"(MAX_JOB_WORK; a unit is one model call on one 1024x1024 image: {images} image(s) of "
-        f"{width}x{height}, {stages} steps{guided}{', x2 for guidance' if guidance_scale > 1 else ''}); "
-        f"lower {_either(lower)}."
+        f"{width}x{height}, {stages} steps{guided}{', x2 for guidance' if guidance_scale > 1 else ''}"
+        f"{f', {_units(switch)} to load its model' if switch else ''}); lower {_either(lower)}."
     )
 
 

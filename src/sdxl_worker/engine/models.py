@@ -8,6 +8,7 @@ one copy of each in memory.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -77,6 +78,7 @@ class Models:
     controlnets: dict = field(default_factory=dict)  # CONTROLNET_MODELS: name -> ControlNetModel, shared
     ip_adapter: object | None = None  # sdxl_worker.engine.ip_adapter.IpAdapter when IP_ADAPTER_MODEL is set
     shared_vae: object | None = None  # VAE_MODEL's VAE, which every checkpoint of BASE_MODELS uses
+    broken: dict = field(default_factory=dict)  # BASE_MODELS name -> why it failed to load: not tried again
 
     @property
     def has_refiner(self) -> bool:
@@ -347,12 +349,58 @@ def load_models(settings: Settings | None = None) -> Models:
 
 
 def _check_choices(settings: Settings) -> None:
-    """The BASE_MODELS loaded only when a job asks must at least exist: checked at start-up."""
+    """The BASE_MODELS loaded only when a job asks, checked at start-up as far as can be without
+    loading them: a file's header, a folder's model_index.json, a hub id's cached copy when offline.
+    A bad one stops the start in one sentence naming it."""
+    offline = config.current("loras").hub_offline
     for name, source in settings.choices[1:]:
-        single_file(source, f"BASE_MODELS {name}")  # a pickle or missing .safetensors file
-        if source.startswith(("/", "./", "../")) and not Path(source).exists():
-            raise ModelUnavailable(f"BASE_MODELS {name}={source!r}: no such folder; check the path (a network "
-                                   f"volume is mounted at /runpod-volume).")
+        problem = _choice_problem(source, name, offline)
+        if problem:
+            raise ModelUnavailable(f"BASE_MODELS {name}={source!r}: {problem}; fix or remove that entry.")
+
+
+def _choice_problem(source: str, name: str, offline: bool) -> str | None:
+    if source == "tiny":
+        return None
+    checkpoint = single_file(source, f"BASE_MODELS {name}")  # a pickle or missing .safetensors file
+    if checkpoint is not None:
+        return _single_file_problem(checkpoint)
+    folder = Path(source).expanduser()
+    if source.startswith(("/", "./", "../", "~")) or folder.exists():
+        return _folder_problem(folder) if folder.is_dir() else "no such folder (a network volume is mounted at /runpod-volume)"
+    cached = _hub_snapshot(source)
+    if cached is not None:
+        return _folder_problem(cached)
+    if offline:
+        return ("a hub id that is neither in the image's Hugging Face cache nor in RunPod's model cache, and the "
+                "worker is offline (HF_HUB_OFFLINE=1): bake it with the builder, or name a folder")
+    return None  # fetched from the hub when a job first asks for it
+
+
+def _single_file_problem(path: Path) -> str | None:
+    """Why a .safetensors file is no SDXL checkpoint, from its header alone."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as checkpoint:
+            names = list(checkpoint.keys())
+    except Exception:  # safetensors' own error type: a header it cannot read
+        return "not a safetensors file this worker can read"
+    if not any(key.startswith("model.diffusion_model.") for key in names) or \
+            not any(key.startswith("conditioner.embedders.1.") for key in names):
+        return "not an SDXL checkpoint (no SDXL UNet and second text encoder among its tensors)"
+    return None
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why a folder is no diffusers SDXL pipeline, from its model_index.json."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return "not a diffusers pipeline folder (no readable model_index.json)"
+    if "StableDiffusionXL" not in str(index.get("_class_name", "")):
+        return f"not an SDXL pipeline (its model_index.json names {str(index.get('_class_name'))[:60]})"
+    return None
 
 
 def load_base(lib, settings: Settings, source: str, loader: "_Loader", vae=None):

@@ -23,6 +23,9 @@ from sdxl_worker.errors import InputError
 log = logging.getLogger(__name__)
 
 SHAREABLE = ("vae", "text_encoder", "text_encoder_2", "unet")
+# A switch that loads a checkpoint, in units of work (sdxl_worker.engine.budget): reading and placing
+# about 7 GB of weights, some 5-10 s on a GPU host, at about 30 ms a unit.
+SWITCH_WORK = 300
 
 
 @dataclass
@@ -45,6 +48,24 @@ def model_sources(settings) -> dict[str, str]:
 
 def model_names(models) -> tuple[str, ...]:
     return tuple(model_sources(models.settings)) if models.settings else (models.name,)
+
+
+def switch_work(models, name: str | None) -> float:
+    """The work of putting ``name`` in place for a job: SWITCH_WORK when it must be loaded, else 0."""
+    name = name or model_names(models)[0]
+    return 0 if name == models.name or name in models.kept else SWITCH_WORK
+
+
+def refuse_broken(models, name: str | None) -> None:
+    """InputError at once for a checkpoint that failed to load before: it is not tried again."""
+    if name is not None and name in models.broken:
+        raise InputError(_broken_sentence(models, name))
+
+
+def _broken_sentence(models, name: str) -> str:
+    others = [other for other in model_names(models) if other not in models.broken]
+    return (f"'model' {name!r} could not be loaded on this worker (its log says why); use another of "
+            f"{', '.join(others)}, or fix BASE_MODELS.")
 
 
 def use_model(models, name: str | None) -> int | None:
@@ -73,9 +94,9 @@ def use_model(models, name: str | None) -> int | None:
             error = failure
             if not isinstance(error, loading.ModelUnavailable):
                 raise error
-            log.warning("Model %s could not be loaded: %s", name, error)
-            raise InputError(f"'model' {name!r} could not be loaded on this worker (its log says why); use "
-                             f"another of {', '.join(model_names(models))}, or fix BASE_MODELS.") from None
+            log.warning("Model %s could not be loaded: %s (jobs naming it are refused from now on)", name, error)
+            models.broken[name] = str(error)
+            raise InputError(_broken_sentence(models, name)) from None
     _put_in_place(models, name, chosen)
     spent = round((time.perf_counter() - started) * 1000)
     log.info("Model %s in use after %d ms (%d kept loaded)", name, spent, len(models.kept) + 1)

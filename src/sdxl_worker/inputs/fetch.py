@@ -33,7 +33,7 @@ from typing import Callable
 from urllib.parse import quote, urljoin, urlsplit
 
 from sdxl_worker import config
-from sdxl_worker.errors import InputError
+from sdxl_worker.errors import InputError, quoted
 
 MB = 1024 * 1024
 MAX_REDIRECTS = 5
@@ -78,7 +78,7 @@ def fetch_into(source: str, field: str, write: Callable[[bytes], object], max_by
         if ";base64" not in header.lower():
             raise InputError(f"'{field}' is a data URL without base64 data.")
         return _written(_base64(payload, field, max_bytes), write)
-    raise InputError(f"'{field}' uses the URL scheme '{_short(name)}:', which is refused; "
+    raise InputError(f"'{field}' uses the URL scheme {quoted(name + ':')}, which is refused; "
                      "give an http(s) URL, a data URL or base64 data.")
 
 
@@ -192,7 +192,7 @@ class _Target:
         try:
             host = host.encode("idna").decode("ascii")  # what DNS, the Host header and TLS use
         except UnicodeError:
-            raise InputError(f"'{field}' has a host name that is not valid ({_short(host)}).") from None
+            raise InputError(f"'{field}' has a host name that is not valid ({quoted(host)}).") from None
         https = parts.scheme.lower() == "https"
         port = port or (443 if https else 80)
         addresses = _resolve(host, port, field, limits)
@@ -205,10 +205,10 @@ def _resolve(host: str, port: int, field: str, limits: Limits) -> tuple[str, ...
     try:
         answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, OSError):
-        raise InputError(f"'{field}' names a host that does not resolve ({_short(host)}).") from None
+        raise InputError(f"'{field}' names a host that does not resolve ({quoted(host)}).") from None
     addresses = [ipaddress.ip_address(answer[4][0].split("%")[0]) for answer in answers]
     if not addresses:
-        raise InputError(f"'{field}' names a host that does not resolve ({_short(host)}).")
+        raise InputError(f"'{field}' names a host that does not resolve ({quoted(host)}).")
     if not limits.allow_private:
         for address in addresses:
             if not is_public_address(address):

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from sdxl_worker import config
-from sdxl_worker.errors import InputError
+from sdxl_worker.errors import InputError, quoted
 from sdxl_worker.inputs.fetch import fetch_into
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def _local_or_hub(path: str, weight_name: str | None, index: int, label: str) ->
         if not file.is_relative_to(lora_dir()):  # a link inside the folder that points out of it
             raise _outside_lora_dir(label, f"loras[{index}].{'weight_name' if weight_name else 'path'}")
         if not file.is_file():
-            raise InputError(f"LoRA {label}: the folder in 'loras[{index}].path' has no file {file.name!r}.")
+            raise InputError(f"LoRA {label}: the folder in 'loras[{index}].path' has no file {quoted(file.name)}.")
         if file.suffix != ".safetensors":  # pickled weights can run code when loaded
             raise InputError(f"LoRA {label}: 'loras[{index}].path' must be a .safetensors file.")
         return file
@@ -224,6 +224,5 @@ def label_of(lora: dict) -> str:
     name = path.rsplit("/", 1)[-1] or path
     tokens = [run for run in _TOKEN_RUN.findall(name)
               if any(c.isupper() for c in run) and any(c.islower() for c in run) and any(c.isdigit() for c in run)]
-    if len(name) > 60 or tokens:
-        return f"'<a name of {len(name)} characters>'"
-    return repr(name)
+    shown = quoted(name)
+    return f"'<a name of {len(name)} characters>'" if tokens or not shown.startswith("'") else shown

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sdxl_worker.config import STORAGE_REQUIRED as STORAGE_VARIABLES
-from sdxl_worker.errors import InputError
+from sdxl_worker.errors import InputError, quoted
 from sdxl_worker.request.schema import MAX_SEED
 from sdxl_worker.request.types import Request
 
@@ -28,16 +28,16 @@ def check(request: Request, has_refiner: bool, has_storage: bool, model_names: I
         if control.model not in controlnets:
             have = (f"use one of {', '.join(controlnets)}" if controlnets else
                     "this worker has none: set CONTROLNET_MODELS (docs/control.md)")
-            raise InputError(f"'controlnets[{index}].model' is {control.model[:40]!r}, which is not a ControlNet of "
+            raise InputError(f"'controlnets[{index}].model' is {quoted(control.model)}, which is not a ControlNet of "
                              f"this worker; {have}.")
     if request.ip_adapter is not None and not has_ip_adapter:
         raise InputError("'ip_adapter' needs an IP-Adapter, and this worker has none; set IP_ADAPTER_MODEL "
                          "(docs/control.md), or leave 'ip_adapter' out.")
     if request.model is not None and request.model not in model_names:
-        raise InputError(f"'model' is {request.model[:40]!r}, which this worker does not serve; use one of "
+        raise InputError(f"'model' is {quoted(request.model)}, which this worker does not serve; use one of "
                          f"{', '.join(model_names)} (set by BASE_MODELS), or leave it out for {model_names[0]}.")
     if request.preset is not None and request.preset not in tuple(presets):
-        raise InputError(f"'preset' {request.preset!r} needs weights that are not in this worker's image; build it "
+        raise InputError(f"'preset' {quoted(request.preset)} needs weights that are not in this worker's image; build it "
                          f"with --build-arg PRESETS={request.preset} (or PRESETS=all), or leave 'preset' out.")
     if request.upload is True and not has_storage:
         raise InputError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 
-from sdxl_worker.errors import InputError
+from sdxl_worker.errors import InputError, quoted
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _stability(raw: dict, out: dict, put, sent_as: dict) -> None:
         del out["seed"]  # Stability: 0 = a random seed
     mode_sent, mode = raw.get("init_image_mode", ("init_image_mode", "IMAGE_STRENGTH"))
     if mode not in ("IMAGE_STRENGTH", "STEP_SCHEDULE"):
-        raise InputError(f"'{mode_sent}' must be IMAGE_STRENGTH or STEP_SCHEDULE; got {str(mode)[:40]!r}.")
+        raise InputError(f"'{mode_sent}' must be IMAGE_STRENGTH or STEP_SCHEDULE; got {quoted(mode)}.")
     if "step_schedule_end" in raw and raw["step_schedule_end"][1] not in (None, 1, 1.0):
         raise InputError(f"'{raw['step_schedule_end'][0]}' is not supported: the schedule always runs to its end (1).")
     other = "step_schedule_start" if mode == "IMAGE_STRENGTH" else "image_strength"
@@ -132,14 +132,14 @@ def _stability(raw: dict, out: dict, put, sent_as: dict) -> None:
         # image_strength is how much of the init image to KEEP: the inverse of diffusers' strength.
         sent, keep = raw.get("image_strength", ("image_strength", STABILITY_DEFAULT_IMAGE_STRENGTH))
         if not _number(keep) or not 0 <= keep < 1:
-            raise InputError(f"'{sent}' must be a number from 0 to less than 1, got {str(keep)[:40]}.")
+            raise InputError(f"'{sent}' must be a number from 0 to less than 1, got {quoted(keep)}.")
         if "image_strength" in raw or ("image" in out and "prompt_strength" not in out):
             put("prompt_strength", round(1 - keep, 6), sent, shown=f"1 - {sent}")
     elif "step_schedule_start" in raw or ("image" in out and "prompt_strength" not in out):
         # Where the schedule starts, 1 being pure noise: exactly diffusers' strength.
         sent, start = raw.get("step_schedule_start", ("step_schedule_start", 1 - STABILITY_DEFAULT_IMAGE_STRENGTH))
         if not _number(start) or not 0 < start <= 1:
-            raise InputError(f"'{sent}' must be a number greater than 0 and at most 1, got {str(start)[:40]}.")
+            raise InputError(f"'{sent}' must be a number greater than 0 and at most 1, got {quoted(start)}.")
         put("prompt_strength", start, sent)
 
 
@@ -156,7 +156,7 @@ def _split_prompts(prompts, sent: str) -> tuple[str, str]:
             raise InputError(f"'{sent}[{index}]' must be an object with a string 'text' and an optional 'weight'.")
         weight = item.get("weight", 1.0)
         if not _number(weight):
-            raise InputError(f"'{sent}[{index}].weight' must be a number, got {str(weight)[:40]}.")
+            raise InputError(f"'{sent}[{index}].weight' must be a number, got {quoted(weight)}.")
         text = item["text"].strip()
         if not text or weight == 0:
             continue

@@ -14,7 +14,7 @@ import math
 from jsonschema import Draft202012Validator
 from jsonschema.validators import extend
 
-from sdxl_worker.errors import InputError
+from sdxl_worker.errors import InputError, quoted
 from sdxl_worker.request import presets
 from sdxl_worker.request.samplers import SCHEDULERS as SCHEDULER_TABLE
 
@@ -460,8 +460,7 @@ def _show(value) -> str:
     if isinstance(value, (dict, list)):
         return f"a {_json_kind(value)}"
     if isinstance(value, str):
-        text = repr(value[:40])
-        return text if len(value) <= 40 else text[:-1] + "...'"
+        return quoted(value)
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -513,7 +512,8 @@ def _describe(value) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         return f"{value} (not a finite number)"
     if isinstance(value, str):
-        return f"the text {_show(value)}"
+        shown = _show(value)
+        return shown if shown.startswith("a text") else f"the text {shown}"
     if value is None:
         return "null"
     return f"{type(value).__name__} {_show(value)}" if isinstance(value, (int, float)) else f"a {_json_kind(value)}"

@@ -107,13 +107,15 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
           controlnets=tuple(models.controlnets), has_ip_adapter=models.ip_adapter is not None)
     if models.settings is not None and models.settings.cpu_offload:
         _refuse_what_offload_cannot_run(request)
+    switch.refuse_broken(models, request.model)
     plan = make_plan(request, models.has_refiner)
     log.info("job %s: %s, %s, %d image(s), prompt %r", job_id, plan.task, plan.refine, len(plan.seeds),
              truncate(request.prompt))
     steps = count_steps(models, plan)
+    switching = switch.switch_work(models, request.model)
     size_known = bool(plan.width and plan.height)
     if size_known:  # refused before any download
-        budget.check(plan, steps, plan.width, plan.height, plan.guidance_scale)
+        budget.check(plan, steps, plan.width, plan.height, plan.guidance_scale, switch=switching)
     # What the prompts' encoders and the LoRA entries would refuse, refused before any download.
     prompts.check_prompts(models.base, request.prompt, request.negative_prompt)
     for index, lora in enumerate(request.loras):
@@ -124,7 +126,7 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
         init_image = load_image(getattr(request, field), field)
         if not size_known:  # the size comes from the image: bounded, then budgeted, before any model runs
             width, height = plan.size_for(init_image.size, field)
-            budget.check(plan, steps, width, height, plan.guidance_scale)
+            budget.check(plan, steps, width, height, plan.guidance_scale, switch=switching)
     mask = load_mask(request.mask, "mask", init_image.size) if request.mask is not None else None
     output_size = plan.size_for(init_image.size if init_image is not None else None) if request.controlnets else None
     control_images = [control_image(guide.image, f"controlnets[{index}].image", output_size, guide.preprocess,
