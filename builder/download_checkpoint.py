@@ -72,7 +72,7 @@ def check_header(start: bytes, name: str) -> int:
 def count_tensors(header: bytes, name: str) -> int:
     try:
         parsed = json.loads(header)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or JSON nested past Python's recursion limit
         parsed = None
     if not isinstance(parsed, dict):
         raise CheckpointError(f"{name} is not a safetensors file (its header is not JSON).")

@@ -38,15 +38,23 @@ class InputError(ValueError):
 
 
 # What an error sentence may quote of what the user sent: a short run of plain characters (a
-# misspelt name, a number). Anything longer, or with any other character (markup, quotes, control
-# characters, a payload), is described by its length instead (docs/security.md, "Errors").
+# misspelt name, a number). Anything longer, with any other character (markup, quotes, control
+# characters, a payload), or with a token-like run (it may be a secret, and a cut one no longer
+# looks like one) is described by its length instead (docs/security.md, "Errors").
 _QUOTABLE = re.compile(r"[A-Za-z0-9 _.,:/+-]{1,64}")
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9+/=_-]{32,}")
+
+
+def quotable(text: str) -> bool:
+    tokens = [run for run in _TOKEN_RUN.findall(text)
+              if any(c.isupper() for c in run) and any(c.islower() for c in run) and any(c.isdigit() for c in run)]
+    return bool(_QUOTABLE.fullmatch(text)) and not tokens
 
 
 def quoted(text) -> str:
     """``'text'`` when it is short and plain, else ``a text of N characters``: all a sentence echoes."""
     text = str(text)
-    return f"'{text}'" if _QUOTABLE.fullmatch(text) else f"a text of {len(text):,} characters"
+    return f"'{text}'" if quotable(text) else f"a text of {len(text):,} characters"
 
 
 class StartupError(RuntimeError):

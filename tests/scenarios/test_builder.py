@@ -316,6 +316,19 @@ def test_a_body_that_is_not_safetensors_is_refused_from_its_first_bytes(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_header_nested_past_the_recursion_limit_is_one_sentence(tmp_path):
+    import struct
+
+    from builder import download_checkpoint
+    from sdxl_worker.testing.servers import Server, answer
+
+    header = b'{"a":' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    with Server({"/deep": answer(200, struct.pack("<Q", len(header)) + header)}) as site:
+        with pytest.raises(download_checkpoint.CheckpointError, match="its header is not JSON"):
+            download_checkpoint.download(site.url("/deep"), tmp_path / "base.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_checkpoint_over_the_size_cap_is_refused(tmp_path):
     from builder import download_checkpoint
     from sdxl_worker import config

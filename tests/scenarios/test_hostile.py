@@ -213,3 +213,25 @@ def test_error_sentences_never_echo_markup_or_long_text(run, field):
 
 def test_a_short_plain_mistake_is_still_quoted_back(run):
     assert "got 'ddim'" in run({**VALID, "scheduler": "ddim"})[-1]["error"]
+
+
+def test_a_huge_list_is_refused_before_a_tuple_is_made_for_each_value():
+    import tracemalloc
+
+    from sdxl_worker.request import schema as request_schema
+
+    big = {"prompt": "x", "loras": [0] * 5_000_000}  # what a 10 MB /run body parses into
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="holds more than 10,000 values"):
+            request_schema.validate(big)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2**20, f"{peak / 2**20:.0f} MB to refuse it"
+
+
+def test_a_lora_weight_name_with_markup_is_not_echoed(run, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    error = run({**VALID, "loras": [{"path": "owner/name", "weight_name": "<img src=x onerror=alert(1)>.safetensors"}]})[-1]["error"]
+    assert "<img" not in error and "onerror" not in error and "'loras[0].weight_name'" in error

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -127,11 +129,31 @@ def test_json_nested_100000_deep_is_a_400_with_one_sentence(studio_app, caplog):
     body = '{"input": ' + "[" * 100_000 + "]" * 100_000 + "}"
     headers = dict(studio_headers(url), **{"Content-Type": "application/json"})
     answer = httpx.post(url + "/api/jobs", content=body, headers=headers)
+    assert answer.status_code == 400 and answer.json()["detail"].count(". ") == 0
+    thousand = '{"input": ' + "[" * 1000 + "]" * 1000 + "}"
+    answer = httpx.post(url + "/api/jobs", content=thousand, headers=headers)
     assert answer.status_code == 400 and "deep" in answer.json()["detail"]
     shallow_but_deep = '{"input": {"loras": ' + "[" * 40 + "]" * 40 + "}}"
     assert httpx.post(url + "/api/jobs", content=shallow_but_deep, headers=headers).status_code == 400
     assert open_jobs(app) == before
     assert "Traceback" not in caplog.text
+
+
+def test_a_body_of_millions_of_tiny_values_is_refused_before_it_is_parsed(studio_app):
+    """63 MB of "[]," would parse into about 20 million lists: over a gigabyte held by one job."""
+    url, app = studio_app
+    before = open_jobs(app)
+    body = '{"input": {"prompt": "x", "junk": [' + "[]," * 3_000_000 + "[]]}}"
+    headers = dict(studio_headers(url), **{"Content-Type": "application/json"})
+    answer = httpx.post(url + "/api/jobs", content=body, headers=headers, timeout=60)
+    assert answer.status_code == 400 and "values" in answer.json()["detail"]
+    assert open_jobs(app) == before
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:evil.example", "[::1]evil.example", "127.0.0.1:80:80", "evil@127.0.0.1"])
+def test_a_host_header_with_a_name_after_its_loopback_part_is_refused(studio_app, host):
+    url, _ = studio_app
+    assert httpx.get(url + "/", headers={"Host": host}).status_code == 421
 
 
 class Slow:
@@ -171,6 +193,35 @@ def test_queued_jobs_may_hold_only_so_many_bytes_of_images(small_studio):
     answers = [httpx.post(url + "/api/jobs", content=big, headers=headers) for _ in range(3)]
     assert [answer.status_code for answer in answers] == [202, 202, 429]
     assert "MB of input images" in answers[2].json()["detail"]
+
+
+def test_bodies_still_arriving_count_against_the_cap(small_studio):
+    """Two bodies sent at once, each under the cap, but not both: the second is refused while it arrives."""
+    url, app = small_studio
+    headers = dict(studio_headers(url), **{"Content-Type": "application/json"})
+    release = threading.Event()
+
+    def slow_body(size: int, hold: bool):
+        yield b'{"input": {"prompt": "x", "image": "'
+        yield b"A" * size
+        if hold:
+            release.wait(10)  # the first body stays open, arriving
+        yield b'"}}'
+
+    def post():
+        return httpx.post(url + "/api/jobs", content=slow_body(2_000_000, True), headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post)
+        give_up = time.monotonic() + 10
+        while app.state.jobs.arriving < 2_000_000:
+            assert time.monotonic() < give_up
+            time.sleep(0.02)
+        second = httpx.post(url + "/api/jobs", content=slow_body(2_000_000, False), headers=headers, timeout=30)
+        release.set()
+        assert second.status_code == 429 and "MB of input images" in second.json()["detail"]
+        assert first.result().status_code == 202
+    assert app.state.jobs.arriving == 0
 
 
 def test_open_event_streams_stop_at_the_cap(small_studio):
@@ -286,6 +337,9 @@ def test_a_studio_open_to_the_network_starts_only_with_a_login(monkeypatch, caps
     monkeypatch.setenv("STUDIO_LOGIN", "short")
     assert handler.studio(["--studio", "--host", "0.0.0.0"]) == 2
     assert "at least 12 characters" in capsys.readouterr().err
+    monkeypatch.setenv("STUDIO_LOGIN", "pässwörd mit umlauten")  # a browser cannot send it in a header
+    assert handler.studio(["--studio", "--host", "0.0.0.0"]) == 2
+    assert "printable ASCII" in capsys.readouterr().err
 
 
 def test_the_network_warning_is_printed_when_bound_beyond_loopback(monkeypatch, capsys):
@@ -330,3 +384,18 @@ def test_with_a_login_the_page_asks_for_it_and_the_api_refuses_without_it(browse
         browser.find_element(By.ID, "in-prompt").send_keys("a fox")
         browser.find_element(By.ID, "generate").click()
         wait(browser, "document.querySelector('#results img') !== null")
+
+
+def test_guessing_the_login_stops_after_ten_wrong_tries_a_minute():
+    from sdxl_worker.studio.app import create_app
+    from sdxl_worker.studio.guard import Guard
+
+    login = "correct horse battery staple"
+    app = create_app(Quick(), guard=Guard(hosts=frozenset({"127.0.0.1"}), login=login))
+    with served(app) as url:
+        headers = studio_headers(url)
+        tries = [httpx.get(url + "/api/form", headers=dict(headers, **{"X-Studio-Login": f"guess number {n:03}"}))
+                 for n in range(12)]
+        assert [answer.status_code for answer in tries] == [401] * 10 + [429] * 2
+        right = httpx.get(url + "/api/form", headers=dict(headers, **{"X-Studio-Login": login}))
+        assert right.status_code == 429  # even the right one, from this address, for a minute

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from sdxl_worker import config
-from sdxl_worker.errors import InputError, quoted
+from sdxl_worker.errors import InputError, quotable, quoted
 from sdxl_worker.inputs.fetch import fetch_into
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def _from_hub(repo_id: str, weight_name: str, index: int, label: str) -> Path:
     except Exception as error:
         where = "in this worker's hub cache" if offline else "on the hub"
         raise InputError(
-            f"LoRA {label}: {weight_name!r} of hub repo {repo_id!r} was not found {where} "
+            f"LoRA {label}: {quoted(weight_name)} of hub repo {quoted(repo_id)} was not found {where} "
             f"({type(error).__name__}); give 'loras[{index}].weight_name' or an https URL."
         ) from None
 
@@ -213,16 +213,9 @@ def _check_safetensors(path: str, index: int, label: str) -> None:
         ) from None
 
 
-# A run of token-like characters: in a file name it may be a secret, which no message may show in part.
-_TOKEN_RUN = re.compile(r"[A-Za-z0-9+/=_-]{32,}")
-
-
 def label_of(lora: dict) -> str:
-    """A short name for the LoRA in messages: its file name, never a whole signed URL, never
-    a long token-like run (it may be a secret, and a cut one no longer looks like one)."""
+    """A short name for the LoRA in messages: its file name, never a whole signed URL, never markup
+    or a token-like run (sdxl_worker.errors.quoted's rule)."""
     path = lora["path"].split("?")[0].rstrip("/")
     name = path.rsplit("/", 1)[-1] or path
-    tokens = [run for run in _TOKEN_RUN.findall(name)
-              if any(c.isupper() for c in run) and any(c.islower() for c in run) and any(c.isdigit() for c in run)]
-    shown = quoted(name)
-    return f"'<a name of {len(name)} characters>'" if tokens or not shown.startswith("'") else shown
+    return quoted(name) if quotable(name) else f"'<a name of {len(name)} characters>'"

@@ -388,6 +388,8 @@ def validate(raw) -> dict:
 def _check_size(raw: dict) -> None:
     """Refuse what would trip the validator itself: deep nesting, huge containers, numbers too long
     to print, and text that is not Unicode (lone surrogates, which JSON escapes allow)."""
+    if len(raw) > MAX_VALUES:
+        raise InputError(f"The job's 'input' holds more than {MAX_VALUES:,} values.")
     pending, seen = [(str(key)[:40], value, 1) for key, value in raw.items()], 0
     while pending:
         name, value, depth = pending.pop()
@@ -404,6 +406,8 @@ def _check_size(raw: dict) -> None:
         elif isinstance(value, (dict, list)):
             if depth >= MAX_DEPTH:
                 raise InputError(f"'{name}' nests lists or objects more than {MAX_DEPTH} deep.")
+            if seen + len(pending) + len(value) > MAX_VALUES:  # counted before a tuple is made for each
+                raise InputError(f"The job's 'input' holds more than {MAX_VALUES:,} values.")
             children = value.items() if isinstance(value, dict) else enumerate(value)
             pending.extend((name, child, depth + 1) for _, child in children)
 

@@ -136,7 +136,9 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     reference_images = [reference_image(image, "ip_adapter.image" if len(references) == 1 else f"ip_adapter.image[{index}]")
                         for index, image in enumerate(references)]
     output_budget = OutputBudget(inline_limit_bytes())  # previews and the final payload together
+    stop.check("while its inputs were read")  # a cancel during the downloads ends the job here
     loras = local_loras(request.loras)
+    stop.check("while its inputs were read")
     with _holding_the_models(stop):
         loading = {"model_switch": switch.use_model(models, request.model)}
         with fast_presets.applied(models, request.preset) as loading["preset_load"], \

@@ -42,6 +42,48 @@ class _AnsweredForIt(dict):
     """The error answer of a stopped job whose thread did not answer within STOP_GRACE_S."""
 
 
+class _Turn:
+    """A job's turn, given back once: when the job is answered and its thread has ended, or
+    ``grace_s`` after the answer while that thread still works (a cancelled job still validating
+    or downloading, a stuck upload). So a stopped job's thread never runs beside the next job for
+    longer than the grace, and never holds the worker up for longer either."""
+
+    def __init__(self, turns: Turns, ticket):
+        self.turns, self.ticket = turns, ticket
+        self.grace_s = STOP_GRACE_S
+        self._lock = threading.Lock()
+        self._thread_working = self._answered = self._given = False
+
+    def thread_started(self) -> None:
+        with self._lock:
+            self._thread_working = True
+
+    def thread_ended(self) -> None:
+        with self._lock:
+            self._thread_working = False
+            now = self._answered
+        if now:
+            self._give_back()
+
+    def answered(self) -> None:
+        with self._lock:
+            self._answered = True
+            now = not self._thread_working or self.grace_s <= 0
+        if now:
+            self._give_back()
+        else:
+            timer = threading.Timer(self.grace_s, self._give_back)
+            timer.daemon = True
+            timer.start()
+
+    def _give_back(self) -> None:
+        with self._lock:
+            if self._given:
+                return
+            self._given = True
+        self.turns.give_back(self.ticket)
+
+
 class Runner:
     """Runs jobs on the loaded models, ``concurrency`` at a time, each stoppable.
 
@@ -66,27 +108,28 @@ class Runner:
 
         The job waits for its turn (at most ``concurrency`` run at once); JOB_TIMEOUT_S counts from
         then. Stopped while it waits (SIGTERM), it is answered at once, saying it never started;
-        cancelled while it waits, it just leaves the line."""
+        cancelled while it waits, it just leaves the line. Answered or cancelled while its thread
+        still works, its turn passes on when that thread ends, or STOP_GRACE_S later at the latest."""
         stop = Stop(self.timeout_s, self._clock)
         if self.shutting_down:
             stop.stop(SHUTTING_DOWN)
         self._track(stop, job)
-        ticket = self.turns.ask()
+        turn = _Turn(self.turns, self.turns.ask())
         try:
-            while not ticket.ready.done() and not stop.stopped:
-                await asyncio.wait({ticket.ready}, timeout=_POLL_S)
+            while not turn.ticket.ready.done() and not stop.stopped:
+                await asyncio.wait({turn.ticket.ready}, timeout=_POLL_S)
             if stop.stopped:
                 yield {"error": stop.message()}
                 return
             stop.begin()
-            async for output in self._outputs(job, stop):
+            async for output in self._outputs(job, stop, turn):
                 yield output
         finally:
             # Cancelled (runpod's stop signal), closed early, or done: the job's thread stops at its next step.
             stop.stop(CANCELLED)
-            self.turns.give_back(ticket)
+            turn.answered()
 
-    async def _outputs(self, job: dict, stop: Stop) -> AsyncIterator[dict]:
+    async def _outputs(self, job: dict, stop: Stop, turn: "_Turn") -> AsyncIterator[dict]:
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue = asyncio.Queue()
 
@@ -101,14 +144,17 @@ class Runner:
                 for output in self._run_job(self.models, job, self.storage, self.on_progress, stop):
                     hand_over(output)
             finally:
+                turn.thread_ended()
                 hand_over(None)
 
+        turn.thread_started()
         self.threads.submit(work)
         while (output := await self._next(outputs, stop)) is not None:
             yield output
             if isinstance(output, _AnsweredForIt):
                 log.warning("job %s did not stop within %g s (%s); answered, its thread left to finish",
                             job.get("id"), STOP_GRACE_S, stop.where)
+                turn.grace_s = 0  # it had its grace already: the next job starts now
                 return
 
     async def _next(self, outputs: asyncio.Queue, stop: Stop):

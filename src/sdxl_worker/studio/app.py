@@ -14,6 +14,7 @@ beyond loopback it starts only with a login, which the page asks for.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -31,6 +32,9 @@ from sdxl_worker.studio.jobs import Busy, Jobs, Limits, ProgressCallback, Source
 PAGE = Path(__file__).parent / "page"
 MAX_BODY_BYTES = 64 * 1024 * 1024  # two input images as data URLs, with room; the schema bounds each
 MAX_DEPTH = 32  # lists and objects in lists and objects; the worker's own limit is 8 (docs/security.md)
+# Values in a body (counted as its "[", "{" and "," before it is parsed): a job's input may hold
+# 10,000 (docs/security.md), and prompts' commas count here too.
+MAX_VALUES = 100_000
 HEADERS = {
     # Images may be data URLs (this worker) or a bucket's https URLs (an endpoint with storage).
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob: https:; object-src 'none'; "
@@ -71,20 +75,27 @@ def create_app(source: Source | Callable[[ProgressCallback], Source], where: str
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "application/json":
             return _refuse(415, "Send the job as JSON (Content-Type: application/json): {\"input\": {...}}.")
-        if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > MAX_BODY_BYTES:
             return _refuse(413, _too_big())
+        data = bytearray()
         try:
-            jobs.room_for(int(request.headers.get("content-length") or 0))
+            jobs.room_for(declared)
+            async for chunk in request.stream():  # counted as it comes: a chunked body has no length to trust
+                data += chunk
+                jobs.arriving += len(chunk)  # bodies still arriving count against the cap too
+                if len(data) > MAX_BODY_BYTES:
+                    return _refuse(413, _too_big())
+                jobs.room_for(0)
         except Busy as busy:
             return _refuse(429, str(busy))
-        data = bytearray()
-        async for chunk in request.stream():  # counted as it comes: a chunked body has no length to trust
-            data += chunk
-            if len(data) > MAX_BODY_BYTES:
-                return _refuse(413, _too_big())
+        finally:
+            jobs.arriving -= len(data)
         size = len(data)
-        try:
-            body = json.loads(data)
+        if sum(data.count(mark) for mark in b"[{,") > MAX_VALUES:  # before parsing: what parsing would build
+            return _refuse(400, f"The body holds more than {MAX_VALUES:,} values; a job's input needs far fewer.")
+        try:  # off the event loop: a 64 MB body takes a while
+            body = await asyncio.to_thread(json.loads, data)
         except RecursionError:
             return _refuse(400, _too_deep())
         except ValueError:
@@ -139,7 +150,7 @@ class OwnPageOnly:
         headers = Headers(scope=scope)
         try:
             if scope["path"].startswith("/api/"):
-                self.guard.check_api_call(scope["method"], headers)
+                self.guard.check_api_call(scope["method"], headers, (scope.get("client") or ("",))[0])
             else:
                 self.guard.check_host(headers)
         except Refused as refused:

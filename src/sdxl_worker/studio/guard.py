@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 import secrets
 import socket
+import time
 from dataclasses import dataclass, field
 
 KEY_HEADER = "x-studio-key"
@@ -30,6 +32,7 @@ LOGIN_HEADER = "x-studio-login"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 WILDCARDS = ("0.0.0.0", "::", "")
 MIN_LOGIN_CHARS = 12
+MAX_WRONG_LOGINS = 10  # a minute, per client address: guessing a 12-character login takes forever
 
 
 class Refused(Exception):
@@ -65,12 +68,14 @@ def own_host_names(bound: str, listed: tuple[str, ...] = ()) -> frozenset[str]:
     return frozenset(name.strip("[]").lower() for name in names if name)
 
 
+_HOST = re.compile(r"(?P<name>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+
+
 def host_name(header: str) -> str:
-    """The name in a ``Host`` header or an origin's authority, without the port and brackets."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[1:header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+    """The name in a ``Host`` header, without the port and brackets; "" for anything that is not
+    plainly a name or bracketed address and an optional numeric port (``127.0.0.1:evil.com``)."""
+    match = _HOST.fullmatch(header.strip().lower())
+    return match["name"].strip("[]") if match else ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class Guard:
     hosts: frozenset[str]
     key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     login: str | None = field(default=None, repr=False)
+    failures: dict = field(default_factory=dict, repr=False)  # client address -> times of wrong logins
 
     def check_host(self, headers) -> None:
         host = headers.get("host", "")
@@ -85,8 +91,9 @@ class Guard:
             raise Refused(421, f"This studio answers only to its own address ({', '.join(sorted(self.hosts))}); "
                                f"to open it under another name, add that name to STUDIO_HOSTS.")
 
-    def check_api_call(self, method: str, headers) -> None:
-        """An API call: from the studio's own page, with its key and the login."""
+    def check_api_call(self, method: str, headers, client: str = "") -> None:
+        """An API call: from the studio's own page, with its key and the login. ``client``: the
+        caller's address, whose wrong logins are counted (MAX_WRONG_LOGINS a minute)."""
         self.check_host(headers)
         host = headers.get("host", "").lower()
         origin, fetch_site = headers.get("origin"), headers.get("sec-fetch-site")
@@ -96,8 +103,19 @@ class Guard:
             raise Refused(403, "This studio takes requests only from its own page, not from another site.")
         if not hmac.compare_digest(headers.get(KEY_HEADER, "").encode(), self.key.encode()):
             raise Refused(403, "This request lacks the studio's key: reload the studio's page and try again.")
-        if self.login is not None and not hmac.compare_digest(headers.get(LOGIN_HEADER, "").encode(),
-                                                              self.login.encode()):
+        if self.login is not None:
+            self._check_login(headers.get(LOGIN_HEADER, ""), client)
+
+    def _check_login(self, given: str, client: str) -> None:
+        now = time.monotonic()
+        recent = [at for at in self.failures.get(client, ()) if now - at < 60]
+        if len(recent) >= MAX_WRONG_LOGINS:
+            raise Refused(429, "Too many wrong logins from this address; wait a minute and try again.")
+        if not hmac.compare_digest(given.encode(), self.login.encode()):
+            if len(self.failures) > 1024:  # forget addresses with no wrong login in the last minute
+                for stale in [key for key, times in self.failures.items() if now - max(times) >= 60]:
+                    del self.failures[stale]
+            self.failures[client] = [*recent, now]
             raise Refused(401, "This studio asks for its login (STUDIO_LOGIN): enter it on the page.")
 
 
@@ -105,6 +123,8 @@ def check_login(host: str, login: str | None) -> str | None:
     """Why the studio may not start with this ``--host`` and login, or None."""
     if login is not None and len(login) < MIN_LOGIN_CHARS:
         return f"The studio's login must be at least {MIN_LOGIN_CHARS} characters long."
+    if login is not None and not all(32 <= ord(c) < 127 for c in login):
+        return "The studio's login must be printable ASCII (a browser sends nothing else in a header)."
     if not is_loopback(host) and login is None:
         return (f"--host {host} opens the studio to the network: set a login of at least {MIN_LOGIN_CHARS} "
                 f"characters in STUDIO_LOGIN (or --login-file PATH), or keep the default --host 127.0.0.1.")

@@ -111,6 +111,7 @@ class Jobs:
         self.source, self.unwatched_s, self.limits = source, unwatched_s, limits
         self.jobs: dict[str, StudioJob] = {}
         self.streams = 0  # event streams open now
+        self.arriving = 0  # bytes of job bodies still being received
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def open(self) -> list[StudioJob]:
@@ -123,7 +124,7 @@ class Jobs:
         if len(open_jobs) >= self.limits.jobs:
             raise Busy(f"This studio already has {len(open_jobs)} jobs queued or running, its limit; "
                        f"wait for one to end or cancel one.")
-        if sum(job.size for job in open_jobs) + size > self.limits.held_bytes:
+        if sum(job.size for job in open_jobs) + self.arriving + size > self.limits.held_bytes:
             raise Busy(f"The jobs queued here already hold close to {self.limits.held_bytes // 2**20} MB of input "
                        f"images, this studio's limit; wait for one to end, or send smaller images.")
 
