@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 # Bump when the architecture below changes, so stale caches are rebuilt.
-TINY_VERSION = "2"
+TINY_VERSION = "3"
 SEED = 20240723
 
 # Two widths, as in SDXL (768 and 1280): diffusers' single-file loader tells the encoders apart by them.
@@ -125,19 +125,30 @@ def _vae():
     )
 
 
+# SDXL base 1.0's scheduler_config.json, every setting: the samplers built from it (DDIM, DDPM,
+# LCM, PNDM...) read clip_sample, set_alpha_to_one and skip_prk_steps from here, as in production.
+SDXL_SCHEDULER = {
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+
+
 def scheduler():
     from diffusers import EulerDiscreteScheduler
 
-    # SDXL 1.0's own scheduler settings.
-    return EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-        prediction_type="epsilon",
-    )
+    return EulerDiscreteScheduler.from_config(SDXL_SCHEDULER)
 
 
 def _build(folder: Path) -> None:
