@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sdxl_worker.testing.loras import tiny_lora
+from sdxl_worker.testing.loras import kohya_lora, tiny_lora
 from tests.helpers import decode, png_data_url
 
 SIZE = 256
@@ -197,6 +197,24 @@ def test_a_lora_job(run, reference, tmp_path, monkeypatch):
     base.load_lora_weights(str(folder), adapter_name="fox")
     try:
         base.set_adapters(["fox"], [0.7])
+        theirs = _txt2img(reference, prompt=JOB["prompt"], generator=_generators(11))
+    finally:
+        base.unload_lora_weights()
+    assert _max_diff(ours, theirs) == 0
+    assert _max_diff(ours, _txt2img(reference, prompt=JOB["prompt"], generator=_generators(11))) > 0
+
+
+@pytest.mark.parametrize("full, alphas", [(False, True), (True, False)], ids=["attention-with-alpha", "full-no-alpha"])
+def test_a_kohya_named_lora_job(run, reference, tmp_path, monkeypatch, full, alphas):
+    """The naming model sites mostly serve (kohya/sd-scripts: lora_unet_input_blocks_..., lora_te1_,
+    lora_te2_), UNet and both text encoders: the pixels of diffusers' own load_lora_weights."""
+    (tmp_path / "kohya.safetensors").write_bytes(kohya_lora(seed=6, full=full, alphas=alphas))
+    monkeypatch.setenv("LORA_DIR", str(tmp_path))
+    ours = _worker_images(run, dict(JOB, loras=[{"path": "kohya.safetensors", "scale": 0.8}]))
+    base = reference["base"]
+    base.load_lora_weights(str(tmp_path), weight_name="kohya.safetensors", adapter_name="kohya")
+    try:
+        base.set_adapters(["kohya"], [0.8])
         theirs = _txt2img(reference, prompt=JOB["prompt"], generator=_generators(11))
     finally:
         base.unload_lora_weights()

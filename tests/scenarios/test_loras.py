@@ -13,7 +13,7 @@ from sdxl_worker.engine import loras as lora_layers
 from sdxl_worker.inputs import loras
 from sdxl_worker.runtime.job import local_loras
 from sdxl_worker.request.schema import MAX_LORAS
-from sdxl_worker.testing.loras import tiny_lora
+from sdxl_worker.testing.loras import kohya_lora, tiny_lora
 from tests.helpers import decode, png_data_url
 from sdxl_worker.testing.servers import Server, body
 
@@ -39,6 +39,25 @@ def _incompatible_lora() -> bytes:
     return save({f"{layer}.lora.down.weight": torch.ones(4, 320), f"{layer}.lora.up.weight": torch.ones(64, 4)})
 
 
+def _kohya_with(change) -> bytes:
+    """A kohya-named LoRA for the tiny base with one change to its tensors."""
+    from safetensors.torch import load, save
+
+    state = load(kohya_lora(seed=9, full=True))
+    change(state)
+    return save(state)
+
+
+def _wider_ff(state) -> None:  # one feed-forward layer of another model's width
+    key = next(key for key in state if key.endswith("ff_net_2.lora_down.weight"))
+    state[key] = torch.ones(4, state[key].shape[1] * 2)
+
+
+def _locon(state) -> None:  # a key kind this worker's loaders do not place
+    key = next(key for key in state if key.endswith("attn1_to_q.lora_down.weight"))
+    state[key.replace("lora_down.weight", "hada_w1_a")] = torch.ones(4, 4)
+
+
 @pytest.fixture(scope="module")
 def lora_files() -> dict:
     """The test LoRAs by URL path."""
@@ -48,6 +67,8 @@ def lora_files() -> dict:
         "/refiner-only.safetensors": tiny_lora("refiner", ["to_q", "to_k", "to_v", "to_out.0"], seed=2),
         "/corrupt.safetensors": b"this is not a safetensors file at all" * 10,
         "/other-model.safetensors": _incompatible_lora(),
+        "/kohya-wider-ff.safetensors": _kohya_with(_wider_ff),
+        "/kohya-loha.safetensors": _kohya_with(_locon),
     }
 
 
@@ -147,7 +168,11 @@ def test_a_refiner_lora_goes_to_the_refiner_only(run, server):
     [
         ("/missing.safetensors", ["'missing.safetensors'", "loras[1].path", "could not be downloaded"]),
         ("/corrupt.safetensors", ["'corrupt.safetensors'", "not a valid .safetensors"]),
-        ("/other-model.safetensors", ["'other-model.safetensors'", "does not fit"]),
+        ("/other-model.safetensors", ["'other-model.safetensors'", "does not fit", "to_q.lora.down.weight'",
+                                      "takes 320 inputs where the model's layer takes"]),
+        # Every layer is checked, not only the attention ones a file happens to start with.
+        ("/kohya-wider-ff.safetensors", ["does not fit", "ff.net.2.lora.down.weight'", "inputs where the model's"]),
+        ("/kohya-loha.safetensors", ["'kohya-loha.safetensors'", "loras[1]"]),
     ],
 )
 def test_broken_loras_fail_the_job_by_name_and_the_worker_keeps_serving(run, server, path, words, baseline):

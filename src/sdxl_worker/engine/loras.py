@@ -18,9 +18,19 @@ from sdxl_worker.errors import InputError
 
 log = logging.getLogger(__name__)
 
-# How diffusers (and peft) name the two halves of one LoRA layer: prefix.<module path>.<marker>
+# How diffusers' lora_state_dict names the halves of one LoRA layer, whatever the file's own naming
+# (diffusers, peft, or kohya/sd-scripts, which diffusers converts): <module path><marker>.
 _DOWN_MARKERS = (".lora.down.weight", ".lora_A.weight", ".lora_linear_layer.down.weight")
 _UP_MARKERS = (".lora.up.weight", ".lora_B.weight", ".lora_linear_layer.up.weight")
+_MAGNITUDE = ".lora_magnitude_vector"  # DoRA: one vector per layer, the layer's output size
+# diffusers' kohya converter names attention layers after the old attention processors; the
+# module each stands for.
+_PROCESSOR_NAMES = {".processor.to_q_lora.": ".to_q.lora.", ".processor.to_k_lora.": ".to_k.lora.",
+                    ".processor.to_v_lora.": ".to_v.lora.", ".processor.to_out_lora.": ".to_out.0.lora.",
+                    ".self_attn.to_q_lora.": ".self_attn.q_proj.lora.",
+                    ".self_attn.to_k_lora.": ".self_attn.k_proj.lora.",
+                    ".self_attn.to_v_lora.": ".self_attn.v_proj.lora.",
+                    ".self_attn.to_out_lora.": ".self_attn.out_proj.lora."}
 
 
 @dataclass(frozen=True)
@@ -83,13 +93,18 @@ def _load(models, lora: LoraFile, name: str) -> list:
         ) from None
     unet_part = _part(state, "unet")
     text_parts = {prefix: _part(state, prefix) for prefix in ("text_encoder", "text_encoder_2")}
-    unets = [pipe for pipe in (base, models.refiner) if pipe is not None and unet_part and _fits(pipe.unet, unet_part)]
-    encoders_fit = all(_fits(getattr(base, prefix), part) for prefix, part in text_parts.items() if part)
-    known = _layer_keys(unet_part) + sum(_layer_keys(part) for part in text_parts.values())
-    if known == 0 or (unet_part and not unets) or not encoders_fit or known != _layer_keys(state):
+    stray = [key for key in state if not key.startswith(("unet.", "text_encoder.", "text_encoder_2."))]
+    misfit = stray[:1] or _misfit(base.text_encoder, text_parts["text_encoder"], "text_encoder") \
+        or _misfit(base.text_encoder_2, text_parts["text_encoder_2"], "text_encoder_2")
+    unets = [pipe for pipe in (base, models.refiner) if pipe is not None and unet_part
+             and not _misfit(pipe.unet, unet_part, "unet")]
+    if not misfit and unet_part and not unets:
+        misfit = _misfit(base.unet, unet_part, "unet")
+    if misfit or not state:
+        what = f"its layer {_layer_label(misfit[0])} {misfit[1]}" if len(misfit) > 1 else "it holds no LoRA layers"
         raise InputError(
-            f"LoRA {label} in 'loras[{index}]' does not fit this worker's SDXL model "
-            "(its layers or sizes differ: a LoRA for another model?)."
+            f"LoRA {label} in 'loras[{index}]' does not fit this worker's SDXL model: {what} "
+            "(a LoRA for another model?)."
         )
     into = []
     try:
@@ -153,26 +168,63 @@ def _part(state: dict, prefix: str) -> dict:
     return {key[len(prefix) + 1:]: value for key, value in state.items() if key.startswith(prefix + ".")}
 
 
-def _layer_keys(state: dict) -> int:
-    return sum(1 for key in state if key.endswith(_DOWN_MARKERS + _UP_MARKERS))
+def _module_and_half(key: str) -> tuple[str, str] | None:
+    """The module a LoRA key belongs to and which half it is ("down", "up", "magnitude"); None for
+    a key no loader would place."""
+    for alias, module in _PROCESSOR_NAMES.items():
+        key = key.replace(alias, module)
+    for marker in _DOWN_MARKERS:
+        if key.endswith(marker):
+            return key[: -len(marker)], "down"
+    for marker in _UP_MARKERS:
+        if key.endswith(marker):
+            return key[: -len(marker)], "up"
+    if key.endswith(_MAGNITUDE):
+        return key[: -len(_MAGNITUDE)], "magnitude"
+    return None
 
 
-def _fits(model, part: dict) -> bool:
-    """Every LoRA layer of ``part`` names a layer of ``model`` with matching input and output sizes."""
+def _misfit(model, part: dict, prefix: str) -> tuple:
+    """() when every key of ``part`` names a layer of ``model`` with matching sizes; else (the key,
+    what is wrong). Every key is checked: one the loaders would not place is a misfit too."""
     for key, tensor in part.items():
-        for marker, is_down in [(m, True) for m in _DOWN_MARKERS] + [(m, False) for m in _UP_MARKERS]:
-            if key.endswith(marker):
-                break
-        else:
-            continue  # alphas and the like carry no shape to check
-        try:
-            layer = model.get_submodule(key[: -len(marker)])
-        except AttributeError:
-            return False
+        found = _module_and_half(key)
+        name = f"{prefix}.{key}"
+        if found is None:
+            return name, "is not a LoRA weight this worker knows"
+        path, half = found
+        layer = _find_layer(model, path)
+        if layer is None:
+            return name, f"names no layer of the model's {prefix}"
         size_in = getattr(layer, "in_features", getattr(layer, "in_channels", None))
         size_out = getattr(layer, "out_features", getattr(layer, "out_channels", None))
-        if size_in is None or tensor.ndim < 2:
-            return False
-        if (is_down and tensor.shape[1] != size_in) or (not is_down and tensor.shape[0] != size_out):
-            return False
-    return True
+        if size_in is None:
+            return name, "is on a layer a LoRA cannot adapt"
+        if half == "magnitude":
+            if tensor.numel() != size_out:
+                return name, f"has {tensor.numel()} outputs where the model's layer has {size_out}"
+            continue
+        if tensor.ndim < 2:
+            return name, "is not a matrix"
+        if half == "down" and tensor.shape[1] != size_in:
+            return name, f"takes {tensor.shape[1]} inputs where the model's layer takes {size_in}"
+        if half == "up" and tensor.shape[0] != size_out:
+            return name, f"gives {tensor.shape[0]} outputs where the model's layer gives {size_out}"
+    return ()
+
+
+def _find_layer(model, path: str):
+    """The module at ``path``; text encoder paths are found with or without ``text_model.`` (LoRA
+    files name them as transformers 4 did, transformers 5's CLIPTextModel has no such level)."""
+    for candidate in (path, path.removeprefix("text_model."), f"text_model.{path}"):
+        try:
+            return model.get_submodule(candidate)
+        except AttributeError:
+            continue
+    return None
+
+
+def _layer_label(key: str) -> str:
+    """A layer's name for a message: as it is when it is plainly a module path, else only its length."""
+    return f"'{key}'" if len(key) <= 160 and all(c.isalnum() or c in "._" for c in key) else \
+        f"(a name of {len(key)} characters)"
