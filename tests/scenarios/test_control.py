@@ -127,6 +127,24 @@ def test_ip_adapter_steers_the_image_and_a_job_after_it_equals_the_job_before(gu
     assert guided.base.unet.encoder_hid_proj is None
 
 
+def test_an_ip_adapter_plus_with_the_vit_h_encoder_loads_steers_and_comes_off(tmp_path):
+    """ip-adapter-plus_sdxl_vit-h, the layout docs/control.md names: a resampler projection with
+    attention layers of its own, its encoder in models/image_encoder. It crashed the start before."""
+    from sdxl_worker.testing.control import PLUS_ENCODER, PLUS_WEIGHT
+
+    plus = load_models(Settings(base="tiny", refiner=None, vae=None, device="cpu",
+                                ip_adapter=str(write_tiny_ip_adapter(tmp_path / "plus", plus=True)),
+                                ip_adapter_weight=PLUS_WEIGHT, ip_adapter_encoder=PLUS_ENCODER))
+    processors = len(plus.base.unet.attn_processors)
+    before = image_of(plus)
+    reference = png_data_url(photo(200, 200))
+    weak, strong = (image_of(plus, ip_adapter={"image": reference, "scale": scale}) for scale in (0.3, 1.0))
+    assert np.abs(strong.astype(int) - before).mean() > 0.5 and weak.tolist() != strong.tolist()
+    assert image_of(plus, ip_adapter={"image": reference, "scale": 0}).tolist() == before.tolist()
+    assert image_of(plus).tolist() == before.tolist()  # taken off: the UNet as it was
+    assert plus.base.unet.encoder_hid_proj is None and len(plus.base.unet.attn_processors) == processors
+
+
 def test_refusals_name_the_field_before_anything_runs(guided, models):
     calls = []
     hooks = [network.register_forward_hook(lambda *_: calls.append(1))

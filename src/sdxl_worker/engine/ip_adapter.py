@@ -44,7 +44,12 @@ def load_ip_adapter(base, settings, resolve, unavailable) -> IpAdapter | None:
         base.load_ip_adapter(source, subfolder=str(where.parent), weight_name=where.name, image_encoder_folder=encoder,
                              local_files_only=Path(source).is_dir())
         _check_fits(base, unet)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        parts = IpAdapter(base.image_encoder.eval().requires_grad_(False), base.feature_extractor,
+                          {name: processor for name, processor in unet.attn_processors.items()
+                           if isinstance(processor, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0))},
+                          unet.encoder_hid_proj)
+        _take_off(unet, before)
+    except Exception as error:  # whatever diffusers raises, the start stops in one sentence
         _take_off(unet, before)
         base.register_modules(image_encoder=None, feature_extractor=None)
         raise unavailable(
@@ -53,11 +58,6 @@ def load_ip_adapter(base, settings, resolve, unavailable) -> IpAdapter | None:
             f"(--build-arg IP_ADAPTER_MODEL=...), point IP_ADAPTER_MODEL at a folder in that layout, or set "
             f"IP_ADAPTER_ENCODER to the encoder the adapter was trained with."
         ) from None
-    parts = IpAdapter(base.image_encoder.eval().requires_grad_(False), base.feature_extractor,
-                      {name: processor for name, processor in unet.attn_processors.items()
-                       if isinstance(processor, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0))},
-                      unet.encoder_hid_proj)
-    _take_off(unet, before)
     base.register_modules(image_encoder=None, feature_extractor=None)
     log.info("IP-Adapter %s (%s) loaded: %d cross-attention layers", settings.ip_adapter, where, len(parts.processors))
     return parts
@@ -83,9 +83,12 @@ def applied(ip: IpAdapter, pipe, scale: float):
     """The IP-Adapter on ``pipe``'s UNet and its image encoder on ``pipe`` for the block, at ``scale``."""
     unet = pipe.unet
     before = dict(unet.attn_processors)
-    unet.set_attn_processor({name: ip.processors.get(name, processor) for name, processor in before.items()})
+    # The projection first: a Plus projection (a resampler) has attention layers of its own, which
+    # then count among the UNet's, keeping their own processors.
     unet.encoder_hid_proj = ip.projection
     unet.config.encoder_hid_dim_type = "ip_image_proj"
+    unet.set_attn_processor({name: ip.processors.get(name, processor)
+                             for name, processor in unet.attn_processors.items()})
     pipe.register_modules(image_encoder=ip.image_encoder, feature_extractor=ip.feature_extractor)
     pipe.set_ip_adapter_scale(scale)
     try:
@@ -96,6 +99,8 @@ def applied(ip: IpAdapter, pipe, scale: float):
 
 
 def _take_off(unet, processors: dict) -> None:
-    unet.set_attn_processor(dict(processors))  # a copy: diffusers empties the dict it is given
+    """The UNet as it was before the adapter: the projection off first (its own attention layers go
+    with it), then the processors it had."""
     unet.encoder_hid_proj = None
     unet.config.encoder_hid_dim_type = None
+    unet.set_attn_processor(dict(processors))  # a copy: diffusers empties the dict it is given

@@ -69,6 +69,10 @@ def start() -> Worker:
         warm_up_if_asked(models)
     except StartupError as error:
         _stop(error)
+    except Exception as error:  # a library failing where nobody expected: still one sentence and exit 1
+        log.info("What stopped the start:", exc_info=True)
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        _stop(StartupError(f"The worker could not start: {type(error).__name__}: {first}"))
     return Worker(settings, models, storage)
 
 

@@ -34,9 +34,19 @@ def write_tiny_controlnet(folder: Path, seed: int) -> Path:
     return Path(folder)
 
 
-def write_tiny_ip_adapter(folder: Path, seed: int = 3, encoder_width: int = IMAGE_EMBEDDING) -> Path:
-    """The tiny IP-Adapter under ``folder`` at IP_ADAPTER_WEIGHT's default path; returns ``folder``.
-    ``encoder_width`` other than IMAGE_EMBEDDING: an image encoder the adapter was not made for."""
+PLUS_WEIGHT = "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors"  # h94/IP-Adapter's Plus, with...
+PLUS_ENCODER = "models/image_encoder"  # ...the ViT-H encoder at the repository's top
+
+
+def write_tiny_ip_adapter(folder: Path, seed: int = 3, encoder_width: int = IMAGE_EMBEDDING, plus: bool = False) -> Path:
+    """The tiny IP-Adapter under ``folder``, laid out as h94/IP-Adapter is; returns ``folder``.
+
+    Plain (default): IP_ADAPTER_WEIGHT's default file, an ``image_proj.proj`` linear projection of
+    the encoder's image embedding, the encoder beside it in ``sdxl_models/image_encoder``.
+    ``plus``: PLUS_WEIGHT, the Plus projection (a resampler: learned queries, four blocks of
+    attention over the encoder's hidden states and a feed-forward, in the original repository's
+    key names), the encoder in PLUS_ENCODER. ``encoder_width`` other than IMAGE_EMBEDDING: an
+    image encoder the plain adapter was not made for."""
     import torch
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
@@ -47,12 +57,17 @@ def write_tiny_ip_adapter(folder: Path, seed: int = 3, encoder_width: int = IMAG
     unet = UNet2DConditionModel.from_pretrained(ensure_tiny_model() / "base" / "unet")
     width, channels = unet.config.cross_attention_dim, unet.config.block_out_channels
     generator = torch.Generator().manual_seed(seed)
+    encoder_config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                                      image_size=32, patch_size=8, projection_dim=encoder_width)
 
     def random(*shape):
         return torch.randn(shape, generator=generator) * 0.1
 
-    state = {"image_proj.proj.weight": random(4 * width, IMAGE_EMBEDDING), "image_proj.proj.bias": random(4 * width),
-             "image_proj.norm.weight": torch.ones(width), "image_proj.norm.bias": torch.zeros(width)}
+    if plus:
+        state = _resampler(random, encoder_config.hidden_size, width)
+    else:
+        state = {"image_proj.proj.weight": random(4 * width, IMAGE_EMBEDDING), "image_proj.proj.bias": random(4 * width),
+                 "image_proj.norm.weight": torch.ones(width), "image_proj.norm.bias": torch.zeros(width)}
     number = 1  # diffusers numbers the cross-attention layers 1, 3, 5, ... in the UNet's order
     for name in unet.attn_processors:
         if name.endswith("attn1.processor"):
@@ -66,12 +81,34 @@ def write_tiny_ip_adapter(folder: Path, seed: int = 3, encoder_width: int = IMAG
         state[f"ip_adapter.{number}.to_k_ip.weight"] = random(hidden, width)
         state[f"ip_adapter.{number}.to_v_ip.weight"] = random(hidden, width)
         number += 2
-    weight = Path(folder) / DEFAULT_IP_ADAPTER_WEIGHT
+    weight = Path(folder) / (PLUS_WEIGHT if plus else DEFAULT_IP_ADAPTER_WEIGHT)
     weight.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(weight))
     torch.manual_seed(seed)
-    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-        patch_size=8, projection_dim=encoder_width))
-    encoder.save_pretrained(weight.parent / "image_encoder")
+    encoder = CLIPVisionModelWithProjection(encoder_config)
+    encoder.save_pretrained(Path(folder) / PLUS_ENCODER if plus else weight.parent / "image_encoder")
     return Path(folder)
+
+
+def _resampler(random, embedding: int, output: int, dim: int = 32, queries: int = 4, depth: int = 4,
+               heads: int = 1, ff_mult: int = 4) -> dict:
+    """The Plus projection's weights in the IP-Adapter repository's layout (diffusers converts it);
+    its attention heads are 64 wide, as diffusers reads the head count from to_q's size."""
+    import torch
+
+    inner = heads * 64
+    state = {"image_proj.latents": random(1, queries, dim),
+             "image_proj.proj_in.weight": random(dim, embedding), "image_proj.proj_in.bias": random(dim),
+             "image_proj.proj_out.weight": random(output, dim), "image_proj.proj_out.bias": random(output),
+             "image_proj.norm_out.weight": torch.ones(output), "image_proj.norm_out.bias": torch.zeros(output)}
+    for layer in range(depth):
+        at = f"image_proj.layers.{layer}"
+        for norm in ("norm1", "norm2"):
+            state[f"{at}.0.{norm}.weight"], state[f"{at}.0.{norm}.bias"] = torch.ones(dim), torch.zeros(dim)
+        state[f"{at}.0.to_q.weight"] = random(inner, dim)
+        state[f"{at}.0.to_kv.weight"] = random(2 * inner, dim)
+        state[f"{at}.0.to_out.weight"] = random(dim, inner)
+        state[f"{at}.1.0.weight"], state[f"{at}.1.0.bias"] = torch.ones(dim), torch.zeros(dim)
+        state[f"{at}.1.1.weight"] = random(dim * ff_mult, dim)
+        state[f"{at}.1.3.weight"] = random(dim, dim * ff_mult)
+    return state

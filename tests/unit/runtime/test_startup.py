@@ -51,3 +51,30 @@ def test_python_handler_py_runs_a_job_and_saves_the_images(tmp_path):
     saved = list(tmp_path.glob("*.png"))
     assert len(saved) == 1 and "5" in saved[0].name
     assert str(saved[0]) in done.stdout and "base64" not in done.stdout
+
+
+def test_an_unexpected_error_while_loading_is_one_sentence_and_exit_1(monkeypatch, caplog):
+    """On RunPod an uncaught exception at start-up restarts the worker forever; it must stop instead."""
+    import logging
+
+    import pytest
+
+    from sdxl_worker.engine import models as loading
+    from sdxl_worker.runtime import startup
+
+    def broken(*args, **kwargs):
+        raise ValueError("A dict of processors was passed, but the number of processors 140 does not match 144.")
+
+    from sdxl_worker import config
+
+    monkeypatch.setattr(loading, "load_models", broken)
+    monkeypatch.setenv("PREFETCH", "0")
+    try:
+        with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as stopped:
+            startup.start()
+    finally:
+        config.install(None)  # start() installs the configuration for the whole process
+    assert stopped.value.code == 1
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == ["The worker could not start: ValueError: A dict of processors was passed, but the number of "
+                      "processors 140 does not match 144."]
