@@ -1,20 +1,31 @@
 """SDXL latency on one GPU: worker-sdxl's way, plain diffusers, and this worker, in one run.
 
-    python bench/gpu.py                 one GPU: SDXL's real shapes, 1024x1024, 30 steps, CFG, batch 1
-    python bench/gpu.py --cpu-smoke     anywhere: SDXL's layout at reduced width, 256x256, 5 steps
+    bash bench/gpu_device.sh            on the lent GPU machine: the headline rows in one command, under
+                                        8 minutes with model building (docs/performance.md, "GPU")
+    python bench/gpu.py --headline      the same rows, where the packages are installed
+    python bench/gpu.py                 every row, the switches one by one included (15+ minutes)
+    python bench/gpu.py --cpu-smoke     anywhere, in seconds: the tiny model, every row but compile,
+                                        to check the script end to end (a test runs it in CI)
 
-The models are SDXL's real architectures (bench/sdxl-configs/, the released checkpoints'
+The GPU models are SDXL's real architectures (bench/sdxl-configs/, the released checkpoints'
 configs) with random fp16 weights: speed does not depend on weight values and nothing is
 downloaded. They are saved once in diffusers layout under bench/.cache/, so this worker's path
 loads them through load_models exactly as it loads real weights, and runs jobs through run_job.
 
-Variants (base alone, and base + refiner as an expert ensemble at 0.8; DDIM, guidance 7.5):
-  a  worker-sdxl: fp16, enable_model_cpu_offload, diffusers' default attention, VAE upcast,
-     the refiner with its own VAE and text_encoder_2
-  b  plain diffusers: fp16, SDPA, everything resident, refiner sharing text_encoder_2 and VAE
-  none   this worker with every speed switch off (the unoptimised path; reference image)
-  c      this worker with its default switches for this device
-  +name  this worker with one switch alone (base only)
+Stages (DDIM, guidance 7.5, batch 1): "base only", and "base + refiner" as worker-sdxl runs it
+and as this worker does by default: the base's latents refined at strength 0.3 over 50 refiner
+steps (15 run). Rows:
+  a          worker-sdxl's set-up: fp16, enable_model_cpu_offload, the fp16-fix VAE (no upcast),
+             the refiner with its own VAE and text_encoder_2, the refiner called with the prompt
+             alone and its own Euler scheduler, as its handler does; SDPA stands in for xformers
+  b          plain diffusers: fp16, SDPA, everything resident, the fp16-fix VAE (no upcast), the
+             refiner sharing text_encoder_2 and the VAE, prompt, negative prompt and guidance to both
+  none       this worker with every speed switch off (the unoptimised path; reference image)
+  c          this worker with its default switches for this device
+  cc         this worker with its defaults and COMPILE=1 (its whole CUDA set-up)
+  lightning  this worker, lightning-4's schedule: 4 trailing Euler steps without guidance (the
+             fused LoRA adds no cost, so the base UNet stands in for it; base only)
+  +name      this worker with one switch alone (base only)
 Columns: median seconds per image over --runs runs after one warm-up run; peak GPU memory;
 achieved TFLOP/s (FLOPs counted in this run) and its share of the matmul peak measured in this
 run; host syncs per job; mean absolute pixel difference (0-255) from ``none`` on the same seed.
@@ -48,7 +59,8 @@ SEED = 1234
 PROMPT = "a lighthouse at dusk, oil painting"
 NEGATIVE = "blurry, low quality"
 GUIDANCE = 7.5
-HIGH_NOISE_FRAC = 0.8
+STRENGTH = 0.3  # worker-sdxl's (and this worker's) refiner strength
+REFINER_STEPS = 50  # worker-sdxl's refiner steps before strength: 15 run
 # FLOPs per image from REFERENCE.md section 7 (1024x1024, CFG), printed next to our own count.
 REFERENCE_TFLOP = {"base UNet call": 13.5, "refiner UNet call": 14.6, "VAE decode": 10.5}
 
@@ -113,11 +125,33 @@ def save_models(configs: dict, folder: Path, device: str, dtype, variant: str | 
         force_zeros_for_empty_prompt=False, add_watermarker=False,
     ).save_pretrained(folder / "refiner", **save)
     # The name is what the worker recognises as the fp16-fix VAE (no upcast needed); like the
-    # real one, it ships a single weights file, no fp16 variant.
+    # real one (madebyollin/sdxl-vae-fp16-fix), it says force_upcast: false and ships a single
+    # weights file, no fp16 variant.
+    vae.register_to_config(force_upcast=False)
     vae.save_pretrained(folder / "sdxl-vae-fp16-fix")
     (folder / "complete").write_text(f"{time.perf_counter() - started:.0f} s\n")
     del text_encoder, text_encoder_2, vae, base_unet, refiner_unet
     free_memory()
+    return folder
+
+
+def tiny_models(folder: Path) -> Path:
+    """The smoke run's models: the built-in tiny model, with its VAE as the fp16-fix one."""
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    from sdxl_worker.engine.tiny import ensure_tiny_model
+
+    if (folder / "complete").exists():
+        return folder
+    tiny = ensure_tiny_model()
+    for part in ("base", "refiner"):
+        shutil.copytree(tiny / part, folder / part, dirs_exist_ok=True)
+    vae = AutoencoderKL.from_pretrained(tiny / "base" / "vae")
+    vae.register_to_config(force_upcast=False)
+    vae.save_pretrained(folder / "sdxl-vae-fp16-fix")
+    (folder / "complete").write_text("tiny\n")
     return folder
 
 
@@ -135,14 +169,14 @@ class DiffusersRunner:
         common = {"dtype": dtype, "use_safetensors": True, "add_watermarker": False, **files}
         vae = AutoencoderKL.from_pretrained(folder / "sdxl-vae-fp16-fix", dtype=dtype)
         self.base = StableDiffusionXLPipeline.from_pretrained(folder / "base", vae=vae, **common)
+        self.worker_sdxl = worker_sdxl
         if worker_sdxl:
-            # worker-sdxl loads the refiner with its own VAE and text_encoder_2, upcasts the
-            # VAE to fp32 for decoding and offloads every model to the CPU between uses.
+            # worker-sdxl loads the refiner with its own VAE and text_encoder_2 and offloads every
+            # model to the CPU between uses; the fp16-fix VAE decodes without an upcast.
             refiner_vae = AutoencoderKL.from_pretrained(folder / "sdxl-vae-fp16-fix", dtype=dtype)
             self.refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(folder / "refiner", vae=refiner_vae,
                                                                             **common)
             for pipe in (self.base, self.refiner):
-                pipe.vae.register_to_config(force_upcast=True)
                 if device.startswith("cuda"):
                     pipe.enable_model_cpu_offload()
                 else:  # offloading needs an accelerator; the CPU smoke run keeps it resident
@@ -160,22 +194,27 @@ class DiffusersRunner:
         from diffusers import DDIMScheduler
 
         from sdxl_worker.delivery.deliver import deliver
+        from sdxl_worker.request.types import Request
 
         torch = self._torch
-        prompts = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "guidance_scale": GUIDANCE,
-                   "num_inference_steps": spec["steps"]}
+        prompts = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "guidance_scale": GUIDANCE}
         self.base.scheduler = DDIMScheduler.from_config(self.base.scheduler.config)
-        args = dict(prompts, width=spec["width"], height=spec["height"],
-                    generator=torch.Generator("cpu").manual_seed(SEED))
+        generator = torch.Generator("cpu").manual_seed(SEED)
+        args = dict(prompts, width=spec["width"], height=spec["height"], num_inference_steps=spec["steps"],
+                    generator=generator)
         with torch.inference_mode():
             if not refine:
                 image = self.base(**args).images[0]
             else:
-                latents = self.base(**args, denoising_end=HIGH_NOISE_FRAC, output_type="latent").images
-                self.refiner.scheduler = DDIMScheduler.from_config(self.refiner.scheduler.config)
-                image = self.refiner(**prompts, image=latents, denoising_start=HIGH_NOISE_FRAC,
-                                     generator=torch.Generator("cpu").manual_seed(SEED)).images[0]
-        deliver([image])  # the same PNG encoding the worker pays
+                latents = self.base(**args, output_type="latent").images
+                refine_args = {"image": latents, "strength": STRENGTH, "num_inference_steps": spec["refiner_steps"],
+                               "generator": generator}
+                if self.worker_sdxl:  # its handler: the prompt alone, the refiner's own Euler scheduler
+                    image = self.refiner(prompt=PROMPT, **refine_args).images[0]
+                else:
+                    self.refiner.scheduler = DDIMScheduler.from_config(self.refiner.scheduler.config)
+                    image = self.refiner(**prompts, **refine_args).images[0]
+        deliver([image], Request.from_input({"prompt": PROMPT}))  # the same PNG encoding the worker pays
         return image
 
     def close(self):
@@ -185,15 +224,17 @@ class DiffusersRunner:
 class WorkerRunner:
     """This worker: load_models, then every job through run_job, as the handler does."""
 
-    def __init__(self, folder: Path, device: str, speedups=None):
+    def __init__(self, folder: Path, device: str, speedups=None, schedule: str = "job", compile_: bool = False):
         from sdxl_worker.engine.models import Settings, load_models
         from sdxl_worker.engine.speed import Speedups, apply_speedups
         from sdxl_worker.runtime.warmup import warm_up_if_asked
 
         settings = Settings(base=str(folder / "base"), refiner=str(folder / "refiner"),
                             vae=str(folder / "sdxl-vae-fp16-fix"), device=device)
-        if speedups is None:  # the worker's own defaults, from the environment
-            self.models = load_models(settings)
+        self.schedule = schedule
+        if speedups is None:  # the worker's own defaults, from the environment (COMPILE=1 for cc)
+            with environment(**({"COMPILE": "1"} if compile_ else {})):
+                self.models = load_models(settings)
         else:
             with environment(CHANNELS_LAST="0", FUSED_QKV="0", COMPILE="0", HOST_TIMESTEPS="0", WARMUP="0",
                              ATTENTION="sdpa", VAE_UPCAST="1"):
@@ -201,16 +242,18 @@ class WorkerRunner:
             apply_speedups(self.models, speedups=speedups)
             warm_up_if_asked(self.models, speedups)
         self.warmup_seconds = self.models.load_seconds.get("warm-up")
-        self.compiled = (speedups or Speedups.from_env(device, settings.vae)).compile
+        self.compiled = compile_ or (speedups or Speedups.from_env(device, settings.vae)).compile
 
     def job(self, spec: dict, refine: bool):
         from sdxl_worker.runtime.job import run_job
 
         inputs = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "guidance_scale": GUIDANCE, "seed": SEED,
                   "width": spec["width"], "height": spec["height"], "num_inference_steps": spec["steps"],
-                  "scheduler": "DDIM", "refine": "expert_ensemble_refiner" if refine else "no_refiner"}
+                  "scheduler": "DDIM", "refine": "base_image_refiner" if refine else "no_refiner"}
         if refine:
-            inputs["high_noise_frac"] = HIGH_NOISE_FRAC
+            inputs.update(strength=STRENGTH, refiner_inference_steps=spec["refiner_steps"])
+        if self.schedule == "lightning":  # lightning-4's steps, sampler and guidance
+            inputs.update(num_inference_steps=4, scheduler="K_EULER_TRAILING", guidance_scale=0)
         result = list(run_job(self.models, {"id": "bench", "input": inputs}))[-1]
         if "error" in result:
             raise RuntimeError(result["error"])
@@ -303,12 +346,12 @@ def count_flops(folder: Path, device: str, dtype, variant: str | None, spec: dic
         counted["VAE decode"] = counter.get_total_flops()
         del vae
         free_memory()
-    steps = spec["steps"]
-    base_steps = round(steps * HIGH_NOISE_FRAC)
+    steps, refiner_steps = spec["steps"], int(spec["refiner_steps"] * STRENGTH)
     counted["image, base only"] = steps * counted["base UNet call"] + counted["VAE decode"]
-    counted["image, base + refiner"] = (base_steps * counted["base UNet call"]
-                                        + (steps - base_steps) * counted["refiner UNet call"]
+    counted["image, base + refiner"] = (steps * counted["base UNet call"] + refiner_steps * counted["refiner UNet call"]
                                         + counted["VAE decode"])
+    # lightning-4: 4 steps without guidance, so half the batch of a guided call
+    counted["image, lightning"] = 4 * counted["base UNet call"] / 2 + counted["VAE decode"]
     return counted
 
 
@@ -399,14 +442,14 @@ def table(results: dict) -> str:
     peak = machine["matmul_peak"]
     lines = ["| variant | stage | median s | vs a | vs b | peak GiB | TFLOP/s | % of matmul peak | syncs/job "
              "| mean abs px diff |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    order = ["a", "b", "none", "c"] + [f"+{name}" for name in ALONE]
+    order = ["a", "b", "none", "c", "cc", "lightning"] + [f"+{name}" for name in ALONE]
     for name in order:
         for stage in ("base only", "base + refiner"):
             row = rows.get(f"{name}|{stage}")
             if not row:
                 continue
             a, b = rows.get(f"a|{stage}"), rows.get(f"b|{stage}")
-            achieved = flops.get(f"image, {stage}", 0) / row["seconds"]
+            achieved = flops.get("image, lightning" if name == "lightning" else f"image, {stage}", 0) / row["seconds"]
             lines.append("| " + " | ".join([
                 f"{name}: {row['label']}", stage, f"{row['seconds']:.3f}",
                 f"{a['seconds'] / row['seconds']:.2f}x" if a else "-",
@@ -474,12 +517,17 @@ def write_results(results: dict, mode: str, command: str, path: Path = RESULTS) 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cpu-smoke", action="store_true", help="reduced widths and size, on the CPU")
-    parser.add_argument("--runs", type=int, help="timed runs per variant (default 5; 2 in the smoke run)")
-    parser.add_argument("--only", help="comma-separated variants: a,b,none,c,alone or +switch (default: all)")
+    parser.add_argument("--cpu-smoke", action="store_true", help="the tiny model, small size, on the CPU")
+    parser.add_argument("--headline", action="store_true",
+                        help="only a, b, c, cc and lightning, 3 runs each: the rows of the one GPU command")
+    parser.add_argument("--runs", type=int, help="timed runs per variant (default 5; 3 with --headline; 1 in the smoke run)")
+    parser.add_argument("--only", help="comma-separated variants: a,b,none,c,cc,lightning,alone or +switch "
+                                       "(default: all)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compile variant (smoke test)")
     parser.add_argument("--size", type=int, help="width and height (default 1024; 256 in the smoke run)")
-    parser.add_argument("--steps", type=int, help="steps (default 30; 5 in the smoke run)")
+    parser.add_argument("--steps", type=int, help="base steps (default 30; 3 in the smoke run)")
+    parser.add_argument("--refiner-steps", type=int, help="refiner steps before strength 0.3 (default 50; 10 in "
+                                                           "the smoke run)")
     parser.add_argument("--cache", type=Path, default=CACHE, help="models, compile cache, results (bench/.cache)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="markdown to write (bench/RESULTS.md)")
     parser.add_argument("--restart-probe", help=argparse.SUPPRESS)  # c or +compile: load, warm up, report
@@ -498,8 +546,9 @@ def main(argv=None) -> int:
     dtype = torch.float16 if on_gpu else torch.float32
     variant = "fp16" if on_gpu else None
     size = args.size or (256 if mode == "smoke" else 1024)
-    spec = {"width": size, "height": size, "steps": args.steps or (5 if mode == "smoke" else 30)}
-    runs = args.runs or (2 if mode == "smoke" else 5)
+    spec = {"width": size, "height": size, "steps": args.steps or (3 if mode == "smoke" else 30),
+            "refiner_steps": args.refiner_steps or (10 if mode == "smoke" else REFINER_STEPS)}
+    runs = args.runs or (1 if mode == "smoke" else 3 if args.headline else 5)
     global WARMUP_SIZES
     from sdxl_worker.engine.speed import parse_sizes
 
@@ -514,22 +563,27 @@ def main(argv=None) -> int:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-", dir=cache))
 
     if args.restart_probe:
-        speedups = None if args.restart_probe == "c" else alone("compile")
-        runner = WorkerRunner(Path(args.folder), args.device, speedups)
+        if args.restart_probe == "cc":
+            runner = WorkerRunner(Path(args.folder), args.device, compile_=True)
+        else:
+            runner = WorkerRunner(Path(args.folder), args.device, None if args.restart_probe == "c" else alone("compile"))
         print(f"RESTART_WARMUP {runner.warmup_seconds:.3f}", flush=True)
         return 0
 
     import diffusers
 
-    configs = load_configs(reduced=mode == "smoke")
-    folder = save_models(configs, cache / f"models-{mode}-{device}", device, dtype, variant)
+    if mode == "smoke":
+        folder = tiny_models(cache / "models-smoke-tiny")
+    else:
+        folder = save_models(load_configs(reduced=False), cache / f"models-{mode}-{device}", device, dtype, variant)
     device_name = torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.processor() or platform.machine()}, " \
                                                                f"{torch.get_num_threads()} threads)"
     machine = {"device_name": device_name, "torch": torch.__version__, "diffusers": diffusers.__version__,
                "dtype": str(dtype).replace("torch.", ""), "matmul_peak": matmul_peak(device, dtype),
                "spec": f"{spec['width']}x{spec['height']}, {spec['steps']} steps, batch 1, CFG {GUIDANCE}, DDIM, "
-                       f"expert ensemble at {HIGH_NOISE_FRAC}, median of {runs} runs after 1 warm-up"
-                       + (", reduced-width SDXL layout" if mode == "smoke" else ", SDXL base 1.0 / refiner 1.0 shapes")}
+                       f"refiner at strength {STRENGTH} of {spec['refiner_steps']} steps, median of {runs} runs "
+                       f"after 1 warm-up"
+                       + (", the tiny model" if mode == "smoke" else ", SDXL base 1.0 / refiner 1.0 shapes")}
     results_path = cache / f"results-{mode}.json"
     results = load_results(results_path, machine)
     results["flops"] = count_flops(folder, device, dtype, variant, spec)
@@ -538,22 +592,31 @@ def main(argv=None) -> int:
     if command not in results["commands"]:
         results["commands"].append(command)
 
-    wanted = set((args.only or "a,b,none,c,alone").split(","))
+    default = "a,b,c,cc,lightning" if args.headline else "a,b,none,c,cc,lightning,alone"
+    wanted = set((args.only or default).split(","))
+    if args.no_compile:
+        wanted.discard("cc")
     plan = []  # (name, label, make_runner, stages)
     both = ("base only", "base + refiner")
-    if wanted - {"a", "b"}:  # every worker row is compared with it
-        from sdxl_worker.engine.speed import Speedups
+    from sdxl_worker.engine.speed import Speedups
 
+    if "none" in wanted or (wanted - {"a", "b"} and not args.headline):  # the pixel reference
         plan.append(("none", "this worker, switches off", lambda: WorkerRunner(folder, device, Speedups.none()),
                      both))
     if "a" in wanted:
-        plan.append(("a", "worker-sdxl: CPU offload, VAE upcast",
+        plan.append(("a", "worker-sdxl's set-up: CPU offload, own refiner parts, SDPA for xformers",
                      lambda: DiffusersRunner(folder, device, dtype, variant, worker_sdxl=True), both))
     if "b" in wanted:
         plan.append(("b", "diffusers: SDPA, resident",
                      lambda: DiffusersRunner(folder, device, dtype, variant, worker_sdxl=False), both))
     if "c" in wanted:
         plan.append(("c", "this worker, defaults", lambda: WorkerRunner(folder, device), both))
+    if "cc" in wanted:
+        plan.append(("cc", "this worker, defaults + COMPILE=1", lambda: WorkerRunner(folder, device, compile_=True),
+                     both))
+    if "lightning" in wanted:
+        plan.append(("lightning", "this worker, lightning-4's schedule",
+                     lambda: WorkerRunner(folder, device, schedule="lightning"), ("base only",)))
     for name in ALONE:
         if ("alone" in wanted or f"+{name}" in wanted) and not (name == "compile" and args.no_compile):
             plan.append((f"+{name}", "switches off but this", lambda name=name: WorkerRunner(
@@ -568,7 +631,7 @@ def main(argv=None) -> int:
             cold = "in-process, compiled before" if compiled_before else "cold cache"
             results["compile"][f"{name} warm-up ({cold})"] = warmup
             compiled_before = compiled_before or runner.compiled
-            if runner.compiled and cold == "cold cache":
+            if runner.compiled and cold == "cold cache" and not args.headline:  # a second process: minutes
                 results["compile"][f"{name} warm-up in a restarted process (cache kept)"] = restart_warmup(
                     folder, device, mode, name, size)
         for stage in stages:
