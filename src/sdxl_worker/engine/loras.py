@@ -45,26 +45,93 @@ class LoraFile:
 
 @contextmanager
 def applied(models, loras: list[LoraFile] | None):
-    """The job's LoRAs loaded and scaled for the duration of the block; none left after it."""
+    """The job's LoRAs loaded and scaled for the duration of the block; none left after it.
+
+    On a compiled UNet (COMPILE=1) the LoRA layers would change the compiled blocks' modules and
+    every new scale would be a new constant: each such job would recompile. There the LoRAs are
+    baked instead: their weight deltas, at the job's scales, are added to the UNet's own weights
+    (into the fused projections when FUSED_QKV is on) and the overwritten values restored exactly
+    after the job. Text encoders, never compiled, keep peft's layers.
+    """
     if not loras:
         yield
         return
     started = time.perf_counter()
+    baking = _compiled(models)
     # LoRA layers wrap to_q/to_k/to_v; fused attention reads to_qkv and would ignore them.
-    refused = _unfuse_qkv(models)
+    refused = [] if baking else _unfuse_qkv(models)
+    baked: list = []  # (tensor, index, original values) to put back
     try:
         placed = {}  # adapter name -> (scale, the models it went into)
         for lora in loras:
             name = f"job_lora_{lora.index}"
             placed[name] = (lora.scale, _load(models, lora, name))
         _set_scales(placed)
-        log.info("LoRAs loaded in %.2fs: %s", time.perf_counter() - started,
-                 ", ".join(f"{lora.label} x{lora.scale}" for lora in loras))
+        for unet in baking:
+            baked += _bake(unet)
+        log.info("LoRAs loaded in %.2fs%s: %s", time.perf_counter() - started, " (baked into the compiled UNets)"
+                 if baking else "", ", ".join(f"{lora.label} x{lora.scale}" for lora in loras))
         yield
     finally:
+        _restore(baked)
         _unload(models)
         for unet in refused:
             unet.fuse_qkv_projections()
+
+
+def _compiled(models) -> list:
+    """The UNets whose blocks run compiled."""
+    unets = dict.fromkeys(pipe.unet for pipe in (models.base, models.refiner) if pipe is not None)
+    return [unet for unet in unets if any(getattr(module, "_compiled_call_impl", None) is not None
+                                          for module in unet.modules())]
+
+
+def _bake(unet) -> list:
+    """Add the deltas of ``unet``'s LoRA layers (at their scales) to its weights, then take the
+    layers off: the modules are the ones the compiled code was made for. What to restore."""
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    deltas = []
+    for path, layer in unet.named_modules():
+        if isinstance(layer, BaseTunerLayer) and hasattr(layer, "get_delta_weight"):
+            if any(layer.use_dora.get(name, False) for name in layer.active_adapters):
+                raise InputError("A DoRA LoRA cannot run on this worker's compiled UNet; use a plain LoRA, or "
+                                 "run the worker without COMPILE.")
+            with torch.no_grad():
+                delta = sum(layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A)
+            deltas.append((path, delta))
+    unet.unload_lora()  # the original modules back, the same objects
+    restore = []
+    with torch.no_grad():
+        for path, delta in deltas:
+            weight, rows = _weight_in_use(unet, path)
+            original = weight[rows].clone()
+            weight[rows] += delta.to(weight.dtype)
+            restore.append((weight, rows, original))
+    return restore
+
+
+def _weight_in_use(unet, path: str):
+    """The weight the forward pass reads for the layer at ``path``, and its rows: with fused
+    projections, a slice of to_qkv (self-attention) or to_kv (cross-attention)."""
+    parent_path, _, name = path.rpartition(".")
+    layer, parent = unet.get_submodule(path), unet.get_submodule(parent_path)
+    if getattr(parent, "fused_projections", False) and name in ("to_q", "to_k", "to_v"):
+        order = ("to_k", "to_v") if parent.is_cross_attention else ("to_q", "to_k", "to_v")
+        if name in order:
+            fused = parent.to_kv if parent.is_cross_attention else parent.to_qkv
+            start = sum(getattr(parent, other).weight.shape[0] for other in order[:order.index(name)])
+            return fused.weight, slice(start, start + layer.weight.shape[0])
+    return layer.weight, slice(None)
+
+
+def _restore(baked: list) -> None:
+    import torch
+
+    with torch.no_grad():
+        for weight, rows, original in reversed(baked):
+            weight[rows] = original
 
 
 def _unfuse_qkv(models) -> list:

@@ -2,8 +2,11 @@
 
 Every switch reads ``auto`` (the default), ``1`` or ``0``. ``auto`` turns on what is safe and
 faster on CUDA and leaves a CPU run exactly as diffusers would run it, so the tiny-model tests
-see the same pixels with or without this module. Compiling is paid at start-up (a warm-up job),
-never by a real job, and its cache lives in a folder so a warm restart does not recompile.
+see the same pixels with or without this module. Compiling is paid at start-up (warm-up jobs,
+a long prompt among them), never by a real job: LoRAs are baked into a compiled UNet's weights
+rather than wrapped around its layers (sdxl_worker.engine.loras), the weights never require
+grad, and tests/unit/engine/test_compile.py counts dynamo's graphs across LoRA jobs, new scales,
+long prompts and the refiner. The cache lives in a folder so a warm restart does not recompile.
 
     CHANNELS_LAST     UNets and VAE in channels_last memory format (faster convolutions)
     FUSED_QKV         one matmul for q, k, v (k, v in cross-attention) in the UNets and VAE
@@ -43,6 +46,7 @@ class Speedups:
     attention: str = "sdpa"  # sdpa | cudnn | classic
     compile: bool = False
     compile_mode: str | None = None
+    compile_backend: object = None  # None: inductor; tests count recompiles with "eager"
     compile_cache_dir: str | None = None
     host_timesteps: bool = False
     warmup: bool = False
@@ -183,8 +187,21 @@ def _compile(unets, speedups: Speedups) -> None:
     options = {"fullgraph": True}
     if speedups.compile_mode:
         options["mode"] = speedups.compile_mode
+    if speedups.compile_backend:
+        options["backend"] = speedups.compile_backend
     for unet in unets:
+        # Inference only, and said before compiling: peft freezes the weights it wraps when a LoRA
+        # loads, and a requires_grad that changed would fail the compiled blocks' guards.
+        unet.requires_grad_(False)
         unet.compile_repeated_blocks(**options)
+
+
+def uncompile(unets) -> None:
+    """Undo _compile: the blocks run eagerly again (after a compile failure at warm-up)."""
+    for unet in unets:
+        for module in unet.modules():
+            if getattr(module, "_compiled_call_impl", None) is not None:
+                module._compiled_call_impl = None
 
 
 def _prefer_cudnn_attention(unet) -> None:

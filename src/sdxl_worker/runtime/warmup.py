@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 from sdxl_worker.errors import StartupError
 from sdxl_worker.runtime.job import run_job
@@ -17,19 +18,40 @@ class WarmUpFailed(StartupError):
 
 
 def warm_up_if_asked(models, speedups=None) -> None:
-    """Warm up when the speed-ups applied at loading ask for it; the time goes to the start-up log's figures."""
+    """Warm up when the speed-ups applied at loading ask for it; the time goes to the start-up log's
+    figures. A compile that fails here (a compiler bug, a GPU it does not know) is undone, with a
+    warning: the worker serves uncompiled rather than stopping, which on RunPod would restart it
+    into the same failure forever."""
     speedups = speedups or models.speedups
     if speedups is None or not speedups.warmup:
         return
     started = time.perf_counter()
-    warm_up(models, speedups.warmup_sizes)
+    try:
+        warm_up(models, speedups.warmup_sizes)
+    except WarmUpFailed as failure:
+        if not speedups.compile:
+            raise
+        from sdxl_worker.engine.speed import uncompile
+
+        log.warning("Compiling failed during the warm-up (%s); the worker runs uncompiled. COMPILE=0 skips the "
+                    "attempt.", failure)
+        uncompile(pipe.unet for pipe in (models.base, models.refiner) if pipe is not None)
+        models.speedups = replace(speedups, compile=False)
+        warm_up(models, speedups.warmup_sizes)
     models.load_seconds["warm-up"] = time.perf_counter() - started
 
 
+# Over 77 tokens: the prompt embeddings of a second length make the compiler treat their length
+# as dynamic, so a user's long prompt (up to 750 tokens) compiles nothing more.
+LONG_PROMPT = " ".join(["warm-up"] * 60)
+
+
 def warm_up(models, sizes) -> None:
-    """Run short jobs through the real path, so the first user job pays no first-call costs."""
-    for width, height, images in sizes:
-        inputs = {"prompt": "warm-up", "negative_prompt": "warm-up", "width": width, "height": height,
+    """Run short jobs through the real path, so the first user job pays no first-call costs: each
+    size of WARMUP_SIZES, then the first again with a prompt over 77 tokens."""
+    for number, (width, height, images) in enumerate([*sizes, *sizes[:1]]):
+        prompt = LONG_PROMPT if number == len(sizes) else "warm-up"
+        inputs = {"prompt": prompt, "negative_prompt": "warm-up", "width": width, "height": height,
                   "num_images": images, "num_inference_steps": 2, "seed": 0}
         if models.has_refiner:
             inputs.update(refine="expert_ensemble_refiner", high_noise_frac=0.5)

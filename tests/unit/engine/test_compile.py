@@ -1,0 +1,76 @@
+"""COMPILE=1: real jobs never recompile, and a compiler that fails at warm-up is undone, not fatal.
+
+Compiled with dynamo's "eager" backend: the same tracing, guards and recompiles as inductor's,
+without the minutes of C++ code generation; recompiles counted by dynamo's own counters."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from sdxl_worker.engine.models import Settings, load_models
+from sdxl_worker.engine.speed import Speedups, apply_speedups
+from sdxl_worker.runtime.job import run_job
+from sdxl_worker.runtime.warmup import warm_up_if_asked
+from sdxl_worker.testing.loras import kohya_lora, tiny_lora
+from tests.helpers import decode
+
+JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 3, "refine": "no_refiner"}
+SIZES = ((256, 256, 1), (320, 256, 2))
+
+
+def compiled_models(backend="eager"):
+    models = load_models(Settings(base="tiny", refiner="tiny", vae=None, device="cpu"))
+    speedups = Speedups(compile=True, compile_backend=backend, warmup=True, warmup_sizes=SIZES)
+    models.speedups = apply_speedups(models, speedups=speedups)
+    warm_up_if_asked(models)
+    return models
+
+
+def pixels(models, **inputs) -> np.ndarray:
+    final = list(run_job(models, {"id": "compiled", "input": {**JOB, **inputs}}))[-1]
+    assert "images" in final, final
+    return np.asarray(decode(final["images"][0]), dtype=np.int16)
+
+
+def test_loras_their_scales_long_prompts_and_the_refiner_compile_nothing_after_the_warm_up(tmp_path, monkeypatch,
+                                                                                         models):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("LORA_DIR", str(tmp_path))
+    (tmp_path / "style.safetensors").write_bytes(tiny_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1))
+    (tmp_path / "kohya.safetensors").write_bytes(kohya_lora(seed=2, full=True))
+    torch._dynamo.reset()
+    compiled = compiled_models()
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0  # the warm-up compiled the blocks
+    plain = pixels(compiled)
+    with_lora = pixels(compiled, loras=[{"path": "style.safetensors", "scale": 0.7}])
+    pixels(compiled, loras=[{"path": "style.safetensors", "scale": 0.3}])
+    pixels(compiled, loras=[{"path": "kohya.safetensors", "scale": 1.2}, {"path": "style.safetensors"}])
+    assert (pixels(compiled) == plain).all()  # the baked LoRA weights are restored exactly
+    pixels(compiled, prompt=" ".join(["a red fox in the snow"] * 30))  # about 180 tokens
+    pixels(compiled, refine="base_image_refiner", refiner_inference_steps=4, strength=0.5)
+    assert counters["stats"]["unique_graphs"] == graphs, "a real job recompiled"
+    # Baked into the weights, the LoRA gives what its layers give on the uncompiled worker.
+    eager = pixels(models, loras=[{"path": "style.safetensors", "scale": 0.7}])
+    assert np.abs(with_lora - eager).mean() < 1.0 and np.abs(with_lora - plain).mean() > 1.0
+    torch._dynamo.reset()
+
+
+def test_a_compiler_that_fails_at_the_warm_up_leaves_the_worker_uncompiled_and_serving(caplog):
+    import torch._dynamo
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("this GPU is not supported by the compiler")
+
+    torch._dynamo.reset()
+    with caplog.at_level(logging.WARNING):
+        models = compiled_models(backend=broken_backend)
+    assert not models.speedups.compile and "Compiling failed during the warm-up" in caplog.text
+    assert not any(getattr(module, "_compiled_call_impl", None) is not None for module in models.base.unet.modules())
+    assert pixels(models).shape == (256, 256, 3)
+    torch._dynamo.reset()
