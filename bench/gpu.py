@@ -64,6 +64,10 @@ REFINER_STEPS = 50  # worker-sdxl's refiner steps before strength: 15 run
 # FLOPs per image from REFERENCE.md section 7 (1024x1024, CFG), printed next to our own count.
 REFERENCE_TFLOP = {"base UNet call": 13.5, "refiner UNet call": 14.6, "VAE decode": 10.5}
 
+# One sampler of each family, for the host syncs per job on row c (the GPU run).
+SYNC_SAMPLERS = ("DDIM", "K_EULER", "K_EULER_ANCESTRAL", "DPMSolverMultistep", "DPMSolverSinglestep", "PNDM",
+                 "UniPC", "HeunDiscrete", "KLMS", "K_DPM_2_ANCESTRAL", "DDPM", "LCM")
+
 # The worker's speed switches, each measured alone on top of the unoptimised path.
 ALONE = ("channels_last", "fused_qkv", "vae_no_upcast", "cudnn_attention", "host_timesteps", "compile")
 
@@ -244,12 +248,12 @@ class WorkerRunner:
         self.warmup_seconds = self.models.load_seconds.get("warm-up")
         self.compiled = compile_ or (speedups or Speedups.from_env(device, settings.vae)).compile
 
-    def job(self, spec: dict, refine: bool):
+    def job(self, spec: dict, refine: bool, scheduler: str = "DDIM"):
         from sdxl_worker.runtime.job import run_job
 
         inputs = {"prompt": PROMPT, "negative_prompt": NEGATIVE, "guidance_scale": GUIDANCE, "seed": SEED,
                   "width": spec["width"], "height": spec["height"], "num_inference_steps": spec["steps"],
-                  "scheduler": "DDIM", "refine": "base_image_refiner" if refine else "no_refiner"}
+                  "scheduler": scheduler, "refine": "base_image_refiner" if refine else "no_refiner"}
         if refine:
             inputs.update(strength=STRENGTH, refiner_inference_steps=spec["refiner_steps"])
         if self.schedule == "lightning":  # lightning-4's steps, sampler and guidance
@@ -483,6 +487,9 @@ def render(results: dict, mode: str, command: str) -> str:
     if results.get("reference_std", 99) < 1:
         parts.append("Warning: the reference image is flat (random weights saturated); pixel differences "
                      "prove nothing here.")
+    if results.get("sampler_syncs"):
+        parts.append("Host syncs per base-only job on row c, by sampler: " + ", ".join(
+            f"{name} {count}" for name, count in results["sampler_syncs"].items()) + ".")
     if compiled:
         parts.append("Compilation, paid at start-up by the warm-up jobs and never by a job: " + "; ".join(
             f"{name} {value:.1f} s" for name, value in compiled.items() if value is not None) + ".")
@@ -645,6 +652,9 @@ def main(argv=None) -> int:
             row["label"] = label
             results["rows"][f"{name}|{stage}"] = row
             print(f"   {stage}: {row['seconds']:.3f} s (runs {row['all_seconds']})", flush=True)
+        if name == "c" and on_gpu:  # host syncs per job, one sampler of each family
+            results["sampler_syncs"] = {sampler: count_syncs(lambda sampler=sampler: runner.job(spec, False, sampler))
+                                        for sampler in SYNC_SAMPLERS}
         runner.close()
         del runner
         free_memory()

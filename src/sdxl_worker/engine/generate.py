@@ -40,7 +40,11 @@ class Result:
 
 def run(models: Models, plan: Plan, init_image: Image.Image | None = None,
         on_step: StepCallback | None = None, mask: Image.Image | None = None,
-        control_images: list | None = None, reference_images: list | None = None) -> Result:
+        control_images: list | None = None, reference_images: list | None = None,
+        wants_x0: Callable[[str, int], bool] | None = None) -> Result:
+    """The plan's images. ``on_step`` after every step; its kwargs carry ``x0`` only on the steps
+    ``wants_x0(stage, step)`` names (the preview steps): the estimate costs work, and on CUDA reads
+    a table, nothing a step without a preview should pay."""
     timings: dict[str, float] = {}
     if init_image is not None:
         init_image = _resize(init_image, plan)
@@ -55,11 +59,11 @@ def run(models: Models, plan: Plan, init_image: Image.Image | None = None,
         if plan.runs_base:
             started = time.perf_counter()
             latents = _run_base(models, plan, generators, init_image, mask, on_step, control_images,
-                                reference_images)
+                                reference_images, wants_x0)
             timings["base"] = ms_since(started)
         if plan.runs_refiner:
             started = time.perf_counter()
-            output = _run_refiner(models, plan, generators, latents, init_image, mask, on_step)
+            output = _run_refiner(models, plan, generators, latents, init_image, mask, on_step, wants_x0)
             timings["refiner"] = ms_since(started)
         else:
             output = latents
@@ -79,7 +83,8 @@ def _common(plan: Plan, conditioning, generators: list) -> dict:
     )
 
 
-def _run_base(models, plan, generators, init_image, mask, on_step, control_images=None, reference_images=None):
+def _run_base(models, plan, generators, init_image, mask, on_step, control_images=None, reference_images=None,
+              wants_x0=None):
     pipe = {"txt2img": models.base, "img2img": models.img2img, "inpaint": models.inpaint}[plan.task]
     if plan.controls:
         pipe = control.pipeline_for(models, plan.task, pipe, [guide.model for guide in plan.controls])
@@ -105,7 +110,7 @@ def _run_base(models, plan, generators, init_image, mask, on_step, control_image
     if reference_images:
         args["ip_adapter_image"] = [list(reference_images)]  # one adapter, its images
     with ip_adapter.applied(models.ip_adapter, pipe, plan.reference_scale) if reference_images else nullcontext():
-        return pipe(**args, **_callback(on_step, "base", pipe.scheduler, end_after)).images
+        return pipe(**args, **_callback(on_step, "base", pipe.scheduler, end_after, wants_x0)).images
 
 
 def _base_args(plan) -> dict:
@@ -120,7 +125,7 @@ def _base_args(plan) -> dict:
     return args
 
 
-def _run_refiner(models, plan, generators, latents, init_image, mask, on_step):
+def _run_refiner(models, plan, generators, latents, init_image, mask, on_step, wants_x0=None):
     inpainting = plan.task == "inpaint"
     pipe = models.refiner_inpaint if inpainting else models.refiner
     pipe.scheduler = keep_timesteps_on_host(
@@ -134,7 +139,7 @@ def _run_refiner(models, plan, generators, latents, init_image, mask, on_step):
         image = _keep_unmasked(models.inpaint, latents, init_image, mask)
         args.update(mask_image=mask, width=init_image.width, height=init_image.height)
     args["image"] = image
-    return pipe(**args, **_callback(on_step, "refiner", pipe.scheduler)).images
+    return pipe(**args, **_callback(on_step, "refiner", pipe.scheduler, None, wants_x0)).images
 
 
 def _refiner_args(plan) -> dict:
@@ -197,15 +202,16 @@ def _count(scheduler, args: dict) -> int:
     return len(timesteps)
 
 
-def _callback(on_step: StepCallback | None, stage: str, scheduler, end_after: int | None = None) -> dict:
+def _callback(on_step: StepCallback | None, stage: str, scheduler, end_after: int | None = None,
+              wants_x0: Callable[[str, int], bool] | None = None) -> dict:
     """The step callback: ``on_step`` after every step, and the loop interrupted after ``end_after`` steps."""
     if on_step is None and end_after is None:
         return {}
-    latest = _observe_clean_estimate(scheduler) if on_step is not None else {}
+    latest = _observe_clean_estimate(scheduler, stage, wants_x0) if on_step is not None and wants_x0 else {}
 
     def after_step(pipe, step, timestep, kwargs):
         if on_step is not None:
-            on_step(stage, step + 1, dict(kwargs, x0=latest.get("x0")))
+            on_step(stage, step + 1, dict(kwargs, x0=latest.pop("x0", None)))
         if end_after is not None and step + 1 >= end_after:
             pipe._interrupt = True  # the remaining iterations are skipped, no step or random draw run
         return kwargs
@@ -213,21 +219,24 @@ def _callback(on_step: StepCallback | None, stage: str, scheduler, end_after: in
     return {"callback_on_step_end": after_step}
 
 
-def _observe_clean_estimate(scheduler) -> dict:
-    """Wrap this job's own scheduler so each step also leaves its x0 estimate behind.
+def _observe_clean_estimate(scheduler, stage: str, wants_x0: Callable[[str, int], bool]) -> dict:
+    """Wrap this job's own scheduler so each step ``wants_x0`` names also leaves its x0 estimate behind.
 
     Only reads: the step's result goes back to the pipeline untouched, and no random number
     is drawn, so a job gives the same pixels with or without previews.
     """
     latest: dict = {}
     original_step = scheduler.step
+    steps = [0]  # step() calls so far: one per loop iteration, as the callback counts them
 
     # wraps() keeps step's signature visible: the pipelines pass `generator` (Euler-a's noise)
     # and `eta` only to a step() that declares them, so hiding them would change the image.
     @functools.wraps(original_step)
     def step(model_output, timestep, sample, *args, **kwargs):
         output = original_step(model_output, timestep, sample, *args, **kwargs)
-        latest["x0"] = clean_estimate(scheduler, output, model_output, timestep, sample)
+        steps[0] += 1
+        if wants_x0(stage, steps[0]):
+            latest["x0"] = clean_estimate(scheduler, output, model_output, timestep, sample)
         return output
 
     scheduler.step = step  # an instance attribute on a scheduler built for this job alone

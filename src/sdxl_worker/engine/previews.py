@@ -45,7 +45,7 @@ def clean_estimate(scheduler, step_output, model_output, timestep, sample) -> to
     config = scheduler.config
     if getattr(config, "algorithm_type", "").endswith("dpmsolver++") and getattr(scheduler, "model_outputs", None):
         return scheduler.model_outputs[-1]  # dpmsolver++ converts every model output to x0 first
-    alpha = scheduler.alphas_cumprod[int(timestep)].to(sample.device, torch.float32)
+    alpha = _alphas_on(scheduler, sample.device)[int(timestep)]
     sample32, output32 = sample.float(), model_output.float()
     if config.prediction_type == "epsilon":
         x0 = (sample32 - (1 - alpha).sqrt() * output32) / alpha.sqrt()
@@ -54,6 +54,16 @@ def clean_estimate(scheduler, step_output, model_output, timestep, sample) -> to
     else:  # "sample": the model predicts x0 itself
         x0 = output32
     return x0.to(sample.dtype)
+
+
+def _alphas_on(scheduler, device) -> torch.Tensor:
+    """The scheduler's alphas_cumprod on ``device`` in fp32, copied once per job's scheduler, not per
+    step (a per-step host-to-GPU copy waits for the GPU)."""
+    cached = getattr(scheduler, "_sdxl_worker_alphas", None)
+    if cached is None or cached.device != torch.device(device):
+        cached = scheduler.alphas_cumprod.to(device, torch.float32)
+        scheduler._sdxl_worker_alphas = cached
+    return cached
 
 
 def linear_rgb(latent: torch.Tensor) -> Image.Image:

@@ -140,6 +140,7 @@ def speed_up(unets: list, vaes: list, speedups: Speedups) -> None:
     if speedups.host_timesteps:
         for unet in unets:
             _move_timesteps_in_forward(unet)
+        _scheduler_noise_without_sync()
     if speedups.compile:
         _compile(unets, speedups)  # paid by the warm-up jobs (sdxl_worker.runtime.warmup), not here
 
@@ -240,6 +241,44 @@ def _move_timesteps_in_forward(unet) -> None:
 
     unet.register_forward_pre_hook(to_device, with_kwargs=True)
     setattr(unet, _TIMESTEP_HOOK, True)
+
+
+def _scheduler_noise_without_sync() -> None:
+    """Ancestral and stochastic samplers draw each step's noise from the job's CPU generators (the
+    same image on any device) and diffusers moves it to the GPU with a plain copy, which waits for
+    the GPU every step. Here the same numbers, drawn the same way, go through pinned memory with
+    an asynchronous copy: the same pixels, no wait. Installed once, in diffusers' scheduler modules."""
+    import importlib
+    import pkgutil
+
+    import diffusers.schedulers
+
+    for info in pkgutil.iter_modules(diffusers.schedulers.__path__):
+        if not info.name.startswith("scheduling_"):
+            continue
+        try:
+            module = importlib.import_module(f"diffusers.schedulers.{info.name}")
+        except Exception:  # a scheduler needing a library this image lacks (flax): not used here
+            continue
+        draw = getattr(module, "randn_tensor", None)
+        if draw is not None and not getattr(draw, "_pinned", False):
+            module.randn_tensor = _pinned_noise(draw)
+
+
+def _pinned_noise(randn_tensor):
+    import torch
+
+    @functools.wraps(randn_tensor)
+    def randn(shape, generator=None, device=None, dtype=None, layout=None):
+        target = torch.device(device) if isinstance(device, str) else device
+        first = generator[0] if isinstance(generator, list) and generator else generator
+        if target is None or target.type != "cuda" or first is None or first.device.type != "cpu":
+            return randn_tensor(shape, generator=generator, device=device, dtype=dtype, layout=layout)
+        noise = randn_tensor(shape, generator=generator, device="cpu", dtype=dtype, layout=layout)
+        return noise.pin_memory().to(target, non_blocking=True)
+
+    randn._pinned = True
+    return randn
 
 
 def _cudnn_attention_available() -> bool:

@@ -54,7 +54,7 @@ def run_streamed(models: Models, job: dict, request: Request, plan, init_image, 
         if stop is not None:
             stop.check(f"before its first step (of {total})")
         return generate.run(models, plan, init_image, callback, mask=mask, control_images=control_images,
-                            reference_images=reference_images)
+                            reference_images=reference_images, wants_x0=wants_preview if every > 0 else None)
 
     events = _steps_in_thread(denoise, on_step)
     with closing(events):

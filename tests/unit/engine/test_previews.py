@@ -153,7 +153,8 @@ def test_each_step_hands_over_x0_not_the_noisy_latent(models, scheduler, toleran
     request = Request.from_input({**FAST, "scheduler": scheduler, "refine": "no_refiner"})
     seen = []
     generate.run(models, make_plan(request, True), None,
-                 lambda stage, step, kwargs: seen.append((kwargs["x0"].clone(), kwargs["latents"].clone())))
+                 lambda stage, step, kwargs: seen.append((kwargs["x0"].clone(), kwargs["latents"].clone())),
+                 wants_x0=lambda stage, step: True)
     first_x0, first_latents = seen[0]
     assert first_x0.shape == first_latents.shape and not torch.allclose(first_x0, first_latents, atol=1e-3)
     # The schedule ends at (or, for PNDM, next to) noise 0: the last latent is the model's own last x0.
@@ -168,7 +169,8 @@ def test_streamed_previews_show_the_clean_estimate_not_the_noisy_latent(run, mod
     request = Request.from_input(job)
     seen = []
     generate.run(models, make_plan(request, True), None,
-                 lambda stage, step, kwargs: seen.append((kwargs["x0"][0].clone(), kwargs["latents"][0].clone())))
+                 lambda stage, step, kwargs: seen.append((kwargs["x0"][0].clone(), kwargs["latents"][0].clone())),
+                 wants_x0=lambda stage, step: True)
     assert len(shown) == len(seen) == FAST["num_inference_steps"]
     first = np.asarray(decode(shown[0]["preview"]))
 
@@ -320,3 +322,27 @@ def test_taesd_decodes_a_smaller_latent_for_a_small_preview(tmp_path):
     assert previews.taesd_rgb(decoder, latent).size == (1024, 768)
     assert previews.taesd_rgb(decoder, latent, longest=64).size == (128, 96)  # twice the preview, not 1024
     assert decode(render_preview(latent, 64, "jpeg", 75, decoder)).size == (64, 48)
+
+
+@pytest.mark.parametrize("preview_steps, estimates", [(0, 0), (3, 2)])  # 6 steps: a preview after 3 and 6
+def test_the_clean_estimate_is_worked_out_only_for_the_steps_that_show_a_preview(models, monkeypatch, preview_steps,
+                                                                                 estimates):
+    """On CUDA each estimate reads a table and costs work: a job with previews off (RunPod's progress
+    reports still on every step) pays for none, a job with previews for those it shows."""
+    made = []
+    real = previews.clean_estimate
+    monkeypatch.setattr(generate, "clean_estimate", lambda *args: made.append(1) or real(*args))
+    from sdxl_worker.runtime.job import run_job
+
+    job = {"id": "estimates", "input": {**FAST, "num_inference_steps": 6, "refine": "no_refiner", "scheduler": "DDIM",
+                                        "preview_steps": preview_steps}}
+    outputs = list(run_job(models, job, on_progress=lambda job, report: None))
+    assert "images" in outputs[-1] and len(made) == estimates
+
+
+def test_the_alphas_table_reaches_the_device_once_per_scheduler(models):
+    from sdxl_worker.engine.schedulers import build_scheduler
+
+    scheduler = build_scheduler("PNDM", models.scheduler_configs["base"])
+    first = previews._alphas_on(scheduler, "cpu")
+    assert previews._alphas_on(scheduler, "cpu") is first and first.dtype == torch.float32

@@ -124,3 +124,19 @@ def test_host_timesteps_ignore_the_device_the_pipeline_asks_for():
     scheduler = keep_timesteps_on_host(plain.base, build_scheduler("DDIM", plain.scheduler_configs["base"]))
     scheduler.set_timesteps(10, device="meta")
     assert scheduler.timesteps.device.type == "meta"
+
+
+def test_scheduler_noise_through_pinned_memory_draws_the_same_numbers():
+    """On CUDA the copy is asynchronous; the numbers are the CPU generators' own, so the image is the same."""
+    import torch
+    from diffusers.schedulers import scheduling_euler_ancestral_discrete as euler_a
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from sdxl_worker.engine import speed
+
+    speed._scheduler_noise_without_sync()
+    speed._scheduler_noise_without_sync()  # once is enough: not wrapped twice
+    assert euler_a.randn_tensor._pinned and euler_a.randn_tensor.__wrapped__ is randn_tensor
+    generators = lambda: [torch.Generator().manual_seed(5), torch.Generator().manual_seed(6)]  # noqa: E731
+    ours = euler_a.randn_tensor((2, 4, 8, 8), generator=generators(), device="cpu", dtype=torch.float32)
+    assert torch.equal(ours, randn_tensor((2, 4, 8, 8), generator=generators(), device="cpu", dtype=torch.float32))
