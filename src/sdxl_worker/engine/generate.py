@@ -23,7 +23,7 @@ from sdxl_worker.engine import control, ip_adapter
 from sdxl_worker.engine.models import Models
 from sdxl_worker.engine.plan import Plan
 from sdxl_worker.engine.previews import clean_estimate
-from sdxl_worker.engine.prompts import encode_for_base, encode_for_refiner
+from sdxl_worker.engine.prompts import each_text_once, encode_for_base, encode_for_refiner
 from sdxl_worker.engine.schedulers import build_scheduler
 from sdxl_worker.engine.speed import keep_timesteps_on_host
 from sdxl_worker.engine.watermark import apply_watermark
@@ -55,7 +55,9 @@ def run(models: Models, plan: Plan, init_image: Image.Image | None = None,
     # One generator per image for the whole job: the refiner continues each image's random
     # stream where the base left it (as cog-sdxl and worker-sdxl do), never restarting it.
     generators = _generators(plan)
-    with torch.inference_mode():
+    encoders = [getattr(pipe, name, None) for pipe in (models.base, models.refiner) if pipe is not None
+                for name in ("text_encoder", "text_encoder_2")]
+    with torch.inference_mode(), each_text_once(*encoders):
         if plan.runs_base:
             started = time.perf_counter()
             latents = _run_base(models, plan, generators, init_image, mask, on_step, control_images,

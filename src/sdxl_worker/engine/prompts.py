@@ -6,12 +6,18 @@ CLIP's 77 tokens encoded in chunks of 75 and concatenated instead of silently cu
 conditioning is each encoder's penultimate hidden states (not normalised) side by side, plus
 text_encoder_2's pooled output; the refiner has text_encoder_2 alone. Positive and negative are
 padded to the same length (a long prompt makes a long conditioning).
+
+Each text goes through each encoder once per job (``each_text_once``): compel asks an encoder
+for hidden states and again for the pooled output of the same tokens, and the refiner asks
+text_encoder_2 (shared with the base) for what the base already had; an unset negative prompt the
+base zeroes is not encoded at all. The same numbers come out, so the same pixels.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -76,9 +82,46 @@ def from_a1111(text: str) -> str:
     return "".join(out)
 
 
+@contextmanager
+def each_text_once(*encoders):
+    """Within the block, an encoder given tokens it has seen returns what it returned then: one
+    forward pass per text and encoder for the whole job, its hidden states and pooled output both
+    kept. Whatever stood in for the encoders' forward before (accelerate's offload hook) is put back."""
+    wrapped = []
+    for encoder in dict.fromkeys(encoder for encoder in encoders if encoder is not None):
+        own = encoder.__dict__.get("forward")  # an instance attribute (a hook), or None: the class's
+        forward, seen = encoder.forward, {}
+
+        def remembered(input_ids, attention_mask=None, *args, forward=forward, seen=seen, **kwargs):
+            if attention_mask is not None and bool(attention_mask.all()):
+                # compel masks nothing out (it pads with a mask of ones) for the hidden states and
+                # passes no mask for the pooled output: one pass, as diffusers encodes, unmasked.
+                attention_mask = None
+            key = (tuple(input_ids.shape), input_ids.cpu().numpy().tobytes(),
+                   None if attention_mask is None else attention_mask.cpu().numpy().tobytes(), args)
+            if key not in seen:
+                seen[key] = forward(input_ids, attention_mask, *args,
+                                    **dict(kwargs, output_hidden_states=True, return_dict=True))
+            return seen[key]
+
+        encoder.forward = remembered
+        wrapped.append((encoder, own))
+    try:
+        yield
+    finally:
+        for encoder, own in wrapped:
+            if own is None:
+                del encoder.forward
+            else:
+                encoder.forward = own
+
+
 def encode_for_base(pipe, prompt: str, negative_prompt: str | None) -> Conditioning:
     """Conditioning for the SDXL base (text_encoder and text_encoder_2)."""
     texts, conjunctions = _parsed(pipe.tokenizer_2, prompt, negative_prompt)
+    zeroed = negative_prompt is None and pipe.config.force_zeros_for_empty_prompt
+    if zeroed:  # SDXL base's rule: an unset negative prompt is zeros, so it is not encoded
+        texts, conjunctions = texts[:1], conjunctions[:1]
     first = _compel(pipe.tokenizer, pipe.text_encoder, pooled=False, pipe=pipe)
     second = _compel(pipe.tokenizer_2, pipe.text_encoder_2, pooled=True, pipe=pipe)
     with torch.inference_mode():
@@ -87,17 +130,18 @@ def encode_for_base(pipe, prompt: str, negative_prompt: str | None) -> Condition
         pooled = _pooled(second, texts)
         hidden_1, hidden_2 = _same_length(first, hidden_1, second, hidden_2)
         embeds = torch.cat([hidden_1, hidden_2], dim=-1)
-    return _split(pipe, embeds, pooled, has_negative=negative_prompt is not None)
+    return _split(embeds, pooled, zeroed)
 
 
 def encode_for_refiner(pipe, prompt: str, negative_prompt: str | None) -> Conditioning:
-    """Conditioning for the SDXL refiner (text_encoder_2 only)."""
+    """Conditioning for the SDXL refiner (text_encoder_2 only). The refiner does not zero an unset
+    negative prompt: it encodes "" (diffusers' rule for it)."""
     texts, conjunctions = _parsed(pipe.tokenizer_2, prompt, negative_prompt)
     second = _compel(pipe.tokenizer_2, pipe.text_encoder_2, pooled=True, pipe=pipe)
     with torch.inference_mode():
         embeds = _hidden_states(second, conjunctions)
         pooled = _pooled(second, texts)
-    return _split(pipe, embeds, pooled, has_negative=negative_prompt is not None)
+    return _split(embeds, pooled, zeroed=negative_prompt is None and pipe.config.force_zeros_for_empty_prompt)
 
 
 def check_prompts(pipe, prompt: str | None, negative_prompt: str | None) -> None:
@@ -198,11 +242,10 @@ def _pad_to(compel: Compel, hidden: torch.Tensor, length: int, pooled: bool) -> 
     return torch.cat([hidden, padding], dim=1)
 
 
-def _split(pipe, embeds: torch.Tensor, pooled: torch.Tensor, has_negative: bool) -> Conditioning:
-    """Row 0 is the prompt, row 1 the negative prompt (zeros where the model wants them)."""
-    negative, negative_pooled = embeds[1:2], pooled[1:2]
-    if not has_negative and pipe.config.force_zeros_for_empty_prompt:
-        # SDXL base's own rule for an unset negative prompt, as diffusers applies it; an empty
-        # string is a prompt like any other and is encoded.
-        negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
-    return Conditioning(embeds[0:1], pooled[0:1], negative, negative_pooled)
+def _split(embeds: torch.Tensor, pooled: torch.Tensor, zeroed: bool) -> Conditioning:
+    """Row 0 is the prompt, row 1 the negative prompt; zeros of the prompt's shape for a negative
+    prompt the model zeroes (SDXL base's rule for an unset one, as diffusers applies it; an empty
+    string is a prompt like any other and is encoded)."""
+    if zeroed:
+        return Conditioning(embeds[0:1], pooled[0:1], torch.zeros_like(embeds[0:1]), torch.zeros_like(pooled[0:1]))
+    return Conditioning(embeds[0:1], pooled[0:1], embeds[1:2], pooled[1:2])

@@ -83,3 +83,32 @@ def test_a_prompt_over_the_token_cap_is_refused_by_name(run):
     outputs = run({**FAST, "negative_prompt": "x" * (MAX_PROMPT_TOKENS + 1)})
     assert "'negative_prompt'" in outputs[-1]["error"] and f"{MAX_PROMPT_TOKENS}" in outputs[-1]["error"]
     final(run({**FAST, "refine": "no_refiner", "prompt": "x" * MAX_PROMPT_TOKENS}))
+
+
+@pytest.mark.parametrize("negative, passes", [(None, {"text_encoder": 1, "text_encoder_2": 2}),
+                                              ("blurry", {"text_encoder": 2, "text_encoder_2": 2})])
+def test_each_text_goes_through_each_encoder_once_per_job(models, negative, passes):
+    """Base + refiner: the prompt through both encoders once; text_encoder_2 once more for the
+    negative prompt, or, unset, for the "" the refiner encodes (the base zeroes it, unencoded)."""
+    from sdxl_worker.runtime.job import run_job
+
+    calls = {"text_encoder": 0, "text_encoder_2": 0}
+    for name in calls:
+        encoder = getattr(models.base, name)
+        forward = encoder.forward
+
+        def counted(*args, name=name, forward=forward, **kwargs):
+            calls[name] += 1
+            return forward(*args, **kwargs)
+
+        encoder.forward = counted
+    try:
+        job = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 1,
+               "refine": "base_image_refiner", "refiner_inference_steps": 4, "strength": 0.5}
+        if negative:
+            job["negative_prompt"] = negative
+        assert "images" in list(run_job(models, {"id": "once", "input": job}))[-1]
+    finally:
+        for name in calls:
+            del getattr(models.base, name).forward
+    assert calls == passes
