@@ -11,7 +11,7 @@ torch and requirements.txt, nothing else (built once). A development machine has
 worker never pays); --python picks another interpreter, such as the GPU machine's.
 
 Full-size SDXL base, refiner, VAE and both text encoders are built from the real configs in
-../shared/reference/sdxl-configs/ with random weights and saved as fp16 safetensors under
+bench/sdxl-configs/ with random weights and saved as fp16 safetensors under
 bench/.cache/ (about 13 GB; once). They sit in diffusers layout, as the builder bakes them into the
 image: base/ without a VAE, refiner/ with its own text_encoder_2 and VAE (as the real repo has
 them; the worker skips them, the predecessor loads them), vae/ standing for the fp16-fix VAE.
@@ -47,9 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(__file__).resolve().parent / ".cache" / "sdxl-random-fp16"
 IMAGE_VENV = Path(__file__).resolve().parent / ".cache" / "image-venv"
-CONFIGS = ROOT.parent / "shared" / "reference" / "sdxl-configs"
-if not CONFIGS.exists():  # run from a worktree: /work/wt/issue-8 -> /work/shared
-    CONFIGS = ROOT.parent.parent / "shared" / "reference" / "sdxl-configs"
+CONFIGS = ROOT / "bench" / "sdxl-configs"  # the released SDXL configs, kept in the repository
 
 # Parameter counts of the released weights (REFERENCE.md section 7): the build checks them.
 PARAMETERS = {

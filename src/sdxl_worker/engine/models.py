@@ -79,6 +79,7 @@ class Models:
     ip_adapter: object | None = None  # sdxl_worker.engine.ip_adapter.IpAdapter when IP_ADAPTER_MODEL is set
     shared_vae: object | None = None  # VAE_MODEL's VAE, which every checkpoint of BASE_MODELS uses
     broken: dict = field(default_factory=dict)  # BASE_MODELS name -> why it failed to load: not tried again
+    broken_samplers: dict = field(default_factory=dict)  # sampler name -> why it cannot be built (self-check)
 
     @property
     def has_refiner(self) -> bool:

@@ -19,9 +19,9 @@ def checks(worker) -> list[Callable[[], None]]:
     def models_on_their_device() -> None:
         models_on_device(worker.models)
 
-    def every_scheduler_builds() -> None:
+    def every_scheduler_imports() -> None:
         try:
-            selfcheck.check_schedulers(worker.models.scheduler_configs)
+            selfcheck.check_scheduler_classes()
         except selfcheck.SelfCheckFailed as error:
             raise RuntimeError(str(error)) from None
 
@@ -29,7 +29,7 @@ def checks(worker) -> list[Callable[[], None]]:
         if worker.storage is not None:
             worker.storage.check()
 
-    return [models_on_their_device, every_scheduler_builds, storage_answers]
+    return [models_on_their_device, every_scheduler_imports, storage_answers]
 
 
 def models_on_device(models) -> None:

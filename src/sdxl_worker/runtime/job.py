@@ -109,6 +109,9 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
         _refuse_what_offload_cannot_run(request)
     switch.refuse_broken(models, request.model)
     plan = make_plan(request, models.has_refiner)
+    if plan.scheduler in models.broken_samplers:  # found by the start-up self-check
+        raise InputError(f"'scheduler' '{plan.scheduler}' cannot run on this worker (its start-up check failed; "
+                         f"the log says why); choose another.")
     log.info("job %s: %s, %s, %d image(s), prompt %r", job_id, plan.task, plan.refine, len(plan.seeds),
              truncate(request.prompt))
     steps = count_steps(models, plan)

@@ -2,13 +2,19 @@
 
 A library that a code path needs but the install lacks (SciPy for the LMS samplers, say) would
 otherwise fail each job that reaches it with an internal error. Checked once at start-up, it
-stops the worker with one sentence naming the package instead. Cheap: imports and scheduler
-config objects, no model call.
+stops the worker with one sentence naming the package instead. Cheap: imports, no model call.
+
+Building every sampler from the models' own scheduler configs takes about a second (KDPM2's
+constructors alone work through 1,000 timesteps), so it runs beside the worker's start, in a
+background thread, and never delays it: a sampler that cannot be built is logged at ERROR and
+jobs asking for it get that sentence (``Models.broken_samplers``).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import threading
 from typing import Callable
 
 from sdxl_worker.errors import StartupError
@@ -22,6 +28,9 @@ LIBRARIES = (
     ("imwatermark", "invisible-watermark", "'apply_watermark'"),
     ("boto3", "boto3", "S3 delivery ('upload', the BUCKET_* variables)"),
 )
+
+
+log = logging.getLogger(__name__)
 
 
 class SelfCheckFailed(StartupError):
@@ -40,20 +49,61 @@ def check_libraries(importer: Callable = importlib.import_module) -> None:
             ) from None
 
 
-def check_schedulers(scheduler_configs: dict[str, dict]) -> None:
-    """Build every scheduler of the table for every stage from the model's own config."""
+def check_scheduler_classes() -> None:
+    """Every sampler's diffusers class imports (the packages it needs with it): milliseconds once
+    diffusers is loaded. SelfCheckFailed naming the first that does not."""
+    from sdxl_worker.engine.schedulers import scheduler_class
+    from sdxl_worker.request.samplers import SCHEDULERS
+
+    for name in SCHEDULERS:
+        try:
+            scheduler_class(name)
+        except Exception as error:
+            raise SelfCheckFailed(f"The scheduler {name!r} does not import ({_first_line(error)}), so jobs asking "
+                                  f"for it would fail.") from None
+
+
+def scheduler_problems(scheduler_configs: dict[str, dict]) -> dict[str, str]:
+    """Each sampler of the table that cannot be built from a stage's config: name -> one sentence.
+    A config shared by both stages (SDXL's base and refiner ship the same) is tried once."""
     from sdxl_worker.engine.schedulers import build_scheduler
     from sdxl_worker.request.samplers import SCHEDULERS
 
+    problems: dict[str, str] = {}
+    tried: list[dict] = []
     for stage, config in scheduler_configs.items():
+        if config in tried:
+            continue
+        tried.append(config)
         for name in SCHEDULERS:
+            if name in problems:
+                continue
             try:
                 build_scheduler(name, config)
             except Exception as error:
-                raise SelfCheckFailed(
-                    f"The scheduler {name!r} cannot be built for the {stage} model "
-                    f"({_first_line(error)}), so jobs asking for it would fail."
-                ) from None
+                problems[name] = (f"The scheduler {name!r} cannot be built for the {stage} model "
+                                  f"({_first_line(error)}), so jobs asking for it would fail.")
+    return problems
+
+
+def check_schedulers(scheduler_configs: dict[str, dict]) -> None:
+    """Build every scheduler of the table for every stage; SelfCheckFailed for the first that cannot."""
+    problems = scheduler_problems(scheduler_configs)
+    if problems:
+        raise SelfCheckFailed(next(iter(problems.values())))
+
+
+def check_schedulers_in_background(models) -> threading.Thread:
+    """``scheduler_problems`` in a daemon thread; each problem logged and put in models.broken_samplers."""
+
+    def check() -> None:
+        for name, sentence in scheduler_problems(dict(models.scheduler_configs)).items():
+            models.broken_samplers[name] = sentence
+            log.error("%s", sentence)
+
+    thread = threading.Thread(target=check, name="scheduler-check", daemon=True)
+    thread.start()
+    return thread
 
 
 def _first_line(error: BaseException) -> str:

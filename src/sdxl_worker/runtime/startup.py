@@ -63,7 +63,8 @@ def start() -> Worker:
         from sdxl_worker.engine.models import load_models, settings_from_env
 
         models = load_models(settings_from_env())
-        selfcheck.check_schedulers(models.scheduler_configs)
+        selfcheck.check_scheduler_classes()
+        selfcheck.check_schedulers_in_background(models)
         from sdxl_worker.runtime.warmup import warm_up_if_asked
 
         warm_up_if_asked(models)

@@ -1,8 +1,8 @@
 """The threads work runs in: one long-lived denoise thread, and job threads made as jobs need them.
 
-The pipelines always run in the same thread (``DENOISE``): on CPU a fresh thread per job made
-torch's kernels markedly slower (one tiny-model UNet call 58.6 ms in a new thread, 32.8 ms in a
-long-lived one). Jobs themselves (validation, downloads, previews, encoding, upload) run in
+The pipelines always run in the same thread (``DENOISE``): one place where the models are used,
+whatever thread a job came in on (an early measurement of a fresh thread per job being slower on
+CPU no longer reproduces: ``python bench/concurrency.py`` measured 1.00x). Jobs themselves (validation, downloads, previews, encoding, upload) run in
 ``JobThreads``: an idle thread takes the next job, a new one is made when none is idle, and a
 thread left with nothing to do ends unless fewer than ``keep`` wait. A stopped job still stuck
 in its upload keeps its own thread while the next job gets another, and a job that never

@@ -30,11 +30,18 @@ def test_a_model_off_its_device_fails_naming_it(models):
         fitness.models_on_device(replace(models, base=pipe, refiner=None))
 
 
-def test_a_scheduler_that_cannot_be_built_fails(models, monkeypatch):
-    from diffusers import LMSDiscreteScheduler
+def test_a_scheduler_whose_class_does_not_import_fails(models, monkeypatch):
+    from sdxl_worker.engine import schedulers
 
-    monkeypatch.setattr(LMSDiscreteScheduler, "from_config", lambda *args, **kwargs: 1 / 0)
-    with pytest.raises(RuntimeError, match="'KLMS' cannot be built for the base model"):
+    real = schedulers.scheduler_class
+
+    def without_scipy(name):
+        if name == "KLMS":
+            raise ImportError("LMSDiscreteScheduler requires the scipy library but it was not found")
+        return real(name)
+
+    monkeypatch.setattr(schedulers, "scheduler_class", without_scipy)
+    with pytest.raises(RuntimeError, match="'KLMS' does not import \\(LMSDiscreteScheduler requires the scipy"):
         fitness.checks(worker_with(models))[1]()
 
 

@@ -58,3 +58,34 @@ def test_a_bad_max_job_work_stops_the_worker_before_loading_anything():
     errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "MAX_JOB_WORK='lots' is not a number" in errors[0], done.stderr[-2000:]
     assert "Loaded base" not in done.stderr
+
+
+def test_the_build_check_runs_beside_the_start_and_a_broken_sampler_is_refused_by_name(monkeypatch, caplog):
+    """Building every sampler takes about a second: it may not delay the start, and what it finds
+    reaches the log and the jobs that ask for that sampler."""
+    import logging
+    import time
+
+    from diffusers import LMSDiscreteScheduler
+
+    from sdxl_worker.engine.models import Settings, load_models
+    from sdxl_worker.runtime.job import run_job
+
+    def broken(*args, **kwargs):
+        raise ImportError("\nLMSDiscreteScheduler requires the scipy library but it was not found in your environment.")
+
+    models = load_models(Settings(base="tiny", refiner=None, vae=None, device="cpu"))
+    monkeypatch.setattr(LMSDiscreteScheduler, "from_config", broken)
+    started = time.perf_counter()
+    with caplog.at_level(logging.ERROR):
+        selfcheck.check_scheduler_classes()
+        thread = selfcheck.check_schedulers_in_background(models)
+        waited = time.perf_counter() - started
+        thread.join(30)
+    assert waited < 0.1, f"the start waited {waited:.2f} s for the scheduler check"
+    assert set(models.broken_samplers) == {"KLMS", "KLMS_KARRAS", "K_LMS"}
+    assert "'KLMS' cannot be built for the base model (LMSDiscreteScheduler requires the scipy" in caplog.text
+    job = {"prompt": "a", "width": 256, "height": 256, "num_inference_steps": 2, "scheduler": "K_LMS"}
+    assert list(run_job(models, {"id": "lms", "input": job}))[-1] == {
+        "error": "'scheduler' 'K_LMS' cannot run on this worker (its start-up check failed; the log says why); "
+                 "choose another."}
