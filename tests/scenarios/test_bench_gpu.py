@@ -87,3 +87,21 @@ def test_the_smoke_run_goes_through_every_row_and_writes_the_table(bench, tmp_pa
     # prompt alone, its own Euler scheduler) and lightning's schedule give other images.
     assert diff["b|base only"] == diff["b|base + refiner"] == diff["c|base only"] == diff["c|base + refiner"] == 0
     assert diff["a|base + refiner"] > 0 and diff["lightning|base only"] > 0
+
+
+def test_the_memory_table_comes_from_the_released_configs_and_the_docs_hold_it():
+    import re
+
+    from tests.helpers import ROOT, bench_script
+
+    memory = bench_script("memory")
+    counts = memory.parameters()
+    # Published parameter counts of SDXL base 1.0 and refiner 1.0's UNets, and of a ViT-H/14 image tower.
+    assert counts["base UNet"] == 2_567_463_684 and counts["refiner UNet"] == 2_259_526_660
+    assert counts["IP-Adapter image encoder (ViT-H)"] == 632_076_800
+    rows = dict(memory.configurations(counts))
+    assert round(rows["base + refiner (the default)"] / 1e9, 1) == 11.5
+    text = (ROOT / "docs" / "checkpoints.md").read_text()
+    kept = re.search(r"<!-- memory:start -->\n(.*?)\n<!-- memory:end -->", text, re.S)
+    assert kept and kept.group(1).strip() == memory.markdown(counts).strip(), \
+        "run: python bench/memory.py, paste into docs/checkpoints.md"

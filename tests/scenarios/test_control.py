@@ -215,3 +215,16 @@ def test_a_stopped_ip_adapter_job_leaves_the_unet_as_it_was(guided):
     assert "error" in outputs[-1]
     assert guided.base.unet.encoder_hid_proj is None and guided.base.image_encoder is None
     assert image_of(guided).tolist() == before.tolist()
+
+
+def test_the_start_up_total_and_the_prefetch_count_the_controlnets_and_the_ip_adapter(guided, models, folders):
+    from sdxl_worker.engine.models import loaded_bytes, model_bytes, weight_files
+
+    extra = sum(model_bytes(controlnet) for controlnet in guided.controlnets.values())
+    extra += model_bytes(guided.ip_adapter.image_encoder) + model_bytes(guided.ip_adapter.projection)
+    assert loaded_bytes(guided) >= loaded_bytes(models) + extra
+    files = [str(path) for path in weight_files(guided.settings)]
+    for where in (folders["canny"], folders["depth"]):
+        assert any(path.startswith(str(where)) for path in files)
+    assert any(path.endswith("ip-adapter_sdxl.safetensors") for path in files)
+    assert any("image_encoder" in path for path in files)

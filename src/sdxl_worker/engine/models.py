@@ -126,19 +126,23 @@ def model_bytes(module) -> int:
 
 
 def loaded_bytes(models: Models) -> int:
-    """Bytes of every weight the pipelines hold, each shared tensor counted once."""
+    """Bytes of every weight the worker holds, each shared tensor counted once: the pipelines (fused
+    projections included), the ControlNets, the IP-Adapter with its image encoder, the preview decoder."""
+    modules = [component for pipe in (models.base, models.img2img, models.refiner) if pipe is not None
+               for component in pipe.components.values() if hasattr(component, "parameters")]
+    modules += list(models.controlnets.values())
+    if models.ip_adapter is not None:
+        ip = models.ip_adapter
+        modules += [ip.image_encoder, ip.projection, *ip.processors.values()]
+    if models.preview_decoder is not None:
+        modules.append(models.preview_decoder)
     seen, total = set(), 0
-    for pipe in (models.base, models.img2img, models.refiner):
-        if pipe is None:
-            continue
-        for component in pipe.components.values():
-            if not hasattr(component, "parameters"):
-                continue
-            for tensor in _tensors(component):
-                key = (tensor.device, tensor.data_ptr())
-                if key not in seen:
-                    seen.add(key)
-                    total += tensor.numel() * tensor.element_size()
+    for module in modules:
+        for tensor in _tensors(module):
+            key = (tensor.device, tensor.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += tensor.numel() * tensor.element_size()
     return total
 
 
@@ -216,7 +220,15 @@ def weight_files(settings: Settings) -> list[Path]:
     files = weights(folder(settings.vae)) if settings.vae else weights(base, "vae")
     for part in ("text_encoder", "text_encoder_2", "unet"):
         files += weights(base, part)
-    return files + weights(refiner, "unet")
+    files += weights(refiner, "unet")
+    for _, source in settings.controlnets:
+        files += weights(folder(source))
+    adapter = folder(settings.ip_adapter)
+    if adapter is not None:
+        weight = adapter / settings.ip_adapter_weight
+        files += [weight] if weight.is_file() else []
+        files += weights(adapter, config.ip_adapter_encoder_folder(settings))
+    return files
 
 
 @dataclass
@@ -343,9 +355,10 @@ def load_models(settings: Settings | None = None) -> Models:
                     inpaint=inpaint, refiner_inpaint=refiner_inpaint, name=settings.choices[0][0],
                     settings=settings, controlnets=controlnets, ip_adapter=ip, shared_vae=vae)
     models.preview_decoder = lib.load_preview_decoder(settings.taesd, settings.device, dtype)
-    _log_loaded(settings, dtype, loader.report, loaded_bytes(models), time.perf_counter() - everything_started)
     models.speedups = apply_speedups(models, settings)
     lib.speed_up_controlnets(list(controlnets.values()), models.speedups)
+    # After the speed-ups: fused projections are weights of their own (the unfused ones stay, for LoRAs).
+    _log_loaded(settings, dtype, loader.report, loaded_bytes(models), time.perf_counter() - everything_started)
     return models
 
 
@@ -478,7 +491,8 @@ def _log_loaded(settings: Settings, dtype, report: dict, total_bytes: int, total
     )
     for label, (size, seconds) in report.items():
         log.info("  %-15s %8.1f MB in %5.2f s (%.2f GB/s)", label, size / 1e6, seconds, size / 1e9 / max(seconds, 1e-9))
-    log.info("  %-15s %8.1f MB in %5.2f s (shared text_encoder_2 and VAE counted once)", "total", total_bytes / 1e6, total_seconds)
+    log.info("  %-15s %8.1f MB in %5.2f s (every model held: ControlNets, IP-Adapter and fused projections "
+             "included, shared text_encoder_2 and VAE once)", "total", total_bytes / 1e6, total_seconds)
 
 
 def _quiet_libraries() -> None:
