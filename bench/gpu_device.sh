@@ -10,6 +10,9 @@ out="${OUT:-bench/.cache}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/device.txt"
 # 460 s for the rows: model building (~1 min), a, b, c, cc (its compile ~2 min) and lightning, 3 runs each.
+# The rows written so far come back even when the run stops early (a timeout exits 124).
+status=0
 timeout 460 python3 bench/gpu.py --headline --cache /tmp/bench-cache --results "$out/RESULTS.md" 2>&1 \
-    | tee "$out/gpu.log"
+    | tee "$out/gpu.log" || status=$?
 cp /tmp/bench-cache/results-gpu.json "$out/" 2>/dev/null || true
+exit "$status"

@@ -193,15 +193,19 @@ def test_a_lora_job(run, reference, tmp_path, monkeypatch):
         tiny_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=4))
     monkeypatch.setenv("LORA_DIR", str(tmp_path))
     ours = _worker_images(run, dict(JOB, loras=[{"path": "fox-style", "scale": 0.7}]))
+    assert _max_diff(ours, _with_lora(reference, folder, "pytorch_lora_weights.safetensors", 0.7)) == 0
+    assert _max_diff(ours, _txt2img(reference, prompt=JOB["prompt"], generator=_generators(11))) > 0
+
+
+def _with_lora(reference, folder, weight_name: str, scale: float) -> list:
+    """JOB's images from diffusers itself, the LoRA loaded with load_lora_weights at ``scale``."""
     base = reference["base"]
-    base.load_lora_weights(str(folder), adapter_name="fox")
+    base.load_lora_weights(str(folder), weight_name=weight_name, adapter_name="under_test")
     try:
-        base.set_adapters(["fox"], [0.7])
-        theirs = _txt2img(reference, prompt=JOB["prompt"], generator=_generators(11))
+        base.set_adapters(["under_test"], [scale])
+        return _txt2img(reference, prompt=JOB["prompt"], generator=_generators(11))
     finally:
         base.unload_lora_weights()
-    assert _max_diff(ours, theirs) == 0
-    assert _max_diff(ours, _txt2img(reference, prompt=JOB["prompt"], generator=_generators(11))) > 0
 
 
 @pytest.mark.parametrize("full, alphas", [(False, True), (True, False)], ids=["attention-with-alpha", "full-no-alpha"])
@@ -211,14 +215,7 @@ def test_a_kohya_named_lora_job(run, reference, tmp_path, monkeypatch, full, alp
     (tmp_path / "kohya.safetensors").write_bytes(kohya_lora(seed=6, full=full, alphas=alphas))
     monkeypatch.setenv("LORA_DIR", str(tmp_path))
     ours = _worker_images(run, dict(JOB, loras=[{"path": "kohya.safetensors", "scale": 0.8}]))
-    base = reference["base"]
-    base.load_lora_weights(str(tmp_path), weight_name="kohya.safetensors", adapter_name="kohya")
-    try:
-        base.set_adapters(["kohya"], [0.8])
-        theirs = _txt2img(reference, prompt=JOB["prompt"], generator=_generators(11))
-    finally:
-        base.unload_lora_weights()
-    assert _max_diff(ours, theirs) == 0
+    assert _max_diff(ours, _with_lora(reference, tmp_path, "kohya.safetensors", 0.8)) == 0
     assert _max_diff(ours, _txt2img(reference, prompt=JOB["prompt"], generator=_generators(11))) > 0
 
 

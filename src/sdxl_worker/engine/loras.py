@@ -68,7 +68,7 @@ def applied(models, loras: list[LoraFile] | None):
             placed[name] = (lora.scale, _load(models, lora, name))
         _set_scales(placed)
         for unet in baking:
-            baked += _bake(unet)
+            _bake(unet, baked)
         log.info("LoRAs loaded in %.2fs%s: %s", time.perf_counter() - started, " (baked into the compiled UNets)"
                  if baking else "", ", ".join(f"{lora.label} x{lora.scale}" for lora in loras))
         yield
@@ -86,44 +86,50 @@ def _compiled(models) -> list:
                                           for module in unet.modules())]
 
 
-def _bake(unet) -> list:
+def _bake(unet, baked: list) -> None:
     """Add the deltas of ``unet``'s LoRA layers (at their scales) to its weights, then take the
-    layers off: the modules are the ones the compiled code was made for. What to restore."""
+    layers off: the modules are the ones the compiled code was made for. Each overwritten row is
+    put in ``baked`` before it changes, so whatever happens part-way (out of memory), the caller's
+    restore puts back everything that changed. One delta is alive at a time; the originals are
+    kept in host memory, not beside the model on the GPU."""
     import torch
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    deltas = []
-    for path, layer in unet.named_modules():
-        if isinstance(layer, BaseTunerLayer) and hasattr(layer, "get_delta_weight"):
-            if any(layer.use_dora.get(name, False) for name in layer.active_adapters):
-                raise InputError("A DoRA LoRA cannot run on this worker's compiled UNet; use a plain LoRA, or "
-                                 "run the worker without COMPILE.")
-            with torch.no_grad():
-                delta = sum(layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A)
-            deltas.append((path, delta))
-    unet.unload_lora()  # the original modules back, the same objects
-    restore = []
+    layers = [(path, layer) for path, layer in unet.named_modules()
+              if isinstance(layer, BaseTunerLayer) and hasattr(layer, "get_delta_weight")]
+    for _, layer in layers:
+        if any(layer.use_dora.get(name, False) for name in layer.active_adapters):
+            raise InputError("A DoRA LoRA cannot run on this worker's compiled UNet; use a plain LoRA, or "
+                             "run the worker without COMPILE.")
     with torch.no_grad():
-        for path, delta in deltas:
-            weight, rows = _weight_in_use(unet, path)
-            original = weight[rows].clone()
-            weight[rows] += delta.to(weight.dtype)
-            restore.append((weight, rows, original))
-    return restore
+        for path, layer in layers:
+            delta = sum(layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A)
+            for weight, rows in _weights_in_use(unet, path, layer.get_base_layer()):
+                baked.append((weight, rows, weight[rows].to("cpu", copy=True)))
+                weight[rows] += delta.to(weight.dtype)
+            del delta
+    unet.unload_lora()  # the original modules back, the same objects
 
 
-def _weight_in_use(unet, path: str):
-    """The weight the forward pass reads for the layer at ``path``, and its rows: with fused
-    projections, a slice of to_qkv (self-attention) or to_kv (cross-attention)."""
+def _weights_in_use(unet, path: str, layer) -> list:
+    """The weights the forward pass may read for the layer at ``path``, with their rows: the layer's
+    own, and with fused projections its slice of to_qkv (self-attention) or to_kv (cross-attention).
+    Both: the fused slice is what the fused processors read, the layer's own what an IP-Adapter's
+    cross-attention processor reads in the same job."""
     parent_path, _, name = path.rpartition(".")
-    layer, parent = unet.get_submodule(path), unet.get_submodule(parent_path)
+    parent = unet.get_submodule(parent_path)
+    weights = [(layer.weight, slice(None))]
     if getattr(parent, "fused_projections", False) and name in ("to_q", "to_k", "to_v"):
         order = ("to_k", "to_v") if parent.is_cross_attention else ("to_q", "to_k", "to_v")
         if name in order:
             fused = parent.to_kv if parent.is_cross_attention else parent.to_qkv
-            start = sum(getattr(parent, other).weight.shape[0] for other in order[:order.index(name)])
-            return fused.weight, slice(start, start + layer.weight.shape[0])
-    return layer.weight, slice(None)
+            start = sum(_base(getattr(parent, other)).weight.shape[0] for other in order[:order.index(name)])
+            weights.append((fused.weight, slice(start, start + layer.weight.shape[0])))
+    return weights
+
+
+def _base(module):
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
 
 
 def _restore(baked: list) -> None:
@@ -131,7 +137,7 @@ def _restore(baked: list) -> None:
 
     with torch.no_grad():
         for weight, rows, original in reversed(baked):
-            weight[rows] = original
+            weight[rows] = original.to(weight.device)
 
 
 def _unfuse_qkv(models) -> list:

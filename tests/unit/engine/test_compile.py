@@ -21,9 +21,9 @@ JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps"
 SIZES = ((256, 256, 1), (320, 256, 2))
 
 
-def compiled_models(backend="eager"):
-    models = load_models(Settings(base="tiny", refiner="tiny", vae=None, device="cpu"))
-    speedups = Speedups(compile=True, compile_backend=backend, warmup=True, warmup_sizes=SIZES)
+def compiled_models(backend="eager", fused_qkv=False, **settings):
+    models = load_models(Settings(**{"base": "tiny", "refiner": "tiny", "vae": None, "device": "cpu", **settings}))
+    speedups = Speedups(compile=True, compile_backend=backend, warmup=True, warmup_sizes=SIZES, fused_qkv=fused_qkv)
     models.speedups = apply_speedups(models, speedups=speedups)
     warm_up_if_asked(models)
     return models
@@ -73,4 +73,53 @@ def test_a_compiler_that_fails_at_the_warm_up_leaves_the_worker_uncompiled_and_s
     assert not models.speedups.compile and "Compiling failed during the warm-up" in caplog.text
     assert not any(getattr(module, "_compiled_call_impl", None) is not None for module in models.base.unet.modules())
     assert pixels(models).shape == (256, 256, 3)
+    torch._dynamo.reset()
+
+
+def test_a_baked_lora_on_cross_attention_reaches_an_ip_adapter_job_with_fused_projections(tmp_path, monkeypatch):
+    """FUSED_QKV (the CUDA default) puts k/v of cross-attention in one matrix, but the IP-Adapter's
+    processor reads the unfused ones: a baked LoRA must change what each reads."""
+    import torch._dynamo
+
+    from sdxl_worker.testing.control import write_tiny_ip_adapter
+    from tests.helpers import photo, png_data_url
+
+    monkeypatch.setenv("LORA_DIR", str(tmp_path))
+    (tmp_path / "kv.safetensors").write_bytes(tiny_lora("base", ["attn2.to_k", "attn2.to_v"], seed=5))
+    torch._dynamo.reset()
+    compiled = compiled_models(fused_qkv=True, ip_adapter=str(write_tiny_ip_adapter(tmp_path / "ip")))
+    reference = {"image": png_data_url(photo(64, 64)), "scale": 0.5}
+    for job in ({}, {"ip_adapter": reference}):
+        without = pixels(compiled, **job)
+        with_lora = pixels(compiled, loras=[{"path": "kv.safetensors", "scale": 2.0}], **job)
+        assert np.abs(with_lora - without).mean() > 0.5, f"the LoRA changed nothing in {job or 'a plain job'}"
+        assert (pixels(compiled, **job) == without).all()
+    torch._dynamo.reset()
+
+
+def test_a_bake_that_fails_part_way_leaves_the_weights_as_they_were(tmp_path, monkeypatch):
+    """Out of memory in the middle of baking: the job fails in one sentence, and every row already
+    changed is put back, so the next job is the job before."""
+    import torch
+    import torch._dynamo
+
+    from sdxl_worker.engine import loras
+
+    monkeypatch.setenv("LORA_DIR", str(tmp_path))
+    (tmp_path / "style.safetensors").write_bytes(tiny_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1))
+    torch._dynamo.reset()
+    compiled = compiled_models()
+    before = pixels(compiled)
+    real, calls = loras._weights_in_use, []
+
+    def out_of_memory_on_the_fifth(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return real(*args)
+
+    monkeypatch.setattr(loras, "_weights_in_use", out_of_memory_on_the_fifth)
+    failed = list(run_job(compiled, {"id": "oom", "input": {**JOB, "loras": [{"path": "style.safetensors"}]}}))[-1]
+    assert "out of memory" in failed["error"].lower()
+    assert (pixels(compiled) == before).all()
     torch._dynamo.reset()
