@@ -23,7 +23,8 @@ def main() -> None:
         sys.exit(studio(sys.argv[1:]))
     worker = startup.start()
     jobs = worker.settings.jobs
-    config = runpod_config(worker.models, worker.storage, timeout_s=jobs.timeout_s, concurrency=jobs.concurrency)
+    config = runpod_config(worker.models, worker.storage, timeout_s=jobs.timeout_s, concurrency=jobs.concurrency,
+                           mode=worker.settings.runtime.handler_mode)
     if _serving():
         import runpod
 
@@ -82,22 +83,27 @@ def studio(argv: list[str]) -> int:
 
 
 def runpod_config(models, storage=None, timeout_s: float | None = None, concurrency: int = 1,
-                  on_progress=None) -> dict:
-    """The config for runpod.serverless.start: an async generator handler, and its hooks.
+                  on_progress=None, mode: str = "stream") -> dict:
+    """The config for runpod.serverless.start: the handler, and its hooks.
 
-    - ``handler`` awaits each job's outputs from sdxl_worker.runtime.serve.Runner, so runpod's
-      loop keeps taking stop signals and posting chunks while a job denoises; runpod cancelling
-      the job's task stops it within one step.
+    - ``handler``, by ``mode`` (HANDLER_MODE): ``stream``, an async generator awaiting each job's
+      outputs from sdxl_worker.runtime.serve.Runner (previews, then the result, which runpod
+      aggregates into the output list; a result too large for a /stream chunk is announced by a
+      small chunk first, so a stream never ends in silence); ``single``, an async function whose
+      return value is the output itself, worker-sdxl's shape (previews refused). Either way
+      runpod's loop keeps taking stop signals while a job denoises, and cancelling the job's task
+      stops it within one step.
     - ``concurrency_modifier`` is the first thing runpod's job loop calls, in its event loop, after
       runpod installed its own SIGTERM handler: there the worker puts its own in front (every
       running job answered "shutting down", then exit within 10 s), and chains runpod's.
-    - runpod 1.12 ignores a ``refresh_worker`` key in what a generator handler yields; it reads
+    - runpod 1.12 ignores a ``refresh_worker`` key in what a handler gives; it reads
       ``config["refresh_worker"]`` after each job (rp_job.handle_job then stops the pod). So the
       handler sets it there, only when run_job reports a poisoned CUDA context.
     """
+    from sdxl_worker.delivery.size_guard import result_notice
     from sdxl_worker.runtime.serve import Runner
 
-    config = {"return_aggregate_stream": True}
+    config = {}
 
     def report_progress(job: dict, progress: dict) -> None:
         import runpod.serverless
@@ -109,17 +115,36 @@ def runpod_config(models, storage=None, timeout_s: float | None = None, concurre
     runner = Runner(models, storage, timeout_s, concurrency, on_progress=on_progress,
                     pending=_jobs_runpod_holds)
 
-    async def handler(job):
+    async def streamed(job):
         async for output in runner.run(job):
             if output.pop("refresh_worker", False):
                 config["refresh_worker"] = True
+            notice = result_notice(output)
+            if notice is not None:
+                yield notice
             yield output
+
+    async def single(job):
+        asks = (job.get("input") or {}).get("preview_steps") if isinstance(job, dict) else None
+        if isinstance(asks, (int, float)) and not isinstance(asks, bool) and asks > 0:
+            return {"error": "'preview_steps' needs a streaming worker: this one runs with HANDLER_MODE=single, "
+                             "which returns the result alone; leave 'preview_steps' out, or set HANDLER_MODE=stream."}
+        result = None
+        async for output in runner.run(job):
+            if output.pop("refresh_worker", False):
+                config["refresh_worker"] = True
+            result = output
+        return result
 
     def concurrency_modifier(current: int) -> int:
         _stop_jobs_on_sigterm(runner)
         return concurrency
 
-    config.update(handler=handler, concurrency_modifier=concurrency_modifier, runner=runner)
+    if mode == "single":
+        config.update(handler=single)
+    else:
+        config.update(handler=streamed, return_aggregate_stream=True)
+    config.update(concurrency_modifier=concurrency_modifier, runner=runner)
     return config
 
 

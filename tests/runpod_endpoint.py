@@ -5,7 +5,9 @@ worker behind it being ``python handler.py`` taking the jobs from the queue thro
 job loop, as on RunPod:
 
 - ``POST /v2/ENDPOINT/run``            ``{"input": {...}}`` -> ``{"id", "status": "IN_QUEUE"}``;
+- ``POST /v2/ENDPOINT/runsync``        the same, answered when the job ends: ``{"id", "status", "output"}``;
 - ``GET  /v2/ENDPOINT/stream/JOB``     the chunks the worker streamed since the last call, and the status;
+  as on RunPod, a chunk over 1 MB is dropped from the stream (it stays in the aggregated output);
 - ``GET  /v2/ENDPOINT/status/JOB``     the status and, once done, the aggregated output (or the error);
 - ``POST /v2/ENDPOINT/cancel/JOB``     a stop signal to the worker; the job ends CANCELLED.
 
@@ -17,11 +19,13 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.runpod_queue import RunPodQueue
 
 CLIENT_KEY = "rp-client-key-abcdef0123456789"
+STREAM_CHUNK_LIMIT = 1_000_000  # RunPod's limit for one /stream chunk
 ENDPOINT_ID = "endpoint-under-test"
 
 
@@ -76,17 +80,24 @@ class RunPodEndpoint:
                 if len(parts) < 3 or parts[0] != "v2" or parts[1] != ENDPOINT_ID:
                     return self._answer(404, {"error": "no such endpoint"})
                 action, job_id = parts[2], (parts[3] if len(parts) > 3 else None)
-                if method == "POST" and action == "run":
+                if method == "POST" and action in ("run", "runsync"):
                     body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
                     job_id = f"remote-{next(owner._numbers)}"
                     owner.queue.submit(job_id, body["input"])
-                    return self._answer(200, {"id": job_id, "status": "IN_QUEUE"})
+                    if action == "run":
+                        return self._answer(200, {"id": job_id, "status": "IN_QUEUE"})
+                    give_up = time.monotonic() + 120
+                    while owner.status(job_id)["status"] in ("IN_QUEUE", "IN_PROGRESS") and time.monotonic() < give_up:
+                        time.sleep(0.1)
+                    return self._answer(200, owner.status(job_id))
                 if method == "GET" and action == "stream" and job_id:
                     with owner._lock:
                         chunks = owner.queue.records("stream", job_id)
                         new, owner._sent[job_id] = chunks[owner._sent.get(job_id, 0):], len(chunks)
                     status = owner.status(job_id)["status"]
-                    return self._answer(200, {"status": status, "stream": [{"output": c.body["output"]} for c in new]})
+                    kept = [{"output": c.body["output"]} for c in new
+                            if len(json.dumps(c.body["output"])) <= STREAM_CHUNK_LIMIT]
+                    return self._answer(200, {"status": status, "stream": kept})
                 if method == "GET" and action == "status" and job_id:
                     return self._answer(200, owner.status(job_id))
                 if method == "POST" and action == "cancel" and job_id:

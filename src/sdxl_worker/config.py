@@ -512,6 +512,9 @@ def studio(env: Mapping[str, str] | None = None) -> StudioSettings:
                           login=read.text("STUDIO_LOGIN"))
 
 
+_variable("HANDLER_MODE", "runtime", "stream", "stream, single",
+          "`stream`: a generator handler, previews then the result as the output list's last item; `single`: "
+          "the output is the result itself, worker-sdxl's shape, and previews are refused (docs/runpod.md)")
 _variable("LOG_LEVEL", "runtime", "INFO", "DEBUG, INFO, WARNING, ERROR", "the worker's log level")
 _variable("PREFETCH", "runtime", "1", "yes/no", "the cold-start helper that reads files ahead of need")
 _variable("START_FILES", "runtime", "share/sdxl-worker/start-files.txt under the Python prefix", "a file",
@@ -520,6 +523,7 @@ _variable("START_FILES", "runtime", "share/sdxl-worker/start-files.txt under the
 
 @dataclass(frozen=True)
 class RuntimeSettings:
+    handler_mode: str = "stream"  # HANDLER_MODE: stream | single
     log_level: str = "INFO"
     prefetch: bool = True
     start_files: Path = field(default_factory=lambda: Path(sys.prefix) / "share" / "sdxl-worker" / "start-files.txt")
@@ -528,6 +532,7 @@ class RuntimeSettings:
 def _runtime(read: _Reader) -> RuntimeSettings:
     start_files = read.text("START_FILES")
     return RuntimeSettings(
+        handler_mode=read.choice("HANDLER_MODE", "stream", ("stream", "single")),
         log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")).upper(),
         prefetch=read.flag("PREFETCH", True),
         start_files=Path(start_files) if start_files else RuntimeSettings().start_files,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 PREVIEW_SHARE = 0.5  # of the job's output limit
+STREAM_CHUNK_LIMIT = 1_000_000  # RunPod drops a /stream chunk over 1 MB
 
 
 def chunk_bytes(chunk: dict) -> int:
@@ -49,3 +50,18 @@ class OutputBudget:
         return (f"Previews from step {self.dropped_from} on were dropped: with them the job's output would pass "
                 f"half of the {self.limit / 1_000_000:.1f} MB limit (INLINE_LIMIT_MB) that previews may use; "
                 f"ask for fewer previews ('preview_steps') or smaller ones ('preview_size').")
+
+
+def result_notice(final: dict) -> dict | None:
+    """For a stream consumer, the chunk that goes before a final payload too large for ``/stream``
+    (RunPod would drop it, and the stream would end in silence): the seeds, timings and warnings,
+    and where the images are. None when the final payload streams as it is."""
+    size = chunk_bytes(final)
+    if "images" not in final or size <= STREAM_CHUNK_LIMIT:
+        return None
+    notice = {key: final[key] for key in ("seed", "seeds", "timings", "warnings") if key in final}
+    return {"result": "in the job's output",
+            "message": f"The images ({size / 1e6:.1f} MB) are larger than a /stream chunk may be (1 MB): read "
+                       f"them from the job's output (/status, or job.output() in runpod-python), or ask for "
+                       f"'output_format' jpeg or webp, or configure storage.",
+            **notice}

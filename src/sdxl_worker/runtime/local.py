@@ -1,7 +1,9 @@
 """`python handler.py` outside RunPod: run one job through the real generator and save the images.
 
-runpod's own local mode never iterates a generator handler; this does, and prints a short
-summary instead of walls of base64.
+runpod's own local mode never iterates a generator handler; this does (or awaits the single
+handler of HANDLER_MODE=single), writes the images to files and prints the job's output as JSON
+with each image replaced by the path it was written to: everything else (seeds, timings,
+warnings) as the API returns it, instead of walls of base64.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import inspect
 import json
 from pathlib import Path
 
@@ -28,6 +31,8 @@ def run_local(handler, argv: list[str]) -> int:
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    shown = dict(final)
+    shown["images"] = []
     for index, (image, seed) in enumerate(zip(final["images"], final["seeds"])):
         path = out / f"{job['id']}-{index}-{seed}.png"
         if image.startswith("data:"):
@@ -35,18 +40,23 @@ def run_local(handler, argv: list[str]) -> int:
             suffix = header.split("/")[1].split(";")[0]
             path = path.with_suffix("." + ("jpg" if suffix == "jpeg" else suffix))
             path.write_bytes(base64.b64decode(payload))
-            print(f"image {index}: {path} (seed {seed})")
+            shown["images"].append(str(path))
         else:
-            print(f"image {index}: {image} (seed {seed})")
-    print("timings (ms): " + ", ".join(f"{k} {v}" for k, v in final["timings"].items()))
+            shown["images"].append(image)  # a presigned URL: storage holds the file
+    shown["image_url"] = shown["images"][0]
+    print(json.dumps(shown, indent=2))
     return 0
 
 
 async def _last_output(handler, job: dict) -> dict | None:
-    """Run the (async generator) handler to its end, printing a line per preview; its last output."""
+    """Run the handler to its end, printing a line per preview; its last output."""
+    if not inspect.isasyncgenfunction(handler):  # HANDLER_MODE=single: the output itself
+        return await handler(job)
     final = None
     async for update in handler(job):
         if "preview" in update:
             print(f"preview: {update.get('stage')} step {update.get('step')}/{update.get('total_steps')}")
+        elif "result" in update and "images" not in update:  # the notice before a large result
+            continue
         final = update
     return final

@@ -35,7 +35,7 @@ JS_SAFE = 2**53 - 1  # larger integers (seeds up to 2^63) lose digits in a brows
 KEPT_JOBS = 20  # finished jobs whose events stay for a late watcher; older ones are dropped
 UNWATCHED_S = 10.0  # a running job with no page watching it this long is cancelled
 ENDED = ("result", "error", "cancelled")
-REPLACED = ("preview", "progress", "status")  # a newer one of these replaces the one before
+REPLACED = ("preview", "progress", "status", "notice")  # a newer one of these replaces the one before
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,8 @@ def kind_of(output: dict) -> str:
         return "preview"
     if "images" in output:
         return "result"
+    if "result" in output:
+        return "notice"  # a result too large for a stream chunk is on its way (delivery/size_guard.py)
     if "status" in output and "step" not in output:
         return "status"  # a RunPod endpoint's job state: IN_QUEUE, IN_PROGRESS
     return "progress"
