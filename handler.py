@@ -67,7 +67,7 @@ def studio(argv: list[str]) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         where = f"RunPod endpoint {args.endpoint}"
-        page = app.create_app(source, where, guard=gate)
+        page = app.create_app(source, where, guard=gate, api={"kind": "endpoint", "url": source.url})
     else:
         worker = startup.start()
         jobs = worker.settings.jobs

@@ -102,6 +102,13 @@ new MutationObserver(() => {
 """
 
 
+def click(page, element) -> None:
+    """Scroll ``element`` to the middle of the window, as a user scrolls to what they want, then
+    click it: the sticky action bar covers whatever sits at the window's bottom edge."""
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+    element.click()
+
+
 def fill(page, name: str, value: str) -> None:
     field = page.find_element(By.ID, f"in-{name}")
     field.clear()

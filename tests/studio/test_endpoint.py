@@ -92,3 +92,16 @@ def test_without_the_api_key_the_studio_refuses_to_start_in_one_sentence(monkeyp
     monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
     assert handler.studio(["--studio", "--endpoint", ENDPOINT_ID]) == 2
     assert capsys.readouterr().err.strip() == "error: --endpoint needs RUNPOD_API_KEY in the studio server's environment."
+
+
+def test_the_code_view_points_at_the_endpoint_with_the_key_left_to_the_reader(endpoint_page, remote):
+    from tests.studio.page_helpers import click, fill
+
+    page = endpoint_page
+    fill(page, "prompt", "a lighthouse")
+    click(page, page.find_element(By.CSS_SELECTOR, "#api summary"))
+    curl = page.find_element(By.ID, "api-curl-sync").text
+    assert curl.startswith(f"curl -s -X POST {remote.base_url}/{ENDPOINT_ID}/runsync")
+    assert 'Authorization: Bearer $RUNPOD_API_KEY' in curl and CLIENT_KEY not in page.page_source
+    python = page.find_element(By.ID, "api-python").text
+    assert f'runpod.Endpoint("{ENDPOINT_ID}")' in python and f'runpod.endpoint_url_base = "{remote.base_url}"' in python

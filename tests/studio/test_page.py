@@ -8,7 +8,7 @@ import time
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from tests.studio.page_helpers import ARTIFACTS, WATCH, fill, generate, wait
+from tests.studio.page_helpers import ARTIFACTS, WATCH, click, fill, generate, wait
 
 def test_previews_form_in_place_then_the_image_and_its_seed(page):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def test_the_page_fits_a_phone_width_screen(page):
     assert overflow <= 0, f"the page is {overflow}px wider than a phone screen"
     box = page.find_element(By.ID, "in-prompt").rect
     assert box["width"] > 250  # the form takes the screen's width, one column
-    page.find_element(By.CSS_SELECTOR, "#more summary").click()
+    click(page, page.find_element(By.CSS_SELECTOR, "#more summary"))
     overflow = page.execute_script("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 0
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -47,10 +47,13 @@ HEADERS = {
 
 
 def create_app(source: Source | Callable[[ProgressCallback], Source], where: str = "this worker",
-               wants_progress: bool = False, guard: Guard | None = None, limits: Limits = Limits()):
+               wants_progress: bool = False, guard: Guard | None = None, limits: Limits = Limits(),
+               api: dict | None = None):
     """The studio's app. ``wants_progress``: ``source`` is a factory that takes the studio's step
     report callback (the worker's Runner on_progress) and returns the source. ``guard``: who may
-    use it (loopback names only, a fresh key, no login, unless given)."""
+    use it (loopback names only, a fresh key, no login, unless given). ``api``: where the page's
+    code snippets send a job: {"kind": "local"} or {"kind": "endpoint", "url": ".../v2/ID"}."""
+    api = api or {"kind": "local"}
     guard = guard or Guard(hosts=frozenset(("127.0.0.1", "localhost", "::1")))
     jobs = Jobs(source, limits=limits)
     if wants_progress:
@@ -68,7 +71,7 @@ def create_app(source: Source | Callable[[ProgressCallback], Source], where: str
 
     @app.get("/api/form")
     async def form():
-        return {"fields": fields(), "runs_on": where}
+        return {"fields": fields(), "runs_on": where, "api": api}
 
     @app.post("/api/jobs")
     async def start(request: Request):

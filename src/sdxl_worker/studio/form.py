@@ -7,6 +7,8 @@ first ones (what a user tries first) in the open, the others under "More".
 
 from __future__ import annotations
 
+import re
+
 from sdxl_worker.request.schema import INPUT_SCHEMA
 
 MAIN = ("prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale", "seed",
@@ -16,6 +18,9 @@ LONG_TEXT = ("prompt", "negative_prompt")
 # Left out: lists and objects (loras, controlnets, ip_adapter, s3Config) have their own JSON box,
 # and image_url (the refiner-only path) is an image field too.
 STRUCTURED = ("loras", "controlnets", "ip_adapter")
+# The studio's own defaults where the API's would make a first run show nothing for a minute:
+# previews on. Sent with every job (the API's default is another), and shown as the field's value.
+STUDIO_DEFAULTS = {"preview_steps": 2}
 
 
 def _types(spec: dict) -> list[str]:
@@ -46,12 +51,19 @@ def _range(spec: dict) -> str:
     return text + "."
 
 
+def _unset(description: str) -> str | None:
+    """What the worker does with the field unset, from its description ("Unset: 1024, or ..." -> "1024")."""
+    match = re.search(r"Unset: ([^,.;]+)", description)
+    return match.group(1).strip() if match else None
+
+
 def _field(name: str, spec: dict) -> dict:
     kinds = [kind for kind in _types(spec) if kind != "null"]
     description = _plain(spec.get("description", ""))
     entry = {"name": name, "label": _label(name), "help": _first_sentence(description), "details": description,
              "group": "main" if name in MAIN else "more", "optional": "null" in _types(spec),
-             "default": spec.get("default")}
+             "default": STUDIO_DEFAULTS.get(name, spec.get("default")), "always_send": name in STUDIO_DEFAULTS,
+             "unset": _unset(description), "required": name == "prompt"}
     if name in IMAGES or name == "image_url":
         entry["kind"] = "image"
     elif name in STRUCTURED:
@@ -70,6 +82,8 @@ def _field(name: str, spec: dict) -> dict:
             if bound in spec:
                 entry[key] = spec[bound]
         entry["help"] += f" {_range(spec)}"
+        if entry["unset"]:
+            entry["help"] += f" Unset: {entry['unset']}."
     else:
         entry["kind"] = "long_text" if name in LONG_TEXT else "text"
     return entry

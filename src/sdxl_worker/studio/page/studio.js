@@ -9,8 +9,9 @@ const meta = (name) => document.querySelector(`meta[name="${name}"]`).content;
 const KEY = meta("studio-key");
 const state = {
   fields: [], images: {}, job: null, events: null, starting: false, lastImageField: "image",
-  login: sessionStorage.getItem("studio-login"),
+  login: sessionStorage.getItem("studio-login"), api: { kind: "local" }, sent: null, startedAt: null,
 };
+const HISTORY_KEY = "sdxl-studio-history", PRICE_KEY = "sdxl-studio-price", HISTORY_LENGTH = 20;
 
 class LoginNeeded extends Error {}
 
@@ -46,7 +47,9 @@ function control(field) {
   const described = `help-${field.name} err-${field.name}`;
   const common = { id, name: field.name, "aria-describedby": described };
   if (field.kind === "long_text") {
-    return element("textarea", { ...common, rows: field.name === "prompt" ? 3 : 2, placeholder: field.optional ? "unset" : "" });
+    const placeholder = field.required ? "What to draw, e.g. a lighthouse at dusk, oil painting" : (field.optional ? "unset" : "");
+    return element("textarea", { ...common, rows: field.name === "prompt" ? 3 : 2, placeholder,
+                                 "aria-required": field.required ? "true" : null });
   }
   if (field.kind === "json") {
     return element("textarea", { ...common, rows: 2, spellcheck: "false", placeholder: "JSON, e.g. [] or {}" });
@@ -65,7 +68,8 @@ function control(field) {
   if (field.kind === "number") {
     return element("input", {
       ...common, type: "text", inputmode: field.step === 1 || field.step === 8 ? "numeric" : "decimal",
-      value: field.default === null ? "" : String(field.default), placeholder: field.default === null ? "unset" : "",
+      value: field.default === null ? "" : String(field.default),
+      placeholder: field.default === null ? (field.unset ? `${field.unset} (unset)` : "unset") : "",
     });
   }
   if (field.kind === "image") return imagePicker(field, common);
@@ -109,9 +113,17 @@ function drawForm(fields) {
     const box = element("div", { class: "field", id: `field-${field.name}` });
     const input = control(field);
     if (field.kind === "long_text" || field.kind === "json" || field.kind === "image") box.classList.add("wide");
-    box.append(element("label", { for: `in-${field.name}`, text: field.label }), input,
+    const label = element("label", { for: `in-${field.name}`, text: field.label });
+    if (field.required) label.append(element("span", { class: "required-mark", text: " (fill this in)" }));
+    box.append(label, input,
       element("p", { class: "help", id: `help-${field.name}`, text: field.help, title: field.details }),
       element("p", { class: "error", id: `err-${field.name}`, hidden: true }));
+    if (field.name === "seed") {
+      box.insertBefore(element("div", { class: "field-buttons" },
+        element("button", { type: "button", id: "seed-random", text: "Random",
+                            "aria-label": "Random seed: leave the seed unset" }),
+        element("button", { type: "button", id: "seed-last", text: "Last run's seed" })), box.querySelector(".help"));
+    }
     $(field.group === "main" ? "main-fields" : "more-fields").append(box);
     if (field.kind === "image") state.images[field.name] = null;
   }
@@ -130,7 +142,7 @@ function jobInput() {
       if (input.checked !== (field.default === true)) text = String(input.checked);
     } else {
       const value = input.value.trim();
-      if (value === "" || value === String(field.default ?? "")) continue;
+      if (value === "" || (value === String(field.default ?? "") && !field.always_send)) continue;
       if (field.kind === "number") {
         // Numbers go as written, so a 19-digit seed keeps every digit; anything else goes as text
         // and the worker names the field.
@@ -193,7 +205,8 @@ function setProgress(data) {
 function showResult(data) {
   $("preview-frame").hidden = true;  // the final image takes the preview's place
   $("progress").value = $("progress").max;
-  $("progress-text").textContent = `Done in ${data.seconds.toFixed(1)} s`;
+  const seconds = measured(data);
+  $("progress-text").textContent = `Done in ${seconds.toFixed(1)} s`;
   const results = $("results");
   results.replaceChildren();
   const seeds = data.seeds || [data.seed];
@@ -209,7 +222,51 @@ function showResult(data) {
   });
   const timings = Object.entries(data.timings || {}).map(([stage, ms]) => `${stage} ${ms} ms`).join(", ");
   $("timings").textContent = timings ? `Timings: ${timings}` : "";
-  if (data.warnings && data.warnings.length) $("timings").textContent += ` · ${data.warnings.join(" ")}`;
+  showWarnings(data.warnings);
+  showRaw(data);
+  showCost(seconds);
+  remember(data, seconds);
+}
+
+// The job's own time where the worker measured it (timings.total), else the time the page waited.
+function measured(data) {
+  return data.timings && data.timings.total ? data.timings.total / 1000 : data.seconds;
+}
+
+function showWarnings(warnings) {
+  $("warnings").replaceChildren(...(warnings || []).map((text) => element("p", { text: `Note: ${text}` })));
+  $("warnings").hidden = !(warnings && warnings.length);
+}
+
+// Long strings (images) cut short: the raw view shows the shape of the output, not megabytes of base64.
+function shortened(value) {
+  if (typeof value === "string" && value.length > 120) return `${value.slice(0, 60)}… (${value.length} characters)`;
+  if (Array.isArray(value)) return value.map(shortened);
+  if (value && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, shortened(v)]));
+  return value;
+}
+
+function showRaw(data) {
+  const { seconds, ...output } = data;  // "seconds" is the studio's own, not the worker's output
+  $("raw-json").textContent = JSON.stringify(shortened(output), null, 2);
+}
+
+function price() {
+  const value = Number(($("price").value || "").trim());
+  return Number.isFinite(value) && value > 0 ? value : null;
+}
+
+function showCost(seconds) {
+  const rate = price();
+  $("cost").hidden = rate === null;
+  if (rate !== null) {
+    $("cost").textContent = `Cost: about $${(seconds * rate).toFixed(5)} (${seconds.toFixed(1)} s at $${rate} per GPU-second)`;
+  }
+}
+
+// A progress bar without a value animates forever: a job that ended without images sets one.
+function stopProgress() {
+  if (!$("progress").hasAttribute("value")) $("progress").value = 0;
 }
 
 function finish() {
@@ -239,8 +296,14 @@ async function watch(id) {
       $("preview-caption").textContent = `Preview after step ${data.step} of ${data.total_steps} (${data.stage})`;
     },
     result: (data) => ending(() => showResult(data)),
-    cancelled: () => ending(() => { $("progress-text").textContent = "Cancelled."; }),
-    error: (data) => ending(() => { $("progress-text").textContent = "The job failed."; showError(data.error); }),
+    notice: (data) => { $("progress-text").textContent = "Finishing: the images are on their way…"; showWarnings(data.warnings); },
+    cancelled: () => ending(() => { stopProgress(); $("progress-text").textContent = "Cancelled."; }),
+    error: (data) => ending(() => {
+      stopProgress();
+      $("progress-text").textContent = "The job failed.";
+      showError(data.error);
+      remember({ error: data.error }, null);
+    }),
   };
   try {
     const answer = await api(`/api/jobs/${encodeURIComponent(id)}/events`, { signal: controller.signal });
@@ -263,10 +326,10 @@ async function watch(id) {
         if (handlers[name]) handlers[name](JSON.parse(data));
       }
     }
-    if (!ended) ending(() => showError("The studio server closed the connection."));
+    if (!ended) ending(() => { stopProgress(); showError("The studio server closed the connection."); });
   } catch (error) {
     if (ended || error.name === "AbortError" || error instanceof LoginNeeded) { if (!ended) finish(); return; }
-    ending(() => showError(`The studio server closed the connection (${error.message}).`));
+    ending(() => { stopProgress(); showError(`The studio server closed the connection (${error.message}).`); });
   }
 }
 
@@ -281,6 +344,10 @@ async function generate(event) {
   $("results").replaceChildren();
   $("preview-frame").hidden = true;
   $("timings").textContent = "";
+  showWarnings([]);
+  $("cost").hidden = true;
+  state.sent = JSON.parse(body).input;
+  updateSnippets();
   $("progress").removeAttribute("value");
   $("progress-text").textContent = "Starting…";
   try {
@@ -293,6 +360,7 @@ async function generate(event) {
     if (!(error instanceof LoginNeeded)) showError(`Could not start the job: ${error.message}`);
     state.starting = false;
     running(false);
+    stopProgress();
   }
 }
 
@@ -336,8 +404,140 @@ async function loadForm() {
   const form = await answer.json();
   if (state.fields.length) return;  // drawn already (a login after a refused call)
   state.fields = form.fields;
+  state.api = form.api || { kind: "local" };
   drawForm(form.fields);
   $("runs-on").textContent = `Jobs run on ${form.runs_on}.`;
+  updateSnippets();
+  drawHistory();
+}
+
+// --- the same job from code: curl and Python, for this studio's worker or endpoint ---
+
+const IMAGE_STAND_IN = "<an image: an https URL, a data URL or base64>";
+
+function withoutImages(value) {
+  if (typeof value === "string" && value.startsWith("data:")) return IMAGE_STAND_IN;
+  if (Array.isArray(value)) return value.map(withoutImages);
+  if (value && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, withoutImages(v)]));
+  return value;
+}
+
+function python(value, indent = "") {
+  if (value === null) return "None";
+  if (value === true) return "True";
+  if (value === false) return "False";
+  if (typeof value === "string" || typeof value === "number") return JSON.stringify(value);
+  const inner = indent + "    ";
+  if (Array.isArray(value)) return `[${value.map((item) => python(item, inner)).join(", ")}]`;
+  const items = Object.entries(value).map(([key, item]) => `${inner}${JSON.stringify(key)}: ${python(item, inner)},`);
+  return items.length ? `{\n${items.join("\n")}\n${indent}}` : "{}";
+}
+
+function currentInput() {
+  try { return JSON.parse(jobInput()).input; } catch (problem) { return state.sent || {}; }
+}
+
+function updateSnippets() {
+  const job = { input: withoutImages(currentInput()) };
+  const body = JSON.stringify(job).replaceAll("'", "'\\''");
+  const endpoint = state.api.kind === "endpoint";
+  const base = endpoint ? state.api.url : "http://localhost:8000";
+  const auth = endpoint ? ' \\\n  -H "Authorization: Bearer $RUNPOD_API_KEY"' : "";
+  const curl = (route) => `curl -s -X POST ${base}/${route}${auth} \\\n  -H "Content-Type: application/json" \\\n  -d '${body}'`;
+  $("api-where").textContent = endpoint
+    ? `Your RunPod endpoint, ${state.api.url}, with your API key in RUNPOD_API_KEY.`
+    : "This machine's worker through runpod's local API: start it with python handler.py --rp_serve_api (port 8000).";
+  $("api-curl-sync").textContent = curl("runsync");
+  $("api-curl-run").textContent = curl("run");
+  $("api-python").textContent = endpoint
+    ? ["import os", "", "import runpod", "", 'runpod.api_key = os.environ["RUNPOD_API_KEY"]',
+       `runpod.endpoint_url_base = ${JSON.stringify(state.api.url.replace(/\/[^/]+$/, ""))}`,
+       `endpoint = runpod.Endpoint(${JSON.stringify(state.api.url.split("/").pop())})`,
+       `job = ${python(job)}`, "output = endpoint.run_sync(job, timeout=600)  # /runsync: the output, or None if it failed",
+       "# or: run = endpoint.run(job); for chunk in run.stream(): ...; run.output()"].join("\n")
+    : ["import requests", "", `job = ${python(job)}`,
+       'answer = requests.post("http://localhost:8000/runsync", json=job, timeout=600).json()',
+       'output = answer["output"]  # the previews, then the result last (HANDLER_MODE=stream)'].join("\n");
+}
+
+// --- this browser's runs: kept in localStorage, newest first ---
+
+function history() {
+  try { return JSON.parse(localStorage.getItem(HISTORY_KEY)) || []; } catch (problem) { return []; }
+}
+
+function saveHistory(runs) {
+  for (let kept = runs.slice(0, HISTORY_LENGTH); kept.length; kept = kept.slice(0, -1)) {
+    try { localStorage.setItem(HISTORY_KEY, JSON.stringify(kept)); return; } catch (full) { /* drop the oldest */ }
+  }
+}
+
+function remember(output, seconds) {
+  const run = { at: new Date().toISOString(), input: withoutImages(state.sent || {}), seconds,
+                seeds: output.seeds || (output.seed !== undefined ? [output.seed] : []),
+                timings: output.timings || null, warnings: output.warnings || [], error: output.error || null,
+                thumb: null };
+  const first = (output.images || [])[0];
+  const store = () => { saveHistory([run, ...history()]); drawHistory(); };
+  if (!first || !String(first).startsWith("data:image/")) { store(); return; }
+  const image = new Image();
+  image.onload = () => {
+    try {  // a small JPEG of the first image: the list stays within the browser's storage
+      const canvas = document.createElement("canvas");
+      const scale = 96 / Math.max(image.width, image.height);
+      canvas.width = Math.round(image.width * scale);
+      canvas.height = Math.round(image.height * scale);
+      canvas.getContext("2d").drawImage(image, 0, 0, canvas.width, canvas.height);
+      run.thumb = canvas.toDataURL("image/jpeg", 0.7);
+    } catch (problem) { /* no thumbnail */ }
+    store();
+  };
+  image.onerror = store;
+  image.src = first;
+}
+
+function drawHistory() {
+  const runs = history();
+  $("history-list").replaceChildren(...runs.map((run, index) => {
+    const what = run.error ? `Failed: ${run.error}` : `${run.input.prompt || "(no prompt)"} · seed ${run.seeds[0]}` +
+      (run.seconds ? ` · ${run.seconds.toFixed(1)} s` : "");
+    return element("li", { "data-index": String(index) },
+      run.thumb ? element("img", { src: run.thumb, alt: `Run ${index + 1}` }) : "",
+      element("span", { class: "what", text: what, title: what }),
+      element("button", { type: "button", class: "show", text: "Show", "aria-label": `Show run ${index + 1}` }));
+  }));
+  $("clear-history").hidden = runs.length === 0;
+}
+
+function showRun(index) {
+  const run = history()[index];
+  if (!run) return;
+  const detail = $("history-detail");
+  detail.replaceChildren(
+    element("p", { text: `${new Date(run.at).toLocaleString()} · ${run.error ? "failed" : `seeds ${run.seeds.join(", ")}`}` }),
+    run.thumb ? element("img", { src: run.thumb, alt: "The run's first image, small" }) : "",
+    element("pre", { class: "run-input", text: JSON.stringify(run.input, null, 2) }),
+    element("pre", { class: "run-output", text: JSON.stringify({ seeds: run.seeds, timings: run.timings,
+                                                                   warnings: run.warnings, error: run.error }, null, 2) }),
+    element("div", { class: "field-buttons" },
+      element("button", { type: "button", id: "reuse-settings", text: "Reuse these settings" }),
+      element("button", { type: "button", id: "reuse-seed", text: "Reuse its seed", disabled: !run.seeds.length })));
+  detail.hidden = false;
+  $("reuse-settings").addEventListener("click", () => fillForm(run.input));
+  $("reuse-seed").addEventListener("click", () => { $("in-seed").value = String(run.seeds[0]); updateSnippets(); });
+}
+
+// The form set to a run's input: each field the run set, every other back to its default.
+function fillForm(input) {
+  for (const field of state.fields) {
+    const control = $(`in-${field.name}`);
+    const value = input[field.name];
+    if (field.kind === "image") continue;  // images are not kept in the history
+    if (field.kind === "boolean") control.checked = value === undefined ? field.default === true : Boolean(value);
+    else if (field.kind === "json") control.value = value === undefined ? "" : JSON.stringify(value);
+    else control.value = value === undefined ? (field.default === null ? "" : String(field.default)) : String(value);
+  }
+  updateSnippets();
 }
 
 async function start() {
@@ -349,6 +549,26 @@ async function start() {
   }
   $("job").addEventListener("submit", generate);
   $("cancel").addEventListener("click", cancel);
+  $("job").addEventListener("input", updateSnippets);
+  $("job").addEventListener("change", updateSnippets);
+  $("history-list").addEventListener("click", (event) => {
+    const item = event.target.closest("button.show") && event.target.closest("li");
+    if (item) showRun(Number(item.dataset.index));
+  });
+  $("clear-history").addEventListener("click", () => {
+    localStorage.removeItem(HISTORY_KEY);
+    $("history-detail").hidden = true;
+    drawHistory();
+  });
+  $("price").value = localStorage.getItem(PRICE_KEY) || "";
+  $("price").addEventListener("input", () => localStorage.setItem(PRICE_KEY, $("price").value.trim()));
+  document.addEventListener("click", (event) => {
+    if (event.target.id === "seed-random") { $("in-seed").value = ""; updateSnippets(); }
+    if (event.target.id === "seed-last") {
+      const last = history().find((run) => run.seeds.length);
+      if (last) { $("in-seed").value = String(last.seeds[0]); updateSnippets(); }
+    }
+  });
   $("job").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) generate(event);
   });
