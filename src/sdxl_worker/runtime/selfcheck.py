@@ -12,6 +12,7 @@ jobs asking for it get that sentence (``Models.broken_samplers``).
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import threading
@@ -103,6 +104,10 @@ def check_schedulers_in_background(models) -> threading.Thread:
 
     thread = threading.Thread(target=check, name="scheduler-check", daemon=True)
     thread.start()
+    # A process that ends first (a one-job local run) waits for it: torch code still running in a
+    # thread while the interpreter tears down aborts the process ("terminate called without an
+    # active exception"). The worker's own exit (os._exit after SIGTERM) skips this.
+    atexit.register(thread.join, 30)
     return thread
 
 
