@@ -20,11 +20,10 @@ import time
 
 import torch
 
-from sdxl_worker.request.types import Request
-from sdxl_worker.engine import generate
-from sdxl_worker.engine import prompts
+from sdxl_worker.engine import generate, prompts
 from sdxl_worker.engine.models import load_models, settings_from_env
 from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.request.types import Request
 
 SHORT = "a lighthouse at dusk, oil painting"
 WEIGHTED = "a (lighthouse:1.3) at dusk, (oil painting)0.8"
@@ -64,9 +63,9 @@ def main() -> None:
     base = models.base
     with torch.inference_mode():
         for name, text in (("short prompt", SHORT), ("weighted prompt", WEIGHTED), ("long prompt", LONG)):
-            ours = median_seconds(lambda: prompts.encode_for_base(base, text, "blurry"), args.repeats)
+            ours = median_seconds(lambda text=text: prompts.encode_for_base(base, text, "blurry"), args.repeats)
             theirs = median_seconds(
-                lambda: base.encode_prompt(text, device=base.device, negative_prompt="blurry"), args.repeats)
+                lambda text=text: base.encode_prompt(text, device=base.device, negative_prompt="blurry"), args.repeats)
             rows.append((name, "compel", ours, "diffusers encode_prompt", theirs))
 
     print(f"device={models.device} size={args.size} steps={args.steps} repeats={args.repeats}")

@@ -59,7 +59,7 @@ def thread_per_job(models, batch: list[dict]) -> float:
         stream.DENOISE, saved = fresh, stream.DENOISE
         try:
             done: list = []
-            worker = threading.Thread(target=lambda: done.append(list(run_job(models, job))))
+            worker = threading.Thread(target=lambda done=done, job=job: done.append(list(run_job(models, job))))
             worker.start()
             worker.join()
             assert "images" in done[0][-1]

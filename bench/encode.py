@@ -18,14 +18,12 @@ import argparse
 import base64
 import io
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-
 
 from sdxl_worker.delivery.deliver import MIME, Encoding, data_url, encode
 
@@ -98,8 +96,8 @@ def main() -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
     with tempfile.TemporaryDirectory() as folder:
         for image_name, image in (("photo-like", photo_like()), ("noise", pure_noise())):
-            works = [(lambda: worker_sdxl_way(image, Path(folder))) if method is None
-                     else (lambda method=method: method(image)) for _, method, _ in methods]
+            works = [(lambda image=image: worker_sdxl_way(image, Path(folder))) if method is None
+                     else (lambda method=method, image=image: method(image)) for _, method, _ in methods]
             times, urls = [[] for _ in works], [None] * len(works)
             for _ in range(args.runs):  # round-robin, so a busy moment on the host hits every method alike
                 for index, work in enumerate(works):

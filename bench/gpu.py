@@ -104,8 +104,12 @@ def save_models(configs: dict, folder: Path, device: str, dtype, variant: str | 
     if (folder / "complete").exists():
         return folder
     import torch
-    from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline, \
-        UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from sdxl_worker.engine.tiny import scheduler, tokenizer  # offline CLIP tokenizers and SDXL's scheduler
@@ -653,8 +657,9 @@ def main(argv=None) -> int:
             results["rows"][f"{name}|{stage}"] = row
             print(f"   {stage}: {row['seconds']:.3f} s (runs {row['all_seconds']})", flush=True)
         if name == "c" and on_gpu:  # host syncs per job, one sampler of each family
-            results["sampler_syncs"] = {sampler: count_syncs(lambda sampler=sampler: runner.job(spec, False, sampler))
-                                        for sampler in SYNC_SAMPLERS}
+            results["sampler_syncs"] = {
+                sampler: count_syncs(lambda sampler=sampler, runner=runner: runner.job(spec, False, sampler))
+                for sampler in SYNC_SAMPLERS}
         runner.close()
         del runner
         free_memory()

@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-
-from sdxl_worker.delivery.previews import MAX_PREVIEW_BYTES, preview_data_url
+from sdxl_worker.delivery.previews import preview_data_url
 from sdxl_worker.engine import previews
 from sdxl_worker.runtime.stream import render_preview
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # ../shared beside the checkout (or beside the folder of worktrees)
 VAE_CONFIG = next((path for path in (ROOT.parent / "shared/reference/sdxl-configs/vae.json",

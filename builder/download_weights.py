@@ -9,7 +9,8 @@ image): BASE_MODEL, REFINER_MODEL, VAE_MODEL and TAESD_MODEL; PRESETS adds the w
 presets (sdxl_worker.request.presets), CONTROLNET_MODELS the ControlNets a job may name, and
 IP_ADAPTER_MODEL the IP-Adapter file IP_ADAPTER_WEIGHT with its image encoder. A BASE_MODEL (or REFINER_MODEL) that
 is a single `.safetensors` file (builder/download_checkpoint.py bakes one from BASE_MODEL_URL)
-needs only the configs and tokenizers of CHECKPOINT_CONFIG (REFINER_CHECKPOINT_CONFIG): no weights. Of each repository it takes the
+needs only the configs and tokenizers of CHECKPOINT_CONFIG (REFINER_CHECKPOINT_CONFIG): no weights.
+Of each repository it takes the
 configs, the tokenizers and one copy of the weights: the fp16 safetensors where the repository has
 them, else its plain safetensors. Never the fp32 duplicates, flax, ONNX or OpenVINO copies, nor
 single-file checkpoints (the base repository is over 70 GB with them; the worker loads 11.5 GB),

@@ -72,7 +72,7 @@ def moto_server(log_path: Path):
                     break
                 except OSError:
                     if server.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"moto's server did not start: {Path(log_path).read_text()[-2000:]}")
+                        raise RuntimeError(f"moto's server did not start: {Path(log_path).read_text()[-2000:]}") from None
                     time.sleep(0.2)
             yield url
         finally:

@@ -2,13 +2,11 @@
 signature after the models are built), the table it writes, the real shapes it builds.
 """
 
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests.helpers import bench_script
-
 
 
 @pytest.fixture(scope="module")

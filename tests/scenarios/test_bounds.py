@@ -16,18 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from sdxl_worker.request.types import Request
 from sdxl_worker import config
 from sdxl_worker.engine import budget
-from sdxl_worker.inputs import loras
-from sdxl_worker.errors import InputError
 from sdxl_worker.engine.plan import MAX_SIDE, MIN_SIDE, fit_image_size
+from sdxl_worker.errors import InputError
+from sdxl_worker.inputs import loras
+from sdxl_worker.request.types import Request
 from sdxl_worker.testing.loras import tiny_lora
-from tests.helpers import decode, png_data_url
 from sdxl_worker.testing.servers import Server, body
+from tests.helpers import decode, png_data_url
 
 SMALL = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 3,
          "refine": "no_refiner"}
@@ -195,7 +196,6 @@ def test_the_largest_job_the_schema_allows_is_refused_before_anything_runs(run, 
 def test_work_counts_both_stages_guidance_and_the_schedulers_that_call_the_model_twice(models):
     from sdxl_worker.engine.generate import count_steps
     from sdxl_worker.engine.plan import make_plan
-    from sdxl_worker.request.schema import validate
 
     def work(**inputs):
         request = Request.from_input({"prompt": "a", "width": 1024, "height": 1024, **inputs})

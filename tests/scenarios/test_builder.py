@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
 from builder.download_weights import (
     NothingToLoad,
     Wanted,
@@ -17,6 +16,7 @@ from builder.download_weights import (
     plan,
     wanted_from_env,
 )
+from tests.helpers import ROOT
 
 LISTINGS = ROOT / "tests" / "fixtures" / "hub"
 BASE = "stabilityai/stable-diffusion-xl-base-1.0"

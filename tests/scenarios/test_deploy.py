@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import jsonschema
-from tests.helpers import ROOT
 import pytest
 
 from builder.download_weights import DEFAULTS as BUILDER_DEFAULTS
 from sdxl_worker.config import DEFAULT_IP_ADAPTER_WEIGHT
 from sdxl_worker.engine import models
 from sdxl_worker.request.schema import validate
+from tests.helpers import ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 HUB = json.loads((ROOT / ".runpod" / "hub.json").read_text())
@@ -132,7 +132,8 @@ TESTS_SCHEMA = {
 }
 
 # GPU pools with room for base + refiner in fp16: 11.5 GB of weights plus 1024x1024 activations.
-POOLS_WITH_24_GB_OR_MORE = {"ADA_24", "AMPERE_24", "ADA_32_PRO", "ADA_48_PRO", "AMPERE_48", "ADA_80_PRO", "AMPERE_80", "HOPPER_141"}
+POOLS_WITH_24_GB_OR_MORE = {"ADA_24", "AMPERE_24", "ADA_32_PRO", "ADA_48_PRO", "AMPERE_48", "ADA_80_PRO", "AMPERE_80",
+                            "HOPPER_141"}
 
 
 def _dockerfile_args() -> dict:

@@ -1,9 +1,8 @@
 """The README is a newcomer's path; the reference lives in docs/, and every link between them resolves."""
 
 import re
-from pathlib import Path
-from tests.helpers import ROOT
 
+from tests.helpers import ROOT
 
 
 def test_the_readme_is_short_enough_to_read_top_to_bottom():

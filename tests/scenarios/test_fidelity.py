@@ -43,7 +43,12 @@ def reference():
 
 
 def _scheduler(pipe, name: str):
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+    )
 
     cls = {"DDIM": DDIMScheduler, "K_EULER": EulerDiscreteScheduler,
            "K_EULER_ANCESTRAL": EulerAncestralDiscreteScheduler, "DPMSolverMultistep": DPMSolverMultistepScheduler}[name]

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from sdxl_worker.request import schema
 from sdxl_worker.errors import InputError
+from sdxl_worker.request import schema
 from sdxl_worker.runtime.job import run_job
 from sdxl_worker.runtime.logs import redact
 from sdxl_worker.testing.files import png_declaring
@@ -233,5 +233,6 @@ def test_a_huge_list_is_refused_before_a_tuple_is_made_for_each_value():
 
 def test_a_lora_weight_name_with_markup_is_not_echoed(run, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    error = run({**VALID, "loras": [{"path": "owner/name", "weight_name": "<img src=x onerror=alert(1)>.safetensors"}]})[-1]["error"]
+    lora = {"path": "owner/name", "weight_name": "<img src=x onerror=alert(1)>.safetensors"}
+    error = run({**VALID, "loras": [lora]})[-1]["error"]
     assert "<img" not in error and "onerror" not in error and "'loras[0].weight_name'" in error

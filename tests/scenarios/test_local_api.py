@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,9 +12,6 @@ import pytest
 from PIL import Image
 
 from tests.helpers import ROOT, decode, free_port
-
-
-
 
 
 def post(url: str, body: dict | None = None, timeout: float = 120) -> dict:

@@ -1,9 +1,7 @@
 """LoRAs per job on the tiny model: made here with peft, served over real HTTP, loaded, unloaded."""
 
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +9,11 @@ import torch
 
 from sdxl_worker.engine import loras as lora_layers
 from sdxl_worker.inputs import loras
-from sdxl_worker.runtime.job import local_loras
 from sdxl_worker.request.schema import MAX_LORAS
+from sdxl_worker.runtime.job import local_loras
 from sdxl_worker.testing.loras import kohya_lora, tiny_lora
-from tests.helpers import decode, png_data_url
 from sdxl_worker.testing.servers import Server, body
+from tests.helpers import decode, png_data_url
 
 JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 7,
        "refiner_inference_steps": 4, "strength": 0.5}

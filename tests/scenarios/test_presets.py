@@ -94,7 +94,7 @@ def test_preset_weights_load_once_and_stay(with_presets, models, run):
 
 
 def test_preset_with_img2img_loras_and_previews(with_presets, run):
-    from tests.helpers import png_data_url, photo
+    from tests.helpers import photo, png_data_url
 
     outputs = run(dict(JOB, preset="hyper-8", image=png_data_url(photo(256, 256)), prompt_strength=0.5,
                        preview_steps=2))

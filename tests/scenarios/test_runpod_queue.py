@@ -6,9 +6,9 @@ One worker serves the tests in order; the last one ends it with SIGTERM.
 
 import contextlib
 import json
+import signal
 import socket
 import threading
-import signal
 import time
 import urllib.request
 

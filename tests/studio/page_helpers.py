@@ -39,7 +39,7 @@ def studio_server(*args: str, log_path: Path, ready=None, **env: str):
                     break
                 except OSError:
                     if server.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"the studio did not start: {log_path.read_text()[-3000:]}")
+                        raise RuntimeError(f"the studio did not start: {log_path.read_text()[-3000:]}") from None
                     time.sleep(0.3)
             yield url, alongside
     finally:

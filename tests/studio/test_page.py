@@ -10,6 +10,7 @@ from selenium.webdriver.common.keys import Keys
 
 from tests.studio.page_helpers import ARTIFACTS, WATCH, click, fill, generate, wait
 
+
 def test_previews_form_in_place_then_the_image_and_its_seed(page):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.execute_script(WATCH)

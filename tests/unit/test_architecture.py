@@ -15,8 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import ROOT
 import pytest
+
+from tests.helpers import ROOT
 
 PACKAGE = ROOT / "src" / "sdxl_worker"
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from builder.download_weights import wanted_from_env
 from sdxl_worker import config
 from tests.helpers import ROOT
-
 
 
 def test_only_the_configuration_module_and_the_handler_read_the_environment():

@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from sdxl_worker import config
-from sdxl_worker.errors import InputError
 from sdxl_worker.delivery.storage import Storage, UploadError
+from sdxl_worker.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -151,8 +151,7 @@ def _pin(client, addresses: tuple[str, ...]) -> None:
     """Every connection ``client`` opens goes to one of ``addresses`` (tried in order); the Host
     header, the signature and the TLS name stay the endpoint's own name. botocore has no public
     hook for this: its URLLib3Session's pool manager is told which pool classes to make."""
-    from botocore.awsrequest import (AWSHTTPConnection, AWSHTTPConnectionPool, AWSHTTPSConnection,
-                                     AWSHTTPSConnectionPool)
+    from botocore.awsrequest import AWSHTTPConnection, AWSHTTPConnectionPool, AWSHTTPSConnection, AWSHTTPSConnectionPool
 
     def pinned(connection_class):
         class Pinned(connection_class):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from sdxl_worker.errors import InputError
-from sdxl_worker.request.schema import INPUT_SCHEMA, MAX_SEED
 from sdxl_worker.request.check import refine_mode_of, task_of
+from sdxl_worker.request.schema import INPUT_SCHEMA, MAX_SEED
 from sdxl_worker.request.types import Request
 
 DEFAULT_SIZE = 1024

@@ -7,7 +7,6 @@ real loading code. It draws noise, quickly: attention only runs at low resolutio
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path

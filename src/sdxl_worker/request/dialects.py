@@ -54,8 +54,8 @@ class Translation:
         for ours in sorted(self.sent_as, key=len, reverse=True):  # 'loras[0].scale' before 'loras'
             theirs = self.sent_as[ours]
             # Replacements as functions: a name the user sent is text, never a regex template.
-            message = re.sub(rf"'{re.escape(ours)}(?=['\[.])", lambda _: f"'{theirs}", message)
-            message = re.sub(rf"(?<![\w.'\[]){re.escape(ours)}=", lambda _: f"{theirs}=", message)
+            message = re.sub(rf"'{re.escape(ours)}(?=['\[.])", lambda _, name=theirs: f"'{name}", message)
+            message = re.sub(rf"(?<![\w.'\[]){re.escape(ours)}=", lambda _, name=theirs: f"{name}=", message)
         return message
 
 

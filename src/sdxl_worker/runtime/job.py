@@ -19,28 +19,25 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Iterator
 
-from sdxl_worker.engine import budget
-from sdxl_worker.request import dialects
 from sdxl_worker import errors
-from sdxl_worker.engine import loras as lora_layers
-from sdxl_worker.engine import presets as fast_presets
-from sdxl_worker.engine import prompts
-from sdxl_worker.engine import switch
-from sdxl_worker.inputs import loras as lora_files
 from sdxl_worker.delivery.deliver import deliver, inline_limit_bytes
 from sdxl_worker.delivery.size_guard import OutputBudget
-from sdxl_worker.delivery.storage import job_storage
-from sdxl_worker.errors import InputError
+from sdxl_worker.delivery.storage import Storage, job_storage
+from sdxl_worker.engine import budget, prompts, switch
+from sdxl_worker.engine import loras as lora_layers
+from sdxl_worker.engine import presets as fast_presets
 from sdxl_worker.engine.generate import count_steps, ms_since
+from sdxl_worker.engine.models import Models, free_memory
+from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.errors import InputError
+from sdxl_worker.inputs import loras as lora_files
 from sdxl_worker.inputs.control import control_image, reference_image
 from sdxl_worker.inputs.fetch import endpoint_addresses
 from sdxl_worker.inputs.images import load_image, load_mask
-from sdxl_worker.runtime.logs import hidden, protect, redact, truncate
-from sdxl_worker.engine.models import Models, free_memory
-from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.request import dialects
 from sdxl_worker.request.check import check
 from sdxl_worker.request.types import Lora, Request
-from sdxl_worker.delivery.storage import Storage
+from sdxl_worker.runtime.logs import hidden, protect, redact, truncate
 from sdxl_worker.runtime.stopping import JobStopped, Stop
 from sdxl_worker.runtime.stream import ProgressCallback, run_streamed
 

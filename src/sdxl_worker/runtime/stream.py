@@ -19,9 +19,9 @@ from typing import Callable, Generator
 from sdxl_worker.delivery.previews import preview_data_url
 from sdxl_worker.delivery.size_guard import OutputBudget
 from sdxl_worker.engine import generate, previews
-from sdxl_worker.runtime.logs import protect
 from sdxl_worker.engine.models import Models
 from sdxl_worker.request.types import Request
+from sdxl_worker.runtime.logs import protect
 from sdxl_worker.runtime.stopping import Stop
 from sdxl_worker.runtime.threads import DENOISE
 

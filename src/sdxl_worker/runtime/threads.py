@@ -2,7 +2,8 @@
 
 The pipelines always run in the same thread (``DENOISE``): one place where the models are used,
 whatever thread a job came in on (an early measurement of a fresh thread per job being slower on
-CPU no longer reproduces: ``python bench/concurrency.py`` measured 1.00x). Jobs themselves (validation, downloads, previews, encoding, upload) run in
+CPU no longer reproduces: ``python bench/concurrency.py`` measured 1.00x). Jobs themselves
+(validation, downloads, previews, encoding, upload) run in
 ``JobThreads``: an idle thread takes the next job, a new one is made when none is idle, and a
 thread left with nothing to do ends unless fewer than ``keep`` wait. A stopped job still stuck
 in its upload keeps its own thread while the next job gets another, and a job that never

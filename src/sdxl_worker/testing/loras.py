@@ -6,14 +6,14 @@ from pathlib import Path
 
 def tiny_lora(part: str, targets: list[str], seed: int, text_encoders: bool = False) -> bytes:
     """A LoRA in diffusers' format for the tiny model's ``part`` UNet (and text encoders), non-zero."""
+    import torch
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model
-    import torch
     from peft.utils import get_peft_model_state_dict
 
-    from sdxl_worker.inputs import loras
     from sdxl_worker.engine.tiny import ensure_tiny_model
+    from sdxl_worker.inputs import loras
 
     folder = ensure_tiny_model() / part
     unet = UNet2DConditionModel.from_pretrained(folder / "unet")

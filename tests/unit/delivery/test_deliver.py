@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdxl_worker.request.types import Request
 from sdxl_worker.delivery.deliver import Encoding, deliver, encode, encode_png, inline_bytes, inline_limit_bytes
 from sdxl_worker.errors import InputError
+from sdxl_worker.request.types import Request
 from tests.helpers import decode
 
 

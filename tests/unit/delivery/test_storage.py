@@ -1,9 +1,9 @@
 """Storage against a real S3 HTTP endpoint (moto's server, a subprocess), driven through boto3 and HTTP."""
 
-import logging
 import io
-import os
 import itertools
+import logging
+import os
 import socket
 import subprocess
 import sys
@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdxl_worker.request.types import Request
 from sdxl_worker.delivery.deliver import deliver
 from sdxl_worker.delivery.storage import Storage, StorageConfigError, config_from_env, storage_from_env
-from tests.helpers import ROOT, decode
-from tests.helpers import free_port, moto_server
+from sdxl_worker.request.types import Request
+from tests.helpers import ROOT, decode, free_port, moto_server
 
 ACCESS_KEY = "AKIATESTKEYID0000001"
 SECRET = "test-secret-do-not-log-9f3b2c"

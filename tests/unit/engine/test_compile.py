@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pytest
 
 from sdxl_worker.engine.models import Settings, load_models
 from sdxl_worker.engine.speed import Speedups, apply_speedups

@@ -2,20 +2,12 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from sdxl_worker.request.types import Request
 from sdxl_worker.engine import generate
 from sdxl_worker.engine.plan import make_plan
 from sdxl_worker.request.schema import SCHEDULERS
+from sdxl_worker.request.types import Request
 from tests.helpers import FAST, decode, final, photo, pixels, png_data_url
-
-
-
-
-
-
-
 
 
 @pytest.mark.parametrize(

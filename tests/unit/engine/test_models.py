@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from sdxl_worker.engine.models import (
-    ModelUnavailable,
     Settings,
     load_models,
     loaded_bytes,

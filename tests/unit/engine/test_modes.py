@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdxl_worker.request.types import Request
 from sdxl_worker.engine import generate
 from sdxl_worker.engine.plan import make_plan
-from tests.helpers import decode, png_data_url
-from tests.helpers import FAST, final, photo, pixels
+from sdxl_worker.request.types import Request
+from tests.helpers import FAST, decode, final, photo, pixels, png_data_url
 
 SIZE = 256
 INPAINT = {**FAST, "image": png_data_url(photo(SIZE, SIZE)), "prompt_strength": 0.9, "width": None, "height": None}

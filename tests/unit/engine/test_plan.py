@@ -2,10 +2,10 @@
 
 import pytest
 
-from sdxl_worker.request.types import Request
-from sdxl_worker.errors import InputError
 from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.errors import InputError
 from sdxl_worker.request.check import check
+from sdxl_worker.request.types import Request
 
 
 def plan(has_refiner=True, **inputs):

@@ -8,16 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from sdxl_worker.request.types import Request
-from sdxl_worker.engine import generate
 from sdxl_worker.delivery.previews import MAX_PREVIEW_BYTES, preview_data_url
-from sdxl_worker.engine import previews
-from sdxl_worker.runtime.stream import render_preview
-from sdxl_worker.runtime.job import run_job
-from sdxl_worker.runtime.stream import Progress
+from sdxl_worker.engine import generate, previews
 from sdxl_worker.engine.plan import make_plan
 from sdxl_worker.engine.schedulers import build_scheduler
 from sdxl_worker.request.samplers import SCHEDULERS
+from sdxl_worker.request.types import Request
+from sdxl_worker.runtime.job import run_job
+from sdxl_worker.runtime.stream import Progress, render_preview
 from tests.helpers import collect, decode, png_data_url
 
 FAST = {"prompt": "a lighthouse at dusk", "num_inference_steps": 4, "refiner_inference_steps": 4, "strength": 0.5,

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from sdxl_worker.engine.prompts import from_a1111
-from tests.helpers import FAST, final, photo, pixels
-from tests.helpers import png_data_url
+from tests.helpers import FAST, final, photo, pixels, png_data_url
 
 # The tiny model's tokenizer spells words out, one token per character but none for spaces:
 # 77 tokens, with the start and end markers, are the first 75 characters that are not spaces.

@@ -1,14 +1,13 @@
 """The scheduler table: every name builds its class with its tweaks; docs/modes.md shows the table."""
 
 import re
-from pathlib import Path
 
-from tests.helpers import ROOT
 import pytest
 
-from sdxl_worker.request import schema
 from sdxl_worker.engine.schedulers import build_scheduler
+from sdxl_worker.request import schema
 from sdxl_worker.request.samplers import SCHEDULERS, markdown_table
+from tests.helpers import ROOT
 
 SDXL_CONFIG = {  # stabilityai/stable-diffusion-xl-base-1.0's scheduler/scheduler_config.json, every key
     "_class_name": "EulerDiscreteScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -80,4 +79,5 @@ def test_readme_scheduler_table_is_generated_from_the_table():
     text = (ROOT / "docs" / "modes.md").read_text()
     table = re.search(r"<!-- schedulers:start -->\n(.*?)\n<!-- schedulers:end -->", text, re.S)
     assert table, "docs/modes.md lacks the generated scheduler table markers"
-    assert table.group(1).strip() == markdown_table().strip(), "run: python -m sdxl_worker.request.samplers, paste into docs/modes.md"
+    assert table.group(1).strip() == markdown_table().strip(), \
+        "run: python -m sdxl_worker.request.samplers, paste into docs/modes.md"

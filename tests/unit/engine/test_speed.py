@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
-
-from sdxl_worker.config import ConfigError
 import torch
 
-from sdxl_worker.runtime.warmup import warm_up_if_asked
+from sdxl_worker.config import ConfigError
 from sdxl_worker.engine.speed import FP16_FIX_VAE, Speedups, apply_speedups, keep_timesteps_on_host, parse_sizes
+from sdxl_worker.runtime.warmup import warm_up_if_asked
 from tests.helpers import decode
 
 JOB = {"prompt": "a red fox", "negative_prompt": "blurry", "width": 256, "height": 256, "num_inference_steps": 3,

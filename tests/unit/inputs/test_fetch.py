@@ -12,8 +12,8 @@ import socket
 
 import pytest
 
-from sdxl_worker.inputs import fetch as fetch_module
 from sdxl_worker.errors import InputError
+from sdxl_worker.inputs import fetch as fetch_module
 from sdxl_worker.inputs.fetch import fetch
 from sdxl_worker.testing.servers import Server, body, drip, endless, redirect, stall
 

@@ -2,13 +2,10 @@
 
 import base64
 import io
-import struct
-import zlib
 
 import pytest
 from PIL import Image
 
-from sdxl_worker.inputs import images
 from sdxl_worker.errors import InputError
 from sdxl_worker.inputs.images import decode_image, load_image
 from sdxl_worker.testing.files import png_declaring

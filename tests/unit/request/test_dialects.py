@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdxl_worker.request.dialects import translate
 from sdxl_worker.errors import InputError
+from sdxl_worker.request.dialects import translate
 from sdxl_worker.request.schema import INPUT_SCHEMA
 from tests.helpers import decode
 

@@ -2,13 +2,12 @@
 
 import math
 import re
-from pathlib import Path
 
-from tests.helpers import ROOT
 import pytest
 
-from sdxl_worker.request import schema
 from sdxl_worker.errors import InputError
+from sdxl_worker.request import schema
+from tests.helpers import ROOT
 
 
 def error_for(inputs: dict) -> str:
@@ -116,7 +115,8 @@ def test_readme_input_table_is_generated_from_the_schema():
     text = readme.read_text()
     table = re.search(r"<!-- inputs:start -->\n(.*?)\n<!-- inputs:end -->", text, re.S)
     assert table, "README.md lacks the generated input table markers"
-    assert table.group(1).strip() == schema.markdown_table().strip(), "run: python -m sdxl_worker.request.schema, paste into README"
+    assert table.group(1).strip() == schema.markdown_table().strip(), \
+        "run: python -m sdxl_worker.request.schema, paste into README"
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from sdxl_worker.config import StorageSettings
 from sdxl_worker.delivery.storage import Storage
 from sdxl_worker.runtime import fitness
-from sdxl_worker.config import StorageSettings
 from tests.helpers import free_port
 
 SECRET = "fitness-secret-never-shown-31a"

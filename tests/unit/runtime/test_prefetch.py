@@ -13,7 +13,6 @@ from sdxl_worker.runtime import prefetch, start_files
 from tests.helpers import ROOT, bench_script
 
 
-
 @pytest.fixture(scope="module")
 def page_cache():
     """bench/cold_start.py's eviction and mincore check, to see what the helper put in memory."""

@@ -2,8 +2,8 @@
 
 import pytest
 
-from sdxl_worker.runtime import selfcheck
 from sdxl_worker.engine.schedulers import build_scheduler
+from sdxl_worker.runtime import selfcheck
 from tests.helpers import run_handler
 
 

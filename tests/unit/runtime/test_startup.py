@@ -1,13 +1,8 @@
 """Start-up as users meet it: shared components, the tiny model's shape, one-sentence errors, local runs."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 from sdxl_worker.engine.tiny import ensure_tiny_model
 from tests.helpers import run_handler
-
 
 
 def test_the_refiner_shares_text_encoder_2_and_the_vae(models):
