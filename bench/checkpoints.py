@@ -31,7 +31,7 @@ from sdxl_worker.engine.models import Settings, load_models  # noqa: E402
 from sdxl_worker.engine.tiny import ensure_tiny_model  # noqa: E402
 from sdxl_worker.request.presets import PRESETS  # noqa: E402
 from sdxl_worker.runtime.job import run_job  # noqa: E402
-from sdxl_worker.testing.presets import write_tiny_presets  # noqa: E402
+from sdxl_worker.testing.tiny_presets import write_tiny_presets  # noqa: E402
 
 
 def other_checkpoint(where: Path) -> Path:
@@ -83,7 +83,7 @@ def presets(models, rounds: int, size: int) -> list[tuple[str, int, float]]:
     for name in [None, *PRESETS]:
         inputs = {"preset": name} if name else {}
         if name:
-            from sdxl_worker.engine.presets import unet_for
+            from sdxl_worker.engine.preset_weights import unet_for
 
             unet_for(models, name)[0].register_forward_hook(count)
         seconds = []

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from sdxl_worker.engine.models import Settings, load_models  # noqa: E402
 from sdxl_worker.runtime.job import run_job  # noqa: E402
-from sdxl_worker.testing.control import write_tiny_controlnet, write_tiny_ip_adapter  # noqa: E402
+from sdxl_worker.testing.tiny_guides import write_tiny_controlnet, write_tiny_ip_adapter  # noqa: E402
 from tests.helpers import png_data_url  # noqa: E402
 
 

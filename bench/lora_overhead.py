@@ -16,11 +16,11 @@ from pathlib import Path
 
 os.environ.setdefault("ALLOW_PRIVATE_URLS", "1")
 
-from sdxl_worker.engine import loras as lora_layers
+from sdxl_worker.engine import lora_layers as lora_layers
 from sdxl_worker.engine.models import Settings, load_models
 from sdxl_worker.runtime.job import local_loras, run_job
-from sdxl_worker.testing.loras import tiny_lora
 from sdxl_worker.testing.servers import Server, body
+from sdxl_worker.testing.tiny_loras import tiny_lora
 
 JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 4, "seed": 1,
        "refine": "no_refiner"}

@@ -1,7 +1,7 @@
 """What one live preview costs, against the predecessor's way (a full SDXL VAE decode), in one run.
 
 A 1024x1024 job: one 128x128 in-loop latent to a 256-px JPEG data URL, by
-  linear   the SDXL latent-to-RGB projection (src/sdxl_worker/engine/previews.py, the default),
+  linear   the SDXL latent-to-RGB projection (src/sdxl_worker/engine/latent_previews.py, the default),
   taesdxl  TAESDXL: AutoencoderTiny's default config, its real architecture, random weights,
            as the worker runs it (latent area-averaged to decode at twice the preview size)
            and on the whole latent,
@@ -9,7 +9,7 @@ A 1024x1024 job: one 128x128 in-loop latent to a 256-px JPEG data URL, by
            decoded at full size, then sized and encoded the same way.
 Random weights cost what trained ones do. Prints medians and the ratios to the full decode.
 
-    python bench/previews.py [--repeats 30] [--vae-repeats 3] [--device cpu]
+    python bench/latent_previews.py [--repeats 30] [--vae-repeats 3] [--device cpu]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from sdxl_worker.delivery.previews import preview_data_url
-from sdxl_worker.engine import previews
+from sdxl_worker.engine import latent_previews
 from sdxl_worker.runtime.stream import render_preview
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,7 @@ def main() -> None:
         sync()
 
     def tiny_full_size():  # TAESDXL on the whole 128x128 latent (1024 px), then downscaled
-        image = previews.taesd_rgb(taesd, latent).resize((256, 256), Image.Resampling.BILINEAR)
+        image = latent_previews.taesd_rgb(taesd, latent).resize((256, 256), Image.Resampling.BILINEAR)
         preview_data_url(image, "jpeg", 75)
         sync()
 

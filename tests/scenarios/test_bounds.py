@@ -24,10 +24,10 @@ from sdxl_worker import config
 from sdxl_worker.engine import budget
 from sdxl_worker.engine.plan import MAX_SIDE, MIN_SIDE, fit_image_size
 from sdxl_worker.errors import InputError
-from sdxl_worker.inputs import loras
+from sdxl_worker.inputs import lora_files
 from sdxl_worker.request.types import Request
-from sdxl_worker.testing.loras import tiny_lora
 from sdxl_worker.testing.servers import Server, body
+from sdxl_worker.testing.tiny_loras import tiny_lora
 from tests.helpers import decode, png_data_url
 
 SMALL = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 3,
@@ -68,14 +68,14 @@ def watch_opens(path: Path):
 def lora_dir(tmp_path, monkeypatch):
     root = tmp_path / "loras"
     (root / "style").mkdir(parents=True)
-    (root / "style" / loras.DEFAULT_WEIGHT_NAME).write_bytes(tiny_lora("base", ["to_q"], seed=5))
+    (root / "style" / lora_files.DEFAULT_WEIGHT_NAME).write_bytes(tiny_lora("base", ["to_q"], seed=5))
     monkeypatch.setenv("LORA_DIR", str(root))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     secret = elsewhere / "x.safetensors"
     secret.write_bytes(tiny_lora("base", ["to_q"], seed=6))  # a real LoRA: loading it would work
     (root / "linked").mkdir()
-    (root / "linked" / loras.DEFAULT_WEIGHT_NAME).symlink_to(secret)
+    (root / "linked" / lora_files.DEFAULT_WEIGHT_NAME).symlink_to(secret)
     return root, secret
 
 
@@ -273,7 +273,7 @@ def test_a_lora_download_streams_to_disk_without_holding_the_file_in_memory(tmp_
     with Server({"/big.safetensors": body(data)}) as files:
         tracemalloc.start()
         try:
-            path = loras.resolve({"path": files.url("/big.safetensors")}, 0)
+            path = lora_files.resolve({"path": files.url("/big.safetensors")}, 0)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -288,7 +288,7 @@ def test_a_lora_download_cut_short_leaves_nothing_in_the_cache(tmp_path, monkeyp
     monkeypatch.setenv("LORA_MAX_MB", "1")
     with Server({"/big.safetensors": body(_big_safetensors(4))}) as files:
         with pytest.raises(InputError, match="larger than"):
-            loras.resolve({"path": files.url("/big.safetensors")}, 0)
+            lora_files.resolve({"path": files.url("/big.safetensors")}, 0)
     assert list((tmp_path / "cache").iterdir()) == []
 
 

@@ -419,7 +419,7 @@ def test_the_files_the_builder_takes_of_a_controlnet_and_an_ip_adapter_are_enoug
     the worker on the copies: it loads both."""
     from builder.download_weights import ip_adapter_files
     from sdxl_worker.engine.models import Settings, load_models
-    from sdxl_worker.testing.control import write_tiny_controlnet, write_tiny_ip_adapter
+    from sdxl_worker.testing.tiny_guides import write_tiny_controlnet, write_tiny_ip_adapter
 
     def baked(made: Path, choose) -> Path:
         (made / "diffusion_pytorch_model.bin").write_bytes(b"a pickle copy")  # as real repositories hold

@@ -134,7 +134,7 @@ def test_each_model_gives_its_own_image_and_the_evicted_one_is_freed(single_file
 
 def test_kept_models_switch_back_without_loading_and_share_identical_weights(single_files, other_checkpoint, tmp_path,
                                                                            monkeypatch):
-    from sdxl_worker.testing.loras import tiny_lora
+    from sdxl_worker.testing.tiny_loras import tiny_lora
 
     monkeypatch.setenv("LORA_DIR", str(tmp_path))
     worker = load_models(_choices(single_files, other_checkpoint, kept=2))

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from sdxl_worker.engine.models import Settings, load_models
 from sdxl_worker.runtime.job import run_job
-from sdxl_worker.testing.control import write_tiny_controlnet, write_tiny_ip_adapter
+from sdxl_worker.testing.tiny_guides import write_tiny_controlnet, write_tiny_ip_adapter
 from tests.helpers import final, photo, pixels, png_data_url
 
 SIZE = 256
@@ -72,7 +72,7 @@ def test_a_controlnet_job_gives_diffusers_controlnet_pipeline_pixels(guided, fol
     from diffusers import ControlNetModel, DDIMScheduler, StableDiffusionXLControlNetPipeline
 
     from sdxl_worker.engine.tiny import ensure_tiny_model
-    from sdxl_worker.inputs.control import canny
+    from sdxl_worker.inputs.control_images import canny
 
     controlnet = ControlNetModel.from_pretrained(folders["canny"])
     pipe = StableDiffusionXLControlNetPipeline.from_pretrained(ensure_tiny_model() / "base", controlnet=controlnet,
@@ -88,7 +88,7 @@ def test_a_controlnet_job_gives_diffusers_controlnet_pipeline_pixels(guided, fol
 
 
 def test_several_controlnets_at_once_with_a_lora_and_previews(guided, tmp_path, monkeypatch):
-    from sdxl_worker.testing.loras import tiny_lora
+    from sdxl_worker.testing.tiny_loras import tiny_lora
 
     monkeypatch.setenv("LORA_DIR", str(tmp_path))
     (tmp_path / "fox.safetensors").write_bytes(tiny_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1))
@@ -130,7 +130,7 @@ def test_ip_adapter_steers_the_image_and_a_job_after_it_equals_the_job_before(gu
 def test_an_ip_adapter_plus_with_the_vit_h_encoder_loads_steers_and_comes_off(tmp_path):
     """ip-adapter-plus_sdxl_vit-h, the layout docs/control.md names: a resampler projection with
     attention layers of its own, its encoder in models/image_encoder. It crashed the start before."""
-    from sdxl_worker.testing.control import PLUS_ENCODER, PLUS_WEIGHT
+    from sdxl_worker.testing.tiny_guides import PLUS_ENCODER, PLUS_WEIGHT
 
     plus = load_models(Settings(base="tiny", refiner=None, vae=None, device="cpu",
                                 ip_adapter=str(write_tiny_ip_adapter(tmp_path / "plus", plus=True)),
@@ -177,7 +177,7 @@ def test_refusals_name_the_field_before_anything_runs(guided, models):
 
 
 def test_a_reference_image_far_from_square_is_cut_to_4_to_1_around_its_centre(guided):
-    from sdxl_worker.inputs.control import reference_image
+    from sdxl_worker.inputs.control_images import reference_image
 
     strip = Image.new("RGB", (4000, 10), "red")
     strip.paste(Image.new("RGB", (40, 10), "blue"), (1980, 0))

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sdxl_worker.testing.loras import kohya_lora, tiny_lora
+from sdxl_worker.testing.tiny_loras import kohya_lora, tiny_lora
 from tests.helpers import decode, png_data_url
 
 SIZE = 256

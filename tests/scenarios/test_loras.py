@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from sdxl_worker.engine import loras as lora_layers
-from sdxl_worker.inputs import loras
+from sdxl_worker.engine import lora_layers
+from sdxl_worker.inputs import lora_files
 from sdxl_worker.request.schema import MAX_LORAS
 from sdxl_worker.runtime.job import local_loras
-from sdxl_worker.testing.loras import kohya_lora, tiny_lora
 from sdxl_worker.testing.servers import Server, body
+from sdxl_worker.testing.tiny_loras import kohya_lora, tiny_lora
 from tests.helpers import decode, png_data_url
 
 JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 7,
@@ -57,7 +57,7 @@ def _locon(state) -> None:  # a key kind this worker's loaders do not place
 
 
 @pytest.fixture(scope="module")
-def lora_files() -> dict:
+def lora_bytes() -> dict:
     """The test LoRAs by URL path."""
     return {
         "/fox.safetensors": tiny_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1),
@@ -71,9 +71,9 @@ def lora_files() -> dict:
 
 
 @pytest.fixture(scope="module")
-def http_files(lora_files):
+def http_files(lora_bytes):
     """A real HTTP server for the test LoRAs; its ``requests`` lists every path asked for."""
-    with Server({path: body(data) for path, data in lora_files.items()}) as files:
+    with Server({path: body(data) for path, data in lora_bytes.items()}) as files:
         yield files
 
 
@@ -136,10 +136,10 @@ def test_scales_add_up_and_a_second_lora_stacks(run, server, baseline):
     assert np.abs(doubled.astype(int) - full).max() <= 1  # two halves of one LoRA: the whole LoRA
 
 
-def test_a_lora_with_text_encoder_layers(run, server, lora_files, baseline, models):
+def test_a_lora_with_text_encoder_layers(run, server, lora_bytes, baseline, models):
     from safetensors.torch import load
 
-    keys = load(lora_files["/with-text.safetensors"]).keys()
+    keys = load(lora_bytes["/with-text.safetensors"]).keys()
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("text_encoder_2.") for k in keys)
     with lora_layers.applied(models, local_loras([{"path": f"{server}/with-text.safetensors"}])):
         assert len(lora_layers.leftover_layers(models)) > 0  # the check below can see LoRA layers
@@ -199,14 +199,14 @@ def test_unreachable_local_and_hub_loras_are_named(run, tmp_path):
     assert "'some-lora'" in error and "'style.safetensors'" in error and "hub" in error
 
 
-def test_a_local_lora_file_and_folder_load(run, server, lora_files, tmp_path):
+def test_a_local_lora_file_and_folder_load(run, server, lora_bytes, tmp_path):
     JOB = FAST
     folder = tmp_path / "my-lora"
     folder.mkdir()
-    (folder / loras.DEFAULT_WEIGHT_NAME).write_bytes(lora_files["/fox.safetensors"])
+    (folder / lora_files.DEFAULT_WEIGHT_NAME).write_bytes(lora_bytes["/fox.safetensors"])
     by_url = _pixels(run(dict(JOB, loras=[{"path": f"{server}/fox.safetensors"}])))
     assert _pixels(run(dict(JOB, loras=[{"path": str(folder)}]))).tolist() == by_url.tolist()
-    file = folder / loras.DEFAULT_WEIGHT_NAME
+    file = folder / lora_files.DEFAULT_WEIGHT_NAME
     assert _pixels(run(dict(JOB, loras=[{"path": str(file)}]))).tolist() == by_url.tolist()
 
 
@@ -236,9 +236,9 @@ def test_the_cache_evicts_the_least_recently_used_first(tmp_path):
         file = tmp_path / f"{name}.safetensors"
         file.write_bytes(b"x" * 1000)
         os.utime(file, (now - age * 100, now - age * 100))
-    removed = loras.evict(tmp_path, cap_bytes=2000)
+    removed = lora_files.evict(tmp_path, cap_bytes=2000)
     assert [file.name for file in removed] == ["old.safetensors"]
-    removed = loras.evict(tmp_path, cap_bytes=0, keep=tmp_path / "middle.safetensors")
+    removed = lora_files.evict(tmp_path, cap_bytes=0, keep=tmp_path / "middle.safetensors")
     assert [file.name for file in removed] == ["new.safetensors"]
     assert [file.name for file in tmp_path.iterdir()] == ["middle.safetensors"]
 

@@ -8,7 +8,7 @@ import torch
 
 from sdxl_worker.engine.schedulers import build_scheduler
 from sdxl_worker.request.presets import PRESETS
-from sdxl_worker.testing.presets import write_tiny_presets
+from sdxl_worker.testing.tiny_presets import write_tiny_presets
 from tests.helpers import final, pixels
 
 JOB = {"prompt": "a lighthouse at dusk", "width": 256, "height": 256, "seed": 7}
@@ -33,10 +33,10 @@ def _unet_calls(unet) -> tuple:
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_each_preset_runs_its_documented_scheduler_steps_and_guidance(name, with_presets, models, run):
-    from sdxl_worker.engine import presets as fast
+    from sdxl_worker.engine import preset_weights
 
     preset = PRESETS[name]
-    unet, _ = fast.unet_for(models, name)
+    unet, _ = preset_weights.unet_for(models, name)
     calls, handle = _unet_calls(unet)
     try:
         out = final(run(dict(JOB, preset=name)))

@@ -83,12 +83,12 @@ def test_an_installed_configuration_is_what_every_part_reads(monkeypatch):
     monkeypatch.setenv("LORA_MAX_MB", "7")  # set after start-up: no longer read
     config.install(settings)
     try:
-        from sdxl_worker.inputs import loras
+        from sdxl_worker.inputs import lora_files
 
-        assert loras.max_file_bytes() == 1024 * 1024
+        assert lora_files.max_file_bytes() == 1024 * 1024
     finally:
         config.install(None)
-    assert loras.max_file_bytes() == 7 * 1024 * 1024
+    assert lora_files.max_file_bytes() == 7 * 1024 * 1024
 
 
 def test_docs_configuration_holds_the_generated_table():

@@ -19,10 +19,10 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from sdxl_worker.engine import control, ip_adapter
+from sdxl_worker.engine import control_pipelines, ip_adapter
+from sdxl_worker.engine.latent_previews import clean_estimate
 from sdxl_worker.engine.models import Models
 from sdxl_worker.engine.plan import Plan
-from sdxl_worker.engine.previews import clean_estimate
 from sdxl_worker.engine.prompts import each_text_once, encode_for_base, encode_for_refiner
 from sdxl_worker.engine.schedulers import build_scheduler
 from sdxl_worker.engine.speed import keep_timesteps_on_host
@@ -89,7 +89,7 @@ def _run_base(models, plan, generators, init_image, mask, on_step, control_image
               wants_x0=None):
     pipe = {"txt2img": models.base, "img2img": models.img2img, "inpaint": models.inpaint}[plan.task]
     if plan.controls:
-        pipe = control.pipeline_for(models, plan.task, pipe, [guide.model for guide in plan.controls])
+        pipe = control_pipelines.pipeline_for(models, plan.task, pipe, [guide.model for guide in plan.controls])
     pipe.scheduler = keep_timesteps_on_host(
         pipe, build_scheduler(plan.scheduler, models.scheduler_configs["base"])
     )
@@ -97,7 +97,7 @@ def _run_base(models, plan, generators, init_image, mask, on_step, control_image
     args = dict(_common(plan, conditioning, generators), **_base_args(plan))
     end_after = None
     if plan.controls:
-        args.update(control.arguments(plan, control_images))
+        args.update(control_pipelines.arguments(plan, control_images))
         if plan.task == "img2img" and "denoising_end" in args:
             # diffusers' ControlNet img2img pipeline has no denoising_end: the base stops after the
             # same steps by interrupting its loop, which then hands over the latents as they are.

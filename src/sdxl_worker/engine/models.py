@@ -275,9 +275,9 @@ def import_libraries() -> SimpleNamespace:
     )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from sdxl_worker.engine.control import load_controlnets, speed_up_controlnets
+    from sdxl_worker.engine.control_pipelines import load_controlnets, speed_up_controlnets
     from sdxl_worker.engine.ip_adapter import load_ip_adapter
-    from sdxl_worker.engine.previews import load_preview_decoder
+    from sdxl_worker.engine.latent_previews import load_preview_decoder
 
     return SimpleNamespace(
         load_controlnets=load_controlnets,

@@ -4,7 +4,7 @@ Every switch reads ``auto`` (the default), ``1`` or ``0``. ``auto`` turns on wha
 faster on CUDA and leaves a CPU run exactly as diffusers would run it, so the tiny-model tests
 see the same pixels with or without this module. Compiling is paid at start-up (warm-up jobs,
 a long prompt among them), never by a real job: LoRAs are baked into a compiled UNet's weights
-rather than wrapped around its layers (sdxl_worker.engine.loras), the weights never require
+rather than wrapped around its layers (sdxl_worker.engine.lora_layers), the weights never require
 grad, and tests/unit/engine/test_compile.py counts dynamo's graphs across LoRA jobs, new scales,
 long prompts and the refiner. The cache lives in a folder so a warm restart does not recompile.
 

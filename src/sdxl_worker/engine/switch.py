@@ -16,7 +16,15 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from sdxl_worker.engine import models as loading
+from sdxl_worker.engine.models import (
+    ModelUnavailable,
+    _Loader,
+    base_pipelines,
+    free_memory,
+    import_libraries,
+    load_base,
+    refiner_pipelines,
+)
 from sdxl_worker.engine.speed import speed_up
 from sdxl_worker.errors import InputError
 
@@ -88,11 +96,11 @@ def use_model(models, name: str | None) -> int | None:
             failure = None
         if failure is not None:
             traceback.clear_frames(failure.__traceback__)  # its frames held the half-loaded tensors
-            loading.free_memory()  # what the half-loaded checkpoint held, before the previous one loads again
+            free_memory()  # what the half-loaded checkpoint held, before the previous one loads again
             if previous not in models.kept:  # dropped for room: the worker must still have a model
                 _put_in_place(models, previous, _load(models, previous))
             error = failure
-            if not isinstance(error, loading.ModelUnavailable):
+            if not isinstance(error, ModelUnavailable):
                 raise error
             log.warning("Model %s could not be loaded: %s (jobs naming it are refused from now on)", name, error)
             models.broken[name] = str(error)
@@ -113,7 +121,7 @@ def _make_room(models, room: int) -> None:
         _let_go_of_the_one_in_use(models)
     if dropped:
         log.info("Model(s) %s unloaded (MODELS_KEPT=%d)", ", ".join(dropped), models.settings.kept)
-        loading.free_memory()
+        free_memory()
 
 
 class _Unloaded:
@@ -136,19 +144,19 @@ def _let_go_of_the_one_in_use(models) -> None:
 
 
 def _load(models, name: str) -> Checkpoint:
-    lib, settings = loading.import_libraries(), models.settings
+    lib, settings = import_libraries(), models.settings
     on_gpu = models.device.startswith("cuda")
-    loader = loading._Loader(models.dtype, None if settings.cpu_offload and on_gpu else models.device)
+    loader = _Loader(models.dtype, None if settings.cpu_offload and on_gpu else models.device)
     loaded = [pipe for pipe in [models.base] + [kept.base for kept in models.kept.values()] if hasattr(pipe, "vae")]
     shared_vae = models.shared_vae if settings.vae else None  # VAE_MODEL serves every checkpoint, loaded once
-    base = loading.load_base(lib, settings, model_sources(settings)[name], loader, shared_vae)
+    base = load_base(lib, settings, model_sources(settings)[name], loader, shared_vae)
     fresh = _share_identical(base, loaded)
     if models.speedups is not None:
         speed_up([base.unet] if "unet" in fresh else [],
                  [base.vae] if "vae" in fresh and shared_vae is None else [], models.speedups)
     if settings.cpu_offload and on_gpu:
         base.enable_model_cpu_offload()
-    img2img, inpaint = loading.base_pipelines(lib, base)
+    img2img, inpaint = base_pipelines(lib, base)
     return Checkpoint(base, img2img, inpaint, dict(base.scheduler.config))
 
 
@@ -186,5 +194,5 @@ def _put_in_place(models, name: str, chosen: Checkpoint) -> None:
     refiner = models.refiner
     if refiner is not None and (getattr(refiner, "text_encoder_2", None) is not chosen.base.text_encoder_2
                                 or refiner.vae is not chosen.base.vae):
-        models.refiner, models.refiner_inpaint = loading.refiner_pipelines(
-            loading.import_libraries(), refiner, text_encoder_2=chosen.base.text_encoder_2, vae=chosen.base.vae)
+        models.refiner, models.refiner_inpaint = refiner_pipelines(
+            import_libraries(), refiner, text_encoder_2=chosen.base.text_encoder_2, vae=chosen.base.vae)

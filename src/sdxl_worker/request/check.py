@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sdxl_worker.config import STORAGE_REQUIRED as STORAGE_VARIABLES
+from sdxl_worker.config import STORAGE_REQUIRED
 from sdxl_worker.errors import InputError, quoted
 from sdxl_worker.request.schema import MAX_SEED
 from sdxl_worker.request.types import Request
@@ -41,7 +41,7 @@ def check(request: Request, has_refiner: bool, has_storage: bool, model_names: I
                          f"with --build-arg PRESETS={request.preset} (or PRESETS=all), or leave 'preset' out.")
     if request.upload is True and not has_storage:
         raise InputError(
-            f"'upload' is true but this worker has no storage configured; set {', '.join(STORAGE_VARIABLES)} "
+            f"'upload' is true but this worker has no storage configured; set {', '.join(STORAGE_REQUIRED)} "
             f"on the endpoint, or leave 'upload' unset to get the images inline."
         )
     if request.seed is not None and request.seed + request.num_images - 1 > MAX_SEED:

@@ -2,7 +2,7 @@
 
 A preset is a set of defaults for the request (scheduler, steps, guidance, refiner off) plus the
 weights the method needs: a LoRA fused into a copy of the checkpoint's UNet, or a distilled UNet of
-its own (sdxl_worker.engine.presets loads them once and keeps them). The settings are the ones
+its own (sdxl_worker.engine.preset_weights loads them once and keeps them). The settings are the ones
 each publisher documents on the page in ``reference``. The schema reads the table for its enum and
 for what a preset refuses; the builder reads it for what to bake.
 """

@@ -15,8 +15,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.validators import extend
 
 from sdxl_worker.errors import InputError, quoted
-from sdxl_worker.request import presets
-from sdxl_worker.request.samplers import SCHEDULERS as SCHEDULER_TABLE
+from sdxl_worker.request import presets, samplers
 
 MAX_SEED = 2**63 - 1
 MAX_LORAS = 4  # per job; each one adds its own low-rank matmuls to every step
@@ -28,7 +27,7 @@ MAX_NAME_CHARS = 64  # names from a list (scheduler, task, ...)
 MAX_DEPTH = 8  # how deeply lists and objects may nest anywhere in the input
 MAX_VALUES = 10_000  # values in the whole input, counting those inside lists and objects
 
-SCHEDULERS = list(SCHEDULER_TABLE)
+SCHEDULERS = list(samplers.SCHEDULERS)
 TASKS = ["txt2img", "img2img", "inpaint", "refine"]
 REFINE_MODES = ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
 

@@ -23,15 +23,13 @@ from sdxl_worker import errors
 from sdxl_worker.delivery.deliver import deliver, inline_limit_bytes
 from sdxl_worker.delivery.size_guard import OutputBudget
 from sdxl_worker.delivery.storage import Storage, job_storage
-from sdxl_worker.engine import budget, prompts, switch
-from sdxl_worker.engine import loras as lora_layers
-from sdxl_worker.engine import presets as fast_presets
+from sdxl_worker.engine import budget, lora_layers, preset_weights, prompts, switch
 from sdxl_worker.engine.generate import count_steps, ms_since
 from sdxl_worker.engine.models import Models, free_memory
 from sdxl_worker.engine.plan import make_plan
 from sdxl_worker.errors import InputError
-from sdxl_worker.inputs import loras as lora_files
-from sdxl_worker.inputs.control import control_image, reference_image
+from sdxl_worker.inputs import lora_files
+from sdxl_worker.inputs.control_images import control_image, reference_image
 from sdxl_worker.inputs.fetch import endpoint_addresses
 from sdxl_worker.inputs.images import load_image, load_mask
 from sdxl_worker.request import dialects
@@ -100,7 +98,7 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     request = Request.from_input(raw_input)
     storage, storage_warning = job_storage(job.get("s3Config"), storage, endpoint_addresses=endpoint_addresses)
     check(request, has_refiner=models.has_refiner, has_storage=storage is not None,
-          model_names=switch.model_names(models), presets=fast_presets.available() if request.preset else (),
+          model_names=switch.model_names(models), presets=preset_weights.available() if request.preset else (),
           controlnets=tuple(models.controlnets), has_ip_adapter=models.ip_adapter is not None)
     if models.settings is not None and models.settings.cpu_offload:
         _refuse_what_offload_cannot_run(request)
@@ -141,7 +139,7 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     stop.check("while its inputs were read")
     with _holding_the_models(stop):
         loading = {"model_switch": switch.use_model(models, request.model)}
-        with fast_presets.applied(models, request.preset) as loading["preset_load"], \
+        with preset_weights.applied(models, request.preset) as loading["preset_load"], \
                 lora_layers.applied(models, loras):
             stop.check("before its first step")
             result = yield from run_streamed(models, job, request, plan, init_image, mask, on_progress, stop,

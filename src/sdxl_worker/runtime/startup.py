@@ -46,9 +46,9 @@ def start() -> Worker:
     prefetching = prefetch.start()
     config.quiet_libraries()
     logging.basicConfig(level=settings.runtime.log_level, format=LOG_FORMAT)
-    from sdxl_worker.runtime.logs import install as protect_logs
+    from sdxl_worker.runtime import logs
 
-    protect_logs()
+    logs.install()
     log.info("Prefetch: %s", prefetching.summary)
     try:
         # Libraries first: a broken install stops in seconds, before anything imports what is

@@ -18,7 +18,7 @@ from typing import Callable, Generator
 
 from sdxl_worker.delivery.previews import preview_data_url
 from sdxl_worker.delivery.size_guard import OutputBudget
-from sdxl_worker.engine import generate, previews
+from sdxl_worker.engine import generate, latent_previews
 from sdxl_worker.engine.models import Models
 from sdxl_worker.request.types import Request
 from sdxl_worker.runtime.logs import protect
@@ -79,7 +79,7 @@ def run_streamed(models: Models, job: dict, request: Request, plan, init_image, 
 
 def render_preview(latent, size: int, image_format: str = "jpeg", quality: int = 75, decoder=None) -> str:
     """One in-loop latent (4, h, w) -> a preview data URL, ``size`` pixels on its longer side."""
-    return preview_data_url(previews.preview_image(latent, size, decoder), image_format, quality)
+    return preview_data_url(latent_previews.preview_image(latent, size, decoder), image_format, quality)
 
 
 class _Stopped(Exception):

@@ -13,7 +13,7 @@ from sdxl_worker.engine.models import Settings, load_models
 from sdxl_worker.engine.speed import Speedups, apply_speedups
 from sdxl_worker.runtime.job import run_job
 from sdxl_worker.runtime.warmup import warm_up_if_asked
-from sdxl_worker.testing.loras import kohya_lora, tiny_lora
+from sdxl_worker.testing.tiny_loras import kohya_lora, tiny_lora
 from tests.helpers import decode
 
 JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 3, "refine": "no_refiner"}
@@ -80,7 +80,7 @@ def test_a_baked_lora_on_cross_attention_reaches_an_ip_adapter_job_with_fused_pr
     processor reads the unfused ones: a baked LoRA must change what each reads."""
     import torch._dynamo
 
-    from sdxl_worker.testing.control import write_tiny_ip_adapter
+    from sdxl_worker.testing.tiny_guides import write_tiny_ip_adapter
     from tests.helpers import photo, png_data_url
 
     monkeypatch.setenv("LORA_DIR", str(tmp_path))
@@ -102,14 +102,14 @@ def test_a_bake_that_fails_part_way_leaves_the_weights_as_they_were(tmp_path, mo
     import torch
     import torch._dynamo
 
-    from sdxl_worker.engine import loras
+    from sdxl_worker.engine import lora_layers
 
     monkeypatch.setenv("LORA_DIR", str(tmp_path))
     (tmp_path / "style.safetensors").write_bytes(tiny_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1))
     torch._dynamo.reset()
     compiled = compiled_models()
     before = pixels(compiled)
-    real, calls = loras._weights_in_use, []
+    real, calls = lora_layers._weights_in_use, []
 
     def out_of_memory_on_the_fifth(*args):
         calls.append(1)
@@ -117,7 +117,7 @@ def test_a_bake_that_fails_part_way_leaves_the_weights_as_they_were(tmp_path, mo
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
         return real(*args)
 
-    monkeypatch.setattr(loras, "_weights_in_use", out_of_memory_on_the_fifth)
+    monkeypatch.setattr(lora_layers, "_weights_in_use", out_of_memory_on_the_fifth)
     failed = list(run_job(compiled, {"id": "oom", "input": {**JOB, "loras": [{"path": "style.safetensors"}]}}))[-1]
     assert "out of memory" in failed["error"].lower()
     assert (pixels(compiled) == before).all()

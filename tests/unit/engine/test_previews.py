@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from sdxl_worker.delivery.previews import MAX_PREVIEW_BYTES, preview_data_url
-from sdxl_worker.engine import generate, previews
+from sdxl_worker.engine import generate, latent_previews
 from sdxl_worker.engine.plan import make_plan
 from sdxl_worker.engine.schedulers import build_scheduler
 from sdxl_worker.request.samplers import SCHEDULERS
@@ -39,7 +39,7 @@ def expected_steps(total: int, every: int) -> list[int]:
 def test_linear_projection_uses_the_sdxl_factors_and_bias():
     latent = torch.zeros(4, 2, 3)
     latent[0, 0, 0] = 1.0  # channel 0 alone: row 0 of the factors plus the bias
-    image = np.asarray(previews.linear_rgb(latent)).astype(int)
+    image = np.asarray(latent_previews.linear_rgb(latent)).astype(int)
     assert image.shape == (2, 3, 3)
     expected = (np.clip(np.array([0.3651, 0.4232, 0.4341]) + [0.1084, -0.0175, -0.0011], -1, 1) + 1) * 127.5
     assert np.abs(image[0, 0] - expected).max() <= 1
@@ -51,7 +51,7 @@ def test_linear_projection_uses_the_sdxl_factors_and_bias():
     ((2048, 512), 100, (100, 25)), ((256, 256), 512, (512, 512)),
 ])
 def test_preview_dimensions_keep_the_aspect_ratio(size, longest, expected):
-    assert previews.preview_dimensions(*size, longest) == expected
+    assert latent_previews.preview_dimensions(*size, longest) == expected
 
 
 @pytest.mark.parametrize("image_format, mime", [("jpeg", "image/jpeg"), ("webp", "image/webp")])
@@ -86,7 +86,7 @@ def test_clean_estimate_recovers_the_clean_latent_from_a_perfect_noise_predictio
         noisy = scheduler.add_noise(clean, noise, timestep[None])
         scheduler.scale_model_input(noisy, timestep)
         output = scheduler.step(noise, timestep, noisy, return_dict=False)  # as the pipelines call it
-        x0 = previews.clean_estimate(scheduler, output, noise, timestep, noisy)
+        x0 = latent_previews.clean_estimate(scheduler, output, noise, timestep, noisy)
     assert torch.allclose(x0, clean, atol=1e-3), (x0 - clean).abs().max()
     assert not torch.allclose(noisy, clean, atol=1e-1)
 
@@ -288,7 +288,7 @@ def _tiny_taesd(folder):
 def test_taesd_previews_when_its_weights_load(run, models, tmp_path):
     from dataclasses import replace
 
-    decoder = previews.load_preview_decoder(_tiny_taesd(tmp_path / "taesd"), "cpu", torch.float32)
+    decoder = latent_previews.load_preview_decoder(_tiny_taesd(tmp_path / "taesd"), "cpu", torch.float32)
     assert decoder is not None
     linear = split(run({**FAST, "refine": "no_refiner", "preview_steps": 4}))[0]
     shown, final = split(run({**FAST, "refine": "no_refiner", "preview_steps": 4},
@@ -300,25 +300,25 @@ def test_taesd_previews_when_its_weights_load(run, models, tmp_path):
 
 def test_taesd_that_cannot_load_falls_back_to_linear_with_one_log_line(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        assert previews.load_preview_decoder(str(tmp_path / "missing"), "cpu", torch.float32) is None
+        assert latent_previews.load_preview_decoder(str(tmp_path / "missing"), "cpu", torch.float32) is None
     assert [r for r in caplog.records if "TAESD_MODEL" in r.getMessage() and "linear" in r.getMessage()]
-    assert previews.load_preview_decoder(None, "cpu", torch.float32) is None
+    assert latent_previews.load_preview_decoder(None, "cpu", torch.float32) is None
 
 
 def test_a_preview_that_fails_to_render_costs_the_preview_not_the_image(run, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("decoder out of memory, say")
 
-    monkeypatch.setattr(previews, "preview_image", broken)
+    monkeypatch.setattr(latent_previews, "preview_image", broken)
     outputs = run({**FAST, "refine": "no_refiner", "preview_steps": 2})
     assert len(outputs) == 1 and "images" in outputs[0]
 
 
 def test_taesd_decodes_a_smaller_latent_for_a_small_preview(tmp_path):
-    decoder = previews.load_preview_decoder(_tiny_taesd(tmp_path / "taesd"), "cpu", torch.float32)
+    decoder = latent_previews.load_preview_decoder(_tiny_taesd(tmp_path / "taesd"), "cpu", torch.float32)
     latent = torch.randn(4, 96, 128)  # a 1024x768 job
-    assert previews.taesd_rgb(decoder, latent).size == (1024, 768)
-    assert previews.taesd_rgb(decoder, latent, longest=64).size == (128, 96)  # twice the preview, not 1024
+    assert latent_previews.taesd_rgb(decoder, latent).size == (1024, 768)
+    assert latent_previews.taesd_rgb(decoder, latent, longest=64).size == (128, 96)  # twice the preview, not 1024
     assert decode(render_preview(latent, 64, "jpeg", 75, decoder)).size == (64, 48)
 
 
@@ -328,7 +328,7 @@ def test_the_clean_estimate_is_worked_out_only_for_the_steps_that_show_a_preview
     """On CUDA each estimate reads a table and costs work: a job with previews off (RunPod's progress
     reports still on every step) pays for none, a job with previews for those it shows."""
     made = []
-    real = previews.clean_estimate
+    real = latent_previews.clean_estimate
     monkeypatch.setattr(generate, "clean_estimate", lambda *args: made.append(1) or real(*args))
     from sdxl_worker.runtime.job import run_job
 
@@ -342,5 +342,5 @@ def test_the_alphas_table_reaches_the_device_once_per_scheduler(models):
     from sdxl_worker.engine.schedulers import build_scheduler
 
     scheduler = build_scheduler("PNDM", models.scheduler_configs["base"])
-    first = previews._alphas_on(scheduler, "cpu")
-    assert previews._alphas_on(scheduler, "cpu") is first and first.dtype == torch.float32
+    first = latent_previews._alphas_on(scheduler, "cpu")
+    assert latent_previews._alphas_on(scheduler, "cpu") is first and first.dtype == torch.float32

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sdxl_worker.inputs.control import control_image
+from sdxl_worker.inputs.control_images import control_image
 from tests.helpers import png_data_url
 
 

@@ -4,7 +4,7 @@
 downloaded through sdxl_worker.inputs.fetch (its limits apply), streamed into a disk cache
 keyed by a hash of the URL, capped in size, least recently used evicted first. A local path
 never leads outside LORA_DIR. Loading the file onto the models is the engine's
-(sdxl_worker.engine.loras).
+(sdxl_worker.engine.lora_layers).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ def tiny_lora(part: str, targets: list[str], seed: int, text_encoders: bool = Fa
     from peft.utils import get_peft_model_state_dict
 
     from sdxl_worker.engine.tiny import ensure_tiny_model
-    from sdxl_worker.inputs import loras
+    from sdxl_worker.inputs import lora_files
 
     folder = ensure_tiny_model() / part
     unet = UNet2DConditionModel.from_pretrained(folder / "unet")
@@ -31,7 +31,7 @@ def tiny_lora(part: str, targets: list[str], seed: int, text_encoders: bool = Fa
                 get_peft_model_state_dict(encoder.base_model.model))
     with tempfile.TemporaryDirectory() as out:
         StableDiffusionXLPipeline.save_lora_weights(out, **layers, safe_serialization=True)
-        return (Path(out) / loras.DEFAULT_WEIGHT_NAME).read_bytes()
+        return (Path(out) / lora_files.DEFAULT_WEIGHT_NAME).read_bytes()
 
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")

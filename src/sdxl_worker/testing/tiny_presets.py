@@ -1,6 +1,6 @@
 """Tiny weights for every fast preset, laid out as the builder bakes them in the Hugging Face cache.
 
-The LoRA presets get a tiny LoRA (sdxl_worker.testing.loras) under the publisher's file name; the
+The LoRA presets get a tiny LoRA (sdxl_worker.testing.tiny_loras) under the publisher's file name; the
 UNet preset gets the tiny base UNet with its weights nudged, saved in diffusers layout. Tests
 point HF_HUB_CACHE at the folder and the worker finds them the way it finds baked weights.
 """
@@ -19,7 +19,7 @@ def write_tiny_presets(hub_cache: Path, names=None) -> Path:
     import torch
 
     from sdxl_worker.engine.tiny import ensure_tiny_model
-    from sdxl_worker.testing.loras import tiny_lora
+    from sdxl_worker.testing.tiny_loras import tiny_lora
 
     for seed, name in enumerate(names or PRESETS, start=11):
         preset = PRESETS[name]

@@ -3,7 +3,7 @@
 ``applied(models, files)`` is a context manager around one job's run. Every LoRA is loaded
 with diffusers' LoRA API (peft) under a job-local adapter name and removed in ``finally``,
 so the next job runs on the untouched weights and gives the pixels it would have given
-before any LoRA was used. The files come from sdxl_worker.inputs.loras, already local.
+before any LoRA was used. The files come from sdxl_worker.inputs.lora_files, already local.
 """
 
 from __future__ import annotations
