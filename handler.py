@@ -23,7 +23,7 @@ def main() -> None:
         sys.exit(studio(sys.argv[1:]))
     worker = startup.start()
     jobs = worker.settings.jobs
-    config = runpod_config(worker.models, worker.storage, timeout_s=jobs.timeout_s, concurrency=jobs.concurrency,
+    config = runpod_config(worker, timeout_s=jobs.timeout_s, concurrency=jobs.concurrency,
                            mode=worker.settings.runtime.handler_mode)
     if _serving():
         import runpod
@@ -73,8 +73,7 @@ def studio(argv: list[str]) -> int:
         jobs = worker.settings.jobs
 
         def local_source(on_progress):
-            return runpod_config(worker.models, worker.storage, jobs.timeout_s, jobs.concurrency,
-                                 on_progress=on_progress)["handler"]
+            return runpod_config(worker, jobs.timeout_s, jobs.concurrency, on_progress=on_progress)["handler"]
 
         where = "this machine"
         page = app.create_app(local_source, where, wants_progress=True, guard=gate)
@@ -82,9 +81,9 @@ def studio(argv: list[str]) -> int:
     return 0
 
 
-def runpod_config(models, storage=None, timeout_s: float | None = None, concurrency: int = 1,
+def runpod_config(worker, timeout_s: float | None = None, concurrency: int = 1,
                   on_progress=None, mode: str = "stream") -> dict:
-    """The config for runpod.serverless.start: the handler, and its hooks.
+    """The config for runpod.serverless.start: the handler running jobs on ``worker``, and its hooks.
 
     - ``handler``, by ``mode`` (HANDLER_MODE): ``stream``, an async generator awaiting each job's
       outputs from sdxl_worker.runtime.serve.Runner (previews, then the result, which runpod
@@ -112,7 +111,7 @@ def runpod_config(models, storage=None, timeout_s: float | None = None, concurre
 
     if on_progress is None and _on_runpod():
         on_progress = report_progress
-    runner = Runner(models, storage, timeout_s, concurrency, on_progress=on_progress,
+    runner = Runner(worker, timeout_s, concurrency, on_progress=on_progress,
                     pending=_jobs_runpod_holds)
 
     async def streamed(job):

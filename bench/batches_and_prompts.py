@@ -20,8 +20,9 @@ import time
 
 import torch
 
+from sdxl_worker import config
 from sdxl_worker.engine import generate, prompts
-from sdxl_worker.engine.models import load_models, settings_from_env
+from sdxl_worker.engine.models import load_models
 from sdxl_worker.engine.plan import make_plan
 from sdxl_worker.request.types import Request
 
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
-    models = load_models(settings_from_env())
+    models = load_models(config.models(), config.speed())
     job = {"prompt": SHORT, "width": args.size, "height": args.size, "num_inference_steps": args.steps,
            "refine": "no_refiner", "seed": 1}
 

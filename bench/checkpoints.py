@@ -27,10 +27,13 @@ os.environ.setdefault("BASE_MODEL", "tiny")
 
 import torch  # noqa: E402
 
-from sdxl_worker.engine.models import Settings, load_models  # noqa: E402
+from sdxl_worker import config  # noqa: E402
+from sdxl_worker.config import ModelSettings  # noqa: E402
+from sdxl_worker.engine.models import load_models  # noqa: E402
 from sdxl_worker.engine.tiny import ensure_tiny_model  # noqa: E402
 from sdxl_worker.request.presets import PRESETS  # noqa: E402
 from sdxl_worker.runtime.job import run_job  # noqa: E402
+from sdxl_worker.runtime.worker import Worker  # noqa: E402
 from sdxl_worker.testing.tiny_presets import write_tiny_presets  # noqa: E402
 
 
@@ -49,13 +52,13 @@ def other_checkpoint(where: Path) -> Path:
 
 
 def job(models, size: int, **inputs) -> dict:
-    out = list(run_job(models, {"id": "bench", "input": {"prompt": "a lighthouse at dusk", "width": size,
-                                                         "height": size, "seed": 1, **inputs}}))[-1]
+    inputs = {"prompt": "a lighthouse at dusk", "width": size, "height": size, "seed": 1, **inputs}
+    out = list(run_job(Worker.build(models, config.load()), {"id": "bench", "input": inputs}))[-1]
     assert "images" in out, out
     return out
 
 
-def switching(settings: Settings, rounds: int, size: int) -> list[tuple[str, float]]:
+def switching(settings: ModelSettings, rounds: int, size: int) -> list[tuple[str, float]]:
     cold, kept, restart = [], [], []
     single = load_models(replace(settings, kept=1))
     double = load_models(replace(settings, kept=2))
@@ -105,9 +108,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=512)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as where:
-        os.environ["HF_HUB_CACHE"] = str(write_tiny_presets(Path(where) / "hub"))
-        settings = Settings(base="tiny", refiner="tiny", vae=None, device="cpu",
-                            choices=(("first", "tiny"), ("other", str(other_checkpoint(Path(where))))))
+        hub = write_tiny_presets(Path(where) / "hub")  # the presets' weights, as the builder bakes them
+        settings = ModelSettings(base="tiny", refiner="tiny", vae=None, device="cpu", hub_cache=hub,
+                                 choices=(("first", "tiny"), ("other", str(other_checkpoint(Path(where))))))
         rows = switching(settings, args.rounds, args.size)
         base_ms = rows[0][1]
         print(f"\nSwitching checkpoints, tiny model, median of {args.rounds} (ms)\n")

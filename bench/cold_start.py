@@ -220,12 +220,13 @@ import json, logging, os, sys, time
 started = float(sys.argv[1])
 logging.basicConfig(level="INFO", format="%(message)s", stream=sys.stderr)
 import handler  # the worker's own start: the prefetch helper, then the library imports
+from sdxl_worker import config
 from sdxl_worker.engine.models import import_libraries, load_models, loaded_bytes  # what handler.main() imports
 # load_models begins with these imports: done here, so the table can tell import time from load
 # time. The total is the same either way.
 import_libraries()
 imported = time.time()
-models = load_models()
+models = load_models(config.models(), config.speed())
 ready = time.time()
 print(json.dumps({"seconds": ready - started, "imports": imported - started, "bytes": loaded_bytes(models),
                   "device": models.device, "dtype": str(models.dtype)}))

@@ -24,10 +24,13 @@ import time
 
 os.environ.setdefault("BASE_MODEL", "tiny")
 
-from sdxl_worker.engine.models import Settings, load_models  # noqa: E402
+from sdxl_worker import config  # noqa: E402
+from sdxl_worker.config import ModelSettings  # noqa: E402
+from sdxl_worker.engine.models import load_models  # noqa: E402
 from sdxl_worker.runtime import stream, threads  # noqa: E402
 from sdxl_worker.runtime.job import run_job  # noqa: E402
 from sdxl_worker.runtime.serve import Runner  # noqa: E402
+from sdxl_worker.runtime.worker import Worker  # noqa: E402
 
 
 def jobs(count: int, size: int, steps: int, images: int) -> list[dict]:
@@ -51,7 +54,7 @@ async def through_runner(runner: Runner, batch: list[dict], in_flight: int) -> f
     return time.perf_counter() - started
 
 
-def thread_per_job(models, batch: list[dict]) -> float:
+def thread_per_job(worker, batch: list[dict]) -> float:
     """The predecessor: each job's denoising in a thread started for it, one job at a time."""
     started = time.perf_counter()
     for job in batch:
@@ -59,9 +62,9 @@ def thread_per_job(models, batch: list[dict]) -> float:
         stream.DENOISE, saved = fresh, stream.DENOISE
         try:
             done: list = []
-            worker = threading.Thread(target=lambda done=done, job=job: done.append(list(run_job(models, job))))
-            worker.start()
-            worker.join()
+            thread = threading.Thread(target=lambda done=done, job=job: done.append(list(run_job(worker, job))))
+            thread.start()
+            thread.join()
             assert "images" in done[0][-1]
         finally:
             stream.DENOISE = saved
@@ -77,15 +80,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
 
-    models = load_models(Settings(base="tiny", refiner=None, vae=None, device="cpu"))
+    models = load_models(ModelSettings(base="tiny", refiner=None, vae=None, device="cpu"))
+    worker = Worker.build(models, config.load())
     batch = jobs(args.jobs, args.size, args.steps, args.images)
     ways = {
-        "before: sync handler, a new denoising thread per job": lambda: thread_per_job(models, batch),
-        "async handler, 1 job at a time (default)": lambda: asyncio.run(through_runner(Runner(models), batch, 1)),
+        "before: sync handler, a new denoising thread per job": lambda: thread_per_job(worker, batch),
+        "async handler, 1 job at a time (default)": lambda: asyncio.run(through_runner(Runner(worker), batch, 1)),
         "async handler, 2 jobs at a time": lambda: asyncio.run(
-            through_runner(Runner(models, concurrency=2), batch, 2)),
+            through_runner(Runner(worker, concurrency=2), batch, 2)),
     }
-    asyncio.run(through_runner(Runner(models), batch[:1], 1))  # warm: first calls pay one-off costs
+    asyncio.run(through_runner(Runner(worker), batch[:1], 1))  # warm: first calls pay one-off costs
     seconds: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(args.rounds):
         for name, way in ways.items():

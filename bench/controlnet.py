@@ -25,8 +25,11 @@ os.environ.setdefault("BASE_MODEL", "tiny")
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from sdxl_worker.engine.models import Settings, load_models  # noqa: E402
+from sdxl_worker import config  # noqa: E402
+from sdxl_worker.config import ModelSettings  # noqa: E402
+from sdxl_worker.engine.models import load_models  # noqa: E402
 from sdxl_worker.runtime.job import run_job  # noqa: E402
+from sdxl_worker.runtime.worker import Worker  # noqa: E402
 from sdxl_worker.testing.tiny_guides import write_tiny_controlnet, write_tiny_ip_adapter  # noqa: E402
 from tests.helpers import png_data_url  # noqa: E402
 
@@ -55,11 +58,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as where:
         where = Path(where)
-        models = load_models(Settings(
+        models = load_models(ModelSettings(
             base="tiny", refiner=None, vae=None, device="cpu",
             controlnets=(("canny", str(write_tiny_controlnet(where / "canny", seed=1))),
                          ("depth", str(write_tiny_controlnet(where / "depth", seed=2)))),
             ip_adapter=str(write_tiny_ip_adapter(where / "ip"))))
+        worker = Worker.build(models, config.load())
         calls = []
         for network in (models.base.unet, *models.controlnets.values()):
             network.register_forward_hook(lambda module, inputs, output: calls.append(module))
@@ -72,7 +76,7 @@ def main(argv=None) -> int:
             for label, extra in jobs.items():
                 calls.clear()
                 started = time.perf_counter()
-                out = list(run_job(models, {"id": "bench", "input": {**base, **extra}}))[-1]
+                out = list(run_job(worker, {"id": "bench", "input": {**base, **extra}}))[-1]
                 elapsed = time.perf_counter() - started
                 assert "images" in out, out
                 if round_:

@@ -36,7 +36,6 @@ bench/RESULTS.md is rewritten from them after every variant.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
 import json
@@ -233,24 +232,28 @@ class WorkerRunner:
     """This worker: load_models, then every job through run_job, as the handler does."""
 
     def __init__(self, folder: Path, device: str, speedups=None, schedule: str = "job", compile_: bool = False):
-        from sdxl_worker.engine.models import Settings, load_models
-        from sdxl_worker.engine.speed import Speedups, apply_speedups
+        from sdxl_worker import config
+        from sdxl_worker.config import ModelSettings
+        from sdxl_worker.engine.models import load_models
+        from sdxl_worker.engine.speed import apply_speedups
         from sdxl_worker.runtime.warmup import warm_up_if_asked
+        from sdxl_worker.runtime.worker import Worker
 
-        settings = Settings(base=str(folder / "base"), refiner=str(folder / "refiner"),
-                            vae=str(folder / "sdxl-vae-fp16-fix"), device=device)
+        settings = ModelSettings(base=str(folder / "base"), refiner=str(folder / "refiner"),
+                                 vae=str(folder / "sdxl-vae-fp16-fix"), device=device)
         self.schedule = schedule
         if speedups is None:  # the worker's own defaults, from the environment (COMPILE=1 for cc)
-            with environment(**({"COMPILE": "1"} if compile_ else {})):
-                self.models = load_models(settings)
+            self.models = load_models(settings, config.speed(dict(os.environ, **({"COMPILE": "1"} if compile_ else {}))))
+            self.worker = Worker.build(self.models, config.load())
         else:
-            with environment(CHANNELS_LAST="0", FUSED_QKV="0", COMPILE="0", HOST_TIMESTEPS="0", WARMUP="0",
-                             ATTENTION="sdpa", VAE_UPCAST="1"):
-                self.models = load_models(settings)
-            apply_speedups(self.models, speedups=speedups)
-            warm_up_if_asked(self.models, speedups)
+            unoptimised = {"CHANNELS_LAST": "0", "FUSED_QKV": "0", "COMPILE": "0", "HOST_TIMESTEPS": "0", "WARMUP": "0",
+                           "ATTENTION": "sdpa", "VAE_UPCAST": "1"}
+            self.models = load_models(settings, config.speed(unoptimised))
+            apply_speedups(self.models, speedups)
+            self.worker = Worker.build(self.models, config.load())
+            warm_up_if_asked(self.worker, speedups)
         self.warmup_seconds = self.models.load_seconds.get("warm-up")
-        self.compiled = compile_ or (speedups or Speedups.from_env(device, settings.vae)).compile
+        self.compiled = compile_ or self.models.speedups.compile
 
     def job(self, spec: dict, refine: bool, scheduler: str = "DDIM"):
         from sdxl_worker.runtime.job import run_job
@@ -262,13 +265,13 @@ class WorkerRunner:
             inputs.update(strength=STRENGTH, refiner_inference_steps=spec["refiner_steps"])
         if self.schedule == "lightning":  # lightning-4's steps, sampler and guidance
             inputs.update(num_inference_steps=4, scheduler="K_EULER_TRAILING", guidance_scale=0)
-        result = list(run_job(self.models, {"id": "bench", "input": inputs}))[-1]
+        result = list(run_job(self.worker, {"id": "bench", "input": inputs}))[-1]
         if "error" in result:
             raise RuntimeError(result["error"])
         return decode_data_url(result["images"][0])
 
     def close(self):
-        del self.models
+        del self.models, self.worker
 
 
 def alone(name: str):
@@ -418,20 +421,6 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-@contextlib.contextmanager
-def environment(**values):
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 # ---------------------------------------------------------------- results

@@ -28,12 +28,16 @@ def main(rounds: int) -> int:
     from diffusers import DDIMScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
     from PIL import Image
 
-    from sdxl_worker.engine.models import Settings, load_models
+    from sdxl_worker import config
+    from sdxl_worker.config import ModelSettings
+    from sdxl_worker.engine.models import load_models
     from sdxl_worker.engine.tiny import ensure_tiny_model
     from sdxl_worker.runtime.job import run_job
+    from sdxl_worker.runtime.worker import Worker
 
     folder = ensure_tiny_model()
-    models = load_models(Settings(base="tiny", refiner="tiny", vae=None, device="cpu"))
+    models = load_models(ModelSettings(base="tiny", refiner="tiny", vae=None, device="cpu"))
+    this_worker = Worker.build(models, config.load())
     base = StableDiffusionXLPipeline.from_pretrained(folder / "base", add_watermarker=False)
     refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(folder / "refiner", add_watermarker=False)
     for pipe in (base, refiner):
@@ -60,7 +64,7 @@ def main(rounds: int) -> int:
         job = {"prompt": PROMPT, "width": SIZE, "height": SIZE, "num_inference_steps": STEPS, "seed": SEED,
                "scheduler": "DDIM", "refine": "base_image_refiner" if refine else "no_refiner",
                "refiner_inference_steps": STEPS * 2, "strength": 0.3}
-        return list(run_job(models, {"id": "bench", "input": job}))[-1]["images"][0]
+        return list(run_job(this_worker, {"id": "bench", "input": job}))[-1]["images"][0]
 
     def pixels(url: str) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.partition(",")[2]))))

@@ -14,11 +14,12 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("ALLOW_PRIVATE_URLS", "1")
-
-from sdxl_worker.engine import lora_layers as lora_layers
-from sdxl_worker.engine.models import Settings, load_models
+from sdxl_worker import config
+from sdxl_worker.config import ModelSettings
+from sdxl_worker.engine import lora_layers
+from sdxl_worker.engine.models import load_models
 from sdxl_worker.runtime.job import local_loras, run_job
+from sdxl_worker.runtime.worker import Worker
 from sdxl_worker.testing.servers import Server, body
 from sdxl_worker.testing.tiny_loras import tiny_lora
 
@@ -27,19 +28,20 @@ JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps"
 
 
 def main(repeats: int) -> None:
-    models = load_models(Settings(base="tiny", refiner="tiny", vae=None, device="cpu"))
+    models = load_models(ModelSettings(base="tiny", refiner="tiny", vae=None, device="cpu"))
     lora_file = tiny_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=1)
 
     def job(inputs) -> float:
         started = time.perf_counter()
-        result = list(run_job(models, {"id": "bench", "input": inputs}))[-1]
+        result = list(run_job(worker, {"id": "bench", "input": inputs}))[-1]
         assert "error" not in result, result
         return (time.perf_counter() - started) * 1000
 
     rows = {}
     with Server({"/fox.safetensors": body(lora_file)}) as files, tempfile.TemporaryDirectory() as cache:
         lora = dict(JOB, loras=[{"path": files.url("/fox.safetensors"), "scale": 0.8}])
-        os.environ["LORA_CACHE_DIR"] = cache
+        # The LoRA server is on this machine (ALLOW_PRIVATE_URLS=1); downloads cached in a folder of the bench's own.
+        worker = Worker.build(models, config.load(dict(os.environ, ALLOW_PRIVATE_URLS="1", LORA_CACHE_DIR=cache)))
         job(JOB)  # warm-up
         rows["no LoRA"] = statistics.median(job(JOB) for _ in range(repeats))
         first = []
@@ -50,7 +52,7 @@ def main(repeats: int) -> None:
         rows["LoRA, first use (download)"] = statistics.median(first)
         rows["LoRA, cached (load + unload per job)"] = statistics.median(job(lora) for _ in range(repeats))
         # The alternative: load once and keep it between jobs (then the next job without it differs).
-        with lora_layers.applied(models, local_loras(lora["loras"])):
+        with lora_layers.applied(models, local_loras(worker.lora_files, lora["loras"])):
             rows["LoRA kept loaded across jobs"] = statistics.median(job(JOB) for _ in range(repeats))
 
     print(f"tiny SDXL, CPU, {JOB['width']}x{JOB['height']}, {JOB['num_inference_steps']} steps, "

@@ -107,11 +107,12 @@ def soak(models, count: int = 300, warmup_cycles: int = 2, valid_every: int = 3,
     """Run ``count`` jobs after warm-up; print the table; True when nothing grew or leaked."""
     import torch
 
+    from sdxl_worker import config
     from sdxl_worker.runtime.job import run_job
+    from sdxl_worker.runtime.worker import Worker
 
-    env = {"ALLOW_PRIVATE_URLS": "1", "FETCH_READ_TIMEOUT": "0.3"}
-    saved_env = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
+    # The hostile server is on this machine; its stalls end in 0.3 s.
+    worker = Worker.build(models, config.load({"ALLOW_PRIVATE_URLS": "1", "FETCH_READ_TIMEOUT": "0.3"}))
     private_tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     saved_tmp, tempfile.tempdir = tempfile.tempdir, str(private_tmp)
     server = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -134,7 +135,7 @@ def soak(models, count: int = 300, warmup_cycles: int = 2, valid_every: int = 3,
         def run(index: int) -> None:
             name, inputs = cycle[index % len(cycle)]
             current[0] = name
-            outputs = list(run_job(models, {"id": f"soak-{index}", "input": inputs}))
+            outputs = list(run_job(worker, {"id": f"soak-{index}", "input": inputs}))
             assert len(outputs) == 1, f"{name}: {len(outputs)} outputs"
             if "images" in outputs[0]:
                 outcomes["ok"] += 1
@@ -164,11 +165,6 @@ def soak(models, count: int = 300, warmup_cycles: int = 2, valid_every: int = 3,
         server.stdout.close()
         tempfile.tempdir = saved_tmp
         shutil.rmtree(private_tmp, ignore_errors=True)
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
     growth = end["rss_mb"] / start["rss_mb"] - 1
     out(f"{count} jobs in {seconds:.1f} s: {outcomes['ok']} generated, {outcomes['refused']} refused, "
@@ -205,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.ERROR)  # the table is the output, not each refusal
-    from sdxl_worker.engine.models import Settings, load_models
+    from sdxl_worker.config import ModelSettings
+    from sdxl_worker.engine.models import load_models
 
-    models = load_models(Settings(base="tiny", refiner="tiny", vae=None, device="cpu"))
+    models = load_models(ModelSettings(base="tiny", refiner="tiny", vae=None, device="cpu"))
     return 0 if soak(models, args.jobs, args.warmup_cycles, args.valid_every) else 1
 
 

@@ -10,9 +10,10 @@ os.environ.setdefault("REFINER_MODEL", "tiny")
 
 @pytest.fixture(scope="session")
 def models():
-    from sdxl_worker.engine.models import Settings, load_models
+    from sdxl_worker.config import ModelSettings
+    from sdxl_worker.engine.models import load_models
 
-    return load_models(Settings(base="tiny", refiner="tiny", vae=None, device="cpu"))
+    return load_models(ModelSettings(base="tiny", refiner="tiny", vae=None, device="cpu"))
 
 
 @pytest.fixture(scope="session")
@@ -23,12 +24,33 @@ def models_without_refiner(models):
     return replace(models, refiner=None)
 
 
+@pytest.fixture(scope="session")
+def worker(models):
+    """The tiny models in a worker with the default settings (a test's own: ``worker_with``)."""
+    from tests.helpers import worker_with
+
+    return worker_with(models)
+
+
 @pytest.fixture
-def run(models):
-    """Run one job through the real generator; return every yield."""
+def worker_env() -> dict:
+    """The worker's settings for this test, as environment variables start-up would read
+    (``worker_env["LORA_DIR"] = ...``); ``run`` builds its worker from them."""
+    return {}
+
+
+@pytest.fixture
+def run(models, worker, worker_env):
+    """Run one job through the real generator; return every yield. ``on``: other models, or
+    another worker (tests.helpers.worker_with)."""
     from sdxl_worker.runtime.job import run_job
+    from tests.helpers import worker_with
 
     def _run(inputs: dict, on=None, job_id="test"):
-        return list(run_job(on or models, {"id": job_id, "input": inputs}))
+        if on is not None and hasattr(on, "lora_files"):
+            target = on
+        else:
+            target = worker_with(on or models, **worker_env) if (on is not None or worker_env) else worker
+        return list(run_job(target, {"id": job_id, "input": inputs}))
 
     return _run

@@ -27,6 +27,15 @@ def run_handler(*args, **env):
     )
 
 
+def worker_with(models, storage=None, **env):
+    """A worker on ``models`` with the settings these environment variables give (the rest default),
+    read as start-up reads them: ``worker_with(models, LORA_DIR=str(folder))``."""
+    from sdxl_worker import config
+    from sdxl_worker.runtime.worker import Worker
+
+    return Worker.build(models, config.load(env), storage)
+
+
 def bench_script(name: str):
     """A script under bench/ (not a package), loaded as a module so its logic can be tested."""
     path = ROOT / "bench" / f"{name}.py"

@@ -174,6 +174,8 @@ _variable("DEVICE", "models", "`cuda` when available, else `cpu`", "a torch devi
 _variable("DTYPE", "models", "float16 on CUDA, float32 on CPU", "float16, bfloat16, float32", "the weights' type")
 _variable("CPU_OFFLOAD", "models", "0", "yes/no", "move idle components to the CPU (cards under 16 GB; slower)")
 _variable("TINY_MODEL_DIR", "models", "~/.cache/sdxl-worker", "a folder", "where the tiny model is saved once")
+_variable("HF_HUB_OFFLINE", "models", "0 (1 in the Docker image)", "yes/no",
+          "huggingface_hub's own: hub ids (models, LoRAs) only from the hub's cache, never downloaded")
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,8 @@ class ModelSettings:
     ip_adapter: str | None = None  # IP_ADAPTER_MODEL: a hub id or folder; None: none
     ip_adapter_weight: str = DEFAULT_IP_ADAPTER_WEIGHT  # IP_ADAPTER_WEIGHT: subfolder/file inside it
     ip_adapter_encoder: str | None = None  # IP_ADAPTER_ENCODER: its folder inside it; None: beside the weight
+    hub_offline: bool = False  # HF_HUB_OFFLINE: hub ids only from the hub's cache
+    hub_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "huggingface" / "hub")
 
 
 def _models(read: _Reader) -> ModelSettings:
@@ -223,6 +227,8 @@ def _models(read: _Reader) -> ModelSettings:
         ip_adapter=read.model("IP_ADAPTER_MODEL", None),
         ip_adapter_weight=read.text("IP_ADAPTER_WEIGHT", DEFAULT_IP_ADAPTER_WEIGHT),
         ip_adapter_encoder=read.text("IP_ADAPTER_ENCODER"),
+        hub_offline=read.flag("HF_HUB_OFFLINE", False),
+        hub_cache=_hub_cache(read.env),
     )
 
 
@@ -324,8 +330,6 @@ _variable("LORA_DIR", "loras", "unset", "a folder", "the one folder local LoRA p
 _variable("LORA_CACHE_DIR", "loras", "~/.cache/sdxl-worker/loras", "a folder", "downloaded LoRAs")
 _variable("LORA_CACHE_MB", "loras", "4096", "MB", "size cap of that folder, least recently used deleted first")
 _variable("LORA_MAX_MB", "loras", "1024", "MB", "the largest LoRA file accepted")
-_variable("HF_HUB_OFFLINE", "loras", "0 (1 in the Docker image)", "yes/no",
-          "huggingface_hub's own: hub ids only from the hub's cache, never downloaded")
 
 
 @dataclass(frozen=True)
@@ -334,7 +338,6 @@ class LoraSettings:
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "sdxl-worker" / "loras")
     cache_mb: float = 4096
     max_mb: float = 1024
-    hub_offline: bool = False  # HF_HUB_OFFLINE: hub ids only from the hub's cache
 
 
 def _loras(read: _Reader) -> LoraSettings:
@@ -345,7 +348,6 @@ def _loras(read: _Reader) -> LoraSettings:
         cache_dir=Path(cache) if cache else LoraSettings().cache_dir,
         cache_mb=read.number("LORA_CACHE_MB", 4096, 0, 2**30),
         max_mb=read.number("LORA_MAX_MB", 1024, 0, 2**20),
-        hub_offline=read.flag("HF_HUB_OFFLINE", False),
     )
 
 
@@ -561,26 +563,8 @@ def load(env: Mapping[str, str] | None = None) -> Config:
                   unused_bucket_variables=tuple(unused_storage_variables(read.env)))
 
 
-_installed: Config | None = None
-
-
-def install(settings: Config | None) -> None:
-    """Make ``settings`` the worker's configuration: start-up loads it once and installs it, and
-    from then on nothing reads the environment again."""
-    global _installed
-    _installed = settings
-
-
-def current(part: str):
-    """One part of the installed configuration; before start-up installs one (tests, benchmarks,
-    scripts), that part read from the environment as it is now."""
-    if _installed is not None:
-        return getattr(_installed, part)
-    return {"models": models, "speed": speed, "fetch": fetch, "loras": loras, "jobs": jobs,
-            "storage": storage, "runtime": runtime}[part]()
-
-
-# Each part on its own, for code called outside a job (tests, benchmarks, the builder).
+# Each part on its own, from ``env`` (default: the process environment, read now). The worker reads
+# them once, at start-up (``load``), and hands each part to what it configures.
 def models(env: Mapping[str, str] | None = None) -> ModelSettings:
     return _models(_reader(env))
 
@@ -645,9 +629,8 @@ def runtime(env: Mapping[str, str] | None = None) -> RuntimeSettings:
 # --- what is not the worker's own setting, read or set in this one place too ---
 
 
-def hub_cache(env: Mapping[str, str] | None = None) -> Path:
+def _hub_cache(env: Mapping[str, str]) -> Path:
     """The Hugging Face hub cache folder, as huggingface_hub finds it."""
-    env = os.environ if env is None else env
     cache = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return Path(env.get("HF_HUB_CACHE") or Path(env.get("HF_HOME") or cache / "huggingface") / "hub")
 

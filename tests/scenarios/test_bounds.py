@@ -28,7 +28,7 @@ from sdxl_worker.inputs import lora_files
 from sdxl_worker.request.types import Request
 from sdxl_worker.testing.servers import Server, body
 from sdxl_worker.testing.tiny_loras import tiny_lora
-from tests.helpers import decode, png_data_url
+from tests.helpers import decode, png_data_url, worker_with
 
 SMALL = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 3,
          "refine": "no_refiner"}
@@ -65,11 +65,11 @@ def watch_opens(path: Path):
 
 
 @pytest.fixture
-def lora_dir(tmp_path, monkeypatch):
+def lora_dir(tmp_path, worker_env):
     root = tmp_path / "loras"
     (root / "style").mkdir(parents=True)
     (root / "style" / lora_files.DEFAULT_WEIGHT_NAME).write_bytes(tiny_lora("base", ["to_q"], seed=5))
-    monkeypatch.setenv("LORA_DIR", str(root))
+    worker_env["LORA_DIR"] = str(root)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     secret = elsewhere / "x.safetensors"
@@ -227,8 +227,8 @@ def test_controlnets_count_half_a_call_on_each_base_step_and_can_be_named_as_the
     assert message.endswith("or the number of 'controlnets'.")
 
 
-def test_the_budget_is_an_environment_variable(run, monkeypatch):
-    monkeypatch.setenv("MAX_JOB_WORK", "0.5")  # SMALL is 2 steps x 2 x 1/16 = 0.25 units
+def test_the_budget_is_an_environment_variable(run, worker_env):
+    worker_env["MAX_JOB_WORK"] = "0.5"  # SMALL is 2 steps x 2 x 1/16 = 0.25 units
     assert "images" in run(SMALL)[-1]
     error = run(dict(SMALL, num_images=3))[-1]["error"]
     assert "0.75 units" in error and "1.5x the worker's budget of 0.5 " in error
@@ -266,14 +266,14 @@ def _big_safetensors(megabytes: int) -> bytes:
                  f"{layer}.lora.up.weight": torch.zeros(64, count // 64)})
 
 
-def test_a_lora_download_streams_to_disk_without_holding_the_file_in_memory(tmp_path, monkeypatch):
+def test_a_lora_download_streams_to_disk_without_holding_the_file_in_memory(tmp_path, worker_env):
     data = _big_safetensors(64)
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
-    monkeypatch.setenv("LORA_CACHE_DIR", str(tmp_path / "cache"))
+    worker_env["ALLOW_PRIVATE_URLS"] = "1"
+    worker_env["LORA_CACHE_DIR"] = str(tmp_path / "cache")
     with Server({"/big.safetensors": body(data)}) as files:
         tracemalloc.start()
         try:
-            path = lora_files.resolve({"path": files.url("/big.safetensors")}, 0)
+            path = worker_with(None, **worker_env).lora_files.resolve({"path": files.url("/big.safetensors")}, 0)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -282,13 +282,13 @@ def test_a_lora_download_streams_to_disk_without_holding_the_file_in_memory(tmp_
     assert not list(path.parent.glob("*.part"))  # moved into place when complete
 
 
-def test_a_lora_download_cut_short_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
-    monkeypatch.setenv("LORA_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("LORA_MAX_MB", "1")
+def test_a_lora_download_cut_short_leaves_nothing_in_the_cache(tmp_path, worker_env):
+    worker_env["ALLOW_PRIVATE_URLS"] = "1"
+    worker_env["LORA_CACHE_DIR"] = str(tmp_path / "cache")
+    worker_env["LORA_MAX_MB"] = "1"
     with Server({"/big.safetensors": body(_big_safetensors(4))}) as files:
         with pytest.raises(InputError, match="larger than"):
-            lora_files.resolve({"path": files.url("/big.safetensors")}, 0)
+            worker_with(None, **worker_env).lora_files.resolve({"path": files.url("/big.safetensors")}, 0)
     assert list((tmp_path / "cache").iterdir()) == []
 
 
@@ -328,9 +328,8 @@ def test_a_weight_name_with_a_file_path_is_refused(run, lora_dir):
     ({"prompt": '("fog").blend(1, 2)'}, "'prompt' has weighting syntax"),
     ({"negative_prompt": "word " * 800}, "'negative_prompt' is"),
 ])
-def test_refusals_that_need_no_download_come_before_the_image_is_fetched(run, monkeypatch, inputs, words):
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
-    monkeypatch.delenv("LORA_DIR", raising=False)
+def test_refusals_that_need_no_download_come_before_the_image_is_fetched(run, worker_env, inputs, words):
+    worker_env["ALLOW_PRIVATE_URLS"] = "1"  # LORA_DIR unset
     with Server({"/photo.png": body(base64.b64decode(_png(256, 256).partition(",")[2]))}) as files:
         job = {"prompt": "a fox", "image": files.url("/photo.png"), "num_inference_steps": 2, "refine": "no_refiner",
                **inputs}

@@ -418,7 +418,8 @@ def test_the_files_the_builder_takes_of_a_controlnet_and_an_ip_adapter_are_enoug
     """Copy only what the builder would fetch from tiny repositories (plus files it must leave), then start
     the worker on the copies: it loads both."""
     from builder.download_weights import ip_adapter_files
-    from sdxl_worker.engine.models import Settings, load_models
+    from sdxl_worker.config import ModelSettings
+    from sdxl_worker.engine.models import load_models
     from sdxl_worker.testing.tiny_guides import write_tiny_controlnet, write_tiny_ip_adapter
 
     def baked(made: Path, choose) -> Path:
@@ -435,7 +436,7 @@ def test_the_files_the_builder_takes_of_a_controlnet_and_an_ip_adapter_are_enoug
                     lambda listing: ip_adapter_files(listing, "sdxl_models/ip-adapter_sdxl.safetensors",
                                                      "sdxl_models/image_encoder"))
     assert not list((tmp_path / "baked").rglob("*.bin"))
-    models = load_models(Settings(base="tiny", refiner=None, vae=None, taesd=None, device="cpu",
+    models = load_models(ModelSettings(base="tiny", refiner=None, vae=None, taesd=None, device="cpu",
                                   controlnets=(("canny", str(controlnet)),), ip_adapter=str(adapter)))
     assert list(models.controlnets) == ["canny"] and models.ip_adapter is not None
 

@@ -13,8 +13,8 @@ import jsonschema
 import pytest
 
 from builder.download_weights import DEFAULTS as BUILDER_DEFAULTS
+from sdxl_worker import config
 from sdxl_worker.config import DEFAULT_IP_ADAPTER_WEIGHT
-from sdxl_worker.engine import models
 from sdxl_worker.request.schema import validate
 from tests.helpers import ROOT
 
@@ -151,9 +151,9 @@ def test_dockerfile_has_no_hadolint_finding():
 
 def test_build_args_are_the_run_time_variables_with_the_worker_defaults():
     args = _dockerfile_args()
-    assert args["BASE_MODEL"] == models.DEFAULT_BASE == BUILDER_DEFAULTS["BASE_MODEL"]
-    assert args["REFINER_MODEL"] == models.DEFAULT_REFINER == BUILDER_DEFAULTS["REFINER_MODEL"]
-    assert args["VAE_MODEL"] == models.DEFAULT_VAE == BUILDER_DEFAULTS["VAE_MODEL"]
+    assert args["BASE_MODEL"] == config.DEFAULT_BASE == BUILDER_DEFAULTS["BASE_MODEL"]
+    assert args["REFINER_MODEL"] == config.DEFAULT_REFINER == BUILDER_DEFAULTS["REFINER_MODEL"]
+    assert args["VAE_MODEL"] == config.DEFAULT_VAE == BUILDER_DEFAULTS["VAE_MODEL"]
     assert args["TAESD_MODEL"] == BUILDER_DEFAULTS["TAESD_MODEL"] == "madebyollin/taesdxl"
     assert args["IP_ADAPTER_WEIGHT"] == DEFAULT_IP_ADAPTER_WEIGHT
     assert args["CONTROLNET_MODELS"] == args["IP_ADAPTER_MODEL"] == '""'  # none baked unless asked

@@ -191,12 +191,12 @@ def test_dpm_plus_plus_2m(run, reference):
     assert _max_diff(ours, theirs) == 0
 
 
-def test_a_lora_job(run, reference, tmp_path, monkeypatch):
+def test_a_lora_job(run, reference, tmp_path, worker_env):
     folder = tmp_path / "fox-style"
     folder.mkdir()
     (folder / "pytorch_lora_weights.safetensors").write_bytes(
         tiny_lora("base", ["to_q", "to_k", "to_v", "to_out.0"], seed=4))
-    monkeypatch.setenv("LORA_DIR", str(tmp_path))
+    worker_env["LORA_DIR"] = str(tmp_path)
     ours = _worker_images(run, dict(JOB, loras=[{"path": "fox-style", "scale": 0.7}]))
     assert _max_diff(ours, _with_lora(reference, folder, "pytorch_lora_weights.safetensors", 0.7)) == 0
     assert _max_diff(ours, _txt2img(reference, prompt=JOB["prompt"], generator=_generators(11))) > 0
@@ -214,11 +214,11 @@ def _with_lora(reference, folder, weight_name: str, scale: float) -> list:
 
 
 @pytest.mark.parametrize("full, alphas", [(False, True), (True, False)], ids=["attention-with-alpha", "full-no-alpha"])
-def test_a_kohya_named_lora_job(run, reference, tmp_path, monkeypatch, full, alphas):
+def test_a_kohya_named_lora_job(run, reference, tmp_path, worker_env, full, alphas):
     """The naming model sites mostly serve (kohya/sd-scripts: lora_unet_input_blocks_..., lora_te1_,
     lora_te2_), UNet and both text encoders: the pixels of diffusers' own load_lora_weights."""
     (tmp_path / "kohya.safetensors").write_bytes(kohya_lora(seed=6, full=full, alphas=alphas))
-    monkeypatch.setenv("LORA_DIR", str(tmp_path))
+    worker_env["LORA_DIR"] = str(tmp_path)
     ours = _worker_images(run, dict(JOB, loras=[{"path": "kohya.safetensors", "scale": 0.8}]))
     assert _max_diff(ours, _with_lora(reference, tmp_path, "kohya.safetensors", 0.8)) == 0
     assert _max_diff(ours, _txt2img(reference, prompt=JOB["prompt"], generator=_generators(11))) > 0

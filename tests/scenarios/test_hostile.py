@@ -17,6 +17,7 @@ from sdxl_worker.request import schema
 from sdxl_worker.runtime.job import run_job
 from sdxl_worker.runtime.logs import redact
 from sdxl_worker.testing.files import png_declaring
+from tests.helpers import worker_with
 
 VALID = {"prompt": "a red cube", "width": 256, "height": 256, "num_inference_steps": 2, "refine": "no_refiner",
          "seed": 3}
@@ -86,7 +87,7 @@ def test_a_thousand_malformed_inputs_each_get_one_error_and_the_worker_keeps_ser
         previous = signal.signal(signal.SIGALRM, _alarm)
         signal.setitimer(signal.ITIMER_REAL, 20)  # a hang fails the test instead of stalling the suite
         try:
-            outputs = list(run_job(models, {"id": "fuzz", "input": raw}))
+            outputs = list(run_job(worker_with(models), {"id": "fuzz", "input": raw}))
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
@@ -99,12 +100,12 @@ def test_a_thousand_malformed_inputs_each_get_one_error_and_the_worker_keeps_ser
 
     storm()
     assert len(seen) >= 1000
-    after = list(run_job(models, {"id": "after", "input": VALID}))
+    after = list(run_job(worker_with(models), {"id": "after", "input": VALID}))
     assert len(after) == 1 and len(after[0]["images"]) == 1
 
 
 def error_of(models, inputs) -> str:
-    outputs = list(run_job(models, {"id": "hostile", "input": inputs}))
+    outputs = list(run_job(worker_with(models), {"id": "hostile", "input": inputs}))
     assert len(outputs) == 1 and set(outputs[0]) == {"error"}
     message = outputs[0]["error"]
     assert "internal error" not in message and "\n" not in message
@@ -185,7 +186,7 @@ def test_an_internal_error_logs_its_traceback_and_tells_the_user_one_sentence(mo
 
     monkeypatch.setattr(models.base.unet, "forward", broken)
     with caplog.at_level(logging.INFO):
-        outputs = list(run_job(models, {"id": "job-42", "input": VALID}))
+        outputs = list(run_job(worker_with(models), {"id": "job-42", "input": VALID}))
     assert outputs == [{"error": "The worker hit an internal error on job job-42; the details are in the worker's log."}]
     assert "Traceback" in caplog.text and "RuntimeError" in caplog.text
     assert "QUJDQUJD" not in caplog.text
@@ -231,8 +232,8 @@ def test_a_huge_list_is_refused_before_a_tuple_is_made_for_each_value():
     assert peak < 10 * 2**20, f"{peak / 2**20:.0f} MB to refuse it"
 
 
-def test_a_lora_weight_name_with_markup_is_not_echoed(run, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_a_lora_weight_name_with_markup_is_not_echoed(run, worker_env):
+    worker_env["HF_HUB_OFFLINE"] = "1"
     lora = {"path": "owner/name", "weight_name": "<img src=x onerror=alert(1)>.safetensors"}
     error = run({**VALID, "loras": [lora]})[-1]["error"]
     assert "<img" not in error and "onerror" not in error and "'loras[0].weight_name'" in error

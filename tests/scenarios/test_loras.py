@@ -13,7 +13,7 @@ from sdxl_worker.request.schema import MAX_LORAS
 from sdxl_worker.runtime.job import local_loras
 from sdxl_worker.testing.servers import Server, body
 from sdxl_worker.testing.tiny_loras import kohya_lora, tiny_lora
-from tests.helpers import decode, png_data_url
+from tests.helpers import decode, png_data_url, worker_with
 
 JOB = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 7,
        "refiner_inference_steps": 4, "strength": 0.5}
@@ -26,7 +26,7 @@ def baseline(models):
     """FAST's pixels before any LoRA was loaded."""
     from sdxl_worker.runtime.job import run_job
 
-    return _pixels(list(run_job(models, {"id": "baseline", "input": FAST})))
+    return _pixels(list(run_job(worker_with(models), {"id": "baseline", "input": FAST})))
 
 
 def _incompatible_lora() -> bytes:
@@ -85,11 +85,11 @@ def server(http_files):
 
 
 @pytest.fixture(autouse=True)
-def lora_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")  # the test server is on loopback
-    monkeypatch.setenv("LORA_CACHE_DIR", str(tmp_path / "lora-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("LORA_DIR", str(tmp_path))
+def lora_env(worker_env, tmp_path):
+    worker_env["ALLOW_PRIVATE_URLS"] = "1"  # the test server is on loopback
+    worker_env["LORA_CACHE_DIR"] = str(tmp_path / "lora-cache")
+    worker_env["HF_HUB_OFFLINE"] = "1"
+    worker_env["LORA_DIR"] = str(tmp_path)
 
 
 def _pixels(outputs) -> np.ndarray:
@@ -136,12 +136,13 @@ def test_scales_add_up_and_a_second_lora_stacks(run, server, baseline):
     assert np.abs(doubled.astype(int) - full).max() <= 1  # two halves of one LoRA: the whole LoRA
 
 
-def test_a_lora_with_text_encoder_layers(run, server, lora_bytes, baseline, models):
+def test_a_lora_with_text_encoder_layers(run, server, lora_bytes, baseline, models, worker_env):
     from safetensors.torch import load
 
     keys = load(lora_bytes["/with-text.safetensors"]).keys()
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("text_encoder_2.") for k in keys)
-    with lora_layers.applied(models, local_loras([{"path": f"{server}/with-text.safetensors"}])):
+    files = worker_with(models, **worker_env).lora_files
+    with lora_layers.applied(models, local_loras(files, [{"path": f"{server}/with-text.safetensors"}])):
         assert len(lora_layers.leftover_layers(models)) > 0  # the check below can see LoRA layers
         # Its to_q layers fit both UNets (same sizes in the tiny base and refiner); text_encoder_2 is shared.
         for model in (models.base.unet, models.refiner.unet, models.base.text_encoder, models.base.text_encoder_2):
@@ -210,20 +211,20 @@ def test_a_local_lora_file_and_folder_load(run, server, lora_bytes, tmp_path):
     assert _pixels(run(dict(JOB, loras=[{"path": str(file)}]))).tolist() == by_url.tolist()
 
 
-def test_local_paths_stay_inside_lora_dir(run, tmp_path, monkeypatch):
+def test_local_paths_stay_inside_lora_dir(run, tmp_path, worker_env):
     outside = tmp_path.parent / "outside.safetensors"
     for path in (str(outside), "../outside.safetensors", "/etc/passwd"):
         error = run(dict(JOB, loras=[{"path": path}]))[-1]["error"]
         assert "LORA_DIR" in error and "loras[0].path" in error
-    monkeypatch.delenv("LORA_DIR")
+    worker_env.pop("LORA_DIR", None)
     error = run(dict(JOB, loras=[{"path": str(tmp_path / "x.safetensors")}]))[-1]["error"]
     assert "LORA_DIR" in error
 
 
-def test_too_many_or_too_large_loras_are_refused(run, server, monkeypatch):
+def test_too_many_or_too_large_loras_are_refused(run, server, worker_env):
     many = [{"path": f"{server}/fox.safetensors"}] * (MAX_LORAS + 1)
     assert run(dict(JOB, loras=many))[-1]["error"] == f"'loras' must have at most {MAX_LORAS} items."
-    monkeypatch.setenv("LORA_MAX_MB", "0.001")  # about 1 KB
+    worker_env["LORA_MAX_MB"] = "0.001"  # about 1 KB
     error = run(dict(JOB, loras=[{"path": f"{server}/fox.safetensors"}]))[-1]["error"]
     assert "'fox.safetensors'" in error and "larger than" in error
     error = run(dict(JOB, loras=[{"path": f"{server}/fox.safetensors", "scale": 9}]))[-1]["error"]
@@ -243,7 +244,7 @@ def test_the_cache_evicts_the_least_recently_used_first(tmp_path):
     assert [file.name for file in tmp_path.iterdir()] == ["middle.safetensors"]
 
 
-def test_two_jobs_in_flight_each_get_only_their_own_lora(models, server, baseline):
+def test_two_jobs_in_flight_each_get_only_their_own_lora(models, server, baseline, worker_env):
     """CONCURRENCY=2: one job's LoRA layers must never be on while the other job denoises."""
     import asyncio
 
@@ -251,8 +252,9 @@ def test_two_jobs_in_flight_each_get_only_their_own_lora(models, server, baselin
     from sdxl_worker.runtime.serve import Runner
 
     fox = {"path": f"{server}/fox.safetensors", "scale": 1.0}
-    alone = _pixels(list(run_job(models, {"id": "fox-alone", "input": dict(FAST, loras=[fox])})))
-    runner = Runner(models, concurrency=2)
+    worker = worker_with(models, **worker_env)
+    alone = _pixels(list(run_job(worker, {"id": "fox-alone", "input": dict(FAST, loras=[fox])})))
+    runner = Runner(worker, concurrency=2)
 
     async def both():
         async def outputs(job):

@@ -13,9 +13,10 @@ import pytest
 
 from sdxl_worker.delivery.storage import UploadError, job_storage
 from sdxl_worker.errors import InputError
-from sdxl_worker.inputs.fetch import endpoint_addresses, fetch, is_public_address
+from sdxl_worker.inputs.fetch import Fetcher, is_public_address
 from sdxl_worker.runtime.job import run_job
 from sdxl_worker.testing.servers import Server, answer
+from tests.helpers import worker_with
 
 PUBLIC = "93.184.215.14"  # a public address: what the check sees for the names below
 SMALL = {"prompt": "a fox", "width": 256, "height": 256, "num_inference_steps": 2, "refine": "no_refiner"}
@@ -52,7 +53,7 @@ def recorder():
 
 def upload_through(s3_config: dict):
     """What the worker does with a job's s3Config, without a model: pick the storage, upload one image."""
-    storage, warning = job_storage(s3_config, None, endpoint_addresses=endpoint_addresses)
+    storage, warning = job_storage(s3_config, None, endpoint_addresses=Fetcher().endpoint_addresses)
     if storage is not None:
         try:
             storage.upload("outbound/0.png", b"\x89PNG", "image/png")
@@ -80,7 +81,7 @@ def test_an_endpoint_url_two_parsers_read_differently_never_gets_the_upload(dns,
 def test_a_job_with_a_backslash_endpoint_gets_its_images_inline_and_nothing_reaches_loopback(models, dns, recorder):
     """The case as it was found: urllib.parse sees public.example, urllib3 connects to 127.0.0.1."""
     dns["public.example"] = [PUBLIC]
-    [result] = list(run_job(models, s3_job(f"http://127.0.0.1:{recorder.port}\\@public.example")))
+    [result] = list(run_job(worker_with(models), s3_job(f"http://127.0.0.1:{recorder.port}\\@public.example")))
     assert recorder.requests == [], "the worker sent the job's upload to a loopback server"
     assert result["images"][0].startswith("data:image/png;base64,")
     [warning] = result["warnings"]
@@ -100,14 +101,14 @@ def test_a_private_endpoint_gets_the_image_urls_sentence(recorder):
             "ALLOW_PRIVATE_URLS=1 allows it for local testing") in warning
 
 
-def test_a_second_dns_answer_does_not_move_the_upload(models, dns, monkeypatch):
+def test_a_second_dns_answer_does_not_move_the_upload(models, dns):
     """DNS rebinding: the name answers the checked address first, then an internal one. Loopback
     stands in for both (ALLOW_PRIVATE_URLS=1): 127.0.0.2 is the checked one, 127.0.0.1 the internal."""
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
     with Server({"*": answer(200)}, host="127.0.0.2") as checked, \
             Server({"*": answer(200)}, port=checked.port) as internal:
         dns["rebind.example"] = ["127.0.0.2", "127.0.0.1"]
-        [result] = list(run_job(models, s3_job(f"http://rebind.example:{checked.port}")))
+        worker = worker_with(models, ALLOW_PRIVATE_URLS="1")
+        [result] = list(run_job(worker, s3_job(f"http://rebind.example:{checked.port}")))
     assert internal.requests == [], "the upload followed the second DNS answer"
     assert [method for method, _, _ in checked.calls] == ["PUT"]
     assert checked.calls[0][2]["Host"] == f"rebind.example:{checked.port}"  # signed for the endpoint's name
@@ -126,4 +127,4 @@ def test_6to4_and_teredo_wrappers_of_loopback_and_metadata_are_private():
         assert str(parsed.sixtofour or parsed.teredo[1]) == inner
         assert not is_public_address(parsed)
         with pytest.raises(InputError, match="local or private address"):
-            fetch(f"http://[{address}]/a.png", "image")
+            Fetcher().fetch(f"http://[{address}]/a.png", "image")

@@ -19,9 +19,17 @@ def baked(tmp_path_factory):
     return write_tiny_presets(tmp_path_factory.mktemp("hub"))
 
 
+def _hub_caches(monkeypatch, models, hub_cache, runpod_cache=None) -> None:
+    """The models' hub caches (HF_HUB_CACHE, RUNPOD_MODEL_CACHE), where presets are looked up, for this test."""
+    from dataclasses import replace
+
+    where = {"hub_cache": hub_cache} | ({"runpod_cache": runpod_cache} if runpod_cache else {})
+    monkeypatch.setattr(models, "settings", replace(models.settings, **where))
+
+
 @pytest.fixture
-def with_presets(baked, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(baked))
+def with_presets(baked, models, monkeypatch):
+    _hub_caches(monkeypatch, models, baked)
     return baked
 
 
@@ -120,8 +128,7 @@ def test_inputs_a_preset_allows_override_it(with_presets, run):
     assert pixels(out).shape[:2] == (256, 320) and "refiner" in out["timings"]
 
 
-def test_a_preset_not_baked_is_refused_naming_the_build_argument(tmp_path, monkeypatch, run):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setenv("RUNPOD_MODEL_CACHE", str(tmp_path / "none"))
+def test_a_preset_not_baked_is_refused_naming_the_build_argument(tmp_path, monkeypatch, models, run):
+    _hub_caches(monkeypatch, models, tmp_path, tmp_path / "none")
     out = run(dict(JOB, preset="turbo-1"))[-1]
     assert "--build-arg PRESETS=turbo-1" in out["error"] and "'preset'" in out["error"]

@@ -16,17 +16,14 @@ def studio_app(models):
     page, the app and the RunPod handler its jobs run through are the ones `python handler.py
     --studio` serves (the start-up itself is tested elsewhere; the endpoint tests start the command).
     Yields (its URL, the app)."""
-    from types import SimpleNamespace
-
     import handler
-    from sdxl_worker import config
     from sdxl_worker.studio import app as studio_app
+    from tests.helpers import worker_with
     from tests.studio.page_helpers import served
 
     kept = {}
     real_start, real_serve = handler.startup.start, studio_app.serve
-    handler.startup.start = lambda: SimpleNamespace(models=models, storage=None,
-                                                    settings=SimpleNamespace(jobs=config.jobs({})))
+    handler.startup.start = lambda: worker_with(models)
     studio_app.serve = lambda page, host, port, where: kept.update(page=page, host=host, port=port)
     try:
         assert handler.studio(["--studio"]) == 0

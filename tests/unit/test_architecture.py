@@ -100,6 +100,42 @@ def test_no_part_imports_the_libraries_it_must_not():
     assert wrong == []
 
 
+def test_only_the_configuration_reads_the_environment():
+    """Settings are read once, by config.py, and handed to what they configure: no other module of
+    the worker reads os.environ (``testing`` builds stand-ins, and may)."""
+    readers = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "config.py" or "testing" in path.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+            if name in ("environ", "getenv", "environb"):
+                readers.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert readers == [], f"these read the environment; read it in config.py instead: {readers}"
+
+
+# The process's entry points, where the configuration is read; everything else is handed its part.
+READS_THE_CONFIGURATION = {"runtime/startup.py", "runtime/start_files.py"}
+CONFIGURATION_READERS = {"load", "current", "models", "image_models", "speed", "fetch", "loras", "jobs", "storage", "runtime",
+                         "studio", "build"}
+
+
+def test_settings_are_handed_in_not_looked_up():
+    """Only start-up (and a command's own main) calls the configuration's readers; a part called
+    during a job that looked its settings up would see the environment as it is then."""
+    lookups = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = str(path.relative_to(PACKAGE))
+        if where in READS_THE_CONFIGURATION or where == "config.py" or where.startswith("testing/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "config"
+                    and node.func.attr in CONFIGURATION_READERS):
+                lookups.append(f"{where}:{node.lineno} config.{node.func.attr}()")
+    assert lookups == [], f"settings looked up instead of handed in: {lookups}"
+
+
 def test_there_is_no_import_cycle(graph):
     # Tarjan's strongly connected components: any component of more than one module is a cycle.
     index, low, on_stack, stack, cycles, counter = {}, {}, set(), [], [], [0]

@@ -77,18 +77,27 @@ def test_the_worker_stops_at_start_up_on_a_bad_value(tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_an_installed_configuration_is_what_every_part_reads(monkeypatch):
-    monkeypatch.setenv("LORA_MAX_MB", "1")
-    settings = config.load()
-    monkeypatch.setenv("LORA_MAX_MB", "7")  # set after start-up: no longer read
-    config.install(settings)
-    try:
-        from sdxl_worker.inputs import lora_files
+def test_the_settings_read_at_start_up_are_what_the_worker_uses(monkeypatch):
+    import base64
+    import io
 
-        assert lora_files.max_file_bytes() == 1024 * 1024
-    finally:
-        config.install(None)
-    assert lora_files.max_file_bytes() == 7 * 1024 * 1024
+    from PIL import Image
+
+    from sdxl_worker.errors import InputError
+    from sdxl_worker.runtime.worker import Worker
+
+    for name, value in {"LORA_MAX_MB": "1", "MAX_IMAGE_PIXELS": "100", "MAX_JOB_WORK": "50",
+                        "INLINE_LIMIT_MB": "2"}.items():
+        monkeypatch.setenv(name, value)
+    worker = Worker.build(None, config.load())
+    for name in ("LORA_MAX_MB", "MAX_IMAGE_PIXELS", "MAX_JOB_WORK", "INLINE_LIMIT_MB"):
+        monkeypatch.setenv(name, "7")  # set after start-up: no longer read
+    assert worker.lora_files.max_file_bytes == 1024 * 1024
+    assert worker.max_job_work == 50 and worker.inline_limit_bytes == 2_000_000
+    buffer = io.BytesIO()
+    Image.new("RGB", (11, 11)).save(buffer, format="PNG")
+    with pytest.raises(InputError, match="11x11"):
+        worker.images.image(base64.b64encode(buffer.getvalue()).decode(), "image")
 
 
 def test_docs_configuration_holds_the_generated_table():

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from sdxl_worker import config
+from sdxl_worker.config import JobSettings
 from sdxl_worker.delivery.storage import Storage, UploadError
 from sdxl_worker.errors import InputError
 
@@ -95,9 +95,8 @@ def data_url(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def inline_limit_bytes() -> int:
-    """INLINE_LIMIT_MB (default 10, RunPod's /run limit), in bytes."""
-    return int(config.current("jobs").inline_limit_mb * 1_000_000)
+# INLINE_LIMIT_MB's default (RunPod's /run limit), in bytes: the room of a delivery not told another.
+DEFAULT_INLINE_LIMIT = int(JobSettings().inline_limit_mb * 1_000_000)
 
 
 def inline_bytes(sizes: list[int], mime: str) -> int:
@@ -131,7 +130,7 @@ def deliver(images: list[Image.Image], request, storage: Storage | None = None,
         log.warning("job %s: upload failed (%s); delivering inline", job_id, failure)
 
     started = time.perf_counter()
-    limit = inline_limit_bytes() if room_bytes is None else room_bytes
+    limit = DEFAULT_INLINE_LIMIT if room_bytes is None else room_bytes
     files, used = _fit_inline(images, encoding, encoded, warnings, bool(warnings), limit)
     timings["encode"] += time.perf_counter() - started
     return Delivery([data_url(data, MIME[used.format]) for data in files], _rounded(timings), warnings)

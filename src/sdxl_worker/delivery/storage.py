@@ -14,7 +14,6 @@ import logging
 import random
 import re
 import time
-from typing import Mapping
 
 import boto3
 from botocore.config import Config
@@ -42,12 +41,6 @@ class UploadError(Exception):
 
 
 StorageConfig = config.StorageSettings  # BUCKET_*, read in sdxl_worker.config
-
-
-def config_from_env(env: Mapping[str, str] | None = None) -> StorageConfig | None:
-    """The storage configuration, None when no BUCKET_* credential is set, or StorageConfigError."""
-    warn_unused(config.unused_storage_variables(env))
-    return config.storage(env)
 
 
 def warn_unused(names) -> None:
@@ -180,11 +173,6 @@ def _reason(error: Exception) -> str:
         details = error.response.get("Error", {})
         return f"{details.get('Code', 'error')}: {details.get('Message', '')}".rstrip(": ")[:160]
     return type(error).__name__
-
-
-def storage_from_env(env: Mapping[str, str] | None = None) -> Storage | None:
-    """Storage when BUCKET_* configure it, None when they are all unset; StorageConfigError otherwise."""
-    return storage_for(config_from_env(env))
 
 
 def storage_for(settings: StorageConfig | None) -> Storage | None:

@@ -13,16 +13,10 @@ with the sum shown.
 
 from __future__ import annotations
 
-from sdxl_worker import config
 from sdxl_worker.errors import InputError
 
 REFERENCE_PIXELS = 1024 * 1024
 CONTROLNET_CALL = 0.5  # one SDXL ControlNet call, in UNet calls
-
-
-def max_job_work() -> float:
-    """MAX_JOB_WORK, in units (read in sdxl_worker.config)."""
-    return config.current("jobs").max_job_work
 
 
 def model_calls(steps: dict[str, int], guidance_scale: float, controlnets: int = 0) -> float:
@@ -38,10 +32,9 @@ def job_work(steps: dict[str, int], width: int, height: int, images: int, guidan
 
 
 def check(plan, steps: dict[str, int], width: int, height: int, guidance_scale: float,
-          limit: float | None = None, switch: float = 0) -> float:
-    """The job's work (``switch``: the work of loading its model first); InputError saying by how
-    much it is over the budget and which inputs to lower."""
-    limit = max_job_work() if limit is None else limit
+          limit: float, switch: float = 0) -> float:
+    """The job's work (``switch``: the work of loading its model first) against ``limit``
+    (MAX_JOB_WORK); InputError saying by how much it is over and which inputs to lower."""
     images, controlnets = len(plan.seeds), len(plan.controls)
     work = job_work(steps, width, height, images, guidance_scale, controlnets) + switch
     if work <= limit:

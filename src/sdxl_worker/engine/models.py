@@ -8,6 +8,7 @@ one copy of each in memory.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -16,28 +17,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from sdxl_worker import config
-from sdxl_worker.engine.speed import apply_speedups
+from sdxl_worker.config import ModelSettings, SpeedSettings
+from sdxl_worker.engine.speed import Speedups, apply_speedups
 from sdxl_worker.errors import StartupError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE, DEFAULT_REFINER, DEFAULT_VAE = config.DEFAULT_BASE, config.DEFAULT_REFINER, config.DEFAULT_VAE
 
 
 class ModelUnavailable(StartupError):
     """Weights that cannot be loaded at start-up; the message is one sentence for the log."""
 
 
-Settings = config.ModelSettings  # which weights to load and how (read in sdxl_worker.config)
-
-
-def settings_from_env(env=None, device: str | None = None) -> Settings:
-    """The model settings from the environment (or ``env``), with the device resolved."""
-    settings = config.models(env) if env is not None else config.current("models")
-    return replace(settings, device=device or settings.device or _default_device())
-
-
-def torch_dtype(settings: Settings):
+def torch_dtype(settings: ModelSettings):
     """The weights' torch dtype: DTYPE, else fp16 on CUDA and fp32 on CPU."""
     import torch
 
@@ -72,7 +64,7 @@ class Models:
     preview_decoder: object | None = None  # TAESDXL (AutoencoderTiny) when TAESD_MODEL loads, else None
     speedups: object | None = None  # the sdxl_worker.engine.speed.Speedups applied at loading
     name: str = config.DEFAULT_MODEL_NAME  # which of BASE_MODELS the base pipelines are
-    settings: Settings | None = None  # what was loaded: where the other BASE_MODELS come from
+    settings: ModelSettings | None = None  # what was loaded: where the other BASE_MODELS come from
     kept: dict = field(default_factory=dict)  # name -> sdxl_worker.engine.switch.Checkpoint, not in use
     preset_unets: dict = field(default_factory=dict)  # preset name -> its UNet for this checkpoint
     controlnets: dict = field(default_factory=dict)  # CONTROLNET_MODELS: name -> ControlNetModel, shared
@@ -86,15 +78,15 @@ class Models:
         return self.refiner is not None
 
 
-def _resolve(name: str, part: str) -> str:
+def resolve(name: str, part: str, settings: ModelSettings) -> str:
     """A model name as from_pretrained takes it: ``tiny`` becomes the saved tiny folder, and a hub
-    id already in the Hugging Face cache (baked into the image) becomes its snapshot folder, so
+    id already in a hub cache (baked into the image, or RunPod's) becomes its snapshot folder, so
     loading reads local files and never asks the hub."""
     if name == "tiny":
         from sdxl_worker.engine.tiny import ensure_tiny_model
 
-        return str(ensure_tiny_model() / part)
-    cached = _hub_snapshot(name)
+        return str(ensure_tiny_model(settings.tiny_dir) / part)
+    cached = hub_snapshot(name, settings)
     # Not cached: from_pretrained fetches it, or (offline) explains why it cannot.
     return str(cached) if cached else name
 
@@ -146,12 +138,12 @@ def loaded_bytes(models: Models) -> int:
     return total
 
 
-def _hub_snapshot(name: str) -> Path | None:
+def hub_snapshot(name: str, settings: ModelSettings) -> Path | None:
     """The cached snapshot folder of a hub id, found without importing huggingface_hub: RunPod's
     model cache first (RUNPOD_MODEL_CACHE, when the folder exists), then the Hugging Face cache."""
     if name.count("/") != 1 or Path(name).exists():
         return None
-    for cache in (config.current("models").runpod_cache, config.hub_cache()):
+    for cache in (settings.runpod_cache, settings.hub_cache):
         repo = cache / ("models--" + name.replace("/", "--"))
         try:
             return repo / "snapshots" / (repo / "refs" / "main").read_text().strip()
@@ -199,13 +191,13 @@ def _from_single_file(pipeline_cls, path: Path, config_name: str, variable: str,
     return pipe.to(device) if device and device != "cpu" else pipe  # loaded on the CPU
 
 
-def weight_files(settings: Settings) -> list[Path]:
+def weight_files(settings: ModelSettings) -> list[Path]:
     """The safetensors files load_models will read, in the order it reads them."""
 
     def folder(name: str | None) -> Path | None:
         if not name or name == "tiny":
             return None
-        return Path(name) if Path(name).exists() else _hub_snapshot(name)
+        return Path(name) if Path(name).exists() else hub_snapshot(name, settings)
 
     def weights(where: Path | None, subfolder: str = "") -> list[Path]:
         if where is not None and where.is_file():  # a single-file checkpoint: everything in one
@@ -294,9 +286,10 @@ def import_libraries() -> SimpleNamespace:
     )
 
 
-def load_models(settings: Settings | None = None) -> Models:
+def load_models(settings: ModelSettings, speed: SpeedSettings = SpeedSettings()) -> Models:
+    """Every model ``settings`` names, loaded once (the base, the refiner, ControlNets, the
+    IP-Adapter, the preview decoder), with the speed-ups ``speed`` asks for applied."""
     lib = import_libraries()
-    settings = settings or settings_from_env()
     if settings.device is None:
         settings = replace(settings, device=_default_device())
     _quiet_libraries()
@@ -309,7 +302,7 @@ def load_models(settings: Settings | None = None) -> Models:
     # 1. Base: each weight-bearing component on its own, so the log can say what each cost.
     vae = None
     if settings.vae:
-        vae = loader.component("vae", lib.AutoencoderKL, _resolve(settings.vae, "vae"), "VAE_MODEL")
+        vae = loader.component("vae", lib.AutoencoderKL, resolve(settings.vae, "vae", settings), "VAE_MODEL")
     base = load_base(lib, settings, settings.base, loader, vae)
 
     # 2. Refiner: its own UNet; text_encoder_2 and the VAE are the base's (one copy in memory).
@@ -318,11 +311,11 @@ def load_models(settings: Settings | None = None) -> Models:
     if refiner_file is not None:
         started = time.perf_counter()
         refiner = _from_single_file(lib.StableDiffusionXLImg2ImgPipeline, refiner_file,
-                                    _resolve(settings.refiner_checkpoint_config, "refiner"), "REFINER_MODEL", dtype,
+                                    resolve(settings.refiner_checkpoint_config, "refiner", settings), "REFINER_MODEL", dtype,
                                     loader.device_map, text_encoder_2=base.text_encoder_2, vae=base.vae)
         loader.report["refiner unet"] = (model_bytes(refiner.unet), time.perf_counter() - started)
     elif settings.refiner:
-        refiner_name = _resolve(settings.refiner, "refiner")
+        refiner_name = resolve(settings.refiner, "refiner", settings)
         refiner_unet = loader.component(
             "refiner unet", lib.UNet2DConditionModel, refiner_name, "REFINER_MODEL", "unet"
         )
@@ -337,8 +330,9 @@ def load_models(settings: Settings | None = None) -> Models:
         )
 
     # 3. What guides the base: ControlNets and the IP-Adapter, loaded once for every job and checkpoint.
-    controlnets = lib.load_controlnets(settings, loader, _resolve)
-    ip = lib.load_ip_adapter(base, settings, _resolve, ModelUnavailable)
+    named = functools.partial(resolve, settings=settings)
+    controlnets = lib.load_controlnets(settings, loader, named)
+    ip = lib.load_ip_adapter(base, settings, named, ModelUnavailable)
 
     img2img, inpaint = base_pipelines(lib, base)
     refiner, refiner_inpaint = refiner_pipelines(lib, refiner) if refiner else (None, None)
@@ -355,25 +349,24 @@ def load_models(settings: Settings | None = None) -> Models:
                     inpaint=inpaint, refiner_inpaint=refiner_inpaint, name=settings.choices[0][0],
                     settings=settings, controlnets=controlnets, ip_adapter=ip, shared_vae=vae)
     models.preview_decoder = lib.load_preview_decoder(settings.taesd, settings.device, dtype)
-    models.speedups = apply_speedups(models, settings)
+    models.speedups = apply_speedups(models, Speedups.resolve(speed, settings.device, settings.vae, settings.cpu_offload))
     lib.speed_up_controlnets(list(controlnets.values()), models.speedups)
     # After the speed-ups: fused projections are weights of their own (the unfused ones stay, for LoRAs).
     _log_loaded(settings, dtype, loader.report, loaded_bytes(models), time.perf_counter() - everything_started)
     return models
 
 
-def _check_choices(settings: Settings) -> None:
+def _check_choices(settings: ModelSettings) -> None:
     """The BASE_MODELS loaded only when a job asks, checked at start-up as far as can be without
     loading them: a file's header, a folder's model_index.json, a hub id's cached copy when offline.
     A bad one stops the start in one sentence naming it."""
-    offline = config.current("loras").hub_offline
     for name, source in settings.choices[1:]:
-        problem = _choice_problem(source, name, offline)
+        problem = _choice_problem(source, name, settings)
         if problem:
             raise ModelUnavailable(f"BASE_MODELS {name}={source!r}: {problem}; fix or remove that entry.")
 
 
-def _choice_problem(source: str, name: str, offline: bool) -> str | None:
+def _choice_problem(source: str, name: str, settings: ModelSettings) -> str | None:
     if source == "tiny":
         return None
     checkpoint = single_file(source, f"BASE_MODELS {name}")  # a pickle or missing .safetensors file
@@ -382,10 +375,10 @@ def _choice_problem(source: str, name: str, offline: bool) -> str | None:
     folder = Path(source).expanduser()
     if source.startswith(("/", "./", "../", "~")) or folder.exists():
         return _folder_problem(folder) if folder.is_dir() else "no such folder (a network volume is mounted at /runpod-volume)"
-    cached = _hub_snapshot(source)
+    cached = hub_snapshot(source, settings)
     if cached is not None:
         return _folder_problem(cached)
-    if offline:
+    if settings.hub_offline:
         return ("a hub id that is neither in the image's Hugging Face cache nor in RunPod's model cache, and the "
                 "worker is offline (HF_HUB_OFFLINE=1): bake it with the builder, or name a folder")
     return None  # fetched from the hub when a job first asks for it
@@ -417,18 +410,19 @@ def _folder_problem(folder: Path) -> str | None:
     return None
 
 
-def load_base(lib, settings: Settings, source: str, loader: "_Loader", vae=None):
+def load_base(lib, settings: ModelSettings, source: str, loader: "_Loader", vae=None):
     """The base pipeline of checkpoint ``source`` (as BASE_MODEL takes it), with ``vae`` when given."""
     base_file = single_file(source, "BASE_MODEL")
     if base_file is not None:
         started = time.perf_counter()
-        base = _from_single_file(lib.StableDiffusionXLPipeline, base_file, _resolve(settings.checkpoint_config, "base"),
+        base = _from_single_file(lib.StableDiffusionXLPipeline, base_file,
+                                 resolve(settings.checkpoint_config, "base", settings),
                                  "BASE_MODEL", loader.dtype, loader.device_map, **({"vae": vae} if vae else {}))
         loader.report["checkpoint"] = (sum(model_bytes(getattr(base, part)) for part in
                                            ("unet", "text_encoder", "text_encoder_2")) + model_bytes(base.vae),
                                        time.perf_counter() - started)
         return base
-    base_name = _resolve(source, "base")
+    base_name = resolve(source, "base", settings)
     if vae is None:
         vae = loader.component("vae", lib.AutoencoderKL, base_name, "BASE_MODEL", "vae")
     text_encoder = loader.component("text_encoder", lib.CLIPTextModel, base_name, "BASE_MODEL", "text_encoder")
@@ -479,7 +473,7 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _log_loaded(settings: Settings, dtype, report: dict, total_bytes: int, total_seconds: float) -> None:
+def _log_loaded(settings: ModelSettings, dtype, report: dict, total_bytes: int, total_seconds: float) -> None:
     """One line per component and a total: what a cold start spent, where."""
     log.info(
         "Loaded base=%s refiner=%s vae=%s on %s (%s)",

@@ -15,25 +15,27 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from sdxl_worker.engine.models import _hub_snapshot, _Loader
+from sdxl_worker.engine.models import _Loader, hub_snapshot
 from sdxl_worker.engine.speed import speed_up
 from sdxl_worker.request.presets import PRESETS, Preset
 
 log = logging.getLogger(__name__)
 
 
-def weights_of(preset: Preset) -> Path | None:
-    """The preset's LoRA file or UNet folder in the image's model caches; None when not baked."""
-    snapshot = _hub_snapshot(preset.repo)
+def weights_of(preset: Preset, settings) -> Path | None:
+    """The preset's LoRA file or UNet folder in the model caches ``settings`` (ModelSettings) name;
+    None when not baked."""
+    snapshot = hub_snapshot(preset.repo, settings)
     if snapshot is None:
         return None
     path = snapshot / preset.file if preset.file else snapshot / "unet"
     return path if path.exists() else None
 
 
-def available() -> tuple[str, ...]:
-    """The presets whose weights are in the image (checked per job: a network volume can change)."""
-    return tuple(name for name, preset in PRESETS.items() if weights_of(preset) is not None)
+def available(settings) -> tuple[str, ...]:
+    """The presets whose weights are in the caches ``settings`` (ModelSettings) name (checked per
+    job: a network volume can change)."""
+    return tuple(name for name, preset in PRESETS.items() if weights_of(preset, settings) is not None)
 
 
 def unet_for(models, name: str) -> tuple[object, int | None]:
@@ -41,7 +43,7 @@ def unet_for(models, name: str) -> tuple[object, int | None]:
     if name in models.preset_unets:
         return models.preset_unets[name], None
     started, preset = time.perf_counter(), PRESETS[name]
-    where = weights_of(preset)
+    where = weights_of(preset, models.settings)
     unet = _fused_copy(models, where) if preset.file else _own_unet(models, where)
     if models.speedups is not None:
         speed_up([unet], [], models.speedups)

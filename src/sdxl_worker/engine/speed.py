@@ -38,7 +38,7 @@ _TIMESTEP_HOOK = "_sdxl_worker_host_timesteps"
 
 @dataclass(frozen=True)
 class Speedups:
-    """What apply_speedups does; ``from_env`` resolves ``auto`` for a device."""
+    """What apply_speedups does; ``resolve`` makes one from SpeedSettings, ``auto`` decided for a device."""
 
     channels_last: bool = False
     fused_qkv: bool = False
@@ -56,13 +56,6 @@ class Speedups:
     def none(cls) -> "Speedups":
         """diffusers' own behaviour: nothing changed (the unoptimised path)."""
         return cls()
-
-    @classmethod
-    def from_env(cls, device: str, vae_name: str | None = None, cpu_offload: bool = False,
-                 env=None) -> "Speedups":
-        """The switches as set in the environment (or ``env``), ``auto`` resolved for ``device``."""
-        settings = config.current("speed") if env is None else config.speed(env)
-        return cls.resolve(settings, device, vae_name, cpu_offload)
 
     @classmethod
     def resolve(cls, settings: config.SpeedSettings, device: str, vae_name: str | None = None,
@@ -96,19 +89,13 @@ class Speedups:
         )
 
 
-def apply_speedups(models, settings=None, speedups: Speedups | None = None) -> Speedups:
-    """Apply ``speedups`` (default: from the environment) to every model in ``models``, in place.
+def apply_speedups(models, speedups: Speedups) -> Speedups:
+    """Apply ``speedups`` to every model in ``models``, in place.
 
     Order matters: attention processors before fusing (fusing installs its own SDPA processor),
     memory format before compiling. The warm-up that pays for compiling runs jobs, so it is the
     runtime's (sdxl_worker.runtime.warmup), after loading.
     """
-    if speedups is None:
-        speedups = Speedups.from_env(
-            models.device,
-            getattr(settings, "vae", None),
-            getattr(settings, "cpu_offload", False),
-        )
     unets = _unique([models.base.unet] + ([models.refiner.unet] if models.refiner else []))
     speed_up(unets, [models.base.vae], speedups)  # the VAE is shared by every pipeline
     log.info("Speed-ups: %s", ", ".join(f"{k}={v}" for k, v in asdict(speedups).items()))

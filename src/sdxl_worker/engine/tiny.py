@@ -22,17 +22,14 @@ POOLED_WIDTH = 48  # projection size of text_encoder_2 (pooled prompt embedding)
 TIME_EMBED = 8  # SDXL's addition_time_embed_dim, shrunk
 
 
-def cache_dir() -> Path:
-    """Where the tiny model is saved: TINY_MODEL_DIR, else ~/.cache/sdxl-worker."""
-    from sdxl_worker import config
-
-    root = config.current("models").tiny_dir or Path.home() / ".cache" / "sdxl-worker"
-    return Path(root) / f"tiny-sdxl-v{TINY_VERSION}"
+def cache_dir(root: Path | None = None) -> Path:
+    """Where the tiny model is saved under ``root`` (TINY_MODEL_DIR), by default ~/.cache/sdxl-worker."""
+    return Path(root or Path.home() / ".cache" / "sdxl-worker") / f"tiny-sdxl-v{TINY_VERSION}"
 
 
-def ensure_tiny_model() -> Path:
-    """Build and save the tiny base and refiner once; return the folder holding both."""
-    target = cache_dir()
+def ensure_tiny_model(root: Path | None = None) -> Path:
+    """Build and save the tiny base and refiner once under ``root``; return the folder holding both."""
+    target = cache_dir(root)
     if (target / "refiner" / "model_index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

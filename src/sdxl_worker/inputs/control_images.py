@@ -1,6 +1,6 @@
-"""Control images for ControlNets: decoded like any input image, at the output size, made into an
-edge map when the job asks for ``canny``. Reference images for the IP-Adapter: decoded, and cut to
-at most 4:1 around their centre.
+"""Control images for ControlNets: any input image (decoded by inputs/images.py), at the output
+size, made into an edge map when the job asks for ``canny``. Reference images for the IP-Adapter:
+cut to at most 4:1 around their centre.
 
 The resize comes first, so a canny edge map has its one-pixel edges at the resolution the
 ControlNet sees. OpenCV is the one already installed (invisible-watermark's, headless in the image).
@@ -11,13 +11,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from sdxl_worker.inputs.images import load_image
 
-
-def control_image(source: str, field: str, size: tuple[int, int], preprocess: str = "none",
+def control_image(image: Image.Image, size: tuple[int, int], preprocess: str = "none",
                   low_threshold: int = 100, high_threshold: int = 200) -> Image.Image:
-    """The control image ``source`` names, RGB at ``size``, preprocessed as asked."""
-    image = load_image(source, field)
+    """A decoded control image at ``size``, preprocessed as asked."""
     if image.size != size:
         image = image.resize(size, Image.Resampling.LANCZOS)
     if preprocess == "canny":
@@ -28,11 +25,10 @@ def control_image(source: str, field: str, size: tuple[int, int], preprocess: st
 MAX_REFERENCE_ASPECT = 4  # the image encoder scales the short side to 224 and keeps the centre square
 
 
-def reference_image(source: str, field: str) -> Image.Image:
-    """The IP-Adapter reference image ``source`` names. CLIP's processor scales the short side up to
-    its input size before it crops the centre, so a 100000x1 image would become tens of GB: past
-    4:1 the image is cut to 4:1 around its centre first (the processor keeps only the centre anyway)."""
-    image = load_image(source, field)
+def reference_image(image: Image.Image) -> Image.Image:
+    """A decoded IP-Adapter reference image, ready for the encoder. CLIP's processor scales the short
+    side up to its input size before it crops the centre, so a 100000x1 image would become tens of
+    GB: past 4:1 the image is cut to 4:1 around its centre first (the processor keeps only the centre)."""
     width, height = image.size
     if width > MAX_REFERENCE_ASPECT * height:
         keep = MAX_REFERENCE_ASPECT * height

@@ -14,13 +14,15 @@ so this module refuses to become a way in:
 - connect, read (longest silence) and total timeouts; the body is streamed and abandoned as
   soon as it passes the size limit.
 
-Limits come from the configuration (sdxl_worker.config; the README, "Security and limits").
+The limits are FETCH_* and ALLOW_PRIVATE_URLS (sdxl_worker.config's FetchSettings), given to a
+``Fetcher`` when the worker starts (docs/security.md).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import http.client
 import ipaddress
 import re
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import quote, urljoin, urlsplit
 
-from sdxl_worker import config
+from sdxl_worker.config import FetchSettings
 from sdxl_worker.errors import InputError, quoted
 
 MB = 1024 * 1024
@@ -43,29 +45,40 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 _PRINTABLE = "".join(chr(code) for code in range(33, 127))  # kept as is in a request path; the rest is %-encoded
 
 
-Limits = config.FetchSettings  # FETCH_* and ALLOW_PRIVATE_URLS, read in sdxl_worker.config
+class Fetcher:
+    """Every fetch a job makes, under one set of limits (FETCH_*, ALLOW_PRIVATE_URLS)."""
+
+    def __init__(self, limits: FetchSettings = FetchSettings()):
+        self.limits = limits
+
+    def fetch(self, source: str, field: str, max_bytes: int | None = None) -> bytes:
+        """The bytes ``source`` names; InputError naming ``field`` for anything refused or unreachable.
+
+        ``max_bytes`` lowers or raises the size limit for one kind of file (a LoRA is larger than an
+        image); unset, FETCH_MAX_BYTES applies.
+        """
+        chunks: list[bytes] = []
+        self.fetch_into(source, field, chunks.append, max_bytes)
+        return b"".join(chunks)
+
+    def fetch_into(self, source: str, field: str, write: Callable[[bytes], object], max_bytes: int | None = None) -> int:
+        """Like ``fetch``, but hands the body to ``write`` piece by piece as it arrives; the byte count.
+
+        For large files (LoRAs): what is held in memory is one network read, never the whole file.
+        On an error, ``write`` may already have had part of the body: the caller discards it.
+        """
+        return _fetch_into(source, field, write, self.limits if max_bytes is None else
+                           dataclasses.replace(self.limits, max_bytes=max_bytes))
+
+    def endpoint_addresses(self, url: str, field: str = "endpointUrl") -> tuple[str, ...]:
+        """The checked addresses to connect to for an endpoint a job names (its s3Config.endpointUrl):
+        InputError for a URL that is not plainly one host, or whose host is local or private (the
+        download rules, unless ALLOW_PRIVATE_URLS). The caller connects to these addresses only."""
+        return _endpoint_addresses(url, field, self.limits)
 
 
-def fetch(source: str, field: str, max_bytes: int | None = None) -> bytes:
-    """The bytes ``source`` names; InputError naming ``field`` for anything refused or unreachable.
-
-    ``max_bytes`` lowers or raises the size limit for one kind of file (a LoRA is larger than an
-    image); unset, FETCH_MAX_BYTES applies.
-    """
-    chunks: list[bytes] = []
-    fetch_into(source, field, chunks.append, max_bytes)
-    return b"".join(chunks)
-
-
-def fetch_into(source: str, field: str, write: Callable[[bytes], object], max_bytes: int | None = None) -> int:
-    """Like ``fetch``, but hands the body to ``write`` piece by piece as it arrives; the byte count.
-
-    For large files (LoRAs): what is held in memory is one network read, never the whole file.
-    On an error, ``write`` may already have had part of the body: the caller discards it.
-    """
-    limits = config.current("fetch")
-    if max_bytes is None:
-        max_bytes = limits.max_bytes
+def _fetch_into(source: str, field: str, write: Callable[[bytes], object], limits: FetchSettings) -> int:
+    max_bytes = limits.max_bytes
     source = source.strip()
     scheme = _SCHEME.match(source[:40])
     if scheme is None:  # base64 has no colon: anything else with one is a URL of some scheme
@@ -90,10 +103,7 @@ _PLAIN_ENDPOINT = re.compile(r"(?P<scheme>(?i:https?))://(?P<host>[A-Za-z0-9.-]+
                              r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/[!-\[\]-~]*)?", re.ASCII)
 
 
-def endpoint_addresses(url: str, field: str = "endpointUrl") -> tuple[str, ...]:
-    """The checked addresses to connect to for an endpoint a job names (its s3Config.endpointUrl):
-    InputError for a URL that is not plainly one host, or whose host is local or private (the
-    download rules, unless ALLOW_PRIVATE_URLS). The caller connects to these addresses only."""
+def _endpoint_addresses(url: str, field: str, limits: FetchSettings) -> tuple[str, ...]:
     match = _PLAIN_ENDPOINT.fullmatch(url)
     if match is None:
         raise InputError(f"'{field}' must be a plain http(s) URL: a host name or IP address, an optional port "
@@ -102,7 +112,7 @@ def endpoint_addresses(url: str, field: str = "endpointUrl") -> tuple[str, ...]:
     port = int(match["port"]) if match["port"] else (443 if match["scheme"].lower() == "https" else 80)
     if not 0 < port < 65536 or _parsers_disagree(url, host, port):
         raise InputError(f"'{field}' is not a valid URL.")
-    return _resolve(host, port, field, config.current("fetch"))
+    return _resolve(host, port, field, limits)
 
 
 def _parsers_disagree(url: str, host: str, port: int) -> bool:
@@ -148,7 +158,7 @@ def _written(data: bytes, write: Callable[[bytes], object]) -> int:
     return len(data)
 
 
-def _download(url: str, field: str, max_bytes: int, limits: Limits, write: Callable[[bytes], object]) -> int:
+def _download(url: str, field: str, max_bytes: int, limits: FetchSettings, write: Callable[[bytes], object]) -> int:
     deadline = time.monotonic() + limits.total_timeout
     for _ in range(MAX_REDIRECTS + 1):
         target = _Target.of(url, field, limits)
@@ -179,7 +189,7 @@ class _Target:
     path: str
 
     @classmethod
-    def of(cls, url: str, field: str, limits: Limits) -> "_Target":
+    def of(cls, url: str, field: str, limits: FetchSettings) -> "_Target":
         try:
             parts = urlsplit(url)
             host, port = parts.hostname, parts.port
@@ -200,7 +210,7 @@ class _Target:
         return cls(https, host, addresses, port, quote(path, safe=_PRINTABLE))
 
 
-def _resolve(host: str, port: int, field: str, limits: Limits) -> tuple[str, ...]:
+def _resolve(host: str, port: int, field: str, limits: FetchSettings) -> tuple[str, ...]:
     """The addresses to connect to; every address the name has must be public (unless opted in)."""
     try:
         answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -219,7 +229,7 @@ def _resolve(host: str, port: int, field: str, limits: Limits) -> tuple[str, ...
     return tuple(dict.fromkeys(str(address) for address in addresses))
 
 
-def _get(target: _Target, field: str, max_bytes: int, limits: Limits, deadline: float,
+def _get(target: _Target, field: str, max_bytes: int, limits: FetchSettings, deadline: float,
          write: Callable[[bytes], object]):
     """(status, Location, bytes written) for one request; the body goes to ``write``, only for a 200."""
     remaining = deadline - time.monotonic()
@@ -341,7 +351,7 @@ def _connection(target: _Target, connect_timeout: float, read_timeout: float):
     return connection.pin(target, connect_timeout)
 
 
-def _too_slow(field: str, limits: Limits) -> InputError:
+def _too_slow(field: str, limits: FetchSettings) -> InputError:
     return InputError(f"'{field}' took longer than {limits.total_timeout:g} s to download (FETCH_TOTAL_TIMEOUT).")
 
 

@@ -12,46 +12,64 @@ import warnings
 
 from PIL import Image, ImageOps
 
-from sdxl_worker import config
+from sdxl_worker.config import FetchSettings
 from sdxl_worker.errors import InputError
-from sdxl_worker.inputs.fetch import fetch
+from sdxl_worker.inputs.fetch import Fetcher
 
 # No TIFF: its decoder (libtiff, with its many codecs) is the largest attack surface of all, and
 # what it would bring (CMYK from print workflows) also arrives as JPEG, which is decoded.
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 
 
-def max_pixels() -> int:
-    """MAX_IMAGE_PIXELS: the most pixels an input image may have, read from its header."""
-    return config.current("fetch").max_image_pixels
+MAX_PIXELS = FetchSettings().max_image_pixels  # MAX_IMAGE_PIXELS' default
 
 
-def load_image(source: str, field: str) -> Image.Image:
-    """The image named by ``source`` as RGB, EXIF orientation applied; InputError naming ``field``."""
-    return decode_image(fetch(source, field), field)
+class ImageReader:
+    """Input images and masks, fetched by ``fetcher`` and decoded under ``max_pixels`` (MAX_IMAGE_PIXELS)."""
+
+    def __init__(self, fetcher: Fetcher, max_pixels: int = MAX_PIXELS):
+        self.fetcher, self.max_pixels = fetcher, max_pixels
+
+    def image(self, source: str, field: str) -> Image.Image:
+        """The image named by ``source`` as RGB, EXIF orientation applied; InputError naming ``field``."""
+        return decode_image(self.fetcher.fetch(source, field), field, max_pixels=self.max_pixels)
+
+    def mask(self, source: str, field: str, size: tuple[int, int]) -> Image.Image:
+        """The inpainting mask as greyscale (white = repaint, black = keep), resized to ``size``.
+
+        Transparency counts as black (keep): a mask painted as white strokes on a transparent layer
+        repaints the strokes only. A mask of another size than its image is stretched to it, so the
+        same regions line up.
+        """
+        data = self.fetcher.fetch(source, field)
+        mask = decode_image(data, field, background=(0, 0, 0), max_pixels=self.max_pixels).convert("L")
+        if mask.size != size:
+            mask = mask.resize(size, Image.Resampling.LANCZOS)
+        return mask
 
 
-def decode_image(data: bytes, field: str, background=(255, 255, 255)) -> Image.Image:
+def decode_image(data: bytes, field: str, background=(255, 255, 255), max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """``data`` as an RGB image laid on ``background``; InputError naming ``field`` for anything else."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked just below
             image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-        if image.width * image.height > max_pixels():
-            raise _too_many_pixels(field, f"{image.width}x{image.height}")
+        if image.width * image.height > max_pixels:
+            raise _too_many_pixels(field, f"{image.width}x{image.height}", max_pixels)
         image.load()
         image = to_rgb(ImageOps.exif_transpose(image), background)
     except InputError:
         raise
     except Image.DecompressionBombError:  # Pillow's own guard, at its own (higher) limit
-        raise _too_many_pixels(field, f"more than {2 * Image.MAX_IMAGE_PIXELS:,}") from None
+        raise _too_many_pixels(field, f"more than {2 * Image.MAX_IMAGE_PIXELS:,}", max_pixels) from None
     except Exception:  # Pillow raises many kinds for broken or hostile files
         raise InputError(f"'{field}' is not an image this worker can read "
                          f"({', '.join(IMAGE_FORMATS)}).") from None
     return image
 
 
-def _too_many_pixels(field: str, size: str) -> InputError:
-    return InputError(f"'{field}' has {size} pixels; the limit is {max_pixels():,} pixels (MAX_IMAGE_PIXELS).")
+def _too_many_pixels(field: str, size: str, max_pixels: int) -> InputError:
+    return InputError(f"'{field}' has {size} pixels; the limit is {max_pixels:,} pixels (MAX_IMAGE_PIXELS).")
 
 
 def to_rgb(image: Image.Image, background=(255, 255, 255)) -> Image.Image:
@@ -64,16 +82,3 @@ def to_rgb(image: Image.Image, background=(255, 255, 255)) -> Image.Image:
         # 16-bit greyscale (PNG): plain convert clips everything above 255 to white.
         image = image.convert("I").point(lambda value: value / 257).convert("L")
     return image.convert("RGB")
-
-
-def load_mask(source: str, field: str, size: tuple[int, int]) -> Image.Image:
-    """The inpainting mask as greyscale (white = repaint, black = keep), resized to ``size``.
-
-    Transparency counts as black (keep): a mask painted as white strokes on a transparent layer
-    repaints the strokes only. A mask of another size than its image is stretched to it, so the
-    same regions line up.
-    """
-    mask = decode_image(fetch(source, field), field, background=(0, 0, 0)).convert("L")
-    if mask.size != size:
-        mask = mask.resize(size, Image.Resampling.LANCZOS)
-    return mask

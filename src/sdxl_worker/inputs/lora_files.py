@@ -17,50 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from sdxl_worker import config
+from sdxl_worker.config import LoraSettings
 from sdxl_worker.errors import InputError, quotable, quoted
-from sdxl_worker.inputs.fetch import fetch_into
+from sdxl_worker.inputs.fetch import Fetcher
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-def max_file_bytes() -> int:
-    return int(config.current("loras").max_mb * 1024 * 1024)
-
-
-def cache_dir() -> Path:
-    return config.current("loras").cache_dir
-
-
-def cache_cap_bytes() -> int:
-    return int(config.current("loras").cache_mb * 1024 * 1024)
-
-
-def lora_dir() -> Path | None:
-    """LORA_DIR: the one folder local LoRA paths may point into (unset: no local paths)."""
-    return config.current("loras").dir
-
-
-def _inside_lora_dir(path: str, index: int, label: str) -> Path | None:
-    """A local path, resolved inside LORA_DIR; None when the path does not look local.
-
-    Jobs come from anyone holding the endpoint key: a path must not reach the rest of the disk.
-    """
-    looks_local = path.startswith(("/", ".", "~")) or not _HUB_ID.match(path)
-    root = lora_dir()
-    if root is None:
-        if looks_local:
-            raise InputError(f"LoRA {label}: local paths in 'loras[{index}].path' need LORA_DIR set on the worker.")
-        return None
-    local = (root / path).resolve() if not path.startswith("/") else Path(path).resolve()
-    if not local.is_relative_to(root):
-        if looks_local:
-            raise _outside_lora_dir(label, f"loras[{index}].path")
-        return None
-    return local
 
 
 def _outside_lora_dir(label: str, field: str) -> InputError:
@@ -82,104 +46,126 @@ def _check_weight_name(weight_name: str | None, index: int, label: str) -> None:
         raise InputError(f"LoRA {label}: 'loras[{index}].weight_name' must name a .safetensors file.")
 
 
-def check_entry(lora: dict, index: int) -> None:
-    """What can be refused about a LoRA entry without reading a file or the network."""
-    label = label_of(lora)
-    _check_weight_name(lora.get("weight_name"), index, label)
-    path = lora["path"].strip()
-    if not path.lower().startswith(("http://", "https://")):
+class LoraFiles:
+    """A job's LoRA entries as local files, under LORA_DIR, LORA_CACHE_DIR, LORA_CACHE_MB, LORA_MAX_MB
+    (``settings``), fetched by ``fetcher``; hub ids only from the hub's cache when ``hub_offline``."""
+
+    def __init__(self, settings: LoraSettings, fetcher: Fetcher, hub_offline: bool = False):
+        self.settings, self.fetcher, self.hub_offline = settings, fetcher, hub_offline
+        self.max_file_bytes = int(settings.max_mb * 2**20)
+
+    def _inside_lora_dir(self, path: str, index: int, label: str) -> Path | None:
+        """A local path, resolved inside LORA_DIR; None when the path does not look local.
+
+        Jobs come from anyone holding the endpoint key: a path must not reach the rest of the disk.
+        """
+        looks_local = path.startswith(("/", ".", "~")) or not _HUB_ID.match(path)
+        root = self.settings.dir
+        if root is None:
+            if looks_local:
+                raise InputError(f"LoRA {label}: local paths in 'loras[{index}].path' need LORA_DIR set on the worker.")
+            return None
+        local = (root / path).resolve() if not path.startswith("/") else Path(path).resolve()
+        if not local.is_relative_to(root):
+            if looks_local:
+                raise _outside_lora_dir(label, f"loras[{index}].path")
+            return None
+        return local
+
+    def check_entry(self, lora: dict, index: int) -> None:
+        """What can be refused about a LoRA entry without reading a file or the network."""
+        label = label_of(lora)
+        _check_weight_name(lora.get("weight_name"), index, label)
+        path = lora["path"].strip()
+        if not path.lower().startswith(("http://", "https://")):
+            try:
+                self._inside_lora_dir(path, index, label)
+            except (OSError, ValueError) as error:
+                if isinstance(error, InputError):
+                    raise
+                raise InputError(f"LoRA {label}: 'loras[{index}].path' is not a path this worker can read.") from None
+
+    def resolve(self, lora: dict, index: int) -> Path:
+        """The local .safetensors file a LoRA entry names, downloading it if it is a URL."""
+        path, weight_name = lora["path"].strip(), lora.get("weight_name")
+        label = label_of(lora)
+        _check_weight_name(weight_name, index, label)
+        if path.lower().startswith(("http://", "https://")):
+            return self._cached_download(path, index, label)
         try:
-            _inside_lora_dir(path, index, label)
-        except (OSError, ValueError) as error:
+            return self._local_or_hub(path, weight_name, index, label)
+        except (OSError, ValueError) as error:  # a NUL byte, a name too long for the file system, ...
             if isinstance(error, InputError):
                 raise
             raise InputError(f"LoRA {label}: 'loras[{index}].path' is not a path this worker can read.") from None
 
+    def _local_or_hub(self, path: str, weight_name: str | None, index: int, label: str) -> Path:
+        local = self._inside_lora_dir(path, index, label)
+        if local is not None and local.exists():
+            if weight_name and not local.is_dir():
+                raise InputError(f"LoRA {label}: 'loras[{index}].weight_name' applies to a folder, but "
+                                 f"'loras[{index}].path' names a file; drop one of them.")
+            file = (local / (weight_name or DEFAULT_WEIGHT_NAME)).resolve() if local.is_dir() else local
+            if not file.is_relative_to(self.settings.dir):  # a link inside the folder that points out of it
+                raise _outside_lora_dir(label, f"loras[{index}].{'weight_name' if weight_name else 'path'}")
+            if not file.is_file():
+                raise InputError(f"LoRA {label}: the folder in 'loras[{index}].path' has no file {quoted(file.name)}.")
+            if file.suffix != ".safetensors":  # pickled weights can run code when loaded
+                raise InputError(f"LoRA {label}: 'loras[{index}].path' must be a .safetensors file.")
+            return file
+        if path.startswith(("/", ".", "~")) or not _HUB_ID.match(path):
+            raise InputError(
+                f"LoRA {label}: 'loras[{index}].path' is not an https URL, a hub id (owner/name) or an existing local path."
+            )
+        return self._from_hub(path, weight_name or DEFAULT_WEIGHT_NAME, index, label)
 
-def resolve(lora: dict, index: int) -> Path:
-    """The local .safetensors file a LoRA entry names, downloading it if it is a URL."""
-    path, weight_name = lora["path"].strip(), lora.get("weight_name")
-    label = label_of(lora)
-    _check_weight_name(weight_name, index, label)
-    if path.lower().startswith(("http://", "https://")):
-        return _cached_download(path, index, label)
-    try:
-        return _local_or_hub(path, weight_name, index, label)
-    except (OSError, ValueError) as error:  # a NUL byte, a name too long for the file system, ...
-        if isinstance(error, InputError):
-            raise
-        raise InputError(f"LoRA {label}: 'loras[{index}].path' is not a path this worker can read.") from None
+    def _from_hub(self, repo_id: str, weight_name: str, index: int, label: str) -> Path:
+        """A file of a hub repo: from the local hub cache (baked into the image), else downloaded like
+        any URL, through the fetcher into the capped LoRA cache (the hub's own cache has no cap)."""
+        from huggingface_hub import hf_hub_download, hf_hub_url
 
-
-def _local_or_hub(path: str, weight_name: str | None, index: int, label: str) -> Path:
-    local = _inside_lora_dir(path, index, label)
-    if local is not None and local.exists():
-        if weight_name and not local.is_dir():
-            raise InputError(f"LoRA {label}: 'loras[{index}].weight_name' applies to a folder, but "
-                             f"'loras[{index}].path' names a file; drop one of them.")
-        file = (local / (weight_name or DEFAULT_WEIGHT_NAME)).resolve() if local.is_dir() else local
-        if not file.is_relative_to(lora_dir()):  # a link inside the folder that points out of it
-            raise _outside_lora_dir(label, f"loras[{index}].{'weight_name' if weight_name else 'path'}")
-        if not file.is_file():
-            raise InputError(f"LoRA {label}: the folder in 'loras[{index}].path' has no file {quoted(file.name)}.")
-        if file.suffix != ".safetensors":  # pickled weights can run code when loaded
-            raise InputError(f"LoRA {label}: 'loras[{index}].path' must be a .safetensors file.")
-        return file
-    if path.startswith(("/", ".", "~")) or not _HUB_ID.match(path):
-        raise InputError(
-            f"LoRA {label}: 'loras[{index}].path' is not an https URL, a hub id (owner/name) or an existing local path."
-        )
-    return _from_hub(path, weight_name or DEFAULT_WEIGHT_NAME, index, label)
-
-
-def _from_hub(repo_id: str, weight_name: str, index: int, label: str) -> Path:
-    """A file of a hub repo: from the local hub cache (baked into the image), else downloaded like
-    any URL, through the fetcher into the capped LoRA cache (the hub's own cache has no cap)."""
-    from huggingface_hub import hf_hub_download, hf_hub_url
-
-    offline = config.current("loras").hub_offline
-    try:
+        offline = self.hub_offline
         try:
-            return Path(hf_hub_download(repo_id, weight_name, local_files_only=True))
-        except Exception:
-            if offline:
-                raise
-        return _cached_download(hf_hub_url(repo_id, weight_name), index, label)
-    except InputError:
-        raise
-    except Exception as error:
-        where = "in this worker's hub cache" if offline else "on the hub"
-        raise InputError(
-            f"LoRA {label}: {quoted(weight_name)} of hub repo {quoted(repo_id)} was not found {where} "
-            f"({type(error).__name__}); give 'loras[{index}].weight_name' or an https URL."
-        ) from None
-
-
-def _cached_download(url: str, index: int, label: str) -> Path:
-    folder = cache_dir()
-    file = folder / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".safetensors")
-    if file.is_file():
-        os.utime(file)  # most recently used: the last to be evicted
-        log.info("LoRA %s from the cache", label)
-        return file
-    started = time.perf_counter()
-    folder.mkdir(parents=True, exist_ok=True)
-    # Streamed to a file beside its final place (a LoRA can be a gigabyte): memory holds one
-    # network read at a time, and the cache gets the file only once it is whole and checked.
-    handle, staging = tempfile.mkstemp(dir=folder, suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out:
             try:
-                fetch_into(url, f"loras[{index}].path", out.write, max_bytes=max_file_bytes())
-            except InputError as error:
-                raise InputError(f"LoRA {label}: {error}") from None
-        _check_safetensors(staging, index, label)  # never cache a file that cannot load
-        os.replace(staging, file)  # atomic: a reader sees the whole file or none
-    finally:
-        Path(staging).unlink(missing_ok=True)
-    log.info("LoRA %s downloaded: %.1f MB in %.2fs", label, file.stat().st_size / 2**20, time.perf_counter() - started)
-    evict(folder, cache_cap_bytes(), keep=file)
-    return file
+                return Path(hf_hub_download(repo_id, weight_name, local_files_only=True))
+            except Exception:
+                if offline:
+                    raise
+            return self._cached_download(hf_hub_url(repo_id, weight_name), index, label)
+        except InputError:
+            raise
+        except Exception as error:
+            where = "in this worker's hub cache" if offline else "on the hub"
+            raise InputError(
+                f"LoRA {label}: {quoted(weight_name)} of hub repo {quoted(repo_id)} was not found {where} "
+                f"({type(error).__name__}); give 'loras[{index}].weight_name' or an https URL."
+            ) from None
+
+    def _cached_download(self, url: str, index: int, label: str) -> Path:
+        folder = self.settings.cache_dir
+        file = folder / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".safetensors")
+        if file.is_file():
+            os.utime(file)  # most recently used: the last to be evicted
+            log.info("LoRA %s from the cache", label)
+            return file
+        started = time.perf_counter()
+        folder.mkdir(parents=True, exist_ok=True)
+        # Streamed to a file beside its final place (a LoRA can be a gigabyte): memory holds one
+        # network read at a time, and the cache gets the file only once it is whole and checked.
+        handle, staging = tempfile.mkstemp(dir=folder, suffix=".part")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                try:
+                    self.fetcher.fetch_into(url, f"loras[{index}].path", out.write, max_bytes=self.max_file_bytes)
+                except InputError as error:
+                    raise InputError(f"LoRA {label}: {error}") from None
+            _check_safetensors(staging, index, label)  # never cache a file that cannot load
+            os.replace(staging, file)  # atomic: a reader sees the whole file or none
+        finally:
+            Path(staging).unlink(missing_ok=True)
+        log.info("LoRA %s downloaded: %.1f MB in %.2fs", label, file.stat().st_size / 2**20, time.perf_counter() - started)
+        evict(folder, int(self.settings.cache_mb * 2**20), keep=file)
+        return file
 
 
 def evict(folder: Path, cap_bytes: int, keep: Path | None = None) -> list[Path]:

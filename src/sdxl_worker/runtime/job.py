@@ -20,24 +20,23 @@ from dataclasses import asdict
 from typing import Iterator
 
 from sdxl_worker import errors
-from sdxl_worker.delivery.deliver import deliver, inline_limit_bytes
+from sdxl_worker.delivery.deliver import deliver
 from sdxl_worker.delivery.size_guard import OutputBudget
-from sdxl_worker.delivery.storage import Storage, job_storage
+from sdxl_worker.delivery.storage import job_storage
 from sdxl_worker.engine import budget, lora_layers, preset_weights, prompts, switch
 from sdxl_worker.engine.generate import count_steps, ms_since
 from sdxl_worker.engine.models import Models, free_memory
 from sdxl_worker.engine.plan import make_plan
 from sdxl_worker.errors import InputError
-from sdxl_worker.inputs import lora_files
 from sdxl_worker.inputs.control_images import control_image, reference_image
-from sdxl_worker.inputs.fetch import endpoint_addresses
-from sdxl_worker.inputs.images import load_image, load_mask
+from sdxl_worker.inputs.lora_files import LoraFiles, label_of
 from sdxl_worker.request import dialects
 from sdxl_worker.request.check import check
 from sdxl_worker.request.types import Lora, Request
 from sdxl_worker.runtime.logs import hidden, protect, redact, truncate
 from sdxl_worker.runtime.stopping import JobStopped, Stop
 from sdxl_worker.runtime.stream import ProgressCallback, run_streamed
+from sdxl_worker.runtime.worker import Worker
 
 log = protect(logging.getLogger(__name__))  # no payloads or secrets in the log
 
@@ -46,24 +45,23 @@ log = protect(logging.getLogger(__name__))  # no payloads or secrets in the log
 _models_in_use = threading.Lock()
 
 
-def run_job(models: Models, job: dict, storage: Storage | None = None,
-            on_progress: ProgressCallback | None = None, stop: Stop | None = None) -> Iterator[dict]:
+def run_job(worker: Worker, job: dict, on_progress: ProgressCallback | None = None,
+            stop: Stop | None = None) -> Iterator[dict]:
     job = job if isinstance(job, dict) else {}
     s3_config = job.get("s3Config")
     secrets = [s3_config.get(name) for name in ("accessId", "accessSecret")] if isinstance(s3_config, dict) else []
     with hidden(*secrets):  # the job's own credentials never reach the log, its failures' included
-        yield from _answer(models, job, storage, on_progress, stop or Stop())
+        yield from _answer(worker, job, on_progress, stop or Stop())
 
 
-def _answer(models: Models, job: dict, storage: Storage | None, on_progress: ProgressCallback | None,
-            stop: Stop) -> Iterator[dict]:
+def _answer(worker: Worker, job: dict, on_progress: ProgressCallback | None, stop: Stop) -> Iterator[dict]:
     """The job's outputs, or one error: never an exception."""
     job_id = str(job.get("id", "local"))[:100]
     names = dialects.AS_SENT  # puts errors back in the words of the API the request was written for
     try:
         names = dialects.translate(job.get("input"))
         # The work runs in its own frame, so what it holds dies with it when it fails.
-        yield from _run(models, job, names.input, storage, on_progress, stop)
+        yield from _run(worker, job, names.input, on_progress, stop)
     except JobStopped as error:
         log.info("job %s stopped (%s): %s", job_id, error.reason, error)
         failure, collect = {"error": str(error)}, True
@@ -90,15 +88,16 @@ def _answer(models: Models, job: dict, storage: Storage | None, on_progress: Pro
     yield failure
 
 
-def _run(models: Models, job: dict, raw_input, storage: Storage | None,
-         on_progress: ProgressCallback | None, stop: Stop) -> Iterator[dict]:
+def _run(worker: Worker, job: dict, raw_input, on_progress: ProgressCallback | None, stop: Stop) -> Iterator[dict]:
+    models: Models = worker.models
     job_id = str(job.get("id", "local"))[:100]
     started = time.perf_counter()
     stop.check("before it started")  # taken after SIGTERM: not started at all
     request = Request.from_input(raw_input)
-    storage, storage_warning = job_storage(job.get("s3Config"), storage, endpoint_addresses=endpoint_addresses)
+    storage, storage_warning = job_storage(job.get("s3Config"), worker.storage,
+                                           endpoint_addresses=worker.fetcher.endpoint_addresses)
     check(request, has_refiner=models.has_refiner, has_storage=storage is not None,
-          model_names=switch.model_names(models), presets=preset_weights.available() if request.preset else (),
+          model_names=switch.model_names(models), presets=preset_weights.available(models.settings) if request.preset else (),
           controlnets=tuple(models.controlnets), has_ip_adapter=models.ip_adapter is not None)
     if models.settings is not None and models.settings.cpu_offload:
         _refuse_what_offload_cannot_run(request)
@@ -113,29 +112,30 @@ def _run(models: Models, job: dict, raw_input, storage: Storage | None,
     switching = switch.switch_work(models, request.model)
     size_known = bool(plan.width and plan.height)
     if size_known:  # refused before any download
-        budget.check(plan, steps, plan.width, plan.height, plan.guidance_scale, switch=switching)
+        budget.check(plan, steps, plan.width, plan.height, plan.guidance_scale, worker.max_job_work, switch=switching)
     # What the prompts' encoders and the LoRA entries would refuse, refused before any download.
     prompts.check_prompts(models.base, request.prompt, request.negative_prompt)
     for index, lora in enumerate(request.loras):
-        lora_files.check_entry(asdict(lora), index)
+        worker.lora_files.check_entry(asdict(lora), index)
     init_image = None
     if request.image is not None or request.image_url is not None:
         field = "image" if request.image is not None else "image_url"
-        init_image = load_image(getattr(request, field), field)
+        init_image = worker.images.image(getattr(request, field), field)
         if not size_known:  # the size comes from the image: bounded, then budgeted, before any model runs
             width, height = plan.size_for(init_image.size, field)
-            budget.check(plan, steps, width, height, plan.guidance_scale, switch=switching)
-    mask = load_mask(request.mask, "mask", init_image.size) if request.mask is not None else None
+            budget.check(plan, steps, width, height, plan.guidance_scale, worker.max_job_work, switch=switching)
+    mask = worker.images.mask(request.mask, "mask", init_image.size) if request.mask is not None else None
     output_size = plan.size_for(init_image.size if init_image is not None else None) if request.controlnets else None
-    control_images = [control_image(guide.image, f"controlnets[{index}].image", output_size, guide.preprocess,
-                                    guide.low_threshold, guide.high_threshold)
+    control_images = [control_image(worker.images.image(guide.image, f"controlnets[{index}].image"), output_size,
+                                    guide.preprocess, guide.low_threshold, guide.high_threshold)
                       for index, guide in enumerate(request.controlnets)]
     references = request.ip_adapter.images if request.ip_adapter is not None else ()
-    reference_images = [reference_image(image, "ip_adapter.image" if len(references) == 1 else f"ip_adapter.image[{index}]")
+    reference_images = [reference_image(worker.images.image(
+                            image, "ip_adapter.image" if len(references) == 1 else f"ip_adapter.image[{index}]"))
                         for index, image in enumerate(references)]
-    output_budget = OutputBudget(inline_limit_bytes())  # previews and the final payload together
+    output_budget = OutputBudget(worker.inline_limit_bytes)  # previews and the final payload together
     stop.check("while its inputs were read")  # a cancel during the downloads ends the job here
-    loras = local_loras(request.loras)
+    loras = local_loras(worker.lora_files, request.loras)
     stop.check("while its inputs were read")
     with _holding_the_models(stop):
         loading = {"model_switch": switch.use_model(models, request.model)}
@@ -183,9 +183,9 @@ def _holding_the_models(stop: Stop):
         _models_in_use.release()
 
 
-def local_loras(loras) -> list[lora_layers.LoraFile]:
+def local_loras(lora_files: LoraFiles, loras) -> list[lora_layers.LoraFile]:
     """The job's LoRAs (Lora entries, or the dicts users send) as local files, found or downloaded
     into the cache, in order."""
     entries = [asdict(lora) if isinstance(lora, Lora) else dict(lora) for lora in loras or ()]
-    return [lora_layers.LoraFile(lora_files.resolve(lora, index), lora.get("scale", 1.0), lora_files.label_of(lora),
+    return [lora_layers.LoraFile(lora_files.resolve(lora, index), lora.get("scale", 1.0), label_of(lora),
                                  index) for index, lora in enumerate(entries)]

@@ -29,13 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def start_files_path(env=None) -> Path:
-    """Where the list of start files for this Python environment lives (START_FILES)."""
-    from sdxl_worker import config
-
-    return (config.current("runtime") if env is None else config.runtime(env)).start_files
-
-
 @dataclass
 class Prefetch:
     """What start() did: the helper process (None when there is none) and a line for the log."""
@@ -44,23 +37,22 @@ class Prefetch:
     summary: str
 
 
-def start(env=None) -> Prefetch:
+def start(runtime, models) -> Prefetch:
     """Start the helper; call it first thing, before the heavy imports. There is none when
     PREFETCH=0 or there is nothing to read. The weights are left out when they would not fit in
-    free memory (they would evict each other, and the start files)."""
-    from sdxl_worker import config
+    free memory (they would evict each other, and the start files). ``runtime`` and ``models``:
+    the RuntimeSettings (PREFETCH, START_FILES) and ModelSettings (which weights) of sdxl_worker.config."""
     from sdxl_worker.engine.models import weight_files  # light: no torch
 
-    runtime = config.current("runtime") if env is None else config.runtime(env)
     if not runtime.prefetch:
         return Prefetch(None, "off (PREFETCH=0)")
-    weights = weight_files(config.current("models") if env is None else config.models(env))
+    weights = weight_files(models)
     size, free = sum(f.stat().st_size for f in weights), available_memory()
     notes = [] if weights else ["no baked weight files: the tiny model, or a hub id not in the cache"]
     if weights and size * 1.2 > free:
         weights = []
         notes.append(f"the weights ({size / 1e9:.2f} GB) left out: {free / 1e9:.2f} GB of memory free")
-    start_files = start_files_path(env)
+    start_files = runtime.start_files
     listed = start_files.is_file()
     if not listed:
         notes.append(f"no start-files list at {start_files}; python -m sdxl_worker.runtime.start_files makes one")

@@ -85,15 +85,15 @@ class _Turn:
 
 
 class Runner:
-    """Runs jobs on the loaded models, ``concurrency`` at a time, each stoppable.
+    """Runs jobs on ``worker`` (sdxl_worker.runtime.worker.Worker), ``concurrency`` at a time, each stoppable.
 
     ``run_job`` is the work of one job (sdxl_worker.runtime.job.run_job) and ``clock`` the one its
     JOB_TIMEOUT_S is read on (time.monotonic); tests give a fast fake of each."""
 
-    def __init__(self, models, storage=None, timeout_s: float | None = None, concurrency: int = 1,
+    def __init__(self, worker, timeout_s: float | None = None, concurrency: int = 1,
                  on_progress: ProgressCallback | None = None, exit_process=None, pending=None, run_job=run_job,
                  clock=time.monotonic):
-        self.models, self.storage, self.timeout_s = models, storage, timeout_s
+        self.worker, self.timeout_s = worker, timeout_s
         self.on_progress = on_progress
         self.pending = pending or (lambda: 0)  # jobs runpod holds, taken but not yet answered (its JobsProgress)
         self.turns = Turns(concurrency)
@@ -141,7 +141,7 @@ class Runner:
 
         def work() -> None:
             try:
-                for output in self._run_job(self.models, job, self.storage, self.on_progress, stop):
+                for output in self._run_job(self.worker, job, self.on_progress, stop):
                     hand_over(output)
             finally:
                 turn.thread_ended()

@@ -14,8 +14,6 @@ import os
 import sys
 from pathlib import Path
 
-from sdxl_worker.runtime.prefetch import start_files_path
-
 
 def record(path: Path) -> list[str]:
     """Go through the worker's start in this process and write down what it reads: the parts of
@@ -85,7 +83,9 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         print("usage: python -m sdxl_worker.runtime.start_files [PATH]", file=sys.stderr)
         return 2
-    path = Path(argv[0]) if argv else start_files_path()
+    from sdxl_worker import config  # here: the files that importing it opens are recorded with the rest
+
+    path = Path(argv[0]) if argv else config.runtime().start_files
     entries = record(path)
     size = sum(int(e.split("\t")[2]) if "\t" in e else os.path.getsize(e) for e in entries)
     print(f"{len(entries)} start files and parts ({size / 1e6:.0f} MB) listed in {path}")

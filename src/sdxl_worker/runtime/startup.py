@@ -1,6 +1,7 @@
 """Start-up, once per process: logs, the prefetch helper, storage, the self-check, the models.
 
-``start()`` does everything slow once and returns a ``Worker`` ready for jobs; anything wrong
+``start()`` does everything slow once and returns a ``Worker`` (sdxl_worker.runtime.worker) ready
+for jobs, built from the configuration read here, once; anything wrong
 with the configuration or the install stops the process with one sentence in the log instead
 of failing every job later. Importing this module is light (no torch): handler.py imports it
 first, so the prefetch helper starts before the heavy imports begin.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
 
 from sdxl_worker import config
 from sdxl_worker.errors import StartupError
@@ -20,30 +20,20 @@ log = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
-@dataclass
-class Worker:
-    """What jobs run on: the configuration, the loaded models, the worker's own storage (None: inline)."""
-
-    settings: config.Config
-    models: object  # sdxl_worker.engine.models.Models
-    storage: object | None  # sdxl_worker.delivery.storage.Storage
-
-
-def start() -> Worker:
+def start():
     """Everything slow, once; exits the process with one logged sentence when the worker cannot serve."""
     try:
         settings = config.load()  # every variable, once; nothing reads the environment after this
     except config.ConfigError as error:
         logging.basicConfig(level="INFO", format=LOG_FORMAT)
         _stop(error)
-    config.install(settings)
     missing = config.missing_model_paths(settings.models)
     if missing:  # before the libraries: a wrong path stops the start in a second
         logging.basicConfig(level="INFO", format=LOG_FORMAT)
         _stop(StartupError(missing[0]))
     # Cold start: a helper process reads the files the imports open, then the weights, into
     # memory while Python imports torch and diffusers below.
-    prefetching = prefetch.start()
+    prefetching = prefetch.start(settings.runtime, settings.models)
     config.quiet_libraries()
     logging.basicConfig(level=settings.runtime.log_level, format=LOG_FORMAT)
     from sdxl_worker.runtime import logs
@@ -60,21 +50,23 @@ def start() -> Worker:
 
         warn_unused(settings.unused_bucket_variables)
         storage = storage_for(settings.storage)
-        from sdxl_worker.engine.models import load_models, settings_from_env
+        from sdxl_worker.engine.models import load_models
 
-        models = load_models(settings_from_env())
+        models = load_models(settings.models, settings.speed)
         selfcheck.check_scheduler_classes()
         selfcheck.check_schedulers_in_background(models)
         from sdxl_worker.runtime.warmup import warm_up_if_asked
+        from sdxl_worker.runtime.worker import Worker
 
-        warm_up_if_asked(models)
+        worker = Worker.build(models, settings, storage)
+        warm_up_if_asked(worker)
     except StartupError as error:
         _stop(error)
     except Exception as error:  # a library failing where nobody expected: still one sentence and exit 1
         log.info("What stopped the start:", exc_info=True)
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         _stop(StartupError(f"The worker could not start: {type(error).__name__}: {first}"))
-    return Worker(settings, models, storage)
+    return worker
 
 
 def _stop(error: Exception) -> None:

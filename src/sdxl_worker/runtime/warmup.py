@@ -17,17 +17,18 @@ class WarmUpFailed(StartupError):
     """A warm-up job failed: every job would; the message is one sentence for the log."""
 
 
-def warm_up_if_asked(models, speedups=None) -> None:
+def warm_up_if_asked(worker, speedups=None) -> None:
     """Warm up when the speed-ups applied at loading ask for it; the time goes to the start-up log's
     figures. A compile that fails here (a compiler bug, a GPU it does not know) is undone, with a
     warning: the worker serves uncompiled rather than stopping, which on RunPod would restart it
     into the same failure forever."""
+    models = worker.models
     speedups = speedups or models.speedups
     if speedups is None or not speedups.warmup:
         return
     started = time.perf_counter()
     try:
-        warm_up(models, speedups.warmup_sizes)
+        warm_up(worker, speedups.warmup_sizes)
     except WarmUpFailed as failure:
         if not speedups.compile:
             raise
@@ -37,7 +38,7 @@ def warm_up_if_asked(models, speedups=None) -> None:
                     "attempt.", failure)
         uncompile(pipe.unet for pipe in (models.base, models.refiner) if pipe is not None)
         models.speedups = replace(speedups, compile=False)
-        warm_up(models, speedups.warmup_sizes)
+        warm_up(worker, speedups.warmup_sizes)
     models.load_seconds["warm-up"] = time.perf_counter() - started
 
 
@@ -46,17 +47,17 @@ def warm_up_if_asked(models, speedups=None) -> None:
 LONG_PROMPT = " ".join(["warm-up"] * 60)
 
 
-def warm_up(models, sizes) -> None:
+def warm_up(worker, sizes) -> None:
     """Run short jobs through the real path, so the first user job pays no first-call costs: each
     size of WARMUP_SIZES, then the first again with a prompt over 77 tokens."""
     for number, (width, height, images) in enumerate([*sizes, *sizes[:1]]):
         prompt = LONG_PROMPT if number == len(sizes) else "warm-up"
         inputs = {"prompt": prompt, "negative_prompt": "warm-up", "width": width, "height": height,
                   "num_images": images, "num_inference_steps": 2, "seed": 0}
-        if models.has_refiner:
+        if worker.models.has_refiner:
             inputs.update(refine="expert_ensemble_refiner", high_noise_frac=0.5)
         started = time.perf_counter()
-        result = list(run_job(models, {"id": f"warm-up-{width}x{height}x{images}", "input": inputs}))[-1]
+        result = list(run_job(worker, {"id": f"warm-up-{width}x{height}x{images}", "input": inputs}))[-1]
         if "error" in result:
             # Stop at start-up rather than fail every job; COMPILE=0 is the way out if compiling broke it.
             raise WarmUpFailed(f"Warm-up job {width}x{height} failed ({result['error']}); the cause is logged "

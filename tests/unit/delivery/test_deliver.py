@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdxl_worker.delivery.deliver import Encoding, deliver, encode, encode_png, inline_bytes, inline_limit_bytes
+from sdxl_worker.delivery.deliver import Encoding, deliver, encode, encode_png, inline_bytes
 from sdxl_worker.errors import InputError
 from sdxl_worker.request.types import Request
 from tests.helpers import decode
@@ -62,31 +62,29 @@ def test_inline_size_counts_base64_and_image_url_twice():
     assert inline_bytes([3000, 3000], "image/png") == one * 3 // 2
 
 
-def test_four_noise_images_at_1024_stay_under_the_inline_limit(monkeypatch):
-    monkeypatch.delenv("INLINE_LIMIT_MB", raising=False)
+def test_four_noise_images_at_1024_stay_under_the_inline_limit():
     images = [noise(1024, seed) for seed in range(4)]
     delivery = deliver(images, request(num_images=4))
     total = sum(len(url) for url in delivery.images) + len(delivery.images[0])
-    assert total <= inline_limit_bytes() == 10_000_000
+    assert total <= 10_000_000  # INLINE_LIMIT_MB's default, RunPod's /run limit
     assert len(delivery.warnings) == 1 and "JPEG" in delivery.warnings[0] and "10.0 MB" in delivery.warnings[0]
     assert [decode(url).size for url in delivery.images] == [(1024, 1024)] * 4
 
 
-def test_lossless_webp_comes_first_when_it_fits(monkeypatch):
+def test_lossless_webp_comes_first_when_it_fits():
     images = [smooth(512)] * 2
     png = inline_bytes([len(encode_png(image)) for image in images], "image/png")
     webp = inline_bytes([len(encode(image, Encoding("webp"))) for image in images], "image/webp")
     assert webp < png
-    monkeypatch.setenv("INLINE_LIMIT_MB", str((webp + 16_000 + 100) / 1e6))  # room for WebP, not PNG
-    delivery = deliver(images, request(num_images=2))
+    room = webp + 16_000 + 100  # room for WebP, not PNG
+    delivery = deliver(images, request(num_images=2), room_bytes=room)
     assert delivery.images[0].startswith("data:image/webp") and "lossless WebP" in delivery.warnings[0]
     assert np.array_equal(np.asarray(decode(delivery.images[0]).convert("RGB")), np.asarray(images[0]))
 
 
-def test_nothing_fits_gives_one_error_naming_the_fixes(monkeypatch):
-    monkeypatch.setenv("INLINE_LIMIT_MB", "0.05")
+def test_nothing_fits_gives_one_error_naming_the_fixes():
     with pytest.raises(InputError) as caught:
-        deliver([noise(256, seed) for seed in range(2)], request(num_images=2))
+        deliver([noise(256, seed) for seed in range(2)], request(num_images=2), room_bytes=50_000)
     message = str(caught.value)
     for fix in ("BUCKET_", "'num_images'", "'output_format'", "'output_quality'"):
         assert fix in message

@@ -19,8 +19,8 @@ def test_previews_fill_at_most_half_then_every_later_one_is_dropped():
     assert OutputBudget(10_000).warning() is None
 
 
-def test_a_preview_heavy_job_keeps_its_whole_output_under_the_limit(run, monkeypatch):
-    monkeypatch.setenv("INLINE_LIMIT_MB", "1")
+def test_a_preview_heavy_job_keeps_its_whole_output_under_the_limit(run, worker_env):
+    worker_env["INLINE_LIMIT_MB"] = "1"
     outputs = run({**FAST, "refine": "no_refiner", "width": 512, "height": 512, "num_inference_steps": 30,
                    "preview_steps": 1, "preview_size": 512, "preview_quality": 95})
     previews, final = outputs[:-1], outputs[-1]

@@ -16,14 +16,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sdxl_worker import config
 from sdxl_worker.delivery.deliver import deliver
-from sdxl_worker.delivery.storage import Storage, StorageConfigError, config_from_env, storage_from_env
+from sdxl_worker.delivery.storage import Storage, StorageConfigError, storage_for
 from sdxl_worker.request.types import Request
-from tests.helpers import ROOT, decode, free_port, moto_server
+from tests.helpers import ROOT, decode, free_port, moto_server, worker_with
 
 ACCESS_KEY = "AKIATESTKEYID0000001"
 SECRET = "test-secret-do-not-log-9f3b2c"
 BUCKETS = itertools.count()
+
+
+def storage_from(env: dict) -> Storage | None:
+    """The worker's storage as start-up builds it from these BUCKET_* variables."""
+    return storage_for(config.storage(env))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +69,7 @@ def test_images_land_with_their_keys_and_types_and_urls_return_the_bytes(s3_endp
                                                                          caplog):
     caplog.set_level(logging.DEBUG)
     name, client = bucket
-    storage = storage_from_env(env_for(s3_endpoint, name, BUCKET_KEY_PREFIX="/renders/"))
+    storage = storage_from(env_for(s3_endpoint, name, BUCKET_KEY_PREFIX="/renders/"))
     images = [picture(1), picture(2)]
     delivery = deliver(images, Request.from_input({"prompt": "a", "output_format": fmt}), storage, job_id="job-7")
 
@@ -84,10 +90,10 @@ def test_a_whole_job_returns_presigned_urls(s3_endpoint, bucket, models):
     from sdxl_worker.runtime.job import run_job
 
     name, client = bucket
-    storage = storage_from_env(env_for(s3_endpoint, name))
+    storage = storage_from(env_for(s3_endpoint, name))
     job = {"id": "sync-abc/1", "input": {"prompt": "a fox", "width": 256, "height": 256, "num_images": 2,
                                          "num_inference_steps": 2, "refine": "no_refiner", "seed": 5}}
-    [result] = list(run_job(models, job, storage))
+    [result] = list(run_job(worker_with(models, storage), job))
     assert result["image_url"] == result["images"][0] and result["seeds"] == [5, 6]
     assert [decode_url(url).size for url in result["images"]] == [(256, 256)] * 2
     assert {"encode", "upload"} <= set(result["timings"]) and "warnings" not in result
@@ -96,25 +102,25 @@ def test_a_whole_job_returns_presigned_urls(s3_endpoint, bucket, models):
 
     # upload: false keeps this job inline even though the worker has storage
     job["input"]["upload"] = False
-    [inline] = list(run_job(models, job, storage))
+    [inline] = list(run_job(worker_with(models, storage), job))
     assert inline["images"][0].startswith("data:image/png;base64,")
     assert np.array_equal(np.asarray(decode(inline["images"][1])), np.asarray(decode_url(result["images"][1])))
 
 
-def test_a_jobs_s3config_sends_its_images_to_its_own_bucket(s3_endpoint, bucket, models, caplog, monkeypatch):
+def test_a_jobs_s3config_sends_its_images_to_its_own_bucket(s3_endpoint, bucket, models, caplog):
     from sdxl_worker.runtime.job import run_job
 
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")  # the test bucket is on this machine
     caplog.set_level(logging.DEBUG)
     worker_bucket, client = bucket
     client.create_bucket(Bucket="someone-elses")
-    worker_storage = storage_from_env(env_for(s3_endpoint, worker_bucket))
+    worker_storage = storage_from(env_for(s3_endpoint, worker_bucket))
     s3_config = {"accessId": ACCESS_KEY, "accessSecret": SECRET, "bucketName": "someone-elses",
                  "endpointUrl": s3_endpoint}
     job = {"id": "per-job", "s3Config": s3_config, "input": {"prompt": "a fox", "width": 256, "height": 256,
                                                              "num_inference_steps": 2, "refine": "no_refiner"}}
     for storage in (worker_storage, None):  # with or without storage of the worker's own
-        [result] = list(run_job(models, job, storage))
+        worker = worker_with(models, storage, ALLOW_PRIVATE_URLS="1")  # the test bucket is on this machine
+        [result] = list(run_job(worker, job))
         assert "/someone-elses/per-job/0.png?" in result["images"][0] and "warnings" not in result
         assert decode_url(result["images"][0]).size == (256, 256)
     assert "Contents" not in client.list_objects_v2(Bucket=worker_bucket)
@@ -138,12 +144,13 @@ def test_a_jobs_s3config_sends_its_images_to_its_own_bucket(s3_endpoint, bucket,
 def test_an_unusable_s3config_falls_back_with_a_warning(models, s3_config, problem, monkeypatch):
     from sdxl_worker.runtime.job import run_job
 
+    worker = worker_with(models)
     if isinstance(s3_config, dict) and "example.com" in s3_config.get("endpointUrl", ""):
-        monkeypatch.setattr("sdxl_worker.runtime.job.endpoint_addresses", lambda url: ("203.0.113.9",))  # no DNS here
+        monkeypatch.setattr(worker.fetcher, "endpoint_addresses", lambda url: ("203.0.113.9",))  # no DNS here
 
     job = {"id": "bad-s3", "s3Config": s3_config, "input": {"prompt": "a", "width": 256, "height": 256,
                                                             "num_inference_steps": 2, "refine": "no_refiner"}}
-    [result] = list(run_job(models, job))
+    [result] = list(run_job(worker, job))
     assert result["images"][0].startswith("data:image/png;base64,")
     [warning] = result["warnings"]
     assert problem in warning and "are returned inline" in warning and SECRET not in warning
@@ -165,7 +172,7 @@ def decode_url(url: str) -> Image.Image:
 def test_a_dead_endpoint_is_retried_then_images_arrive_inline(caplog):
     caplog.set_level(logging.DEBUG)
     # free_port() binds a port and closes it again: nothing listens there, connections are refused
-    storage = storage_from_env(env_for(f"http://127.0.0.1:{free_port()}", "nowhere",
+    storage = storage_from(env_for(f"http://127.0.0.1:{free_port()}", "nowhere",
                                        BUCKET_UPLOAD_ATTEMPTS="3", BUCKET_RETRY_DELAY_S="0.01"))
     images = [picture(3), picture(4)]
     delivery = deliver(images, Request.from_input({"prompt": "a"}), storage, job_id="job-dead")
@@ -201,7 +208,7 @@ def silent_endpoint():
 
 def test_a_hung_store_times_out_on_every_attempt_then_images_arrive_inline(silent_endpoint):
     endpoint, connections = silent_endpoint
-    storage = storage_from_env(env_for(endpoint, "hung", BUCKET_UPLOAD_ATTEMPTS="2", BUCKET_RETRY_DELAY_S="0",
+    storage = storage_from(env_for(endpoint, "hung", BUCKET_UPLOAD_ATTEMPTS="2", BUCKET_RETRY_DELAY_S="0",
                                        BUCKET_READ_TIMEOUT_S="0.2"))
     delivery = deliver([picture(7)], Request.from_input({"prompt": "a"}), storage, job_id="job-hung")
     assert len(connections) == 2  # one connection per attempt, no hidden retries inside botocore
@@ -211,7 +218,7 @@ def test_a_hung_store_times_out_on_every_attempt_then_images_arrive_inline(silen
 
 def test_the_deadline_stops_retries_early(caplog):
     caplog.set_level(logging.WARNING)
-    storage = storage_from_env(env_for(f"http://127.0.0.1:{free_port()}", "nowhere", BUCKET_UPLOAD_ATTEMPTS="10",
+    storage = storage_from(env_for(f"http://127.0.0.1:{free_port()}", "nowhere", BUCKET_UPLOAD_ATTEMPTS="10",
                                        BUCKET_RETRY_DELAY_S="5", BUCKET_UPLOAD_DEADLINE_S="1"))
     delivery = deliver([picture(5)], Request.from_input({"prompt": "a"}), storage, job_id="job-late")
     assert "within 1 s, 1 attempt(s)" in delivery.warnings[0]
@@ -219,7 +226,7 @@ def test_the_deadline_stops_retries_early(caplog):
 
 
 def test_a_refused_upload_is_not_retried(s3_endpoint, caplog):
-    storage = storage_from_env(env_for(s3_endpoint, "no-such-bucket-here"))
+    storage = storage_from(env_for(s3_endpoint, "no-such-bucket-here"))
     delivery = deliver([picture(6)], Request.from_input({"prompt": "a"}), storage, job_id="job-404")
     assert "refused" in delivery.warnings[0] and "NoSuchBucket" in delivery.warnings[0]
     assert not [record for record in caplog.records if "retrying" in record.getMessage()]
@@ -231,21 +238,21 @@ def test_a_refused_upload_is_not_retried(s3_endpoint, caplog):
 def test_half_a_configuration_names_what_is_missing(present):
     env = {name: value for name, value in env_for("http://127.0.0.1:9", "b").items() if name in present}
     with pytest.raises(StorageConfigError) as caught:
-        config_from_env(env)
+        config.storage(env)
     missing = {"BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME"} - set(present)
     assert all(name in str(caught.value) for name in missing) and SECRET not in str(caught.value)
 
 
 def test_no_bucket_variables_means_inline_and_bad_values_are_refused():
-    assert config_from_env({}) is None
-    assert config_from_env({"BUCKET_REGION": "auto"}) is None  # an optional setting alone turns nothing on
-    config = config_from_env(env_for("http://s3.example.com/", "b"))
-    assert config.endpoint_url == "http://s3.example.com" and SECRET not in repr(config)
-    assert ACCESS_KEY not in repr(Storage(config).describe())
+    assert config.storage({}) is None
+    assert config.storage({"BUCKET_REGION": "auto"}) is None  # an optional setting alone turns nothing on
+    settings = config.storage(env_for("http://s3.example.com/", "b"))
+    assert settings.endpoint_url == "http://s3.example.com" and SECRET not in repr(settings)
+    assert ACCESS_KEY not in repr(Storage(settings).describe())
     for name, value in [("BUCKET_URL_LIFETIME_S", "700000"), ("BUCKET_PATH_STYLE", "maybe"),
                         ("BUCKET_UPLOAD_ATTEMPTS", "many"), ("BUCKET_ENDPOINT_URL", "s3.example.com")]:
         with pytest.raises(StorageConfigError, match=name):
-            config_from_env(env_for("http://s3.example.com", "b", **{name: value}))
+            config.storage(env_for("http://s3.example.com", "b", **{name: value}))
 
 
 def test_the_worker_refuses_to_start_half_configured():
@@ -264,7 +271,7 @@ def test_what_botocore_refuses_on_this_side_is_not_retried(caplog):
     """A bucket name botocore will not send (ParamValidationError) fails the same way every time:
     the images come back inline at once, not after four attempts and their waits."""
     caplog.set_level(logging.WARNING)
-    storage = storage_from_env(env_for(f"http://127.0.0.1:{free_port()}", "not a bucket/name!",
+    storage = storage_from(env_for(f"http://127.0.0.1:{free_port()}", "not a bucket/name!",
                                        BUCKET_UPLOAD_ATTEMPTS="4", BUCKET_RETRY_DELAY_S="2"))
     started = time.monotonic()
     delivery = deliver([picture(8)], Request.from_input({"prompt": "a"}), storage, job_id="job-param")

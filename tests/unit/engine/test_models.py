@@ -7,15 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sdxl_worker.engine.models import (
-    Settings,
-    load_models,
-    loaded_bytes,
-    model_bytes,
-    settings_from_env,
-    weight_files,
-)
+from sdxl_worker import config
+from sdxl_worker.engine.models import load_models, loaded_bytes, model_bytes, weight_files
 from sdxl_worker.engine.tiny import ensure_tiny_model
+from tests.helpers import worker_with
 
 
 def test_refiner_and_img2img_share_the_base_weights_and_each_byte_counts_once(models):
@@ -48,15 +43,14 @@ def _fake_hub_cache(root: Path, repo: str, source: Path) -> Path:
     return snapshot
 
 
-def test_baked_hub_ids_load_offline_from_the_cache_and_the_log_names_every_component(tmp_path, monkeypatch, caplog):
+def test_baked_hub_ids_load_offline_from_the_cache_and_the_log_names_every_component(tmp_path, caplog):
     tiny = ensure_tiny_model()
     _fake_hub_cache(tmp_path, "example/sdxl-base", tiny / "base")
     refiner = _fake_hub_cache(tmp_path, "example/sdxl-refiner", tiny / "refiner")
     for borrowed in ("text_encoder_2", "vae"):  # the builder does not bake what the base lends
         shutil.rmtree(refiner / borrowed)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    settings = Settings(base="example/sdxl-base", refiner="example/sdxl-refiner", vae=None, device="cpu")
+    settings = config.models({"BASE_MODEL": "example/sdxl-base", "REFINER_MODEL": "example/sdxl-refiner",
+                              "VAE_MODEL": "base", "DEVICE": "cpu", "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"})
 
     with caplog.at_level(logging.INFO, logger="sdxl_worker.engine.models"):
         loaded = load_models(settings)
@@ -111,8 +105,8 @@ def test_the_weight_files_are_exactly_those_the_loader_reads_in_its_order(tmp_pa
         base / "unet/diffusion_pytorch_model.fp16.safetensors",
         refiner / "unet/diffusion_pytorch_model.fp16.safetensors",
     ]
-    assert weight_files(settings_from_env(env, device="cpu")) == expected
-    own_vae = weight_files(settings_from_env(dict(env, VAE_MODEL="base", REFINER_MODEL="none"), device="cpu"))
+    assert weight_files(config.models(env)) == expected
+    own_vae = weight_files(config.models(dict(env, VAE_MODEL="base", REFINER_MODEL="none")))
     assert own_vae[0] == base / "vae/diffusion_pytorch_model.fp16.safetensors" and len(own_vae) == 4
 
 
@@ -120,5 +114,5 @@ def test_warm_up_runs_one_job_through_the_real_path(models, caplog):
     from sdxl_worker.runtime.warmup import warm_up
 
     with caplog.at_level(logging.INFO, logger="sdxl_worker.runtime.warmup"):
-        warm_up(models, ((256, 256, 1),))
+        warm_up(worker_with(models), ((256, 256, 1),))
     assert any("Warm-up 256x256" in record.getMessage() for record in caplog.records)

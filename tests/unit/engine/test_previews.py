@@ -16,7 +16,7 @@ from sdxl_worker.request.samplers import SCHEDULERS
 from sdxl_worker.request.types import Request
 from sdxl_worker.runtime.job import run_job
 from sdxl_worker.runtime.stream import Progress, render_preview
-from tests.helpers import collect, decode, png_data_url
+from tests.helpers import collect, decode, png_data_url, worker_with
 
 FAST = {"prompt": "a lighthouse at dusk", "num_inference_steps": 4, "refiner_inference_steps": 4, "strength": 0.5,
         "width": 256, "height": 256, "seed": 1}
@@ -225,12 +225,12 @@ def denoising_threads(monkeypatch) -> list:
 
 def test_every_job_denoises_in_one_long_lived_thread_even_when_a_stream_is_dropped(models, monkeypatch):
     threads = denoising_threads(monkeypatch)
-    list(run_job(models, {"id": "first", "input": FAST}))
+    list(run_job(worker_with(models), {"id": "first", "input": FAST}))
     before = threading.active_count()
-    job = run_job(models, {"id": "drop", "input": {**FAST, "preview_steps": 1, "num_inference_steps": 8}})
+    job = run_job(worker_with(models), {"id": "drop", "input": {**FAST, "preview_steps": 1, "num_inference_steps": 8}})
     assert "preview" in next(job)
     job.close()  # the client went away: the loop stops at its next step, before close() returns
-    list(run_job(models, {"id": "full", "input": {**FAST, "preview_steps": 2}}))
+    list(run_job(worker_with(models), {"id": "full", "input": {**FAST, "preview_steps": 2}}))
     assert len(threads) == 3 and len(set(threads)) == 1 and threads[0].name.startswith("denoise")
     assert threading.active_count() == before  # no thread started, none left behind
 
@@ -240,9 +240,9 @@ def test_a_failure_inside_the_loop_is_one_error_and_the_thread_serves_the_next_j
     with monkeypatch.context() as patch:
         patch.setattr(generate, "_generators", lambda *args, **kwargs: (_ for _ in ()).throw(
             RuntimeError("a bug in the loop, say")))
-        outputs = list(run_job(models, {"id": "broken", "input": {**FAST, "preview_steps": 1}}))
+        outputs = list(run_job(worker_with(models), {"id": "broken", "input": {**FAST, "preview_steps": 1}}))
     assert len(outputs) == 1 and "internal error" in outputs[0]["error"]
-    assert "images" in list(run_job(models, {"id": "next", "input": FAST}))[-1]
+    assert "images" in list(run_job(worker_with(models), {"id": "next", "input": FAST}))[-1]
     assert len(set(threads)) == 1
 
 
@@ -255,12 +255,12 @@ def test_progress_goes_to_runpod_only_on_runpod(models, monkeypatch):
     monkeypatch.setattr(runpod.serverless, "progress_update", lambda job, progress: sent.append((job["id"], progress)))
     monkeypatch.delenv("RUNPOD_WEBHOOK_GET_JOB", raising=False)
     monkeypatch.delenv("RUNPOD_POD_ID", raising=False)
-    collect(handler.runpod_config(models)["handler"], {"id": "local", "input": {**FAST, "preview_steps": 1,
+    collect(handler.runpod_config(worker_with(models))["handler"], {"id": "local", "input": {**FAST, "preview_steps": 1,
                                                                                  "refine": "no_refiner"}})
     assert sent == []
     monkeypatch.setenv("RUNPOD_WEBHOOK_GET_JOB", "https://example.invalid/job-take/$ID")
     job = {"id": "on-runpod", "input": {**FAST, "refine": "no_refiner"}}  # previews off: progress still flows
-    collect(handler.runpod_config(models)["handler"], job)
+    collect(handler.runpod_config(worker_with(models))["handler"], job)
     assert sent and sent[0] == ("on-runpod", {"step": 1, "total_steps": 4, "stage": "base"})
     assert sent[-1] == ("on-runpod", {"step": 4, "total_steps": 4, "stage": "base"})
 
@@ -334,7 +334,7 @@ def test_the_clean_estimate_is_worked_out_only_for_the_steps_that_show_a_preview
 
     job = {"id": "estimates", "input": {**FAST, "num_inference_steps": 6, "refine": "no_refiner", "scheduler": "DDIM",
                                         "preview_steps": preview_steps}}
-    outputs = list(run_job(models, job, on_progress=lambda job, report: None))
+    outputs = list(run_job(worker_with(models), job, on_progress=lambda job, report: None))
     assert "images" in outputs[-1] and len(made) == estimates
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sdxl_worker.engine.prompts import from_a1111
-from tests.helpers import FAST, final, photo, pixels, png_data_url
+from tests.helpers import FAST, final, photo, pixels, png_data_url, worker_with
 
 # The tiny model's tokenizer spells words out, one token per character but none for spaces:
 # 77 tokens, with the start and end markers, are the first 75 characters that are not spaces.
@@ -106,7 +106,7 @@ def test_each_text_goes_through_each_encoder_once_per_job(models, negative, pass
                "refine": "base_image_refiner", "refiner_inference_steps": 4, "strength": 0.5}
         if negative:
             job["negative_prompt"] = negative
-        assert "images" in list(run_job(models, {"id": "once", "input": job}))[-1]
+        assert "images" in list(run_job(worker_with(models), {"id": "once", "input": job}))[-1]
     finally:
         for name in calls:
             del getattr(models.base, name).forward

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from sdxl_worker import config
 from sdxl_worker.config import ConfigError
 from sdxl_worker.engine.speed import FP16_FIX_VAE, Speedups, apply_speedups, keep_timesteps_on_host, parse_sizes
 from sdxl_worker.runtime.warmup import warm_up_if_asked
-from tests.helpers import decode
+from tests.helpers import decode, worker_with
 
 JOB = {"prompt": "a red fox", "negative_prompt": "blurry", "width": 256, "height": 256, "num_inference_steps": 3,
        "seed": 7, "refine": "expert_ensemble_refiner", "high_noise_frac": 0.7}
@@ -15,17 +16,23 @@ JOB = {"prompt": "a red fox", "negative_prompt": "blurry", "width": 256, "height
 
 def fresh_models():
     """Speed-ups change models in place: each switch gets its own copy, not the shared fixture."""
-    from sdxl_worker.engine.models import Settings, load_models
+    from sdxl_worker.config import ModelSettings
+    from sdxl_worker.engine.models import load_models
 
-    return load_models(Settings(base="tiny", refiner="tiny", vae=None, device="cpu"))
+    return load_models(ModelSettings(base="tiny", refiner="tiny", vae=None, device="cpu"))
 
 
 def pixels(models, **overrides) -> np.ndarray:
     from sdxl_worker.runtime.job import run_job
 
-    result = list(run_job(models, {"id": "speed", "input": dict(JOB, **overrides)}))[-1]
+    result = list(run_job(worker_with(models), {"id": "speed", "input": dict(JOB, **overrides)}))[-1]
     assert "error" not in result, result
     return np.asarray(decode(result["images"][0]), dtype=np.float64)
+
+
+def resolved(device: str, vae: str | None, env: dict) -> Speedups:
+    """The switches the speed variables in ``env`` give on ``device``, ``auto`` resolved, as loading resolves them."""
+    return Speedups.resolve(config.speed(env), device, vae)
 
 
 @pytest.fixture(scope="module")
@@ -34,39 +41,39 @@ def unoptimised():
 
 
 def test_auto_leaves_a_cpu_run_as_diffusers_runs_it():
-    speedups = Speedups.from_env("cpu", None, env={})
+    speedups = resolved("cpu", None, {})
     assert (speedups.channels_last, speedups.fused_qkv, speedups.compile, speedups.host_timesteps,
             speedups.warmup, speedups.vae_upcast, speedups.attention) == (False, False, False, False, False, None,
                                                                           "sdpa")
 
 
 def test_auto_on_cuda_turns_on_the_fast_path_but_not_the_compiler():
-    speedups = Speedups.from_env("cuda", f"madebyollin/{FP16_FIX_VAE}", env={})
+    speedups = resolved("cuda", f"madebyollin/{FP16_FIX_VAE}", {})
     assert speedups.channels_last and speedups.fused_qkv and speedups.host_timesteps
     assert speedups.vae_upcast is False
     # Compiling costs minutes of cold start: opt-in, and then warmed up before the first job.
     assert not speedups.compile and not speedups.warmup
-    compiled = Speedups.from_env("cuda", None, env={"COMPILE": "1"})
+    compiled = resolved("cuda", None, {"COMPILE": "1"})
     assert compiled.compile and compiled.warmup
     # Another VAE keeps its own upcast setting.
-    assert Speedups.from_env("cuda", "some/vae", env={}).vae_upcast is None
+    assert resolved("cuda", "some/vae", {}).vae_upcast is None
 
 
 def test_every_switch_can_be_set_by_env():
     env = {"CHANNELS_LAST": "0", "FUSED_QKV": "0", "COMPILE": "0", "HOST_TIMESTEPS": "0", "WARMUP": "0",
            "VAE_UPCAST": "1", "ATTENTION": "classic", "COMPILE_MODE": "max-autotune-no-cudagraphs",
            "COMPILE_CACHE_DIR": "/tmp/kernels", "WARMUP_SIZES": "512x768:2"}
-    speedups = Speedups.from_env("cuda", f"madebyollin/{FP16_FIX_VAE}", env=env)
+    speedups = resolved("cuda", f"madebyollin/{FP16_FIX_VAE}", env)
     assert speedups == Speedups(vae_upcast=True, attention="classic", compile_mode="max-autotune-no-cudagraphs",
                                 compile_cache_dir="/tmp/kernels", warmup_sizes=((512, 768, 2),))
-    assert Speedups.from_env("cpu", None, env={"TORCHINDUCTOR_CACHE_DIR": "/x", "COMPILE_CACHE_DIR": "/y"}) \
+    assert resolved("cpu", None, {"TORCHINDUCTOR_CACHE_DIR": "/x", "COMPILE_CACHE_DIR": "/y"}) \
         .compile_cache_dir == "/x"
 
 
 @pytest.mark.parametrize("name,value", [("COMPILE", "fast"), ("ATTENTION", "flash3")])
 def test_a_wrong_value_names_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):
-        Speedups.from_env("cuda", None, env={name: value})
+        resolved("cuda", None, {name: value})
 
 
 def test_warmup_sizes():
@@ -102,8 +109,8 @@ SWITCHES = {
 def test_each_switch_keeps_the_image(switch, unoptimised):
     speedups, took_effect = SWITCHES[switch]
     models = fresh_models()
-    apply_speedups(models, speedups=speedups)
-    warm_up_if_asked(models, speedups)  # what start-up does after loading
+    apply_speedups(models, speedups)
+    warm_up_if_asked(worker_with(models), speedups)  # what start-up does after loading
     assert took_effect(models)
     # Reordered float sums may flip a rounding here and there; never a different image.
     assert np.abs(pixels(models) - unoptimised).mean() < 0.05
@@ -111,7 +118,7 @@ def test_each_switch_keeps_the_image(switch, unoptimised):
 
 def test_host_timesteps_ignore_the_device_the_pipeline_asks_for():
     models = fresh_models()
-    apply_speedups(models, speedups=Speedups(host_timesteps=True))
+    apply_speedups(models, Speedups(host_timesteps=True))
     from sdxl_worker.engine.schedulers import build_scheduler
 
     for name in ("DDIM", "K_EULER", "DPMSolverMultistep"):

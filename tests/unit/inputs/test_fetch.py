@@ -9,17 +9,32 @@ ALLOW_PRIVATE_URLS=1 only where they must reach them, and the redirect tests ins
 import base64
 import ipaddress
 import socket
+import sys
 
 import pytest
 
+from sdxl_worker import config
 from sdxl_worker.errors import InputError
 from sdxl_worker.inputs import fetch as fetch_module
-from sdxl_worker.inputs.fetch import fetch
+from sdxl_worker.inputs.fetch import Fetcher
 from sdxl_worker.testing.servers import Server, body, drip, endless, redirect, stall
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 )
+
+
+@pytest.fixture(autouse=True)
+def settings_of_this_test(worker_env, monkeypatch):
+    """``fetch`` below fetches as a worker whose settings are this test's ``worker_env``."""
+    monkeypatch.setattr(sys.modules[__name__], "WORKER_ENV", worker_env)
+
+
+WORKER_ENV: dict = {}
+
+
+def fetch(source: str, field: str, **kwargs) -> bytes:
+    return Fetcher(config.fetch(WORKER_ENV)).fetch(source, field, **kwargs)
 
 
 def refused(source: str, field: str = "image", **kwargs) -> str:
@@ -31,8 +46,8 @@ def refused(source: str, field: str = "image", **kwargs) -> str:
 
 
 @pytest.fixture
-def private_ok(monkeypatch):
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
+def private_ok(worker_env):
+    worker_env["ALLOW_PRIVATE_URLS"] = "1"
 
 
 @pytest.fixture
@@ -148,8 +163,8 @@ def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch, loopba
 # --- timeouts and sizes ---
 
 
-def test_a_server_that_never_answers_fails_within_the_read_timeout(monkeypatch, private_ok):
-    monkeypatch.setenv("FETCH_READ_TIMEOUT", "0.5")
+def test_a_server_that_never_answers_fails_within_the_read_timeout(worker_env, private_ok):
+    worker_env["FETCH_READ_TIMEOUT"] = "0.5"
     with Server({}) as server:
         server.routes["/silent"] = stall(server.release)
         server.routes["/headers-only"] = stall(server.release, after_headers=True)
@@ -157,9 +172,9 @@ def test_a_server_that_never_answers_fails_within_the_read_timeout(monkeypatch, 
         assert "FETCH_READ_TIMEOUT" in refused(server.url("/headers-only"))
 
 
-def test_a_server_that_drips_fails_at_the_total_deadline(monkeypatch, private_ok):
-    monkeypatch.setenv("FETCH_READ_TIMEOUT", "5")
-    monkeypatch.setenv("FETCH_TOTAL_TIMEOUT", "1")
+def test_a_server_that_drips_fails_at_the_total_deadline(worker_env, private_ok):
+    worker_env["FETCH_READ_TIMEOUT"] = "5"
+    worker_env["FETCH_TOTAL_TIMEOUT"] = "1"
     with Server({}) as server:
         server.routes["/drip"] = drip(server.release)
         server.routes["/drip-headers"] = drip(server.release, in_headers=True)
@@ -178,8 +193,8 @@ def test_an_endless_download_is_abandoned_at_the_limit(private_ok):
         assert "larger than the 1 MB limit" in refused(server.url("/endless"), max_bytes=1024 * 1024)
 
 
-def test_the_size_limit_comes_from_the_environment(monkeypatch, private_ok, site):
-    monkeypatch.setenv("FETCH_MAX_BYTES", "10")
+def test_the_size_limit_comes_from_the_environment(worker_env, private_ok, site):
+    worker_env["FETCH_MAX_BYTES"] = "10"
     assert "larger than the 10 bytes limit" in refused(site.url("/cat.png"))
     assert "larger" in refused(base64.b64encode(PNG).decode())
 

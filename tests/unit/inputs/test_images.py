@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 
 from sdxl_worker.errors import InputError
-from sdxl_worker.inputs.images import decode_image, load_image
+from sdxl_worker.inputs.images import decode_image
 from sdxl_worker.testing.files import png_declaring
 from sdxl_worker.testing.servers import Server, body
+from tests.helpers import worker_with
 
 
 def png(image: Image.Image) -> bytes:
@@ -18,9 +19,12 @@ def png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def refused(data: bytes) -> str:
+def refused(data: bytes, **settings) -> str:
     with pytest.raises(InputError) as caught:
-        decode_image(data, "image")
+        if settings:  # as a worker with these settings reads a job's image
+            worker_with(None, **settings).images.image(base64.b64encode(data).decode(), "image")
+        else:
+            decode_image(data, "image")
     message = str(caught.value)
     assert "'image'" in message and "\n" not in message
     return message
@@ -39,10 +43,10 @@ def test_a_real_bomb_over_the_limit_is_refused_before_decoding():
     assert "5000x5000" in refused(bomb)
 
 
-def test_the_pixel_limit_comes_from_the_setting(monkeypatch):
-    monkeypatch.setenv("MAX_IMAGE_PIXELS", "100")
-    assert "11x11" in refused(png(Image.new("RGB", (11, 11))))
-    assert decode_image(png(Image.new("RGB", (10, 10))), "image").size == (10, 10)
+def test_the_pixel_limit_comes_from_the_setting():
+    assert "11x11" in refused(png(Image.new("RGB", (11, 11))), MAX_IMAGE_PIXELS="100")
+    small = base64.b64encode(png(Image.new("RGB", (10, 10)))).decode()
+    assert worker_with(None, MAX_IMAGE_PIXELS="100").images.image(small, "image").size == (10, 10)
 
 
 @pytest.mark.parametrize("data", [
@@ -57,8 +61,8 @@ def test_what_is_not_an_image_is_refused(data):
     assert "not an image" in refused(data)
 
 
-def test_the_content_type_is_ignored_the_bytes_decide(monkeypatch):
-    monkeypatch.setenv("ALLOW_PRIVATE_URLS", "1")
+def test_the_content_type_is_ignored_the_bytes_decide():
+    load_image = worker_with(None, ALLOW_PRIVATE_URLS="1").images.image
     picture = png(Image.new("RGB", (16, 16), "blue"))
     routes = {"/lying.html": body(picture, "text/html"), "/fake.png": body(b"<html>hi</html>", "image/png")}
     with Server(routes) as server:
@@ -69,4 +73,4 @@ def test_the_content_type_is_ignored_the_bytes_decide(monkeypatch):
 
 def test_a_text_file_as_base64_is_not_an_image():
     with pytest.raises(InputError, match="not an image"):
-        load_image(base64.b64encode(b"root:x:0:0:root:/root:/bin/bash\n").decode(), "image_url")
+        worker_with(None).images.image(base64.b64encode(b"root:x:0:0:root:/root:/bin/bash\n").decode(), "image_url")

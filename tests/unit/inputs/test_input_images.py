@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from sdxl_worker.errors import InputError
-from sdxl_worker.inputs.images import decode_image, load_mask
-from tests.helpers import png_data_url
+from sdxl_worker.inputs.images import decode_image
+from tests.helpers import png_data_url, worker_with
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:
@@ -76,7 +76,7 @@ def test_formats_outside_the_list_are_refused_by_name(fmt):
 def test_a_mask_is_grey_and_stretched_to_its_image():
     mask = Image.new("RGB", (50, 50), (0, 0, 0))
     mask.paste((255, 255, 255), (25, 0, 50, 50))
-    loaded = load_mask(png_data_url(mask), "mask", (200, 100))
+    loaded = worker_with(None).images.mask(png_data_url(mask), "mask", (200, 100))
     assert loaded.mode == "L" and loaded.size == (200, 100)
     assert loaded.getpixel((10, 50)) == 0 and loaded.getpixel((190, 50)) == 255
 
@@ -84,10 +84,10 @@ def test_a_mask_is_grey_and_stretched_to_its_image():
 def test_a_transparent_mask_keeps_where_nothing_is_painted():
     strokes = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
     strokes.paste((255, 255, 255, 255), (8, 0, 16, 16))
-    loaded = load_mask(png_data_url(strokes), "mask", (16, 16))
+    loaded = worker_with(None).images.mask(png_data_url(strokes), "mask", (16, 16))
     assert loaded.getpixel((2, 8)) == 0 and loaded.getpixel((12, 8)) == 255
 
 
 def test_a_mask_that_is_not_an_image_is_named():
     with pytest.raises(InputError, match="'mask'"):
-        load_mask("bm90IGFuIGltYWdl", "mask", (64, 64))
+        worker_with(None).images.mask("bm90IGFuIGltYWdl", "mask", (64, 64))

@@ -38,7 +38,7 @@ class FakeWork:
         self.controls: dict[str, Control] = {}
         self.clock = clock
 
-    def __call__(self, models, job, storage, on_progress, stop):
+    def __call__(self, worker, job, on_progress, stop):
         control = self.controls[job["id"]]
         control.started_at = self.clock()
         control.started.set()
@@ -256,7 +256,7 @@ def test_a_cancelled_job_still_reading_its_inputs_does_not_run_beside_the_next(m
     monkeypatch.setattr(serve, "STOP_GRACE_S", 5.0)
     at_once, most, lock = [0], [0], threading.Lock()
 
-    def slow_inputs(models, job, storage, on_progress, stop):
+    def slow_inputs(worker, job, on_progress, stop):
         with lock:
             at_once[0] += 1
             most[0] = max(most[0], at_once[0])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from sdxl_worker import config
 from sdxl_worker.runtime import prefetch, start_files
 from tests.helpers import ROOT, bench_script
 
@@ -17,6 +18,11 @@ from tests.helpers import ROOT, bench_script
 def page_cache():
     """bench/cold_start.py's eviction and mincore check, to see what the helper put in memory."""
     return bench_script("cold_start")
+
+
+def start_prefetch(env: dict):
+    """The helper as start-up starts it, with the settings ``env`` gives."""
+    return prefetch.start(config.runtime(env), config.models(env))
 
 
 def _baked(root: Path) -> dict:
@@ -54,7 +60,7 @@ def test_the_helper_puts_the_start_files_and_the_weights_in_memory(tmp_path, pag
     if page_cache.resident_fraction(files) > 0.05:
         pytest.skip("this file system keeps the pages in memory whatever is asked")
 
-    assert _finished(prefetch.start(dict(env, START_FILES=str(listed)))) == 0
+    assert _finished(start_prefetch(dict(env, START_FILES=str(listed)))) == 0
     assert page_cache.resident_fraction(files) > 0.95
 
 
@@ -89,24 +95,24 @@ def test_only_the_touched_parts_of_a_mapped_file_are_listed(tmp_path):
 def test_nothing_starts_when_there_is_nothing_to_read_or_it_is_turned_off(tmp_path, monkeypatch):
     env = _baked(tmp_path)
     no_list = str(tmp_path / "absent.txt")
-    off = prefetch.start(dict(env, START_FILES=no_list, PREFETCH="0"))
+    off = start_prefetch(dict(env, START_FILES=no_list, PREFETCH="0"))
     assert off.helper is None and "PREFETCH=0" in off.summary
     # The built-in model is made in code: nothing baked, and no list recorded.
-    tiny = prefetch.start({"BASE_MODEL": "tiny", "REFINER_MODEL": "tiny", "START_FILES": no_list})
+    tiny = start_prefetch({"BASE_MODEL": "tiny", "REFINER_MODEL": "tiny", "START_FILES": no_list})
     assert tiny.helper is None and "nothing to read" in tiny.summary and no_list in tiny.summary
     # Weights that would not fit in free memory are left out; then only a list is worth a helper.
     monkeypatch.setattr(prefetch, "available_memory", lambda: 1 << 20)
-    assert prefetch.start(dict(env, START_FILES=no_list)).helper is None
+    assert start_prefetch(dict(env, START_FILES=no_list)).helper is None
     listed = tmp_path / "start-files.txt"
     listed.write_text(f"{tmp_path / 'base/vae/diffusion_pytorch_model.fp16.safetensors'}\n")
-    started = prefetch.start(dict(env, START_FILES=str(listed)))
+    started = start_prefetch(dict(env, START_FILES=str(listed)))
     assert _finished(started) == 0
     assert str(listed) in started.summary and "left out" in started.summary
 
 
 def test_the_log_line_says_what_the_helper_reads(tmp_path):
     env = _baked(tmp_path)
-    weights_only = prefetch.start(dict(env, START_FILES=str(tmp_path / "absent.txt")))
+    weights_only = start_prefetch(dict(env, START_FILES=str(tmp_path / "absent.txt")))
     assert _finished(weights_only) == 0
     assert "GB of weights" in weights_only.summary and "start_files makes one" in weights_only.summary
 

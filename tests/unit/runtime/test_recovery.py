@@ -14,6 +14,7 @@ from runpod.serverless.modules import rp_job, rp_scale
 
 import handler
 from sdxl_worker.runtime.job import run_job
+from tests.helpers import worker_with
 
 JOB = {"prompt": "a red cube", "width": 256, "height": 256, "num_inference_steps": 2, "refine": "no_refiner",
        "seed": 1}
@@ -38,7 +39,7 @@ def test_out_of_memory_fails_the_job_frees_memory_and_the_next_job_runs(models, 
         patch.setattr(models.base.unet, "forward",
                       failing_unet(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), held))
         outputs = []
-        for output in run_job(models, {"id": "job-oom", "input": JOB}):
+        for output in run_job(worker_with(models), {"id": "job-oom", "input": JOB}):
             # By the time the user hears of it, what the failed job held is already released.
             assert held and held[0]() is None
             outputs.append(output)
@@ -48,7 +49,7 @@ def test_out_of_memory_fails_the_job_frees_memory_and_the_next_job_runs(models, 
     assert "job-oom" in message and "Traceback" not in message
     assert emptied == [True]
 
-    after = list(run_job(models, {"id": "job-after", "input": JOB}))
+    after = list(run_job(worker_with(models), {"id": "job-after", "input": JOB}))
     assert len(after) == 1 and "images" in after[0]
 
 
@@ -58,14 +59,14 @@ def test_out_of_memory_fails_the_job_frees_memory_and_the_next_job_runs(models, 
 ])
 def test_a_poisoned_cuda_context_asks_for_a_new_worker(models, monkeypatch, error):
     monkeypatch.setattr(models.base.unet, "forward", failing_unet(error, []))
-    outputs = list(run_job(models, {"id": "job-bad", "input": JOB}))
+    outputs = list(run_job(worker_with(models), {"id": "job-bad", "input": JOB}))
     assert outputs == [{"error": outputs[0]["error"], "refresh_worker": True}]
     assert "job-bad" in outputs[0]["error"] and "CUDA" not in outputs[0]["error"]
 
 
 def test_an_ordinary_internal_error_keeps_the_worker(models, monkeypatch):
     monkeypatch.setattr(models.base.unet, "forward", failing_unet(RuntimeError("shapes do not match"), []))
-    outputs = list(run_job(models, {"id": "job-x", "input": JOB}))
+    outputs = list(run_job(worker_with(models), {"id": "job-x", "input": JOB}))
     assert outputs == [{"error": "The worker hit an internal error on job job-x; the details are in the worker's log."}]
 
 
@@ -87,7 +88,7 @@ def runpod_result(config: dict, job: dict, monkeypatch) -> dict:
 
 
 def test_runpod_stops_the_worker_only_for_a_poisoned_context(models, monkeypatch):
-    config = handler.runpod_config(models)
+    config = handler.runpod_config(worker_with(models))
     assert runpod_result(config, {"id": "ok", "input": JOB}, monkeypatch).get("stopPod") is None
     user_error = runpod_result(config, {"id": "bad-input", "input": {"prompt": "a", "width": True}}, monkeypatch)
     assert "'width'" in user_error["error"] and "stopPod" not in user_error
@@ -124,7 +125,7 @@ def worker_stops_after(config: dict, job: dict, monkeypatch) -> bool:
 
 
 def test_runpods_scaler_shuts_the_worker_down_only_after_a_poisoned_job(models, monkeypatch):
-    config = handler.runpod_config(models)
+    config = handler.runpod_config(worker_with(models))
     assert not worker_stops_after(config, {"id": "fine", "input": {"prompt": "a", "width": 1}}, monkeypatch)
     with monkeypatch.context() as patch:
         patch.setattr(models.base.unet, "forward",

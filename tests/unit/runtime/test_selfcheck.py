@@ -4,7 +4,7 @@ import pytest
 
 from sdxl_worker.engine.schedulers import build_scheduler
 from sdxl_worker.runtime import selfcheck
-from tests.helpers import run_handler
+from tests.helpers import run_handler, worker_with
 
 
 def test_every_scheduler_in_the_table_builds_for_every_stage_in_this_environment(models):
@@ -68,13 +68,14 @@ def test_the_build_check_runs_beside_the_start_and_a_broken_sampler_is_refused_b
 
     from diffusers import LMSDiscreteScheduler
 
-    from sdxl_worker.engine.models import Settings, load_models
+    from sdxl_worker.config import ModelSettings
+    from sdxl_worker.engine.models import load_models
     from sdxl_worker.runtime.job import run_job
 
     def broken(*args, **kwargs):
         raise ImportError("\nLMSDiscreteScheduler requires the scipy library but it was not found in your environment.")
 
-    models = load_models(Settings(base="tiny", refiner=None, vae=None, device="cpu"))
+    models = load_models(ModelSettings(base="tiny", refiner=None, vae=None, device="cpu"))
     monkeypatch.setattr(LMSDiscreteScheduler, "from_config", broken)
     started = time.perf_counter()
     with caplog.at_level(logging.ERROR):
@@ -86,6 +87,6 @@ def test_the_build_check_runs_beside_the_start_and_a_broken_sampler_is_refused_b
     assert set(models.broken_samplers) == {"KLMS", "KLMS_KARRAS", "K_LMS"}
     assert "'KLMS' cannot be built for the base model (LMSDiscreteScheduler requires the scipy" in caplog.text
     job = {"prompt": "a", "width": 256, "height": 256, "num_inference_steps": 2, "scheduler": "K_LMS"}
-    assert list(run_job(models, {"id": "lms", "input": job}))[-1] == {
+    assert list(run_job(worker_with(models), {"id": "lms", "input": job}))[-1] == {
         "error": "'scheduler' 'K_LMS' cannot run on this worker (its start-up check failed; the log says why); "
                  "choose another."}

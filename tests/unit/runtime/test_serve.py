@@ -11,7 +11,7 @@ import handler
 from sdxl_worker.engine import generate
 from sdxl_worker.runtime.serve import Runner
 from sdxl_worker.runtime.stopping import SHUTTING_DOWN, TIMED_OUT, JobStopped, Stop
-from tests.helpers import FAST
+from tests.helpers import FAST, worker_with
 
 LONG = {**FAST, "refine": "no_refiner", "num_inference_steps": 200, "width": 768, "height": 768}
 
@@ -44,7 +44,7 @@ async def outputs_of(runner: Runner, job: dict) -> list:
 
 def test_a_cancelled_task_stops_the_denoising_within_a_step(models, monkeypatch):
     seen = steps_seen(monkeypatch)
-    runner = Runner(models)
+    runner = Runner(worker_with(models))
 
     async def scenario():
         task = asyncio.create_task(outputs_of(runner, {"id": "cancel-me", "input": LONG}))
@@ -61,7 +61,7 @@ def test_a_cancelled_task_stops_the_denoising_within_a_step(models, monkeypatch)
 
 
 def test_job_timeout_ends_a_long_job_with_an_error_naming_the_limit(models):
-    runner = Runner(models, timeout_s=1.0)
+    runner = Runner(worker_with(models), timeout_s=1.0)
     started = time.monotonic()
     outputs = asyncio.run(outputs_of(runner, {"id": "slow", "input": LONG}))
     assert time.monotonic() - started < 15
@@ -82,7 +82,7 @@ def runpods_sigterm_handler():
 
 def test_sigterm_answers_running_jobs_then_exits(models, runpods_sigterm_handler):
     exits = []
-    runner = Runner(models, exit_process=lambda: exits.append(time.monotonic()))
+    runner = Runner(worker_with(models), exit_process=lambda: exits.append(time.monotonic()))
 
     async def scenario():
         handler._stop_jobs_on_sigterm(runner)  # what the concurrency_modifier does in runpod's loop
@@ -140,7 +140,7 @@ class HangingStorage:
 
 def test_a_job_stuck_in_its_upload_is_answered_and_the_next_job_runs_at_once(models):
     storage = HangingStorage()
-    runner = Runner(models, storage=storage, timeout_s=None)
+    runner = Runner(worker_with(models, storage), timeout_s=None)
 
     async def scenario():
         task = asyncio.create_task(outputs_of(runner, {"id": "stuck", "input": {**FAST, "upload": True}}))
@@ -169,7 +169,7 @@ def test_a_job_stuck_in_its_upload_is_answered_and_the_next_job_runs_at_once(mod
 def test_a_job_waiting_for_the_models_stops_at_once(models):
     from sdxl_worker.runtime import job as jobs
 
-    runner = Runner(models, concurrency=2)
+    runner = Runner(worker_with(models), concurrency=2)
 
     async def scenario():
         jobs._models_in_use.acquire()  # another job holds the models
@@ -196,7 +196,7 @@ def test_a_job_waiting_for_the_models_stops_at_once(models):
 
 def test_after_sigterm_the_worker_waits_for_jobs_runpod_took_but_has_not_handed_over():
     pending, exits = [1], []
-    runner = Runner(models=None, exit_process=lambda: exits.append(time.monotonic()), pending=lambda: pending[0])
+    runner = Runner(worker=None, exit_process=lambda: exits.append(time.monotonic()), pending=lambda: pending[0])
     runner.shut_down()
     time.sleep(0.5)
     assert exits == [], "a job taken just before SIGTERM is still to be answered"
@@ -211,7 +211,7 @@ def test_after_sigterm_the_worker_waits_for_jobs_runpod_took_but_has_not_handed_
 def test_cancelling_a_running_job_and_two_queued_ones_leaves_the_worker_ready_for_the_next(models, timeout_s):
     """The hole of issue 28: each cancel of a job that never started cost the pool a thread, and the
     next job never started (or, with JOB_TIMEOUT_S, was answered "stopped before it started")."""
-    runner = Runner(models, timeout_s=timeout_s)
+    runner = Runner(worker_with(models), timeout_s=timeout_s)
 
     async def scenario():
         long_one = asyncio.create_task(outputs_of(runner, {"id": "long", "input": LONG}))

@@ -67,15 +67,10 @@ def test_an_unexpected_error_while_loading_is_one_sentence_and_exit_1(monkeypatc
     def broken(*args, **kwargs):
         raise ValueError("A dict of processors was passed, but the number of processors 140 does not match 144.")
 
-    from sdxl_worker import config
-
     monkeypatch.setattr(loading, "load_models", broken)
     monkeypatch.setenv("PREFETCH", "0")
-    try:
-        with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as stopped:
-            startup.start()
-    finally:
-        config.install(None)  # start() installs the configuration for the whole process
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as stopped:
+        startup.start()
     assert stopped.value.code == 1
     errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     assert errors == ["The worker could not start: ValueError: A dict of processors was passed, but the number of "
