@@ -14,6 +14,7 @@ the figure that carries to a GPU, where each SDXL ControlNet is about half a UNe
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import statistics
 import sys
@@ -27,17 +28,19 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from sdxl_worker import config  # noqa: E402
 from sdxl_worker.config import ModelSettings  # noqa: E402
+from sdxl_worker.delivery.deliver import data_url  # noqa: E402
 from sdxl_worker.engine.models import load_models  # noqa: E402
 from sdxl_worker.runtime.job import run_job  # noqa: E402
 from sdxl_worker.runtime.worker import Worker  # noqa: E402
 from sdxl_worker.testing.tiny_guides import write_tiny_controlnet, write_tiny_ip_adapter  # noqa: E402
-from tests.helpers import png_data_url  # noqa: E402
 
 
 def guide_image(size: int) -> str:
     image = Image.new("RGB", (size, size), "black")
     ImageDraw.Draw(image).ellipse((size // 5, size // 4, size * 4 // 5, size * 3 // 4), fill="white")
-    return png_data_url(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return data_url(buffer.getvalue())
 
 
 def variants(size: int) -> dict[str, dict]:

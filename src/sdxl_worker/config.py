@@ -298,7 +298,7 @@ _variable("ALLOW_PRIVATE_URLS", "fetch", "0", "yes/no", "allow loopback and priv
 _variable("FETCH_CONNECT_TIMEOUT", "fetch", "5", "seconds, 0.1-120", "to open a connection")
 _variable("FETCH_READ_TIMEOUT", "fetch", "10", "seconds, 0.1-600", "the longest a server may stay silent")
 _variable("FETCH_TOTAL_TIMEOUT", "fetch", "30", "seconds, 0.1-3600", "a whole download, redirects included")
-_variable("FETCH_MAX_BYTES", "fetch", "20971520 (20 MB)", "bytes", "per download or base64 payload")
+_variable("FETCH_MAX_BYTES", "fetch", "20000000 (20 MB)", "bytes", "per download or base64 payload")
 _variable("MAX_IMAGE_PIXELS", "fetch", "16777216 (4096 x 4096)", "pixels", "in an input image, read from its header")
 
 
@@ -306,7 +306,7 @@ _variable("MAX_IMAGE_PIXELS", "fetch", "16777216 (4096 x 4096)", "pixels", "in a
 class FetchSettings:
     """Limits on everything fetched: input images, masks, LoRA files."""
 
-    max_bytes: int = 20 * 1024 * 1024
+    max_bytes: int = 20_000_000
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
     total_timeout: float = 30.0

@@ -57,6 +57,14 @@ def quoted(text) -> str:
     return f"'{text}'" if quotable(text) else f"a text of {len(text):,} characters"
 
 
+MB = 1_000_000  # one megabyte: the unit of every *_MB setting and every size a message gives
+
+
+def megabytes(size: int) -> str:
+    """A size as a sentence gives it: ``12.3 MB`` (MB = 1,000,000 bytes), or bytes below one MB."""
+    return f"{size / MB:.1f} MB" if size >= MB else f"{size:,} bytes"
+
+
 class StartupError(RuntimeError):
     """The worker cannot serve (configuration, install, weights): it stops at start-up with this
     one-sentence message instead of failing every job."""

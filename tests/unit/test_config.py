@@ -92,7 +92,7 @@ def test_the_settings_read_at_start_up_are_what_the_worker_uses(monkeypatch):
     worker = Worker.build(None, config.load())
     for name in ("LORA_MAX_MB", "MAX_IMAGE_PIXELS", "MAX_JOB_WORK", "INLINE_LIMIT_MB"):
         monkeypatch.setenv(name, "7")  # set after start-up: no longer read
-    assert worker.lora_files.max_file_bytes == 1024 * 1024
+    assert worker.lora_files.max_file_bytes == 1_000_000
     assert worker.max_job_work == 50 and worker.inline_limit_bytes == 2_000_000
     buffer = io.BytesIO()
     Image.new("RGB", (11, 11)).save(buffer, format="PNG")

@@ -24,7 +24,7 @@ from PIL import Image
 
 from sdxl_worker.config import JobSettings
 from sdxl_worker.delivery.storage import Storage, UploadError
-from sdxl_worker.errors import InputError
+from sdxl_worker.errors import MB, InputError, megabytes
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def data_url(data: bytes, mime: str = "image/png") -> str:
 
 
 # INLINE_LIMIT_MB's default (RunPod's /run limit), in bytes: the room of a delivery not told another.
-DEFAULT_INLINE_LIMIT = int(JobSettings().inline_limit_mb * 1_000_000)
+DEFAULT_INLINE_LIMIT = int(JobSettings().inline_limit_mb * MB)
 
 
 def inline_bytes(sizes: list[int], mime: str) -> int:
@@ -190,14 +190,14 @@ def _fit_inline(images, asked: Encoding, encoded: list[bytes], warnings: list[st
         candidate_size = inline_bytes([len(data) for data in candidate], MIME[fallback.format])
         if candidate_size <= budget:
             warnings.append(
-                f"The {len(images)} image(s) as {asked.describe()} come to {_mb(size)} inline, over the "
-                f"{_mb(limit)} limit, so they are {fallback.describe()} ({_mb(candidate_size)}); configure storage "
+                f"The {len(images)} image(s) as {asked.describe()} come to {megabytes(size)} inline, over the "
+                f"{megabytes(limit)} limit, so they are {fallback.describe()} ({megabytes(candidate_size)}); configure storage "
                 f"(BUCKET_* variables) or ask for fewer images to get {asked.describe()}."
             )
             return candidate, fallback
     where = "storage failed and " if uploaded_failed else ""
     raise InputError(
-        f"The {len(images)} image(s) come to {_mb(size)} inline, over the {_mb(limit)} RunPod accepts, "
+        f"The {len(images)} image(s) come to {megabytes(size)} inline, over the {megabytes(limit)} RunPod accepts, "
         f"and {where}no smaller encoding fits; configure storage (BUCKET_* variables), ask for fewer images "
         f"('num_images') or smaller ones ('width', 'height'), or set 'output_format' to jpeg or webp "
         f"with a lower 'output_quality'."
@@ -210,10 +210,6 @@ def _fallbacks(asked: Encoding) -> list[Encoding]:
     ladder += [Encoding("jpeg", quality) for quality in (95, 85)
                if asked.quality is None or quality < asked.quality or asked.format != "jpeg"]
     return [encoding for encoding in ladder if encoding != asked]
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1_000_000:.1f} MB"
 
 
 def _rounded(timings: dict) -> dict:

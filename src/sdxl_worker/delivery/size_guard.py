@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 
+from sdxl_worker.errors import MB, megabytes
+
 PREVIEW_SHARE = 0.5  # of the job's output limit
-STREAM_CHUNK_LIMIT = 1_000_000  # RunPod drops a /stream chunk over 1 MB
+STREAM_CHUNK_LIMIT = MB  # RunPod drops a /stream chunk over 1 MB
 
 
 def chunk_bytes(chunk: dict) -> int:
@@ -48,7 +50,7 @@ class OutputBudget:
         if self.dropped_from is None:
             return None
         return (f"Previews from step {self.dropped_from} on were dropped: with them the job's output would pass "
-                f"half of the {self.limit / 1_000_000:.1f} MB limit (INLINE_LIMIT_MB) that previews may use; "
+                f"half of the {megabytes(self.limit)} limit (INLINE_LIMIT_MB) that previews may use; "
                 f"ask for fewer previews ('preview_steps') or smaller ones ('preview_size').")
 
 
@@ -61,7 +63,7 @@ def result_notice(final: dict) -> dict | None:
         return None
     notice = {key: final[key] for key in ("seed", "seeds", "timings", "warnings") if key in final}
     return {"result": "in the job's output",
-            "message": f"The images ({size / 1e6:.1f} MB) are larger than a /stream chunk may be (1 MB): read "
+            "message": f"The images ({megabytes(size)}) are larger than a /stream chunk may be (1 MB): read "
                        f"them from the job's output (/status, or job.output() in runpod-python), or ask for "
                        f"'output_format' jpeg or webp, or configure storage.",
             **notice}

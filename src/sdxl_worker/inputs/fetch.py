@@ -35,9 +35,8 @@ from typing import Callable
 from urllib.parse import quote, urljoin, urlsplit
 
 from sdxl_worker.config import FetchSettings
-from sdxl_worker.errors import InputError, quoted
+from sdxl_worker.errors import InputError, megabytes, quoted
 
-MB = 1024 * 1024
 MAX_REDIRECTS = 5
 _CHUNK = 64 * 1024
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
@@ -143,7 +142,7 @@ def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
 def _base64(payload: str, field: str, max_bytes: int) -> bytes:
     payload = "".join(payload.split())
     if len(payload) // 4 * 3 > max_bytes:  # refuse before decoding
-        raise InputError(f"'{field}' is larger than the {_mb(max_bytes)} limit.")
+        raise InputError(f"'{field}' is larger than the {megabytes(max_bytes)} limit.")
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
@@ -250,7 +249,7 @@ def _get(target: _Target, field: str, max_bytes: int, limits: FetchSettings, dea
             return response.status, response.getheader("Location"), 0
         declared = response.getheader("Content-Length")
         if declared and declared.strip().isdigit() and int(declared) > max_bytes:
-            raise InputError(f"'{field}' is larger than the {_mb(max_bytes)} limit.")
+            raise InputError(f"'{field}' is larger than the {megabytes(max_bytes)} limit.")
         size = 0
         while True:
             chunk = response.read1(_CHUNK)
@@ -258,7 +257,7 @@ def _get(target: _Target, field: str, max_bytes: int, limits: FetchSettings, dea
                 break
             size += len(chunk)
             if size > max_bytes:
-                raise InputError(f"'{field}' is larger than the {_mb(max_bytes)} limit.")
+                raise InputError(f"'{field}' is larger than the {megabytes(max_bytes)} limit.")
             write(chunk)
             if time.monotonic() > deadline:
                 raise _too_slow(field, limits)
@@ -361,10 +360,6 @@ def _reason(error: Exception) -> str:
     if isinstance(error, socket.timeout):
         return "connection timed out"
     return getattr(error, "strerror", None) or type(error).__name__
-
-
-def _mb(size: int) -> str:
-    return f"{size / MB:g} MB" if size >= MB else f"{size:,} bytes"
 
 
 def _short(text, limit: int = 60) -> str:

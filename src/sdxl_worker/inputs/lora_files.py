@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from sdxl_worker.config import LoraSettings
-from sdxl_worker.errors import InputError, quotable, quoted
+from sdxl_worker.errors import MB, InputError, quotable, quoted
 from sdxl_worker.inputs.fetch import Fetcher
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class LoraFiles:
 
     def __init__(self, settings: LoraSettings, fetcher: Fetcher, hub_offline: bool = False):
         self.settings, self.fetcher, self.hub_offline = settings, fetcher, hub_offline
-        self.max_file_bytes = int(settings.max_mb * 2**20)
+        self.max_file_bytes = int(settings.max_mb * MB)
 
     def _inside_lora_dir(self, path: str, index: int, label: str) -> Path | None:
         """A local path, resolved inside LORA_DIR; None when the path does not look local.
@@ -163,8 +163,8 @@ class LoraFiles:
             os.replace(staging, file)  # atomic: a reader sees the whole file or none
         finally:
             Path(staging).unlink(missing_ok=True)
-        log.info("LoRA %s downloaded: %.1f MB in %.2fs", label, file.stat().st_size / 2**20, time.perf_counter() - started)
-        evict(folder, int(self.settings.cache_mb * 2**20), keep=file)
+        log.info("LoRA %s downloaded: %.1f MB in %.2fs", label, file.stat().st_size / MB, time.perf_counter() - started)
+        evict(folder, int(self.settings.cache_mb * MB), keep=file)
         return file
 
 
@@ -182,7 +182,7 @@ def evict(folder: Path, cap_bytes: int, keep: Path | None = None) -> list[Path]:
         file.unlink(missing_ok=True)
         removed.append(file)
     if removed:
-        log.info("LoRA cache: evicted %d file(s) to stay under %d MB", len(removed), cap_bytes // 2**20)
+        log.info("LoRA cache: evicted %d file(s) to stay under %d MB", len(removed), cap_bytes // MB)
     return removed
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdxl_worker import config
+from sdxl_worker.errors import MB
 from sdxl_worker.inputs.fetch import Fetcher
 from sdxl_worker.inputs.images import ImageReader
 from sdxl_worker.inputs.lora_files import LoraFiles
@@ -45,4 +46,4 @@ class Worker:
     @property
     def inline_limit_bytes(self) -> int:
         """INLINE_LIMIT_MB in bytes: the room for a job's previews and final payload together."""
-        return int(self.settings.jobs.inline_limit_mb * 1_000_000)
+        return int(self.settings.jobs.inline_limit_mb * MB)

@@ -25,12 +25,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 
+from sdxl_worker.errors import MB, megabytes
 from sdxl_worker.studio.form import fields
 from sdxl_worker.studio.guard import Guard, Refused, is_loopback
 from sdxl_worker.studio.jobs import Busy, Jobs, Limits, ProgressCallback, Source, sse
 
 PAGE = Path(__file__).parent / "page"
-MAX_BODY_BYTES = 64 * 1024 * 1024  # two input images as data URLs, with room; the schema bounds each
+MAX_BODY_BYTES = 64 * MB  # two input images as data URLs, with room; the schema bounds each
 MAX_DEPTH = 32  # lists and objects in lists and objects; the worker's own limit is 8 (docs/security.md)
 # Values in a body (counted as its "[", "{" and "," before it is parsed): a job's input may hold
 # 10,000 (docs/security.md), and prompts' commas count here too.
@@ -172,7 +173,7 @@ def _refuse(status: int, sentence: str) -> JSONResponse:
 
 
 def _too_big() -> str:
-    return f"The job is over {MAX_BODY_BYTES // 2**20} MB; use smaller input images."
+    return f"The job is over {megabytes(MAX_BODY_BYTES)}; use smaller input images."
 
 
 def _too_deep() -> str:

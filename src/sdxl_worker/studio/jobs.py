@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
+from sdxl_worker.errors import MB, megabytes
+
 log = logging.getLogger(__name__)
 
 Source = Callable[[dict], AsyncIterator[dict]]
@@ -41,7 +43,7 @@ REPLACED = ("preview", "progress", "status", "notice")  # a newer one of these r
 @dataclass(frozen=True)
 class Limits:
     jobs: int = 8  # queued or running at once
-    held_bytes: int = 256 * 1024 * 1024  # bodies of the jobs queued or running, together
+    held_bytes: int = 256 * MB  # bodies of the jobs queued or running, together
     streams: int = 32  # event streams open at once (a page holds one)
 
 
@@ -127,7 +129,7 @@ class Jobs:
             raise Busy(f"This studio already has {len(open_jobs)} jobs queued or running, its limit; "
                        f"wait for one to end or cancel one.")
         if sum(job.size for job in open_jobs) + self.arriving + size > self.limits.held_bytes:
-            raise Busy(f"The jobs queued here already hold close to {self.limits.held_bytes // 2**20} MB of input "
+            raise Busy(f"The jobs queued here already hold close to {megabytes(self.limits.held_bytes)} of input "
                        f"images, this studio's limit; wait for one to end, or send smaller images.")
 
     def start(self, job_input: dict, size: int = 0) -> StudioJob:

@@ -184,13 +184,13 @@ def test_a_server_that_drips_fails_at_the_total_deadline(worker_env, private_ok)
 
 def test_an_oversized_download_is_refused_by_its_declared_length(private_ok):
     with Server({"/big": body(b"\0" * (2 * 1024 * 1024))}) as server:
-        assert "larger than the 1 MB limit" in refused(server.url("/big"), max_bytes=1024 * 1024)
+        assert "larger than the 1.0 MB limit" in refused(server.url("/big"), max_bytes=1_000_000)
 
 
 def test_an_endless_download_is_abandoned_at_the_limit(private_ok):
     sent = []
     with Server({"/endless": endless(sent=sent)}) as server:
-        assert "larger than the 1 MB limit" in refused(server.url("/endless"), max_bytes=1024 * 1024)
+        assert "larger than the 1.0 MB limit" in refused(server.url("/endless"), max_bytes=1_000_000)
 
 
 def test_the_size_limit_comes_from_the_environment(worker_env, private_ok, site):
