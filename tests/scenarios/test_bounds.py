@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import ctypes
+import dataclasses
 import io
 import logging
 import os
@@ -21,8 +22,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from sdxl_worker import config
-from sdxl_worker.engine import budget
-from sdxl_worker.engine.plan import MAX_SIDE, MIN_SIDE, fit_image_size
+from sdxl_worker.engine import work
+from sdxl_worker.engine.plan import MAX_SIDE, MIN_SIDE, fit_image_size, fits_the_range
 from sdxl_worker.errors import InputError
 from sdxl_worker.inputs import lora_files
 from sdxl_worker.request.types import Request
@@ -131,18 +132,21 @@ def test_sizes_from_images_fit_the_output_range_keeping_the_aspect_ratio(size, e
 
 @pytest.mark.parametrize("size", [(6000, 200), (65500, 10), (10, 65500), (2049, 256)])
 def test_an_aspect_ratio_that_cannot_fit_is_one_sentence_naming_image(size):
+    from sdxl_worker.engine.plan import make_plan
+    from sdxl_worker.runtime.checks import Abilities, check_decoded
+
+    plan = make_plan(Request.from_input({"prompt": "a", "image": "https://e.com/a.png"}), True)
     with pytest.raises(InputError, match=r"^'image' is \d+x\d+, an aspect ratio of .* crop it, or give 'width' and 'height'"):
-        fit_image_size(*size)
+        check_decoded(plan, size, "image", Abilities())
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 70000), st.integers(1, 70000))
 def test_any_image_size_gives_a_size_in_range_or_a_refusal(width, height):
-    try:
-        out_width, out_height = fit_image_size(width, height)
-    except InputError:
+    if not fits_the_range(width, height):
         assert max(width, height) / min(width, height) > MAX_SIDE / MIN_SIDE
         return
+    out_width, out_height = fit_image_size(width, height)
     for side in (out_width, out_height):
         assert MIN_SIDE <= side <= MAX_SIDE and side % 8 == 0
     # The aspect ratio survives, up to rounding each side down to a multiple of 8.
@@ -194,34 +198,35 @@ def test_the_largest_job_the_schema_allows_is_refused_before_anything_runs(run, 
 
 
 def test_work_counts_both_stages_guidance_and_the_schedulers_that_call_the_model_twice(models):
-    from sdxl_worker.engine.generate import count_steps
     from sdxl_worker.engine.plan import make_plan
 
-    def work(**inputs):
+    def units(**inputs):
         request = Request.from_input({"prompt": "a", "width": 1024, "height": 1024, **inputs})
-        plan = make_plan(request, models.has_refiner)
-        return budget.job_work(count_steps(models, plan), 1024, 1024, len(plan.seeds),
-                               request.guidance_scale)
+        plan = make_plan(request, models.has_refiner, models.scheduler_configs)
+        return work.job_work(plan.step_counts, 1024, 1024, len(plan.seeds), request.guidance_scale)
 
     # worker-sdxl's defaults: 25 base steps + 50 x 0.3 = 15 refiner steps, each with guidance.
-    assert work() == (25 + 15) * 2
-    assert work(guidance_scale=1.0) == 25 + 15  # no guidance: one call a step
-    assert work(scheduler="HeunDiscrete", refine="no_refiner") == (2 * 25 - 1) * 2  # Heun: two calls a step
-    assert work(num_images=3, refine="no_refiner") == 3 * 25 * 2
+    assert units() == (25 + 15) * 2
+    assert units(guidance_scale=1.0) == 25 + 15  # no guidance: one call a step
+    assert units(scheduler="HeunDiscrete", refine="no_refiner") == (2 * 25 - 1) * 2  # Heun: two calls a step
+    assert units(num_images=3, refine="no_refiner") == 3 * 25 * 2
 
 
 def test_controlnets_count_half_a_call_on_each_base_step_and_can_be_named_as_the_fix():
-    from types import SimpleNamespace
-
-    from sdxl_worker.engine.plan import Guide
+    from sdxl_worker.engine.plan import make_plan
+    from sdxl_worker.runtime.checks import Abilities, check
 
     steps = {"base": 25, "refiner": 15}
-    assert budget.job_work(steps, 1024, 1024, 1, 7.5, controlnets=2) == (25 + 15 + 25 * 0.5 * 2) * 2
-    plan = SimpleNamespace(seeds=[1], controls=(Guide("canny", 1.0, 0.0, 1.0),) * 3, runs_base=True,
-                           runs_refiner=True, refine="base_image_refiner")
-    assert budget.check(plan, steps, 1024, 1024, 7.5, limit=155) == 155  # (25 + 15 + 37.5) x 2: at the limit
+    assert work.job_work(steps, 1024, 1024, 1, 7.5, controlnets=2) == (25 + 15 + 25 * 0.5 * 2) * 2
+    control = {"model": "canny", "image": "https://e.com/c.png"}
+    request = Request.from_input({"prompt": "a", "guidance_scale": 7.5, "refine": "base_image_refiner",
+                                  "controlnets": [control] * 3})
+    plan = make_plan(request, True)
+    plan = dataclasses.replace(plan, step_counts=steps)
+    able = {"controlnets": ("canny",)}
+    check(request, plan, Abilities(max_job_work=155, **able))  # (25 + 15 + 37.5) x 2: at the limit
     with pytest.raises(InputError) as refused:
-        budget.check(plan, steps, 1024, 1024, 7.5, limit=154)
+        check(request, plan, Abilities(max_job_work=154, **able))
     message = str(refused.value)
     assert "3 ControlNet(s) at 0.5 a base step each" in message
     assert message.endswith("or the number of 'controlnets'.")

@@ -179,14 +179,14 @@ def test_refusals_name_the_field_before_anything_runs(guided, models):
 
 
 def test_a_reference_image_far_from_square_is_cut_to_4_to_1_around_its_centre(guided):
-    from sdxl_worker.inputs.control_images import reference_image
+    from sdxl_worker.inputs.control_images import ip_adapter_image
 
     strip = Image.new("RGB", (4000, 10), "red")
     strip.paste(Image.new("RGB", (40, 10), "blue"), (1980, 0))
-    cut = reference_image(strip)
+    cut = ip_adapter_image(strip)
     assert cut.size == (40, 10) and cut.getpixel((0, 5)) == cut.getpixel((39, 5)) == (0, 0, 255)
-    assert reference_image(strip.rotate(90, expand=True)).size == (10, 40)
-    assert reference_image(photo(300, 200)).size == (300, 200)  # left as it is
+    assert ip_adapter_image(strip.rotate(90, expand=True)).size == (10, 40)
+    assert ip_adapter_image(photo(300, 200)).size == (300, 200)  # left as it is
     assert final(job(guided, ip_adapter={"image": png_data_url(Image.new("RGB", (100000, 1), "gray"))}))
 
 

@@ -112,17 +112,26 @@ class Delivery:
     warnings: list[str] = field(default_factory=list)
 
 
-def deliver(images: list[Image.Image], request, storage: Storage | None = None,
+def deliver(images: list[Image.Image], asked, storage: Storage | None = None,
             job_id: str = "local", room_bytes: int | None = None) -> Delivery:
-    """Encode the images as asked; upload them when storage is there and wanted, else inline them
-    within ``room_bytes`` (default: the whole INLINE_LIMIT_MB; less when previews used some)."""
-    encoding = Encoding(request.output_format,
-                        None if request.output_format == "png" else request.output_quality)
+    """Encode the images as asked; upload them when storage is there and wanted, else inline them.
+
+    Args:
+        images: the job's images.
+        asked: how the job wants them (its Plan, or a Request): ``output_format``,
+            ``output_quality`` and ``upload`` (False: always inline).
+        storage: where to upload (the job's s3Config, else the worker's bucket); None: inline.
+        job_id: names the uploaded files.
+        room_bytes: the bytes inline images may take (default: the whole INLINE_LIMIT_MB; less
+            when previews used some).
+    """
+    encoding = Encoding(asked.output_format,
+                        None if asked.output_format == "png" else asked.output_quality)
     timings = {"encode": 0.0, "upload": 0.0}
     warnings: list[str] = []
     encoded: list[bytes] = []
 
-    if storage is not None and request.upload is not False:
+    if storage is not None and asked.upload is not False:
         urls, failure = _upload(images, encoding, storage, job_id, encoded, timings)
         if urls is not None:
             return Delivery(urls, _rounded(timings))

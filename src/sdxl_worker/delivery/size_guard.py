@@ -24,7 +24,7 @@ def chunk_bytes(chunk: dict) -> int:
     return len(json.dumps(chunk, ensure_ascii=False))
 
 
-class OutputBudget:
+class OutputGuard:
     """Counts the bytes a job has yielded; says which previews still fit and what is left for the final."""
 
     def __init__(self, limit_bytes: int):

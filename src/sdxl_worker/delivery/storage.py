@@ -20,34 +20,25 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from sdxl_worker import config
+from sdxl_worker.config import STORAGE_REQUIRED, YES, StorageSettings
 from sdxl_worker.errors import InputError
 
 log = logging.getLogger(__name__)
-
-REQUIRED = config.STORAGE_REQUIRED
-MAX_URL_LIFETIME_S = config.MAX_URL_LIFETIME_S
 
 # S3 answers worth another try; anything else (403, 404, bad signature) will not get better.
 _RETRYABLE_CODES = {"SlowDown", "Throttling", "RequestTimeout", "RequestTimeTooSkewed", "InternalError",
                     "ServiceUnavailable", "503", "500", "502", "504"}
 
 
-StorageConfigError = config.ConfigError  # storage set up wrong: the worker stops at start-up
-
-
 class UploadError(Exception):
     """An upload that did not succeed within its attempts and deadline. The message holds no secret."""
-
-
-StorageConfig = config.StorageSettings  # BUCKET_*, read in sdxl_worker.config
 
 
 def warn_unused(names) -> None:
     """One warning for BUCKET_* variables that do nothing because storage is off."""
     if names:
         log.warning("%s set but storage is off (no %s): images are returned inline.",
-                    ", ".join(names), ", ".join(REQUIRED))
+                    ", ".join(names), ", ".join(STORAGE_REQUIRED))
 
 
 class Storage:
@@ -58,7 +49,7 @@ class Storage:
     DNS answers later, and with no proxy from the environment in between.
     """
 
-    def __init__(self, config: StorageConfig, pinned: tuple[str, ...] = ()):
+    def __init__(self, config: StorageSettings, pinned: tuple[str, ...] = ()):
         self.config = config
         self._client = boto3.session.Session().client(
             "s3",
@@ -175,7 +166,7 @@ def _reason(error: Exception) -> str:
     return type(error).__name__
 
 
-def storage_for(settings: StorageConfig | None) -> Storage | None:
+def storage_for(settings: StorageSettings | None) -> Storage | None:
     """The worker's storage for these settings (None: images inline)."""
     if settings is None:
         return None
@@ -220,12 +211,12 @@ def job_storage(s3_config, worker_storage: Storage | None,
     return storage, None
 
 
-def _job_settings(s3_config: dict, worker_storage: Storage | None) -> StorageConfig:
+def _job_settings(s3_config: dict, worker_storage: Storage | None) -> StorageSettings:
     values = {ours: s3_config[theirs].strip() for theirs, ours in JOB_STORAGE_FIELDS.items()}
     values["endpoint_url"] = values["endpoint_url"].rstrip("/")
     region = s3_config.get("region") if isinstance(s3_config.get("region"), str) else None
     aws = _AWS_REGION.match(values["endpoint_url"])
-    base = worker_storage.config if worker_storage is not None else config.StorageSettings(**values)
+    base = worker_storage.config if worker_storage is not None else StorageSettings(**values)
     return dataclasses.replace(base, **values, region=region or (aws.group(1) if aws else None), key_prefix="",
                                path_style=_yes(s3_config.get("pathStyle"), base.path_style))
 
@@ -233,7 +224,7 @@ def _job_settings(s3_config: dict, worker_storage: Storage | None) -> StorageCon
 def _yes(value, default: bool) -> bool:
     """pathStyle as JSON gives it: a boolean, or the text of one ("false" is false)."""
     if isinstance(value, str):
-        return value.strip().lower() in config.YES
+        return value.strip().lower() in YES
     return default if value is None else bool(value)
 
 

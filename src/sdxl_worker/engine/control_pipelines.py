@@ -58,16 +58,16 @@ def pipeline_for(models, task: str, pipe, names: list[str]):
 
 def arguments(plan, images: list) -> dict:
     """The ControlNet pipeline's control arguments for the plan's controls and their images."""
-    one = len(plan.controls) == 1
+    one = len(plan.controlnets) == 1
 
     def each(values):
         return values[0] if one else list(values)
 
     field = "image" if plan.task == "txt2img" else "control_image"  # txt2img's "image" is the control image
     return {field: each(images),
-            "controlnet_conditioning_scale": each([control.scale for control in plan.controls]),
-            "control_guidance_start": each([control.start for control in plan.controls]),
-            "control_guidance_end": each([control.end for control in plan.controls])}
+            "controlnet_conditioning_scale": each([float(control.scale) for control in plan.controlnets]),
+            "control_guidance_start": each([float(control.start) for control in plan.controlnets]),
+            "control_guidance_end": each([float(control.end) for control in plan.controlnets])}
 
 
 def _init_arguments(cls) -> set[str]:

@@ -5,7 +5,8 @@ src/sdxl_worker/engine/prompts.py), guidance and generators; the base hands the 
 decoded image), and after inpainting the refiner keeps to the same mask.
 ``on_step(stage, step, kwargs)`` is called after every denoising step, with the scheduler's
 clean-image estimate in ``kwargs["x0"]``: previews and progress come from there.
-``count_steps`` says beforehand how many steps each stage will take.
+How many steps each stage takes was counted when the job was planned (``plan.step_counts``,
+from src/sdxl_worker/engine/steps.py, which also holds the step settings both stages are given).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sdxl_worker.engine.plan import Plan
 from sdxl_worker.engine.prompts import each_text_once, encode_for_base, encode_for_refiner
 from sdxl_worker.engine.schedulers import build_scheduler
 from sdxl_worker.engine.speed import keep_timesteps_on_host
+from sdxl_worker.engine.steps import base_args, refiner_args
 from sdxl_worker.engine.watermark import apply_watermark
 
 StepCallback = Callable[[str, int, dict], None]  # (stage, step within the stage, callback kwargs + "x0")
@@ -40,11 +42,22 @@ class Result:
 
 def run(models: Models, plan: Plan, init_image: Image.Image | None = None,
         on_step: StepCallback | None = None, mask: Image.Image | None = None,
-        control_images: list | None = None, reference_images: list | None = None,
+        control_images: list | None = None, ip_adapter_images: list | None = None,
         wants_x0: Callable[[str, int], bool] | None = None) -> Result:
-    """The plan's images. ``on_step`` after every step; its kwargs carry ``x0`` only on the steps
-    ``wants_x0(stage, step)`` names (the preview steps): the estimate costs work, and on CUDA reads
-    a table, nothing a step without a preview should pay."""
+    """The plan's images: the base stage, then the refiner stage, as the plan says.
+
+    Args:
+        models: the loaded pipelines (engine/models.py), the job's checkpoint, preset and LoRAs in place.
+        plan: the job's plan (engine/plan.py), sized and with its step counts.
+        init_image: the input image (img2img, inpaint, refine), resized here to the plan's size.
+        on_step: ``on_step(stage, step, kwargs)`` after every denoising step; its kwargs carry
+            ``x0`` (the clean-image estimate) only on the steps ``wants_x0(stage, step)`` names
+            (the preview steps): the estimate costs work, and on CUDA reads a table, nothing a
+            step without a preview should pay.
+        mask: the inpaint mask (white repaints), resized to the input image.
+        control_images: one prepared control image per ControlNet of ``plan.controlnets``.
+        ip_adapter_images: the IP-Adapter's reference images, prepared.
+    """
     timings: dict[str, float] = {}
     if init_image is not None:
         init_image = _resize(init_image, plan)
@@ -61,7 +74,7 @@ def run(models: Models, plan: Plan, init_image: Image.Image | None = None,
         if plan.runs_base:
             started = time.perf_counter()
             latents = _run_base(models, plan, generators, init_image, mask, on_step, control_images,
-                                reference_images, wants_x0)
+                                ip_adapter_images, wants_x0)
             timings["base"] = ms_since(started)
         if plan.runs_refiner:
             started = time.perf_counter()
@@ -70,7 +83,7 @@ def run(models: Models, plan: Plan, init_image: Image.Image | None = None,
         else:
             output = latents
     images = list(output)
-    if plan.watermark:
+    if plan.apply_watermark:
         images = apply_watermark(images)
     return Result(images=images, seeds=plan.seeds, timings=timings)
 
@@ -85,46 +98,34 @@ def _common(plan: Plan, conditioning, generators: list) -> dict:
     )
 
 
-def _run_base(models, plan, generators, init_image, mask, on_step, control_images=None, reference_images=None,
+def _run_base(models, plan, generators, init_image, mask, on_step, control_images=None, ip_adapter_images=None,
               wants_x0=None):
     pipe = {"txt2img": models.base, "img2img": models.img2img, "inpaint": models.inpaint}[plan.task]
-    if plan.controls:
-        pipe = control_pipelines.pipeline_for(models, plan.task, pipe, [guide.model for guide in plan.controls])
+    if plan.controlnets:
+        pipe = control_pipelines.pipeline_for(models, plan.task, pipe, [entry.model for entry in plan.controlnets])
     pipe.scheduler = keep_timesteps_on_host(
         pipe, build_scheduler(plan.scheduler, models.scheduler_configs["base"])
     )
     conditioning = encode_for_base(pipe, plan.prompt, plan.negative_prompt)
-    args = dict(_common(plan, conditioning, generators), **_base_args(plan))
+    args = dict(_common(plan, conditioning, generators), **base_args(plan))
     end_after = None
-    if plan.controls:
+    if plan.controlnets:
         args.update(control_pipelines.arguments(plan, control_images))
         if plan.task == "img2img" and "denoising_end" in args:
             # diffusers' ControlNet img2img pipeline has no denoising_end: the base stops after the
             # same steps by interrupting its loop, which then hands over the latents as they are.
             del args["denoising_end"]
-            end_after = count_steps(models, plan)["base"]
+            end_after = plan.step_counts["base"]
     if plan.task != "txt2img":
         args["image"] = init_image
     if plan.task == "inpaint":
         # The inpaint pipeline would otherwise default to 1024x1024 whatever the image.
         args.update(mask_image=mask, width=init_image.width, height=init_image.height)
     args["output_type"] = "latent" if plan.runs_refiner else "pil"
-    if reference_images:
-        args["ip_adapter_image"] = [list(reference_images)]  # one adapter, its images
-    with ip_adapter.applied(models.ip_adapter, pipe, plan.reference_scale) if reference_images else nullcontext():
+    if ip_adapter_images:
+        args["ip_adapter_image"] = [list(ip_adapter_images)]  # one adapter, its images
+    with ip_adapter.applied(models.ip_adapter, pipe, plan.ip_adapter_scale) if ip_adapter_images else nullcontext():
         return pipe(**args, **_callback(on_step, "base", pipe.scheduler, end_after, wants_x0)).images
-
-
-def _base_args(plan) -> dict:
-    """The base's step settings: shared by the run and by count_steps, so they cannot disagree."""
-    args = dict(num_inference_steps=plan.steps)
-    if plan.task == "txt2img":
-        args.update(width=plan.width, height=plan.height)
-    else:
-        args.update(strength=plan.image_strength)
-    if plan.refine == "expert_ensemble_refiner":
-        args["denoising_end"] = plan.high_noise_frac
-    return args
 
 
 def _run_refiner(models, plan, generators, latents, init_image, mask, on_step, wants_x0=None):
@@ -135,20 +136,13 @@ def _run_refiner(models, plan, generators, latents, init_image, mask, on_step, w
     )
     conditioning = encode_for_refiner(pipe, plan.prompt, plan.negative_prompt)
     image = latents if latents is not None else init_image
-    args = dict(_common(plan, conditioning, generators), **_refiner_args(plan),
+    args = dict(_common(plan, conditioning, generators), **refiner_args(plan),
                 output_type="pil")
     if inpainting:
         image = _keep_unmasked(models.inpaint, latents, init_image, mask)
         args.update(mask_image=mask, width=init_image.width, height=init_image.height)
     args["image"] = image
     return pipe(**args, **_callback(on_step, "refiner", pipe.scheduler, None, wants_x0)).images
-
-
-def _refiner_args(plan) -> dict:
-    if plan.refine == "expert_ensemble_refiner":
-        # Same schedule as the base, picking up where it stopped.
-        return dict(num_inference_steps=plan.steps, denoising_start=plan.high_noise_frac)
-    return dict(num_inference_steps=plan.refiner_steps, strength=plan.refiner_strength)
 
 
 def _keep_unmasked(pipe, latents: torch.Tensor, init_image: Image.Image, mask: Image.Image) -> torch.Tensor:
@@ -165,43 +159,6 @@ def _keep_unmasked(pipe, latents: torch.Tensor, init_image: Image.Image, mask: I
     repaint = pipe.mask_processor.preprocess(mask, height=height, width=width)  # binarised at 0.5, as diffusers
     repaint = torch.nn.functional.interpolate(repaint, size=latents.shape[-2:]).to(latents.device, latents.dtype)
     return repaint * latents + (1 - repaint) * clean.to(latents.dtype)
-
-
-def count_steps(models: Models, plan: Plan) -> dict[str, int]:
-    """Denoising steps per stage, before running: what the pipelines will loop over.
-
-    Mirrors diffusers' SDXL timestep logic (set_timesteps, then strength or denoising_start,
-    then denoising_end) on fresh schedulers of the job's kind: PNDM, for one, runs one step
-    more than asked. Tests hold this to the steps the pipelines really take.
-    """
-    counts = {}
-    if plan.runs_base:
-        counts["base"] = _count(build_scheduler(plan.scheduler, models.scheduler_configs["base"]),
-                                _base_args(plan))
-    if plan.runs_refiner:
-        counts["refiner"] = _count(build_scheduler(plan.scheduler, models.scheduler_configs["refiner"]),
-                                   _refiner_args(plan))
-    return counts
-
-
-def _count(scheduler, args: dict) -> int:
-    steps = args["num_inference_steps"]
-    scheduler.set_timesteps(steps, device="cpu")
-    timesteps = scheduler.timesteps
-    train_steps = scheduler.config.num_train_timesteps
-    if args.get("denoising_start") is not None:
-        cutoff = int(round(train_steps - args["denoising_start"] * train_steps))
-        count = int((timesteps < cutoff).sum().item())
-        if scheduler.order == 2 and count % 2 == 0:
-            count += 1
-        timesteps = timesteps[len(timesteps) - count:]
-    elif args.get("strength") is not None:
-        start = max(steps - min(int(steps * args["strength"]), steps), 0)
-        timesteps = timesteps[start * scheduler.order:]
-    if args.get("denoising_end") is not None:
-        cutoff = int(round(train_steps - args["denoising_end"] * train_steps))
-        timesteps = [t for t in timesteps if t >= cutoff]
-    return len(timesteps)
 
 
 def _callback(on_step: StepCallback | None, stage: str, scheduler, end_after: int | None = None,
@@ -251,8 +208,11 @@ def _generators(plan: Plan) -> list:
 
 
 def _resize(image: Image.Image, plan: Plan) -> Image.Image:
-    """The input image at the job's output size (the plan decides it)."""
-    width, height = plan.size_for(image.size)
+    """The input image at the job's output size (the plan holds it once the image is decoded:
+    engine.plan.with_image_size)."""
+    if plan.width is None or plan.height is None:
+        raise ValueError("the plan has no output size yet: engine.plan.with_image_size gives it one")
+    width, height = plan.width, plan.height
     if (width, height) != image.size:
         image = image.resize((width, height), Image.Resampling.LANCZOS)
     return image

@@ -144,10 +144,11 @@ def encode_for_refiner(pipe, prompt: str, negative_prompt: str | None) -> Condit
     return _split(embeds, pooled, zeroed=negative_prompt is None and pipe.config.force_zeros_for_empty_prompt)
 
 
-def check_prompts(pipe, prompt: str | None, negative_prompt: str | None) -> None:
+def check_prompts(tokenizer, prompt: str | None, negative_prompt: str | None) -> None:
     """InputError naming the field for a prompt too long or with syntax that cannot be read: the
-    encoders' own checks, run before any download."""
-    _parsed(pipe.tokenizer_2, prompt, negative_prompt)
+    encoders' own checks, run by the check pass (runtime/checks.py) before any download.
+    ``tokenizer``: the base's second tokenizer, whose count is the limit's."""
+    _parsed(tokenizer, prompt, negative_prompt)
 
 
 def _parsed(tokenizer, prompt: str | None, negative_prompt: str | None) -> tuple[list[str], list[Conjunction]]:

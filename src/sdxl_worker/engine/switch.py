@@ -31,7 +31,7 @@ from sdxl_worker.errors import InputError
 log = logging.getLogger(__name__)
 
 SHAREABLE = ("vae", "text_encoder", "text_encoder_2", "unet")
-# A switch that loads a checkpoint, in units of work (sdxl_worker.engine.budget): reading and placing
+# A switch that loads a checkpoint, in units of work (sdxl_worker.engine.work): reading and placing
 # about 7 GB of weights, some 5-10 s on a GPU host, at about 30 ms a unit.
 SWITCH_WORK = 300
 
@@ -64,14 +64,10 @@ def switch_work(models, name: str | None) -> float:
     return 0 if name == models.name or name in models.kept else SWITCH_WORK
 
 
-def refuse_broken(models, name: str | None) -> None:
-    """InputError at once for a checkpoint that failed to load before: it is not tried again."""
-    if name is not None and name in models.broken:
-        raise InputError(_broken_sentence(models, name))
-
-
-def _broken_sentence(models, name: str) -> str:
-    others = [other for other in model_names(models) if other not in models.broken]
+def broken_model_sentence(names, broken, name: str) -> str:
+    """Why a job naming checkpoint ``name``, which failed to load before, is refused (it is not
+    tried again); ``names``: BASE_MODELS' names, ``broken``: those that failed."""
+    others = [other for other in names if other not in broken]
     return (f"'model' {name!r} could not be loaded on this worker (its log says why); use another of "
             f"{', '.join(others)}, or fix BASE_MODELS.")
 
@@ -104,7 +100,7 @@ def use_model(models, name: str | None) -> int | None:
                 raise error
             log.warning("Model %s could not be loaded: %s (jobs naming it are refused from now on)", name, error)
             models.broken[name] = str(error)
-            raise InputError(_broken_sentence(models, name)) from None
+            raise InputError(broken_model_sentence(model_names(models), models.broken, name)) from None
     _put_in_place(models, name, chosen)
     spent = round((time.perf_counter() - started) * 1000)
     log.info("Model %s in use after %d ms (%d kept loaded)", name, spent, len(models.kept) + 1)

@@ -25,7 +25,7 @@ def control_image(image: Image.Image, size: tuple[int, int], preprocess: str = "
 MAX_REFERENCE_ASPECT = 4  # the image encoder scales the short side to 224 and keeps the centre square
 
 
-def reference_image(image: Image.Image) -> Image.Image:
+def ip_adapter_image(image: Image.Image) -> Image.Image:
     """A decoded IP-Adapter reference image, ready for the encoder. CLIP's processor scales the short
     side up to its input size before it crops the centre, so a 100000x1 image would become tens of
     GB: past 4:1 the image is cut to 4:1 around its centre first (the processor keeps only the centre)."""

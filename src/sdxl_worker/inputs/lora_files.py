@@ -73,7 +73,8 @@ class LoraFiles:
         return local
 
     def check_entry(self, lora: dict, index: int) -> None:
-        """What can be refused about a LoRA entry without reading a file or the network."""
+        """What can be refused about a LoRA entry without reading a file or the network: called by
+        the check pass (runtime/checks.py) for each of a job's LoRAs."""
         label = label_of(lora)
         _check_weight_name(lora.get("weight_name"), index, label)
         path = lora["path"].strip()
@@ -86,10 +87,10 @@ class LoraFiles:
                 raise InputError(f"LoRA {label}: 'loras[{index}].path' is not a path this worker can read.") from None
 
     def resolve(self, lora: dict, index: int) -> Path:
-        """The local .safetensors file a LoRA entry names, downloading it if it is a URL."""
+        """The local .safetensors file a LoRA entry names, downloading it if it is a URL. The entry
+        passed ``check_entry`` (the check pass, before any download)."""
         path, weight_name = lora["path"].strip(), lora.get("weight_name")
         label = label_of(lora)
-        _check_weight_name(weight_name, index, label)
         if path.lower().startswith(("http://", "https://")):
             return self._cached_download(path, index, label)
         try:

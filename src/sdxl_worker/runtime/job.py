@@ -1,4 +1,5 @@
-"""One job, start to finish: validate -> plan -> fetch images -> run -> deliver.
+"""One job, start to finish, in nine stages: decode, validate, plan, check, fetch, check decoded,
+prepare, run, deliver (``_run`` numbers them; docs/ARCHITECTURE.md draws them).
 
 ``run_job`` is a generator: it yields the previews asked for (src/sdxl_worker/runtime/stream.py runs the pipelines
 in the denoise thread), then the final payload, or one ``{"error": ...}``. It never raises, so the
@@ -16,26 +17,28 @@ import threading
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Iterator
 
 from sdxl_worker import errors
 from sdxl_worker.delivery.deliver import deliver
-from sdxl_worker.delivery.size_guard import OutputBudget
+from sdxl_worker.delivery.size_guard import OutputGuard
 from sdxl_worker.delivery.storage import job_storage
-from sdxl_worker.engine import budget, lora_layers, preset_weights, prompts, switch
-from sdxl_worker.engine.generate import count_steps, ms_since
+from sdxl_worker.engine import lora_layers, preset_weights, switch
+from sdxl_worker.engine.generate import ms_since
 from sdxl_worker.engine.models import Models, free_memory
-from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.engine.plan import Plan, make_plan
+from sdxl_worker.engine.steps import count_steps
 from sdxl_worker.errors import InputError
-from sdxl_worker.inputs.control_images import control_image, reference_image
+from sdxl_worker.inputs.control_images import control_image, ip_adapter_image
 from sdxl_worker.inputs.lora_files import LoraFiles, label_of
 from sdxl_worker.request import dialects
-from sdxl_worker.request.check import check
 from sdxl_worker.request.types import Lora, Request
+from sdxl_worker.runtime.checks import check, check_decoded
+from sdxl_worker.runtime.context import JobContext, JobInputs, ProgressCallback
 from sdxl_worker.runtime.logs import hidden, protect, redact, truncate
 from sdxl_worker.runtime.stopping import JobStopped, Stop
-from sdxl_worker.runtime.stream import ProgressCallback, run_streamed
+from sdxl_worker.runtime.stream import run_streamed
 from sdxl_worker.runtime.worker import Worker
 
 log = protect(logging.getLogger(__name__))  # no payloads or secrets in the log
@@ -47,6 +50,15 @@ _models_in_use = threading.Lock()
 
 def run_job(worker: Worker, job: dict, on_progress: ProgressCallback | None = None,
             stop: Stop | None = None) -> Iterator[dict]:
+    """Run one job; yield its previews, then its result or one ``{"error": ...}``. Never raises.
+
+    Args:
+        worker: what jobs run on (runtime/worker.py): models, settings, storage, file readers.
+        job: the job as RunPod gives it: ``{"id", "input", "s3Config"?}``.
+        on_progress: ``on_progress(job, {"step", "total_steps", "stage"})`` at most once a second
+            and after the last step (handler.py sends it to RunPod); None: no progress.
+        stop: the job's ``Stop``; set by a cancel, JOB_TIMEOUT_S or SIGTERM, the job ends within a step.
+    """
     job = job if isinstance(job, dict) else {}
     s3_config = job.get("s3Config")
     secrets = [s3_config.get(name) for name in ("accessId", "accessSecret")] if isinstance(s3_config, dict) else []
@@ -89,63 +101,35 @@ def _answer(worker: Worker, job: dict, on_progress: ProgressCallback | None, sto
 
 
 def _run(worker: Worker, job: dict, raw_input, on_progress: ProgressCallback | None, stop: Stop) -> Iterator[dict]:
-    models: Models = worker.models
-    job_id = str(job.get("id", "local"))[:100]
+    """One job's stages, in order; docs/ARCHITECTURE.md numbers them the same way."""
     started = time.perf_counter()
+    context = JobContext(str(job.get("id", "local"))[:100], job, on_progress, stop)
     stop.check("before it started")  # taken after SIGTERM: not started at all
+    # 1. decode: the input in this worker's names (_answer did it, and words the errors back)
+    # 2. validate: the schema on every field, then a frozen Request
     request = Request.from_input(raw_input)
     storage, storage_warning = job_storage(job.get("s3Config"), worker.storage,
                                            endpoint_addresses=worker.fetcher.endpoint_addresses)
-    check(request, has_refiner=models.has_refiner, has_storage=storage is not None,
-          model_names=switch.model_names(models), presets=preset_weights.available(models.settings) if request.preset else (),
-          controlnets=tuple(models.controlnets), has_ip_adapter=models.ip_adapter is not None)
-    if models.settings is not None and models.settings.cpu_offload:
-        _refuse_what_offload_cannot_run(request)
-    switch.refuse_broken(models, request.model)
-    plan = make_plan(request, models.has_refiner)
-    if plan.scheduler in models.broken_samplers:  # found by the start-up self-check
-        raise InputError(f"'scheduler' '{plan.scheduler}' cannot run on this worker (its start-up check failed; "
-                         f"the log says why); choose another.")
-    log.info("job %s: %s, %s, %d image(s), prompt %r", job_id, plan.task, plan.refine, len(plan.seeds),
+    abilities = worker.abilities(request, has_storage=storage is not None)
+    # 3. plan: every derived value, once (task, refine mode, seeds, step counts, size when given)
+    plan = make_plan(request, abilities.has_refiner, abilities.scheduler_configs)
+    # 4. check: everything refusable before any download or model work
+    check(request, plan, abilities)
+    log.info("job %s: %s, %s, %d image(s), prompt %r", context.id, plan.task, plan.refine, len(plan.seeds),
              truncate(request.prompt))
-    steps = count_steps(models, plan)
-    switching = switch.switch_work(models, request.model)
-    size_known = bool(plan.width and plan.height)
-    if size_known:  # refused before any download
-        budget.check(plan, steps, plan.width, plan.height, plan.guidance_scale, worker.max_job_work, switch=switching)
-    # What the prompts' encoders and the LoRA entries would refuse, refused before any download.
-    prompts.check_prompts(models.base, request.prompt, request.negative_prompt)
-    for index, lora in enumerate(request.loras):
-        worker.lora_files.check_entry(asdict(lora), index)
-    init_image = None
-    if request.image is not None or request.image_url is not None:
-        field = "image" if request.image is not None else "image_url"
-        init_image = worker.images.image(getattr(request, field), field)
-        if not size_known:  # the size comes from the image: bounded, then budgeted, before any model runs
-            width, height = plan.size_for(init_image.size, field)
-            budget.check(plan, steps, width, height, plan.guidance_scale, worker.max_job_work, switch=switching)
-    mask = worker.images.mask(request.mask, "mask", init_image.size) if request.mask is not None else None
-    output_size = plan.size_for(init_image.size if init_image is not None else None) if request.controlnets else None
-    control_images = [control_image(worker.images.image(guide.image, f"controlnets[{index}].image"), output_size,
-                                    guide.preprocess, guide.low_threshold, guide.high_threshold)
-                      for index, guide in enumerate(request.controlnets)]
-    references = request.ip_adapter.images if request.ip_adapter is not None else ()
-    reference_images = [reference_image(worker.images.image(
-                            image, "ip_adapter.image" if len(references) == 1 else f"ip_adapter.image[{index}]"))
-                        for index, image in enumerate(references)]
-    output_budget = OutputBudget(worker.inline_limit_bytes)  # previews and the final payload together
-    stop.check("while its inputs were read")  # a cancel during the downloads ends the job here
-    loras = local_loras(worker.lora_files, request.loras)
-    stop.check("while its inputs were read")
-    with _holding_the_models(stop):
-        loading = {"model_switch": switch.use_model(models, request.model)}
-        with preset_weights.applied(models, request.preset) as loading["preset_load"], \
-                lora_layers.applied(models, loras):
-            stop.check("before its first step")
-            result = yield from run_streamed(models, job, request, plan, init_image, mask, on_progress, stop,
-                                             output_budget, control_images, reference_images)
+    # 5. fetch: the images the job points at, bounded and decoded
+    inputs = _fetch_images(worker, request, stop)
+    # 6. check what needs the decoded image (its aspect ratio, the work of a job it sizes); size the plan
+    plan = check_decoded(plan, inputs.image.size if inputs.image is not None else None, inputs.image_field,
+                         abilities)
+    # 7. prepare: control images at the output size, LoRA files on disk (downloaded once, cached)
+    _prepare(worker, inputs, request, plan, stop)
+    # 8. run: the models held, the job's checkpoint, preset and LoRAs in place, previews streamed
+    guard = OutputGuard(worker.inline_limit_bytes)  # previews and the final payload together
+    result, loading = yield from _generate(worker.models, plan, inputs, context, guard)
+    # 9. deliver: inline within what the previews left, or uploaded
     stop.check("after its last step, before delivery")
-    delivery = deliver(result.images, request, storage, job_id, room_bytes=output_budget.final_room())
+    delivery = deliver(result.images, plan, storage, context.id, room_bytes=guard.final_room())
     payload = {
         "images": delivery.images,
         "image_url": delivery.images[0],
@@ -154,22 +138,53 @@ def _run(worker: Worker, job: dict, raw_input, on_progress: ProgressCallback | N
         "timings": dict({name: ms for name, ms in loading.items() if ms is not None}, **result.timings,
                         **delivery.timings, total=ms_since(started)),
     }
-    warnings = [*plan.warnings, storage_warning, output_budget.warning(), *delivery.warnings]
+    warnings = [*plan.warnings, storage_warning, guard.warning(), *delivery.warnings]
     if any(warnings):  # redacted: an S3 error must not carry the job's own credentials back
         payload["warnings"] = [redact(warning, limit=None) for warning in warnings if warning]
     yield payload
 
 
-def _refuse_what_offload_cannot_run(request) -> None:
-    """CPU_OFFLOAD=1 moves the pipelines' own models on and off the GPU; a preset's UNet, the
-    ControlNets and the IP-Adapter's image encoder are not among them."""
-    for field, given, what in (("preset", request.preset, "a preset's own UNet"),
-                               ("controlnets", request.controlnets, "the ControlNets"),
-                               ("ip_adapter", request.ip_adapter, "the IP-Adapter's image encoder")):
-        if given:
-            raise InputError(f"'{field}' cannot run on this worker: CPU_OFFLOAD=1 moves only the pipelines' own "
-                             f"models to the GPU and back, and {what} is not one of them; leave '{field}' out, "
-                             f"or run without CPU_OFFLOAD.")
+def _fetch_images(worker: Worker, request: Request, stop: Stop) -> JobInputs:
+    """Stage 5: the job's input image, mask, control and reference images, decoded."""
+    inputs = JobInputs()
+    if request.image is not None or request.image_url is not None:
+        inputs.image_field = "image" if request.image is not None else "image_url"
+        inputs.image = worker.images.image(getattr(request, inputs.image_field), inputs.image_field)
+    if request.mask is not None:
+        inputs.mask = worker.images.mask(request.mask, "mask", inputs.image.size)
+    inputs.control_images = [worker.images.image(entry.image, f"controlnets[{index}].image")
+                             for index, entry in enumerate(request.controlnets)]
+    references = request.ip_adapter.images if request.ip_adapter is not None else ()
+    inputs.ip_adapter_images = [
+        ip_adapter_image(worker.images.image(
+            image, "ip_adapter.image" if len(references) == 1 else f"ip_adapter.image[{index}]"))
+        for index, image in enumerate(references)]
+    stop.check("while its inputs were read")  # a cancel during the downloads ends the job here
+    return inputs
+
+
+def _prepare(worker: Worker, inputs: JobInputs, request: Request, plan: Plan, stop: Stop) -> None:
+    """Stage 7: the control images at the output size (edge maps where the job asks for canny),
+    the LoRA files on disk."""
+    inputs.control_images = [control_image(image, (plan.width, plan.height), entry.preprocess,
+                                           entry.low_threshold, entry.high_threshold)
+                             for image, entry in zip(inputs.control_images, request.controlnets)]
+    inputs.loras = local_loras(worker.lora_files, plan.loras)
+    stop.check("while its inputs were read")
+
+
+def _generate(models: Models, plan: Plan, inputs: JobInputs, context: JobContext, guard: OutputGuard):
+    """Stage 8: the images, previews yielded as they come; returns (result, loading timings)."""
+    with _holding_the_models(context.stop):
+        loading = {"model_switch": switch.use_model(models, plan.model)}
+        if loading["model_switch"] is not None and plan.step_counts is not None:
+            # A checkpoint loaded just now brings its own scheduler config: its step counts.
+            plan = replace(plan, step_counts=count_steps(models.scheduler_configs, plan))
+        with preset_weights.applied(models, plan.preset) as loading["preset_load"], \
+                lora_layers.applied(models, inputs.loras):
+            context.stop.check("before its first step")
+            result = yield from run_streamed(models, plan, inputs, context, guard)
+    return result, loading
 
 
 @contextmanager

@@ -24,10 +24,10 @@ import threading
 import time
 from typing import AsyncIterator
 
+from sdxl_worker.runtime.context import ProgressCallback
 from sdxl_worker.runtime.job import run_job
 from sdxl_worker.runtime.logs import protect
 from sdxl_worker.runtime.stopping import CANCELLED, SHUTTING_DOWN, TIMED_OUT, Stop
-from sdxl_worker.runtime.stream import ProgressCallback
 from sdxl_worker.runtime.threads import JobThreads
 from sdxl_worker.runtime.turns import Turns
 

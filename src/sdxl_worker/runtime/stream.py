@@ -4,7 +4,7 @@ The denoising loop only hands each step over a queue (and, on a preview step, a 
 first image's clean estimate); projecting, encoding and RunPod progress updates happen in the
 job's own thread, so the loop never waits for them. Each step first checks the job's ``Stop``
 (src/sdxl_worker/runtime/stopping.py): a stopped job ends within one step. Previews that would
-pass the job's output budget (src/sdxl_worker/delivery/size_guard.py) are dropped.
+pass the job's output guard (src/sdxl_worker/delivery/size_guard.py) are dropped.
 """
 
 from __future__ import annotations
@@ -14,30 +14,35 @@ import queue
 import threading
 import time
 from contextlib import closing
-from typing import Callable, Generator
+from typing import Generator
 
 from sdxl_worker.delivery.previews import preview_data_url
-from sdxl_worker.delivery.size_guard import OutputBudget
+from sdxl_worker.delivery.size_guard import OutputGuard
 from sdxl_worker.engine import generate, latent_previews
 from sdxl_worker.engine.models import Models
-from sdxl_worker.request.types import Request
+from sdxl_worker.engine.plan import Plan
+from sdxl_worker.runtime.context import JobContext, JobInputs, ProgressCallback
 from sdxl_worker.runtime.logs import protect
-from sdxl_worker.runtime.stopping import Stop
 from sdxl_worker.runtime.threads import DENOISE
 
 log = protect(logging.getLogger(__name__))
 
 
-def run_streamed(models: Models, job: dict, request: Request, plan, init_image, mask=None,
-                 on_progress: ProgressCallback | None = None, stop: Stop | None = None,
-                 budget: OutputBudget | None = None, control_images: list | None = None,
-                 reference_images: list | None = None) -> Generator[dict, None, object]:
-    """Run the plan in the denoise thread; yield a preview dict after each preview step; return the result."""
-    steps = generate.count_steps(models, plan)
-    total = sum(steps.values())
+def run_streamed(models: Models, plan: Plan, inputs: JobInputs, context: JobContext,
+                 guard: OutputGuard | None = None) -> Generator[dict, None, object]:
+    """Run the plan in the denoise thread; yield a preview dict after each preview step; return the result.
+
+    Args:
+        models: the loaded pipelines, the job's checkpoint, preset and LoRAs in place.
+        plan: the job's plan, sized, with its step counts and preview settings.
+        inputs: its decoded images (input image, mask, control and reference images).
+        context: its id, progress callback and ``Stop``, checked before every step.
+        guard: the job's output guard; previews it does not admit are dropped.
+    """
+    steps, total, stop = plan.step_counts, plan.total_steps, context.stop
     first_step = {"base": 0, "refiner": steps.get("base", 0)}  # steps count across the job, base then refiner
-    every = request.preview_steps
-    progress = Progress(job, total, on_progress)
+    every = plan.preview_steps
+    progress = Progress(context.job, total, context.on_progress)
 
     def wants_preview(stage: str, step: int) -> bool:
         number = first_step[stage] + step
@@ -45,16 +50,15 @@ def run_streamed(models: Models, job: dict, request: Request, plan, init_image, 
 
     def on_step(stage, step, kwargs):
         # In the denoising loop: end a stopped job; keep the first image's x0 on a preview step, nothing more.
-        if stop is not None:
-            stop.check(f"at step {first_step[stage] + step} of {total}")
+        stop.check(f"at step {first_step[stage] + step} of {total}")
         x0 = kwargs.get("x0")
         return x0[0].detach().clone() if x0 is not None and wants_preview(stage, step) else None
 
     def denoise(callback):
-        if stop is not None:
-            stop.check(f"before its first step (of {total})")
-        return generate.run(models, plan, init_image, callback, mask=mask, control_images=control_images,
-                            reference_images=reference_images, wants_x0=wants_preview if every > 0 else None)
+        stop.check(f"before its first step (of {total})")
+        return generate.run(models, plan, inputs.image, callback, mask=inputs.mask,
+                            control_images=inputs.control_images, ip_adapter_images=inputs.ip_adapter_images,
+                            wants_x0=wants_preview if every > 0 else None)
 
     events = _steps_in_thread(denoise, on_step)
     with closing(events):
@@ -67,13 +71,13 @@ def run_streamed(models: Models, job: dict, request: Request, plan, init_image, 
             progress.update(stage, number)
             if x0 is not None:
                 try:
-                    url = render_preview(x0, request.preview_size, request.preview_format,
-                                          request.preview_quality, models.preview_decoder)
+                    url = render_preview(x0, plan.preview_size, plan.preview_format,
+                                          plan.preview_quality, models.preview_decoder)
                 except Exception:  # a preview is a courtesy: losing one must not lose the image
-                    log.exception("job %s: preview after step %d failed", job.get("id"), number)
+                    log.exception("job %s: preview after step %d failed", context.id, number)
                     continue
                 chunk = {"preview": url, "step": number, "total_steps": total, "stage": stage}
-                if budget is None or budget.admit(chunk):
+                if guard is None or guard.admit(chunk):
                     yield chunk
 
 
@@ -121,9 +125,6 @@ def _steps_in_thread(run, on_step) -> Generator[tuple, None, object]:
     finally:
         closed.set()
         finished.result()  # work() never raises: this only waits for the run to be over
-
-
-ProgressCallback = Callable[[dict, dict], None]  # (job, {"step", "total_steps", "stage"})
 
 
 class Progress:

@@ -2,21 +2,21 @@
 
 import json
 
-from sdxl_worker.delivery.size_guard import OutputBudget, chunk_bytes
+from sdxl_worker.delivery.size_guard import OutputGuard, chunk_bytes
 from tests.helpers import FAST
 
 
 def test_previews_fill_at_most_half_then_every_later_one_is_dropped():
-    budget = OutputBudget(10_000)
+    guard = OutputGuard(10_000)
     chunk = {"preview": "x" * 1900, "step": 0}
     admitted = []
     for step in range(1, 8):
-        admitted.append(budget.admit({**chunk, "step": step}))
+        admitted.append(guard.admit({**chunk, "step": step}))
     assert admitted == [True, True, False, False, False, False, False]
-    assert budget.admit({"preview": "", "step": 9}) is False  # dropped from the first refusal on, even small ones
-    assert budget.final_room() == 10_000 - 2 * chunk_bytes({**chunk, "step": 1})
-    assert "from step 3 on were dropped" in budget.warning() and "INLINE_LIMIT_MB" in budget.warning()
-    assert OutputBudget(10_000).warning() is None
+    assert guard.admit({"preview": "", "step": 9}) is False  # dropped from the first refusal on, even small ones
+    assert guard.final_room() == 10_000 - 2 * chunk_bytes({**chunk, "step": 1})
+    assert "from step 3 on were dropped" in guard.warning() and "INLINE_LIMIT_MB" in guard.warning()
+    assert OutputGuard(10_000).warning() is None
 
 
 def test_a_preview_heavy_job_keeps_its_whole_output_under_the_limit(run, worker_env):

@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 from sdxl_worker import config
+from sdxl_worker.config import ConfigError
 from sdxl_worker.delivery.deliver import deliver
-from sdxl_worker.delivery.storage import Storage, StorageConfigError, storage_for
+from sdxl_worker.delivery.storage import Storage, storage_for
 from sdxl_worker.request.types import Request
 from tests.helpers import ROOT, decode, free_port, moto_server, worker_with
 
@@ -237,7 +238,7 @@ def test_a_refused_upload_is_not_retried(s3_endpoint, caplog):
                                      ["BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY"]])
 def test_half_a_configuration_names_what_is_missing(present):
     env = {name: value for name, value in env_for("http://127.0.0.1:9", "b").items() if name in present}
-    with pytest.raises(StorageConfigError) as caught:
+    with pytest.raises(ConfigError) as caught:
         config.storage(env)
     missing = {"BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME"} - set(present)
     assert all(name in str(caught.value) for name in missing) and SECRET not in str(caught.value)
@@ -251,7 +252,7 @@ def test_no_bucket_variables_means_inline_and_bad_values_are_refused():
     assert ACCESS_KEY not in repr(Storage(settings).describe())
     for name, value in [("BUCKET_URL_LIFETIME_S", "700000"), ("BUCKET_PATH_STYLE", "maybe"),
                         ("BUCKET_UPLOAD_ATTEMPTS", "many"), ("BUCKET_ENDPOINT_URL", "s3.example.com")]:
-        with pytest.raises(StorageConfigError, match=name):
+        with pytest.raises(ConfigError, match=name):
             config.storage(env_for("http://s3.example.com", "b", **{name: value}))
 
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from sdxl_worker.engine import generate
-from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.engine.plan import make_plan, with_image_size
 from sdxl_worker.request.types import Request
 from tests.helpers import FAST, decode, final, photo, pixels, png_data_url
 
@@ -29,8 +29,8 @@ def final_latents(models, inputs: dict, mask: str) -> dict:
     """The latents after the last step of each stage, as the on_step callback sees them."""
     seen = {}
     request = Request.from_input(inputs)
-    plan = make_plan(request, has_refiner=True)
     image = decode(inputs["image"]).convert("RGB")
+    plan = with_image_size(make_plan(request, has_refiner=True), image.size)
 
     def on_step(stage, step, kwargs):
         seen[stage] = kwargs["latents"].clone()
@@ -100,8 +100,9 @@ def torch_close(a, b) -> bool:
 def test_inpaint_refine_modes_run_the_promised_steps(models, inputs, steps):
     seen = {"base": 0, "refiner": 0}
     request = Request.from_input({**INPAINT, **inputs, "prompt_strength": 1.0, "mask": png_data_url(mask_image("right"))})
-    plan = make_plan(request, has_refiner=True)
-    generate.run(models, plan, decode(INPAINT["image"]).convert("RGB"), mask=mask_image("right"),
+    image = decode(INPAINT["image"]).convert("RGB")
+    plan = with_image_size(make_plan(request, has_refiner=True), image.size)
+    generate.run(models, plan, image, mask=mask_image("right"),
                  on_step=lambda stage, step, kwargs: seen.__setitem__(stage, step))
     assert seen == steps
 

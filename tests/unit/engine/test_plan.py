@@ -1,26 +1,28 @@
-"""Planning decisions, and the check pass before them, without a model."""
+"""Planning decisions, and the check pass that reads them, without a model."""
 
 import pytest
 
 from sdxl_worker.engine.plan import make_plan
 from sdxl_worker.errors import InputError
-from sdxl_worker.request.check import check
 from sdxl_worker.request.types import Request
+from sdxl_worker.runtime.checks import Abilities, check
 
 
 def plan(has_refiner=True, **inputs):
-    """The check pass, then the plan: as a job runs them."""
+    """The plan, then the check pass on it: as a job runs them."""
     inputs.setdefault("prompt", "a cat")
     request = Request.from_input(inputs)
-    check(request, has_refiner=has_refiner, has_storage=False)
-    return make_plan(request, has_refiner)
+    planned = make_plan(request, has_refiner)
+    check(request, planned, Abilities(has_refiner=has_refiner))
+    return planned
 
 
 def test_the_plan_itself_refuses_nothing_the_check_pass_would():
     request = Request.from_input({"prompt": "a", "refine": "base_image_refiner", "strength": 0.01})
+    planned = make_plan(request, True)  # it decides, whatever it is given
+    assert planned.refine == "base_image_refiner"
     with pytest.raises(InputError, match="'strength'"):
-        check(request, has_refiner=True, has_storage=False)
-    assert make_plan(request, True).refine == "base_image_refiner"  # it decides, whatever it is given
+        check(request, planned, Abilities(has_refiner=True))
 
 
 def test_txt2img_refines_the_base_image_by_default():

@@ -91,7 +91,7 @@ def test_clean_estimate_recovers_the_clean_latent_from_a_perfect_noise_predictio
     assert not torch.allclose(noisy, clean, atol=1e-1)
 
 
-# --- step counts: count_steps against the steps the pipelines really take ---
+# --- step counts: the plan's count against the steps the pipelines really take ---
 
 CASES = [
     # scheduler, extra inputs, base steps, refiner steps (counted by hand from diffusers' timestep logic), preview_steps
@@ -121,7 +121,7 @@ def test_step_counts_and_previews_are_exact_across_the_job(run, models, monkeypa
                                                           refiner, every):
     inputs = _inputs(scheduler, {**extra, "preview_steps": every})
     request = Request.from_input(inputs)
-    counted = generate.count_steps(models, make_plan(request, models.has_refiner))
+    counted = make_plan(request, models.has_refiner, models.scheduler_configs).step_counts
     assert counted == {stage: n for stage, n in (("base", base), ("refiner", refiner)) if n}
     total = base + refiner
     taken = []  # every step the pipelines really ran, numbered across the job

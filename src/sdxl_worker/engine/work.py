@@ -1,0 +1,29 @@
+"""The work a job asks for, against the worker's budget, before anything runs.
+
+Work is counted in units of one UNet call on one 1024x1024 image: the output's pixels (as a
+fraction of 1024x1024) x images x model calls, both stages. Model calls are the denoising loop's
+iterations as the schedulers will really run them (Heun and KDPM2 call the model twice per step,
+PNDM runs one step more), doubled by classifier-free guidance, which runs every call on a batch
+twice the size. Each ControlNet adds half a call to every base step: diffusers runs it beside
+the UNet at every step (outside its start/end only its scale is zero), and an SDXL ControlNet is
+the UNet's encoder half. A job whose ``model`` must be loaded first adds the switch's work
+(sdxl_worker.engine.switch.SWITCH_WORK). A job over ``MAX_JOB_WORK`` units is refused by the check pass
+(runtime/checks.py), with the sum shown.
+"""
+
+from __future__ import annotations
+
+REFERENCE_PIXELS = 1024 * 1024
+CONTROLNET_CALL = 0.5  # one SDXL ControlNet call, in UNet calls
+
+
+def model_calls(steps: dict[str, int], guidance_scale: float, controlnets: int = 0) -> float:
+    """UNet calls per image for the whole job, ControlNet calls counted at CONTROLNET_CALL each on
+    the base's steps; guidance above 1 doubles each (diffusers' CFG rule)."""
+    calls = sum(steps.values()) + steps.get("base", 0) * CONTROLNET_CALL * controlnets
+    return calls * (2 if guidance_scale > 1 else 1)
+
+
+def job_work(steps: dict[str, int], width: int, height: int, images: int, guidance_scale: float,
+             controlnets: int = 0) -> float:
+    return width * height / REFERENCE_PIXELS * images * model_calls(steps, guidance_scale, controlnets)
