@@ -57,6 +57,39 @@ def _variable(name: str, part: str, default: str, accepted: str, meaning: str) -
     VARIABLES.append(Variable(name, part, default, accepted, meaning))
 
 
+@dataclass(frozen=True)
+class Number:
+    """A numeric variable, declared once: its doc row, its dataclass default and its parser's bounds
+    all come from here."""
+
+    name: str
+    default: float
+    low: float
+    high: float
+    integer: bool = False
+
+
+def _number(name: str, part: str, default: float, low: float, high: float, unit: str, meaning: str,
+            integer: bool = False, shown: str | None = None, accepted: str | None = None) -> Number:
+    """Declare a number: ``shown`` is how the doc shows its default (else the number), ``accepted``
+    what it says is accepted (else the unit and the range)."""
+    _variable(name, part, shown or f"{default:g}", accepted or f"{unit}, {low:g}-{high:g}", meaning)
+    return Number(name, int(default) if integer else default, low, high, integer)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A yes/no variable, declared once."""
+
+    name: str
+    default: bool
+
+
+def _flag(name: str, part: str, default: bool, meaning: str, shown: str | None = None) -> Flag:
+    _variable(name, part, shown or ("1" if default else "0"), "yes/no", meaning)
+    return Flag(name, default)
+
+
 # --- the parsers: one per kind of value ---
 
 
@@ -79,10 +112,10 @@ class _Reader:
         value = self.raw(name) if name in self.env else (default or "")
         return None if value.lower() in OFF else value
 
-    def flag(self, name: str, default: bool) -> bool:
-        value = self.raw(name).lower()
+    def flag(self, declared: Flag) -> bool:
+        name, value = declared.name, self.raw(declared.name).lower()
         if not value:
-            return default
+            return declared.default
         if value in YES:
             return True
         if value in NO:
@@ -100,7 +133,9 @@ class _Reader:
             return False
         raise ConfigError(f"{name}={value[:40]!r} is not auto, 1 (on) or 0 (off).")
 
-    def number(self, name: str, default: float, low: float, high: float, integer: bool = False) -> float:
+    def number(self, declared: Number) -> float:
+        name, default, low, high, integer = (declared.name, declared.default, declared.low, declared.high,
+                                             declared.integer)
         text = self.raw(name)
         if not text:
             return default
@@ -144,8 +179,8 @@ _variable("BASE_MODEL", "models", DEFAULT_BASE, "hub id, folder (diffusers layou
 _variable("BASE_MODELS", "models", "unset (BASE_MODEL alone, named `default`)",
           "`name=source,...`, each source as BASE_MODEL takes it",
           "the checkpoints a job may pick with `model`; the first is the default and is loaded at start")
-_variable("MODELS_KEPT", "models", "1", "1-8", "how many of BASE_MODELS stay loaded; the least recently used is "
-          "evicted and its memory freed")
+MODELS_KEPT = _number("MODELS_KEPT", "models", 1, 1, 8, "checkpoints", "how many of BASE_MODELS stay loaded; the least "
+                      "recently used is evicted and its memory freed", integer=True)
 _variable("CONTROLNET_MODELS", "models", "unset (none)", "`name=source,...`, each a hub id or folder of an SDXL "
           "ControlNet", "the ControlNets a job may name in `controlnets`; loaded at start, shared by every job; "
           "as a build argument, baked into the image")
@@ -172,10 +207,10 @@ _variable("TAESD_MODEL", "models", f"unset ({DEFAULT_TAESD} in the Docker image)
           "TAESDXL for sharper previews; unset: the linear projection")
 _variable("DEVICE", "models", "`cuda` when available, else `cpu`", "a torch device", "where the models run")
 _variable("DTYPE", "models", "float16 on CUDA, float32 on CPU", "float16, bfloat16, float32", "the weights' type")
-_variable("CPU_OFFLOAD", "models", "0", "yes/no", "move idle components to the CPU (cards under 16 GB; slower)")
+CPU_OFFLOAD = _flag("CPU_OFFLOAD", "models", False, "move idle components to the CPU (cards under 16 GB; slower)")
 _variable("TINY_MODEL_DIR", "models", "~/.cache/sdxl-worker", "a folder", "where the tiny model is saved once")
-_variable("HF_HUB_OFFLINE", "models", "0 (1 in the Docker image)", "yes/no",
-          "huggingface_hub's own: hub ids (models, LoRAs) only from the hub's cache, never downloaded")
+HF_HUB_OFFLINE = _flag("HF_HUB_OFFLINE", "models", False, "huggingface_hub's own: hub ids (models, LoRAs) only "
+                       "from the hub's cache, never downloaded", shown="0 (1 in the Docker image)")
 
 
 @dataclass(frozen=True)
@@ -186,7 +221,7 @@ class ModelSettings:
     refiner: str | None = DEFAULT_REFINER
     vae: str | None = DEFAULT_VAE  # None: the base checkpoint's own VAE
     device: str | None = None  # None: cuda when available, else cpu
-    cpu_offload: bool = False
+    cpu_offload: bool = CPU_OFFLOAD.default
     dtype: str | None = None  # None: fp16 on CUDA, fp32 on CPU
     taesd: str | None = None  # None: linear previews
     tiny_dir: Path | None = None  # None: ~/.cache/sdxl-worker
@@ -194,12 +229,12 @@ class ModelSettings:
     refiner_checkpoint_config: str = DEFAULT_REFINER  # a single-file refiner's
     runpod_cache: Path = Path(RUNPOD_MODEL_CACHE)  # RunPod's cached models, when the folder exists
     choices: tuple[tuple[str, str], ...] = ((DEFAULT_MODEL_NAME, DEFAULT_BASE),)  # BASE_MODELS: (name, source)
-    kept: int = 1  # MODELS_KEPT: how many of them stay loaded
+    kept: int = MODELS_KEPT.default  # how many of them stay loaded
     controlnets: tuple[tuple[str, str], ...] = ()  # CONTROLNET_MODELS: (name, source)
     ip_adapter: str | None = None  # IP_ADAPTER_MODEL: a hub id or folder; None: none
     ip_adapter_weight: str = DEFAULT_IP_ADAPTER_WEIGHT  # IP_ADAPTER_WEIGHT: subfolder/file inside it
     ip_adapter_encoder: str | None = None  # IP_ADAPTER_ENCODER: its folder inside it; None: beside the weight
-    hub_offline: bool = False  # HF_HUB_OFFLINE: hub ids only from the hub's cache
+    hub_offline: bool = HF_HUB_OFFLINE.default  # hub ids only from the hub's cache
     hub_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "huggingface" / "hub")
 
 
@@ -213,7 +248,7 @@ def _models(read: _Reader) -> ModelSettings:
         refiner=read.model("REFINER_MODEL", DEFAULT_REFINER),
         vae=None if vae is None or vae.lower() == "base" else vae,
         device=read.text("DEVICE"),
-        cpu_offload=read.flag("CPU_OFFLOAD", False),
+        cpu_offload=read.flag(CPU_OFFLOAD),
         dtype=read.choice("DTYPE", "", ("", "float16", "bfloat16", "float32")) or None,
         taesd=read.model("TAESD_MODEL", None),
         tiny_dir=Path(read.text("TINY_MODEL_DIR")) if read.text("TINY_MODEL_DIR") else None,
@@ -222,12 +257,12 @@ def _models(read: _Reader) -> ModelSettings:
                                             "tiny" if checkpoint_config == "tiny" else DEFAULT_REFINER),
         runpod_cache=Path(read.text("RUNPOD_MODEL_CACHE", RUNPOD_MODEL_CACHE)),
         choices=choices,
-        kept=int(read.number("MODELS_KEPT", 1, 1, 8, integer=True)),
+        kept=int(read.number(MODELS_KEPT)),
         controlnets=_named_sources(read, "CONTROLNET_MODELS"),
         ip_adapter=read.model("IP_ADAPTER_MODEL", None),
         ip_adapter_weight=read.text("IP_ADAPTER_WEIGHT", DEFAULT_IP_ADAPTER_WEIGHT),
         ip_adapter_encoder=read.text("IP_ADAPTER_ENCODER"),
-        hub_offline=read.flag("HF_HUB_OFFLINE", False),
+        hub_offline=read.flag(HF_HUB_OFFLINE),
         hub_cache=_hub_cache(read.env),
     )
 
@@ -255,7 +290,7 @@ _variable("HOST_TIMESTEPS", "speed", "auto (on with CUDA)", "auto, 1, 0", "sched
 _variable("VAE_UPCAST", "speed", "auto (off with the fp16-fix VAE)", "auto, 1, 0", "decode in fp32")
 _variable("ATTENTION", "speed", "auto (cudnn on CUDA when it works, else sdpa)", "auto, sdpa, cudnn, classic",
           "the attention kernels")
-_variable("COMPILE", "speed", "0", "yes/no", "torch.compile the UNets' transformer blocks (minutes of start-up)")
+COMPILE = _flag("COMPILE", "speed", False, "torch.compile the UNets' transformer blocks (minutes of start-up)")
 _variable("COMPILE_MODE", "speed", "unset", "a torch.compile mode", "e.g. max-autotune-no-cudagraphs")
 _variable("COMPILE_CACHE_DIR", "speed", "/runpod-volume/.cache/... or ~/.cache/...", "a folder",
           "compiled kernels, kept between starts (TORCHINDUCTOR_CACHE_DIR also works)")
@@ -272,7 +307,7 @@ class SpeedSettings:
     host_timesteps: bool | None = None
     vae_upcast: bool | None = None
     attention: str = "auto"
-    compile: bool = False
+    compile: bool = COMPILE.default
     compile_mode: str | None = None
     compile_cache_dir: str | None = None
     warmup: bool | None = None
@@ -286,7 +321,7 @@ def _speed(read: _Reader) -> SpeedSettings:
         host_timesteps=read.auto_flag("HOST_TIMESTEPS"),
         vae_upcast=read.auto_flag("VAE_UPCAST"),
         attention=read.choice("ATTENTION", "auto", ("auto", "sdpa", "cudnn", "classic")),
-        compile=read.flag("COMPILE", False),
+        compile=read.flag(COMPILE),
         compile_mode=read.text("COMPILE_MODE"),
         compile_cache_dir=read.text("TORCHINDUCTOR_CACHE_DIR") or read.text("COMPILE_CACHE_DIR"),
         warmup=read.auto_flag("WARMUP"),
@@ -294,50 +329,56 @@ def _speed(read: _Reader) -> SpeedSettings:
     )
 
 
-_variable("ALLOW_PRIVATE_URLS", "fetch", "0", "yes/no", "allow loopback and private addresses (local testing only)")
-_variable("FETCH_CONNECT_TIMEOUT", "fetch", "5", "seconds, 0.1-120", "to open a connection")
-_variable("FETCH_READ_TIMEOUT", "fetch", "10", "seconds, 0.1-600", "the longest a server may stay silent")
-_variable("FETCH_TOTAL_TIMEOUT", "fetch", "30", "seconds, 0.1-3600", "a whole download, redirects included")
-_variable("FETCH_MAX_BYTES", "fetch", "20000000 (20 MB)", "bytes", "per download or base64 payload")
-_variable("MAX_IMAGE_PIXELS", "fetch", "16777216 (4096 x 4096)", "pixels", "in an input image, read from its header")
+ALLOW_PRIVATE_URLS = _flag("ALLOW_PRIVATE_URLS", "fetch", False,
+                           "allow loopback and private addresses (local testing only)")
+FETCH_CONNECT_TIMEOUT = _number("FETCH_CONNECT_TIMEOUT", "fetch", 5, 0.1, 120, "seconds", "to open a connection")
+FETCH_READ_TIMEOUT = _number("FETCH_READ_TIMEOUT", "fetch", 10, 0.1, 600, "seconds",
+                             "the longest a server may stay silent")
+FETCH_TOTAL_TIMEOUT = _number("FETCH_TOTAL_TIMEOUT", "fetch", 30, 0.1, 3600, "seconds",
+                              "a whole download, redirects included")
+FETCH_MAX_BYTES = _number("FETCH_MAX_BYTES", "fetch", 20_000_000, 1, 2**40, "bytes", "per download or base64 payload",
+                          integer=True, shown="20000000 (20 MB)", accepted="bytes")
+MAX_IMAGE_PIXELS = _number("MAX_IMAGE_PIXELS", "fetch", 4096 * 4096, 1, 2**40, "pixels",
+                           "in an input image, read from its header", integer=True,
+                           shown="16777216 (4096 x 4096)", accepted="pixels")
 
 
 @dataclass(frozen=True)
 class FetchSettings:
     """Limits on everything fetched: input images, masks, LoRA files."""
 
-    max_bytes: int = 20_000_000
-    connect_timeout: float = 5.0
-    read_timeout: float = 10.0
-    total_timeout: float = 30.0
-    allow_private: bool = False
-    max_image_pixels: int = 4096 * 4096
+    max_bytes: int = FETCH_MAX_BYTES.default
+    connect_timeout: float = FETCH_CONNECT_TIMEOUT.default
+    read_timeout: float = FETCH_READ_TIMEOUT.default
+    total_timeout: float = FETCH_TOTAL_TIMEOUT.default
+    allow_private: bool = ALLOW_PRIVATE_URLS.default
+    max_image_pixels: int = MAX_IMAGE_PIXELS.default
 
 
 def _fetch(read: _Reader) -> FetchSettings:
-    defaults = FetchSettings()
     return FetchSettings(
-        max_bytes=int(read.number("FETCH_MAX_BYTES", defaults.max_bytes, 1, 2**40, integer=True)),
-        connect_timeout=read.number("FETCH_CONNECT_TIMEOUT", defaults.connect_timeout, 0.1, 120),
-        read_timeout=read.number("FETCH_READ_TIMEOUT", defaults.read_timeout, 0.1, 600),
-        total_timeout=read.number("FETCH_TOTAL_TIMEOUT", defaults.total_timeout, 0.1, 3600),
-        allow_private=read.flag("ALLOW_PRIVATE_URLS", False),
-        max_image_pixels=int(read.number("MAX_IMAGE_PIXELS", defaults.max_image_pixels, 1, 2**40, integer=True)),
+        max_bytes=int(read.number(FETCH_MAX_BYTES)),
+        connect_timeout=read.number(FETCH_CONNECT_TIMEOUT),
+        read_timeout=read.number(FETCH_READ_TIMEOUT),
+        total_timeout=read.number(FETCH_TOTAL_TIMEOUT),
+        allow_private=read.flag(ALLOW_PRIVATE_URLS),
+        max_image_pixels=int(read.number(MAX_IMAGE_PIXELS)),
     )
 
 
 _variable("LORA_DIR", "loras", "unset", "a folder", "the one folder local LoRA paths may point into; unset: none")
 _variable("LORA_CACHE_DIR", "loras", "~/.cache/sdxl-worker/loras", "a folder", "downloaded LoRAs")
-_variable("LORA_CACHE_MB", "loras", "4096", "MB", "size cap of that folder, least recently used deleted first")
-_variable("LORA_MAX_MB", "loras", "1024", "MB", "the largest LoRA file accepted")
+LORA_CACHE_MB = _number("LORA_CACHE_MB", "loras", 4096, 0, 2**30, "MB",
+                        "size cap of that folder, least recently used deleted first", accepted="MB")
+LORA_MAX_MB = _number("LORA_MAX_MB", "loras", 1024, 0, 2**20, "MB", "the largest LoRA file accepted", accepted="MB")
 
 
 @dataclass(frozen=True)
 class LoraSettings:
     dir: Path | None = None
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "sdxl-worker" / "loras")
-    cache_mb: float = 4096
-    max_mb: float = 1024
+    cache_mb: float = LORA_CACHE_MB.default
+    max_mb: float = LORA_MAX_MB.default
 
 
 def _loras(read: _Reader) -> LoraSettings:
@@ -346,35 +387,37 @@ def _loras(read: _Reader) -> LoraSettings:
     return LoraSettings(
         dir=Path(root).resolve() if root else None,
         cache_dir=Path(cache) if cache else LoraSettings().cache_dir,
-        cache_mb=read.number("LORA_CACHE_MB", 4096, 0, 2**30),
-        max_mb=read.number("LORA_MAX_MB", 1024, 0, 2**20),
+        cache_mb=read.number(LORA_CACHE_MB),
+        max_mb=read.number(LORA_MAX_MB),
     )
 
 
-_variable("MAX_JOB_WORK", "jobs", "6000", "a positive number", "units of work per job (docs/security.md)")
-_variable("INLINE_LIMIT_MB", "jobs", "10", "MB",
-          "a job's whole output, previews and final payload together (RunPod's /run limit)")
-_variable("JOB_TIMEOUT_S", "jobs", "unset (no limit of the worker's own)", "seconds, 1-86400",
-          "a job running longer is stopped within one step and answered with an error")
-_variable("CONCURRENCY", "jobs", "1", "1-4", "jobs in flight at once on RunPod; the pipelines still run one at a time")
+# About 6,000 UNet calls at 1024x1024: 180 s at 30 ms a call on an H100-class GPU with plain
+# diffusers fp16 (see docs/security.md for the arithmetic).
+MAX_JOB_WORK = _number("MAX_JOB_WORK", "jobs", 6000.0, 1e-9, 1e12, "units",
+                       "units of work per job (docs/security.md)", accepted="a positive number")
+INLINE_LIMIT_MB = _number("INLINE_LIMIT_MB", "jobs", 10.0, 0.001, 1e6, "MB", "a job's whole output, previews and "
+                          "final payload together (RunPod's /run limit)", accepted="MB")
+JOB_TIMEOUT_S = _number("JOB_TIMEOUT_S", "jobs", 0, 1, 86400, "seconds", "a job running longer is stopped within "
+                        "one step and answered with an error", shown="unset (no limit of the worker's own)")
+CONCURRENCY = _number("CONCURRENCY", "jobs", 1, 1, 4, "jobs", "jobs in flight at once on RunPod; the pipelines "
+                      "still run one at a time", integer=True)
 
 
 @dataclass(frozen=True)
 class JobSettings:
-    # About 6,000 UNet calls at 1024x1024: 180 s at 30 ms a call on an H100-class GPU with plain
-    # diffusers fp16 (see docs/security.md for the arithmetic).
-    max_job_work: float = 6000.0
-    inline_limit_mb: float = 10.0
+    max_job_work: float = MAX_JOB_WORK.default
+    inline_limit_mb: float = INLINE_LIMIT_MB.default
     timeout_s: float | None = None  # None: only the platform's execution timeout
-    concurrency: int = 1  # docs/runpod.md: 2 overlaps one job's delivery with the next one's denoising
+    concurrency: int = CONCURRENCY.default  # docs/runpod.md: 2 overlaps one job's delivery with the next one's denoising
 
 
 def _jobs(read: _Reader) -> JobSettings:
     return JobSettings(
-        max_job_work=read.number("MAX_JOB_WORK", 6000.0, 1e-9, 1e12),
-        inline_limit_mb=read.number("INLINE_LIMIT_MB", 10.0, 0.001, 1e6),
-        timeout_s=read.number("JOB_TIMEOUT_S", 0, 1, 86400) or None,
-        concurrency=int(read.number("CONCURRENCY", 1, 1, 4, integer=True)),
+        max_job_work=read.number(MAX_JOB_WORK),
+        inline_limit_mb=read.number(INLINE_LIMIT_MB),
+        timeout_s=read.number(JOB_TIMEOUT_S) or None,
+        concurrency=int(read.number(CONCURRENCY)),
     )
 
 
@@ -385,13 +428,21 @@ for _name, _meaning in (("BUCKET_ENDPOINT_URL", "S3-compatible endpoint, http(s)
     _variable(_name, "storage", "unset", "text", _meaning + "; all four or none")
 _variable("BUCKET_REGION", "storage", "unset", "text", "the region, where the store needs one")
 _variable("BUCKET_KEY_PREFIX", "storage", "unset", "text", "a prefix for every object key")
-_variable("BUCKET_PATH_STYLE", "storage", "0", "yes/no", "path-style URLs (MinIO and the like)")
-_variable("BUCKET_URL_LIFETIME_S", "storage", str(MAX_URL_LIFETIME_S), f"1-{MAX_URL_LIFETIME_S}", "presigned URLs' life")
-_variable("BUCKET_UPLOAD_ATTEMPTS", "storage", "4", "1-10", "attempts per upload")
-_variable("BUCKET_RETRY_DELAY_S", "storage", "1", "0-10", "first wait between attempts, doubled each time")
-_variable("BUCKET_CONNECT_TIMEOUT_S", "storage", "5", "0.1-10", "to connect to the store")
-_variable("BUCKET_READ_TIMEOUT_S", "storage", "20", "0.1-30", "the store's longest silence")
-_variable("BUCKET_UPLOAD_DEADLINE_S", "storage", "60", "0-60", "no new attempt after this")
+BUCKET_PATH_STYLE = _flag("BUCKET_PATH_STYLE", "storage", False, "path-style URLs (MinIO and the like)")
+BUCKET_URL_LIFETIME_S = _number("BUCKET_URL_LIFETIME_S", "storage", MAX_URL_LIFETIME_S, 1, MAX_URL_LIFETIME_S,
+                                "seconds", "presigned URLs' life", integer=True)
+# Fault handling: attempts x (connect + read timeout) plus backoff, cut off by the deadline,
+# keeps the worst case (storage hanging) near 85 s: the job still answers within 2 minutes.
+BUCKET_UPLOAD_ATTEMPTS = _number("BUCKET_UPLOAD_ATTEMPTS", "storage", 4, 1, 10, "attempts", "attempts per upload",
+                                 integer=True)
+BUCKET_RETRY_DELAY_S = _number("BUCKET_RETRY_DELAY_S", "storage", 1.0, 0, 10, "seconds",
+                               "first wait between attempts, doubled each time (with jitter)")
+BUCKET_CONNECT_TIMEOUT_S = _number("BUCKET_CONNECT_TIMEOUT_S", "storage", 5.0, 0.1, 10, "seconds",
+                                   "to connect to the store")
+BUCKET_READ_TIMEOUT_S = _number("BUCKET_READ_TIMEOUT_S", "storage", 20.0, 0.1, 30, "seconds",
+                                "the store's longest silence")
+BUCKET_UPLOAD_DEADLINE_S = _number("BUCKET_UPLOAD_DEADLINE_S", "storage", 60.0, 0, 60, "seconds",
+                                   "no new attempt starts later than this after the first")
 
 
 @dataclass(frozen=True)
@@ -402,15 +453,13 @@ class StorageSettings:
     bucket: str
     region: str | None = None
     key_prefix: str = ""
-    path_style: bool = False
-    url_lifetime_s: int = MAX_URL_LIFETIME_S
-    # Fault handling: attempts x (connect + read timeout) plus backoff, cut off by the deadline,
-    # keeps the worst case (storage hanging) near 85 s: the job still answers within 2 minutes.
-    attempts: int = 4
-    retry_delay_s: float = 1.0  # doubled after each failed attempt, with jitter
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 20.0
-    deadline_s: float = 60.0  # no new attempt starts later than this after the first
+    path_style: bool = BUCKET_PATH_STYLE.default
+    url_lifetime_s: int = BUCKET_URL_LIFETIME_S.default
+    attempts: int = BUCKET_UPLOAD_ATTEMPTS.default
+    retry_delay_s: float = BUCKET_RETRY_DELAY_S.default
+    connect_timeout_s: float = BUCKET_CONNECT_TIMEOUT_S.default
+    read_timeout_s: float = BUCKET_READ_TIMEOUT_S.default
+    deadline_s: float = BUCKET_UPLOAD_DEADLINE_S.default
 
 
 def _storage(read: _Reader) -> StorageSettings | None:
@@ -434,13 +483,13 @@ def _storage(read: _Reader) -> StorageSettings | None:
         bucket=values["BUCKET_NAME"],
         region=read.text("BUCKET_REGION"),
         key_prefix=read.raw("BUCKET_KEY_PREFIX").strip("/"),
-        path_style=read.flag("BUCKET_PATH_STYLE", False),
-        url_lifetime_s=int(read.number("BUCKET_URL_LIFETIME_S", MAX_URL_LIFETIME_S, 1, MAX_URL_LIFETIME_S, integer=True)),
-        attempts=int(read.number("BUCKET_UPLOAD_ATTEMPTS", 4, 1, 10, integer=True)),
-        retry_delay_s=read.number("BUCKET_RETRY_DELAY_S", 1.0, 0, 10),
-        connect_timeout_s=read.number("BUCKET_CONNECT_TIMEOUT_S", 5.0, 0.1, 10),
-        read_timeout_s=read.number("BUCKET_READ_TIMEOUT_S", 20.0, 0.1, 30),
-        deadline_s=read.number("BUCKET_UPLOAD_DEADLINE_S", 60.0, 0, 60),
+        path_style=read.flag(BUCKET_PATH_STYLE),
+        url_lifetime_s=int(read.number(BUCKET_URL_LIFETIME_S)),
+        attempts=int(read.number(BUCKET_UPLOAD_ATTEMPTS)),
+        retry_delay_s=read.number(BUCKET_RETRY_DELAY_S),
+        connect_timeout_s=read.number(BUCKET_CONNECT_TIMEOUT_S),
+        read_timeout_s=read.number(BUCKET_READ_TIMEOUT_S),
+        deadline_s=read.number(BUCKET_UPLOAD_DEADLINE_S),
     )
 
 
@@ -456,8 +505,8 @@ _variable("BASE_MODEL_URL", "build", "unset", "an http(s) URL",
           "build time: a single-file checkpoint to download to BASE_MODEL's path (docs/checkpoints.md)")
 _variable("PRESETS", "build", "unset (none)", "preset names, comma-separated, or `all`",
           "build time: bake the weights of these fast presets (docs/checkpoints.md#fast-presets)")
-_variable("BASE_MODEL_MAX_GB", "build", "16", "a number of GB, 1 to 100",
-          "build time: the largest BASE_MODEL_URL download accepted (an fp32 SDXL checkpoint is about 14 GB)")
+BASE_MODEL_MAX_GB = _number("BASE_MODEL_MAX_GB", "build", 16, 1, 100, "GB", "build time: the largest BASE_MODEL_URL "
+                            "download accepted (an fp32 SDXL checkpoint is about 14 GB)")
 _variable("MODEL_TOKEN", "build", "unset", "text", "build time, outside Docker: the site's token (in Docker: the "
           "build secret `model_token`)")
 
@@ -467,7 +516,7 @@ class BuildSettings:
     """What only the image builder reads."""
 
     base_model_url: str | None = None
-    base_model_max_bytes: int = 16 * 10**9
+    base_model_max_bytes: int = int(BASE_MODEL_MAX_GB.default * 10**9)
     presets: tuple[str, ...] = ()  # PRESETS: the fast presets whose weights to bake, or ("all",)
     model_token: str | None = field(default=None, repr=False)
 
@@ -476,7 +525,7 @@ def build(env: Mapping[str, str] | None = None) -> BuildSettings:
     read = _reader(env)
     # Names only: the builder checks them against the preset table (sdxl_worker.request.presets).
     asked = tuple(dict.fromkeys(name.strip().lower() for name in read.raw("PRESETS").split(",") if name.strip()))
-    max_gb = read.number("BASE_MODEL_MAX_GB", 16, 1, 100)
+    max_gb = read.number(BASE_MODEL_MAX_GB)
     return BuildSettings(base_model_url=read.text("BASE_MODEL_URL"), presets=asked,
                          base_model_max_bytes=int(max_gb * 10**9),
                          model_token=read.text("MODEL_TOKEN"))
@@ -518,7 +567,7 @@ _variable("HANDLER_MODE", "runtime", "stream", "stream, single",
           "`stream`: a generator handler, previews then the result as the output list's last item; `single`: "
           "the output is the result itself, worker-sdxl's shape, and previews are refused (docs/runpod.md)")
 _variable("LOG_LEVEL", "runtime", "INFO", "DEBUG, INFO, WARNING, ERROR", "the worker's log level")
-_variable("PREFETCH", "runtime", "1", "yes/no", "the cold-start helper that reads files ahead of need")
+PREFETCH = _flag("PREFETCH", "runtime", True, "the cold-start helper that reads files ahead of need")
 _variable("START_FILES", "runtime", "share/sdxl-worker/start-files.txt under the Python prefix", "a file",
           "the files a start opens, recorded at build time")
 
@@ -527,7 +576,7 @@ _variable("START_FILES", "runtime", "share/sdxl-worker/start-files.txt under the
 class RuntimeSettings:
     handler_mode: str = "stream"  # HANDLER_MODE: stream | single
     log_level: str = "INFO"
-    prefetch: bool = True
+    prefetch: bool = PREFETCH.default
     start_files: Path = field(default_factory=lambda: Path(sys.prefix) / "share" / "sdxl-worker" / "start-files.txt")
 
 
@@ -536,7 +585,7 @@ def _runtime(read: _Reader) -> RuntimeSettings:
     return RuntimeSettings(
         handler_mode=read.choice("HANDLER_MODE", "stream", ("stream", "single")),
         log_level=read.choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")).upper(),
-        prefetch=read.flag("PREFETCH", True),
+        prefetch=read.flag(PREFETCH),
         start_files=Path(start_files) if start_files else RuntimeSettings().start_files,
     )
 

@@ -106,3 +106,28 @@ def test_docs_configuration_holds_the_generated_table():
     assert table and table.group(1).strip() == config.markdown_table().strip(), \
         "run: python -m sdxl_worker.config, paste into docs/configuration.md"
     assert len(config.VARIABLES) == len({v.name for v in config.VARIABLES}) >= 40
+
+
+def test_each_number_is_declared_once_and_its_doc_row_default_and_bounds_agree():
+    """The doc table, the settings' defaults and the parser's bounds all come from one declaration:
+    a bound moved in the declaration moves everywhere."""
+    numbers = {value.name: value for value in vars(config).values() if isinstance(value, config.Number)}
+    assert {"FETCH_CONNECT_TIMEOUT", "LORA_MAX_MB", "MAX_JOB_WORK", "BUCKET_UPLOAD_ATTEMPTS"} <= set(numbers)
+    rows = {variable.name: variable for variable in config.VARIABLES}
+    bucket = {name: "x" for name in config.STORAGE_REQUIRED} | {"BUCKET_ENDPOINT_URL": "https://s3.example.com"}
+    for name, number in numbers.items():
+        assert name in rows, name
+        if any(character.isdigit() for character in rows[name].accepted):  # a printed range is the parser's
+            assert f"{number.low:g}-{number.high:g}" in rows[name].accepted, name
+        env = dict(bucket) if name.startswith("BUCKET_") else {}
+        read = config.build if rows[name].part == "build" else config.load  # the image builder's own
+        just_over = number.high + (1 if number.integer else number.high * 0.01 + 0.01)
+        with pytest.raises(config.ConfigError, match=name):
+            read({**env, name: str(just_over)})
+        read({**env, name: str(int(number.high) if number.integer else number.high)})  # the top is allowed
+    # Unset, each setting is its declared default: written here, not read from the declarations.
+    settings = config.load({**bucket})
+    assert (settings.fetch.connect_timeout, settings.fetch.read_timeout, settings.fetch.total_timeout) == (5, 10, 30)
+    assert (settings.fetch.max_bytes, settings.loras.max_mb, settings.loras.cache_mb) == (20_000_000, 1024, 4096)
+    assert (settings.jobs.max_job_work, settings.jobs.inline_limit_mb, settings.jobs.concurrency) == (6000, 10, 1)
+    assert (settings.storage.attempts, settings.storage.deadline_s, settings.storage.read_timeout_s) == (4, 60, 20)

@@ -38,6 +38,34 @@ _IMAGE = {
     "default": None,
 }
 
+
+
+def _one_of(choices: list, default, description, unset_allowed: bool = False) -> dict:
+    """A name from a list (a scheduler, a task, a format); ``unset_allowed``: null too, the default."""
+    return {
+        "type": ["string", "null"] if unset_allowed else "string",
+        "enum": [*choices, None] if unset_allowed else list(choices),
+        "maxLength": MAX_NAME_CHARS,
+        "default": default,
+        "description": description,
+    }
+
+
+def _output_side(which: str) -> dict:
+    """'width' or 'height': the same range, step and rule for each."""
+    return {
+        "type": ["integer", "null"],
+        "minimum": 256,
+        "maximum": 2048,
+        "multipleOf": 8,
+        "default": None,
+        "description": (
+            f"Output {which} in pixels, a multiple of 8. Unset: 1024, or from the input image, scaled "
+            "into this range keeping its aspect ratio."
+        ),
+    }
+
+
 INPUT_SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "SDXL worker job input",
@@ -60,28 +88,8 @@ INPUT_SCHEMA: dict = {
                 "base, as in diffusers; `\"\"` is encoded like any text and gives another image."
             ),
         },
-        "width": {
-            "type": ["integer", "null"],
-            "minimum": 256,
-            "maximum": 2048,
-            "multipleOf": 8,
-            "default": None,
-            "description": (
-                "Output width in pixels, a multiple of 8. Unset: 1024, or from the input image, scaled "
-                "into this range keeping its aspect ratio."
-            ),
-        },
-        "height": {
-            "type": ["integer", "null"],
-            "minimum": 256,
-            "maximum": 2048,
-            "multipleOf": 8,
-            "default": None,
-            "description": (
-                "Output height in pixels, a multiple of 8. Unset: 1024, or from the input image, scaled "
-                "into this range keeping its aspect ratio."
-            ),
-        },
+        "width": _output_side("width"),
+        "height": _output_side("height"),
         "num_images": {
             "type": "integer",
             "minimum": 1,
@@ -97,13 +105,8 @@ INPUT_SCHEMA: dict = {
             "description": "Seed of the first image. Unset: a random one, returned in the output.",
         },
         # --- how to denoise ---
-        "scheduler": {
-            "type": "string",
-            "enum": SCHEDULERS,
-            "maxLength": MAX_NAME_CHARS,
-            "default": "DDIM",
-            "description": "Sampler, built fresh for each job; the refiner uses the same kind.",
-        },
+        "scheduler": _one_of(SCHEDULERS, "DDIM",
+            "Sampler, built fresh for each job; the refiner uses the same kind."),
         "num_inference_steps": {
             "type": "integer",
             "minimum": 1,
@@ -119,17 +122,11 @@ INPUT_SCHEMA: dict = {
             "description": "Classifier-free guidance; reaches the base and the refiner.",
         },
         # --- the refiner ---
-        "refine": {
-            "type": ["string", "null"],
-            "enum": REFINE_MODES + [None],
-            "maxLength": MAX_NAME_CHARS,
-            "default": None,
-            "description": (
-                "How the refiner runs after the base. Unset: `base_image_refiner`, or "
-                "`expert_ensemble_refiner` when `high_noise_frac` is set; `no_refiner` when the "
-                "worker has no refiner."
-            ),
-        },
+        "refine": _one_of(REFINE_MODES, None, (
+            "How the refiner runs after the base. Unset: `base_image_refiner`, or "
+            "`expert_ensemble_refiner` when `high_noise_frac` is set; `no_refiner` when the "
+            "worker has no refiner."
+        ), unset_allowed=True),
         "high_noise_frac": {
             "type": ["number", "null"],
             "exclusiveMinimum": 0,
@@ -159,16 +156,10 @@ INPUT_SCHEMA: dict = {
             ),
         },
         # --- input images ---
-        "task": {
-            "type": ["string", "null"],
-            "enum": TASKS + [None],
-            "maxLength": MAX_NAME_CHARS,
-            "default": None,
-            "description": (
-                "`txt2img`, `img2img` (`image` through the base), `inpaint` (`image` and `mask`) or "
-                "`refine` (refiner only). Unset: decided by which of `image`, `mask` and `image_url` are given."
-            ),
-        },
+        "task": _one_of(TASKS, None, (
+            "`txt2img`, `img2img` (`image` through the base), `inpaint` (`image` and `mask`) or "
+            "`refine` (refiner only). Unset: decided by which of `image`, `mask` and `image_url` are given."
+        ), unset_allowed=True),
         "image": {
             **_IMAGE,
             "description": "Input image for img2img: an http(s) URL, a data URL or bare base64.",
@@ -215,13 +206,8 @@ INPUT_SCHEMA: dict = {
             "default": 256,
             "description": "Preview size in pixels on its longer side; the aspect ratio is kept.",
         },
-        "preview_format": {
-            "type": "string",
-            "enum": ["jpeg", "webp"],
-            "maxLength": 16,
-            "default": "jpeg",
-            "description": "Preview image format, sent as a data URL.",
-        },
+        "preview_format": _one_of(["jpeg", "webp"], "jpeg",
+            "Preview image format, sent as a data URL."),
         "preview_quality": {
             "type": "integer",
             "minimum": 1,
@@ -303,24 +289,13 @@ INPUT_SCHEMA: dict = {
                 "Switching loads it (the time is in `timings.model_switch`)."
             ),
         },
-        "preset": {
-            "type": ["string", "null"],
-            "enum": [*presets.PRESETS, None],
-            "maxLength": MAX_NAME_CHARS,
-            "default": None,
-            "description": (
-                "A few-step method: sets the scheduler, steps and guidance it needs and turns the refiner off "
-                "(docs/checkpoints.md#fast-presets). Inputs that would break it are refused."
-            ),
-        },
+        "preset": _one_of(list(presets.PRESETS), None, (
+            "A few-step method: sets the scheduler, steps and guidance it needs and turns the refiner off "
+            "(docs/checkpoints.md#fast-presets). Inputs that would break it are refused."
+        ), unset_allowed=True),
         # --- delivery (issue 6) ---
-        "output_format": {
-            "type": "string",
-            "enum": ["png", "jpeg", "webp"],
-            "maxLength": 16,
-            "default": "png",
-            "description": "File format of the images: `png` (lossless), `jpeg` or `webp` (lossy, see `output_quality`).",
-        },
+        "output_format": _one_of(["png", "jpeg", "webp"], "png",
+            "File format of the images: `png` (lossless), `jpeg` or `webp` (lossy, see `output_quality`)."),
         "output_quality": {
             "type": "integer",
             "minimum": 1,
