@@ -85,6 +85,13 @@ def runpod_config(worker, timeout_s: float | None = None, concurrency: int = 1,
                   on_progress=None, mode: str = "stream") -> dict:
     """The config for runpod.serverless.start: the handler running jobs on ``worker``, and its hooks.
 
+    Args:
+        worker: what jobs run on (sdxl_worker.runtime.worker.Worker, built by start-up).
+        timeout_s: JOB_TIMEOUT_S; a job running longer is stopped within one step (None: no limit).
+        concurrency: CONCURRENCY, the jobs runpod may hand over at once.
+        on_progress: where progress goes; None: RunPod's progress_update when on RunPod, else nowhere.
+        mode: HANDLER_MODE, ``stream`` or ``single`` (below).
+
     - ``handler``, by ``mode`` (HANDLER_MODE): ``stream``, an async generator awaiting each job's
       outputs from sdxl_worker.runtime.serve.Runner (previews, then the result, which runpod
       aggregates into the output list; a result too large for a /stream chunk is announced by a

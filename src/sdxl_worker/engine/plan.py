@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from sdxl_worker.engine.steps import count_steps
 from sdxl_worker.request.schema import INPUT_SCHEMA, MAX_SEED
-from sdxl_worker.request.types import Control, Lora, Request
+from sdxl_worker.request.types import ControlNetInput, Lora, Request
 
 DEFAULT_SIZE = 1024
 # A size taken from an input image obeys the same range as 'width' and 'height'.
@@ -64,7 +64,7 @@ class Plan:
     strength: float  # how much the refiner repaints
     apply_watermark: bool
     step_counts: dict | None = None
-    controlnets: tuple[Control, ...] = ()
+    controlnets: tuple[ControlNetInput, ...] = ()
     ip_adapter_scale: float | None = None
     preview_steps: int = 0
     preview_size: int = 256

@@ -226,7 +226,7 @@ INPUT_SCHEMA: dict = {
                 "properties": {
                     "path": {"type": "string", "minLength": 1, "maxLength": 2048},
                     "scale": {"type": "number", "minimum": -4, "maximum": 4, "default": 1.0},
-                    "weight_name": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+                    "weight_name": {"type": ["string", "null"], "minLength": 1, "maxLength": 255, "default": None},
                 },
             },
             "default": None,
@@ -340,6 +340,14 @@ def defaults() -> dict:
     return {name: spec.get("default") for name, spec in _PROPERTIES.items()}
 
 
+def entry_defaults(name: str) -> dict:
+    """The defaults inside an object input (``ip_adapter``) or inside each entry of a list of objects
+    (``loras``, ``controlnets``): stated in the schema only, filled in by ``validate``."""
+    spec = _PROPERTIES[name]
+    spec = spec.get("items", spec)
+    return {key: sub["default"] for key, sub in spec["properties"].items() if "default" in sub}
+
+
 def validate(raw) -> dict:
     """The job input with defaults filled in, or InputError naming every problem."""
     if not isinstance(raw, dict):
@@ -356,6 +364,11 @@ def validate(raw) -> dict:
     for name, spec in _PROPERTIES.items():  # 1024.0 is a valid integer in JSON Schema
         if "integer" in _types(spec) and isinstance(request[name], float):
             request[name] = int(request[name])
+    for name in ("loras", "controlnets"):
+        if request[name]:
+            request[name] = [{**entry_defaults(name), **entry} for entry in request[name]]
+    if request["ip_adapter"] is not None:
+        request["ip_adapter"] = {**entry_defaults("ip_adapter"), **request["ip_adapter"]}
     return request
 
 
@@ -397,7 +410,8 @@ def _cross_field_problems(raw: dict) -> list[str]:
         )
     problems += presets.problems(raw.get("preset"), raw)
     for index, control in enumerate(raw.get("controlnets") or ()):
-        start, end = control.get("start", 0.0), control.get("end", 1.0)
+        control = {**entry_defaults("controlnets"), **control}
+        start, end = control["start"], control["end"]
         if start >= end:
             problems.append(f"'controlnets[{index}].start' ({start:g}) must be less than 'controlnets[{index}].end' "
                             f"({end:g}): they are the part of the schedule the ControlNet guides.")

@@ -17,34 +17,43 @@ class Lora:
     """One LoRA of a job: where it is, how strongly it applies, and which file of a folder or repo."""
 
     path: str
-    scale: float = 1.0
-    weight_name: str | None = None
+    scale: float
+    weight_name: str | None
 
 
 @dataclass(frozen=True)
-class Control:
+class ControlNetInput:
     """One ControlNet of a job: which one, its control image, how it is made and how strongly it guides."""
 
     model: str
     image: str
-    preprocess: str = "none"  # none | canny
-    low_threshold: int = 100
-    high_threshold: int = 200
-    scale: float = 1.0
-    start: float = 0.0  # the fraction of the schedule where its guidance starts ...
-    end: float = 1.0  # ... and ends
+    preprocess: str  # none | canny
+    low_threshold: int
+    high_threshold: int
+    scale: float
+    start: float  # the fraction of the schedule where its guidance starts ...
+    end: float  # ... and ends
 
 
 @dataclass(frozen=True)
-class Reference:
+class IpAdapterInput:
     """The IP-Adapter's reference images for a job, and how strongly they steer it."""
 
     images: tuple[str, ...]
-    scale: float = 0.6
+    scale: float
 
 
 @dataclass(frozen=True)
 class Request:
+    """A job's input, validated, every field and nested entry at its schema default when unset.
+
+    Args (fields): exactly the schema's properties, under the same names; each one's meaning,
+    range and default is its ``description`` in request/schema.py (the README's input table is
+    generated from there). ``loras``, ``controlnets`` and ``ip_adapter`` hold typed entries
+    (``Lora``, ``ControlNetInput``, ``IpAdapterInput``). Built only by ``Request.from_input``;
+    the plan (engine/plan.py) resolves what it leaves unset.
+    """
+
     # what to draw
     prompt: str | None
     negative_prompt: str | None
@@ -75,8 +84,8 @@ class Request:
     preview_quality: int
     loras: tuple[Lora, ...]
     # guiding the image
-    controlnets: tuple[Control, ...]
-    ip_adapter: Reference | None
+    controlnets: tuple[ControlNetInput, ...]
+    ip_adapter: IpAdapterInput | None
     # which model, how fast
     model: str | None
     preset: str | None
@@ -90,10 +99,10 @@ class Request:
         """The request ``raw`` asks for; InputError naming every problem with it."""
         values = validate(raw)
         values["loras"] = tuple(Lora(**lora) for lora in values["loras"] or ())
-        values["controlnets"] = tuple(Control(**control) for control in values["controlnets"] or ())
-        reference = values["ip_adapter"]
-        if reference is not None:
-            images = reference["image"]
-            values["ip_adapter"] = Reference(tuple([images] if isinstance(images, str) else images),
-                                             reference.get("scale", Reference.scale))
+        values["controlnets"] = tuple(ControlNetInput(**control) for control in values["controlnets"] or ())
+        asked = values["ip_adapter"]
+        if asked is not None:
+            images = asked["image"]
+            values["ip_adapter"] = IpAdapterInput(tuple([images] if isinstance(images, str) else images),
+                                                  asked["scale"])
         return cls(**{f.name: values[f.name] for f in fields(cls)})

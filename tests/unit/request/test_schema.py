@@ -145,4 +145,4 @@ def test_the_typed_request_has_exactly_the_schemas_fields():
 
     assert [f.name for f in fields(Request)] == list(schema.INPUT_SCHEMA["properties"])
     request = Request.from_input({"prompt": "a cat", "loras": [{"path": "a/b", "scale": 0.5}]})
-    assert request.loras == (Lora("a/b", 0.5),) and request.num_images == 1 and request.negative_prompt is None
+    assert request.loras == (Lora("a/b", 0.5, None),) and request.num_images == 1 and request.negative_prompt is None
