@@ -18,10 +18,12 @@ def models():
 
 @pytest.fixture(scope="session")
 def models_without_refiner(models):
-    """The same weights with the refiner turned off, sharing the loaded base."""
+    """The same weights with the refiner turned off, sharing the loaded base: as load_models leaves
+    them with REFINER_MODEL=none (no refiner pipelines, no refiner scheduler config)."""
     from dataclasses import replace
 
-    return replace(models, refiner=None)
+    return replace(models, refiner=None, refiner_inpaint=None,
+                   scheduler_configs={"base": models.scheduler_configs["base"]})
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ reading the values it derived.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from sdxl_worker.engine.steps import count_steps
 from sdxl_worker.request.schema import INPUT_SCHEMA, MAX_SEED
@@ -38,7 +38,9 @@ class Plan:
         high_noise_frac: the ensemble's hand-off point; None for the other modes.
         step_counts: denoising steps per stage as the schedulers will run them
             (``{"base": n, "refiner": m}``, ``engine/steps.py``); None when planned without the
-            models' scheduler configs (unit tests of the decisions alone).
+            models' scheduler configs (unit tests of the decisions alone). ``counted_with``: the
+            configs they were counted on; the run counts again only if the checkpoint in place
+            by then brings others (another job may have switched it).
         num_inference_steps .. apply_watermark: the request's settings, as the stages use them.
         controlnets: the job's ControlNet entries, in its order; ``ip_adapter_scale``: None
             without an IP-Adapter.
@@ -64,6 +66,7 @@ class Plan:
     strength: float  # how much the refiner repaints
     apply_watermark: bool
     step_counts: dict | None = None
+    counted_with: dict | None = field(default=None, repr=False, compare=False)  # the scheduler configs counted on
     controlnets: tuple[ControlNetInput, ...] = ()
     ip_adapter_scale: float | None = None
     preview_steps: int = 0
@@ -146,9 +149,12 @@ def make_plan(request: Request, has_refiner: bool, scheduler_configs: dict | Non
         loras=request.loras,
         warnings=warnings,
     )
-    if scheduler_configs is not None:
-        plan = replace(plan, step_counts=count_steps(scheduler_configs, plan))
-    return plan
+    return counted(plan, scheduler_configs) if scheduler_configs is not None else plan
+
+
+def counted(plan: Plan, scheduler_configs: dict) -> Plan:
+    """The plan with each stage's step count on these scheduler configs (``engine/steps.py``)."""
+    return replace(plan, step_counts=count_steps(scheduler_configs, plan), counted_with=dict(scheduler_configs))
 
 
 def task_of(request: Request) -> str:

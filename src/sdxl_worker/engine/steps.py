@@ -41,7 +41,7 @@ def count_steps(scheduler_configs: dict, plan) -> dict[str, int]:
     counts = {}
     if plan.runs_base:
         counts["base"] = _count(build_scheduler(plan.scheduler, scheduler_configs["base"]), base_args(plan))
-    if plan.runs_refiner:
+    if plan.runs_refiner and "refiner" in scheduler_configs:  # without a refiner the check pass refuses the job
         counts["refiner"] = _count(build_scheduler(plan.scheduler, scheduler_configs["refiner"]), refiner_args(plan))
     return counts
 

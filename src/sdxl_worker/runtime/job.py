@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Iterator
 
 from sdxl_worker import errors
@@ -27,8 +27,7 @@ from sdxl_worker.delivery.storage import job_storage
 from sdxl_worker.engine import lora_layers, preset_weights, switch
 from sdxl_worker.engine.generate import ms_since
 from sdxl_worker.engine.models import Models, free_memory
-from sdxl_worker.engine.plan import Plan, make_plan
-from sdxl_worker.engine.steps import count_steps
+from sdxl_worker.engine.plan import Plan, counted, make_plan
 from sdxl_worker.errors import InputError
 from sdxl_worker.inputs.control_images import control_image, ip_adapter_image
 from sdxl_worker.inputs.lora_files import LoraFiles, label_of
@@ -117,12 +116,12 @@ def _run(worker: Worker, job: dict, raw_input, on_progress: ProgressCallback | N
     check(request, plan, abilities)
     log.info("job %s: %s, %s, %d image(s), prompt %r", context.id, plan.task, plan.refine, len(plan.seeds),
              truncate(request.prompt))
-    # 5. fetch: the images the job points at, bounded and decoded
-    inputs = _fetch_images(worker, request, stop)
+    # 5. fetch: the input image, bounded and decoded (the one that can size the job)
+    inputs = _fetch_input_image(worker, request)
     # 6. check what needs the decoded image (its aspect ratio, the work of a job it sizes); size the plan
     plan = check_decoded(plan, inputs.image.size if inputs.image is not None else None, inputs.image_field,
                          abilities)
-    # 7. prepare: control images at the output size, LoRA files on disk (downloaded once, cached)
+    # 7. prepare: the mask, control images at the output size, reference images, LoRA files on disk
     _prepare(worker, inputs, request, plan, stop)
     # 8. run: the models held, the job's checkpoint, preset and LoRAs in place, previews streamed
     guard = OutputGuard(worker.inline_limit_bytes)  # previews and the final payload together
@@ -144,31 +143,30 @@ def _run(worker: Worker, job: dict, raw_input, on_progress: ProgressCallback | N
     yield payload
 
 
-def _fetch_images(worker: Worker, request: Request, stop: Stop) -> JobInputs:
-    """Stage 5: the job's input image, mask, control and reference images, decoded."""
+def _fetch_input_image(worker: Worker, request: Request) -> JobInputs:
+    """Stage 5: the job's input image (img2img, inpaint, refine), decoded; none for txt2img."""
     inputs = JobInputs()
     if request.image is not None or request.image_url is not None:
         inputs.image_field = "image" if request.image is not None else "image_url"
         inputs.image = worker.images.image(getattr(request, inputs.image_field), inputs.image_field)
+    return inputs
+
+
+def _prepare(worker: Worker, inputs: JobInputs, request: Request, plan: Plan, stop: Stop) -> None:
+    """Stage 7: the mask, the control images at the output size (edge maps where the job asks for
+    canny), the reference images, then the LoRA files on disk."""
     if request.mask is not None:
         inputs.mask = worker.images.mask(request.mask, "mask", inputs.image.size)
-    inputs.control_images = [worker.images.image(entry.image, f"controlnets[{index}].image")
-                             for index, entry in enumerate(request.controlnets)]
+    inputs.control_images = [
+        control_image(worker.images.image(entry.image, f"controlnets[{index}].image"), (plan.width, plan.height),
+                      entry.preprocess, entry.low_threshold, entry.high_threshold)
+        for index, entry in enumerate(request.controlnets)]
     references = request.ip_adapter.images if request.ip_adapter is not None else ()
     inputs.ip_adapter_images = [
         ip_adapter_image(worker.images.image(
             image, "ip_adapter.image" if len(references) == 1 else f"ip_adapter.image[{index}]"))
         for index, image in enumerate(references)]
     stop.check("while its inputs were read")  # a cancel during the downloads ends the job here
-    return inputs
-
-
-def _prepare(worker: Worker, inputs: JobInputs, request: Request, plan: Plan, stop: Stop) -> None:
-    """Stage 7: the control images at the output size (edge maps where the job asks for canny),
-    the LoRA files on disk."""
-    inputs.control_images = [control_image(image, (plan.width, plan.height), entry.preprocess,
-                                           entry.low_threshold, entry.high_threshold)
-                             for image, entry in zip(inputs.control_images, request.controlnets)]
     inputs.loras = local_loras(worker.lora_files, plan.loras)
     stop.check("while its inputs were read")
 
@@ -177,9 +175,10 @@ def _generate(models: Models, plan: Plan, inputs: JobInputs, context: JobContext
     """Stage 8: the images, previews yielded as they come; returns (result, loading timings)."""
     with _holding_the_models(context.stop):
         loading = {"model_switch": switch.use_model(models, plan.model)}
-        if loading["model_switch"] is not None and plan.step_counts is not None:
-            # A checkpoint loaded just now brings its own scheduler config: its step counts.
-            plan = replace(plan, step_counts=count_steps(models.scheduler_configs, plan))
+        if plan.step_counts is not None and plan.counted_with != models.scheduler_configs:
+            # The checkpoint in place (loaded just now, or switched by another job since the plan
+            # was made) brings its own scheduler config: its step counts.
+            plan = counted(plan, models.scheduler_configs)
         with preset_weights.applied(models, plan.preset) as loading["preset_load"], \
                 lora_layers.applied(models, inputs.loras):
             context.stop.check("before its first step")

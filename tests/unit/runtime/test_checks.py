@@ -112,3 +112,39 @@ def test_one_side_given_follows_the_images_aspect_ratio():
             check_decoded(plan, (1000, 1500), "image", Abilities()).height) == (512, 768)
     # With one side given an extreme aspect ratio is clamped, not refused.
     assert check_decoded(plan, (100, 5000), "image", Abilities()).height == 2048
+
+
+def test_steps_are_counted_on_the_checkpoint_in_place_when_the_job_runs(run, monkeypatch):
+    """A plan counted on another checkpoint's scheduler config (another job switched it since) is
+    counted again once the models are held: progress and previews follow the steps really run."""
+    from sdxl_worker.runtime.worker import Worker
+    from tests.helpers import FAST, photo, png_data_url
+
+    real = Worker.abilities
+
+    def planned_on_another_checkpoint(self, request, has_storage):
+        able = real(self, request, has_storage)
+        other = {**able.scheduler_configs["base"], "timestep_spacing": "trailing"}
+        return dataclasses.replace(able, scheduler_configs={**able.scheduler_configs, "base": other})
+
+    monkeypatch.setattr(Worker, "abilities", planned_on_another_checkpoint)
+    outputs = run({**FAST, "image": png_data_url(photo(256, 256)), "num_inference_steps": 30, "prompt_strength": 0.9,
+                   "scheduler": "DDIM", "refine": "expert_ensemble_refiner", "high_noise_frac": 0.5,
+                   "preview_steps": 1})
+    previews = [chunk for chunk in outputs if "preview" in chunk]
+    assert "images" in outputs[-1], outputs[-1]
+    assert [chunk["step"] for chunk in previews] == list(range(1, previews[0]["total_steps"] + 1))
+
+
+def test_what_the_decoded_image_refuses_is_refused_before_the_other_downloads(run, worker_env):
+    """An input image that cannot fit, or sizes the job over its budget, is refused before the mask
+    is fetched: the answer is about the image, not about a download that did not need to happen."""
+    from tests.helpers import photo, png_data_url
+
+    unreachable = "http://127.0.0.1:9/mask.png"  # a private address: fetching it would be refused
+    outputs = run({"prompt": "a", "image": png_data_url(photo(2400, 256)), "mask": unreachable})
+    assert outputs[0]["error"].startswith("'image' is 2400x256, an aspect ratio of 9.4:1")
+    worker_env["MAX_JOB_WORK"] = "1"
+    outputs = run({"prompt": "a", "image": png_data_url(photo(512, 512)), "mask": unreachable,
+                   "refine": "no_refiner", "num_inference_steps": 10})
+    assert outputs[0]["error"].startswith("This job is ") and "MAX_JOB_WORK" in outputs[0]["error"]
