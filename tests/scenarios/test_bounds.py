@@ -8,6 +8,7 @@ import base64
 import ctypes
 import dataclasses
 import io
+import json
 import logging
 import os
 import struct
@@ -159,7 +160,9 @@ def _png(width: int, height: int) -> str:
     return png_data_url(Image.fromarray(rgb.astype(np.uint8)))
 
 
-@pytest.mark.parametrize("size, expected", [((1, 1), (256, 256)), ((3000, 3000), (2048, 2048)), ((6000, 200), None)])
+# End to end, one job grows its image into range, one shrinks it (small: the pure rule above holds
+# 3000x3000 -> 2048x2048 without a 2048x2048 denoise on the CPU), one cannot fit.
+@pytest.mark.parametrize("size, expected", [((1, 1), (256, 256)), ((4000, 500), (2048, 256)), ((6000, 200), None)])
 def test_jobs_without_a_size_take_a_bounded_size_from_their_image(run, size, expected):
     job = {"prompt": "a red fox", "image": _png(*size), "num_inference_steps": 2, "prompt_strength": 0.5,
            "refine": "no_refiner", "seed": 1}
@@ -177,6 +180,21 @@ def test_the_refiner_only_task_names_image_url(run):
 
 
 # --- the total work of a job ---
+
+def test_a_job_sized_by_its_image_is_held_to_the_budget_before_any_step(run, worker_env, monkeypatch):
+    import sdxl_worker.runtime.job
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the pipelines ran for a job over the budget")
+
+    monkeypatch.setattr(sdxl_worker.runtime.job, "run_streamed", must_not_run)
+    worker_env["MAX_JOB_WORK"] = "10"
+    [final] = run({"prompt": "a red fox", "image": _png(3000, 3000), "num_inference_steps": 20, "prompt_strength": 1.0,
+                   "refine": "no_refiner"})
+    # 3000x3000 runs at 2048x2048: 4 units an image-step, 20 steps, x2 for guidance: 160 units.
+    assert final["error"].startswith("This job is 160 units of work, 16.0x the worker's budget of 10 (MAX_JOB_WORK"), \
+        final
+
 
 def test_the_largest_job_the_schema_allows_is_refused_before_anything_runs(run, monkeypatch):
     import sdxl_worker.runtime.job
@@ -257,6 +275,28 @@ def test_a_secret_in_a_long_prompt_never_reaches_the_log_not_even_in_part(run, m
         parts = {value[i:i + 8] for i in range(len(value) - 7)}
         assert not [part for part in parts if part in text], "a part of a secret is in the log"
     assert "<redacted>" in text
+
+
+def test_a_jobs_own_s3_secret_in_a_library_failure_never_reaches_the_log(worker, monkeypatch, caplog):
+    """A library's message that carries the job's own s3Config secret (a signature error, a
+    traceback's locals) is logged redacted, the traceback included; the answer names no secret."""
+    import sdxl_worker.runtime.job
+
+    secret = "job-own-secret-Q8v2LmT7xBn4KpZr"
+    access_id = "AKIAJOBOWNKEY0000001"
+
+    def failing_delivery(images, asked, storage, job_id, room_bytes=None):
+        raise RuntimeError(f"SignatureDoesNotMatch: computed with {access_id}:{secret}")
+
+    monkeypatch.setattr(sdxl_worker.runtime.job, "deliver", failing_delivery)
+    s3_config = {"accessId": access_id, "accessSecret": secret, "bucketName": "b",
+                 "endpointUrl": "http://127.0.0.1:9"}  # refused (private): the job delivers inline
+    with caplog.at_level(logging.INFO):
+        outputs = list(sdxl_worker.runtime.job.run_job(worker, {"id": "job-secret", "input": SMALL,
+                                                                "s3Config": s3_config}))
+    assert outputs[-1]["error"].startswith("The worker hit an internal error on job job-secret")
+    assert "SignatureDoesNotMatch" in caplog.text and "Traceback" in caplog.text  # the failure is logged ...
+    assert secret not in caplog.text and secret not in json.dumps(outputs)  # ... without the secret
 
 
 # --- LoRA downloads stream to disk ---

@@ -129,6 +129,28 @@ def test_ip_adapter_steers_the_image_and_a_job_after_it_equals_the_job_before(gu
     assert guided.base.unet.encoder_hid_proj is None
 
 
+def test_ip_adapter_scale_sets_how_strongly_the_reference_steers(guided):
+    """A user turning 'scale' sees the effect grow; at 0 the job is the job without an adapter."""
+    before = image_of(guided)
+    reference = png_data_url(photo(200, 200))
+    faint = image_of(guided, ip_adapter={"image": reference, "scale": 0.3})
+    strong = image_of(guided, ip_adapter={"image": reference, "scale": 1.0})
+    assert faint.tolist() != strong.tolist()
+    assert np.abs(strong.astype(int) - before).mean() > np.abs(faint.astype(int) - before).mean()
+    assert image_of(guided, ip_adapter={"image": reference, "scale": 0}).tolist() == before.tolist()
+
+
+def test_canny_thresholds_set_the_edges_that_guide_a_job(guided):
+    """Non-default thresholds change a canny job's image; the defaults are 100 and 200 (docs/control.md)."""
+    shaded = Image.linear_gradient("L").resize((SIZE, SIZE)).convert("RGB")  # edges at every strength
+    canny = {"model": "canny", "image": png_data_url(shaded), "preprocess": "canny"}
+    default = image_of(guided, controlnets=[canny])
+    assert image_of(guided, controlnets=[{**canny, "low_threshold": 100, "high_threshold": 200}]).tolist() == \
+        default.tolist()
+    assert image_of(guided, controlnets=[{**canny, "low_threshold": 1, "high_threshold": 2}]).tolist() != \
+        default.tolist()
+
+
 def test_an_ip_adapter_plus_with_the_vit_h_encoder_loads_steers_and_comes_off(tmp_path):
     """ip-adapter-plus_sdxl_vit-h, the layout docs/control.md names: a resampler projection with
     attention layers of its own, its encoder in models/image_encoder. It crashed the start before."""

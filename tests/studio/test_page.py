@@ -56,6 +56,25 @@ def test_an_error_is_shown_next_to_the_field_it_names(page):
     assert page.find_element(By.ID, "err-width").get_attribute("hidden") is not None  # cleared by the next job
 
 
+def test_markup_in_an_error_sentence_is_shown_as_text_never_run(page, monkeypatch):
+    """The page puts a worker's (or an endpoint's) sentence in as text: markup in it stays letters."""
+    import sdxl_worker.runtime.job
+    from sdxl_worker.errors import InputError
+
+    markup = '<img src=x onerror="window.pwned=1"><b>bold</b>'
+
+    def refuse(request, plan, abilities):
+        raise InputError(f"'prompt' is {markup}, which is refused here.")
+
+    monkeypatch.setattr(sdxl_worker.runtime.job, "check", refuse)
+    generate(page, prompt="a red fox", width="256", height="256", num_inference_steps="2")
+    wait(page, "!document.getElementById('err-prompt').hidden")
+    slot = page.find_element(By.ID, "err-prompt")
+    assert markup in slot.text  # the letters, as sent
+    assert not page.find_elements(By.CSS_SELECTOR, "#err-prompt img, #err-prompt b, img[src='x']")  # no element made
+    assert page.execute_script("return window.pwned") is None
+
+
 def test_cancel_stops_a_long_job_and_the_next_one_runs(page):
     generate(page, prompt="a long job", width="1024", height="1024", num_inference_steps="200")
     wait(page, "document.getElementById('progress-text').textContent.startsWith('Step')")

@@ -116,3 +116,14 @@ def test_a_bad_job_is_one_error_and_the_next_job_runs(run):
 def test_an_unreadable_image_is_named(run):
     outputs = run({**FAST, "image": "bm90IGFuIGltYWdl"})  # base64 of "not an image"
     assert "'image'" in outputs[0]["error"]
+
+
+@pytest.mark.parametrize("scheduler, cls, karras", [("K_EULER_ANCESTRAL", "EulerAncestralDiscreteScheduler", False),
+                                                    ("KarrasDPM", "DPMSolverMultistepScheduler", True)])
+@pytest.mark.parametrize("refine", ["base_image_refiner", "expert_ensemble_refiner"])
+def test_the_refiner_runs_the_sampler_the_job_names(run, models, scheduler, cls, karras, refine):
+    """Both stages use the job's sampler (written here from the scheduler table), not the refiner's own."""
+    final(run({**FAST, "scheduler": scheduler, "refine": refine, "refiner_inference_steps": 4, "strength": 0.5}))
+    for pipe in (models.base, models.refiner):
+        assert type(pipe.scheduler).__name__ == cls
+        assert bool(pipe.scheduler.config.get("use_karras_sigmas", False)) == karras

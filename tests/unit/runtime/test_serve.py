@@ -207,6 +207,23 @@ def test_after_sigterm_the_worker_waits_for_jobs_runpod_took_but_has_not_handed_
     assert len(exits) == 1
 
 
+def test_after_sigterm_a_job_that_never_answers_does_not_keep_the_worker_alive(monkeypatch):
+    """RunPod kills a worker 10 s after SIGTERM; the worker gives up waiting at 8 s and exits itself."""
+    from sdxl_worker.runtime import serve
+
+    assert serve.EXIT_WITHIN_S == 8.0
+    monkeypatch.setattr(serve, "EXIT_WITHIN_S", 1.0)  # the same rule, sooner
+    exits = []
+    runner = Runner(worker=None, exit_process=lambda: exits.append(time.monotonic()), pending=lambda: 1)
+    signalled = time.monotonic()
+    runner.shut_down()  # runpod never hands the job over, nor answers it
+    deadline = signalled + 10
+    while not exits and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(exits) == 1, "the worker waited past its limit"
+    assert 1.0 <= exits[0] - signalled < 3
+
+
 @pytest.mark.parametrize("timeout_s", [None, 5.0])
 def test_cancelling_a_running_job_and_two_queued_ones_leaves_the_worker_ready_for_the_next(models, timeout_s):
     """The hole of issue 28: each cancel of a job that never started cost the pool a thread, and the
