@@ -102,7 +102,10 @@ def test_a_stop_signal_frees_the_worker_within_a_step(worker):
     rp_queue.submit("job-small-after-stop", SMALL)
     after = rp_queue.result("job-small-after-stop", 180).at - stopped_at
     print(f"small job alone {alone:.2f} s; stop signal to the next small job's answer {after:.2f} s")
-    assert after < alone + 4, f"the stopped job kept the worker busy ({after:.1f} s against {alone:.1f} s alone)"
+    # The long job had most of its 150 steps (about 30 s here) still to run: a worker the stop did not
+    # free answers the next job 20 s or more later. The margin leaves room for a machine running a
+    # second suite beside this one (the small job then takes 2-3x its time alone).
+    assert after < alone + 15, f"the stopped job kept the worker busy ({after:.1f} s against {alone:.1f} s alone)"
     assert not [p for p in rp_queue.records("done", "job-long-stopped") if "error" in p.body or "output" in p.body
                 and p.body.get("status") != "IN_PROGRESS"], "a cancelled job gets no result"
     log = log_path.read_text()
