@@ -265,15 +265,6 @@ def test_progress_goes_to_runpod_only_on_runpod(models, monkeypatch):
     assert sent[-1] == ("on-runpod", {"step": 4, "total_steps": 4, "stage": "base"})
 
 
-def test_progress_is_rate_limited_to_one_a_second_plus_the_last():
-    sent = []
-    now = [0.0]
-    progress = Progress({"id": "j"}, total=10, send=lambda job, progress: sent.append(progress["step"]),
-                        clock=lambda: now[0])
-    for step in range(1, 11):
-        progress.update("base", step)
-        now[0] += 0.3
-    assert sent == [1, 5, 9, 10]
 
 
 def _tiny_taesd(folder):
