@@ -40,7 +40,7 @@ _IMAGE = {
 
 
 
-def _one_of(choices: list, default, description, unset_allowed: bool = False) -> dict:
+def _one_of(choices: list, default, description, unset_allowed: bool = False) -> dict:  # pragma: no mutate block
     """A name from a list (a scheduler, a task, a format); ``unset_allowed``: null too, the default."""
     return {
         "type": ["string", "null"] if unset_allowed else "string",
@@ -51,7 +51,7 @@ def _one_of(choices: list, default, description, unset_allowed: bool = False) ->
     }
 
 
-def _output_side(which: str) -> dict:
+def _output_side(which: str) -> dict:  # pragma: no mutate block
     """'width' or 'height': the same range, step and rule for each."""
     return {
         "type": ["integer", "null"],

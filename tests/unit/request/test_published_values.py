@@ -131,3 +131,56 @@ def test_the_studio_form_shows_the_documented_defaults_and_ranges():
     assert drawn["preview_steps"]["default"] == 2  # the studio's own: previews on for a first run
     assert drawn["scheduler"]["default"] == "DDIM" and "K_EULER_TRAILING" in drawn["scheduler"]["options"]
     assert drawn["refine"]["options"] == ["no_refiner", "expert_ensemble_refiner", "base_image_refiner"]
+
+
+@pytest.mark.parametrize("inputs, sentence", [
+    ({"width": True}, "'width' must be a whole number or null, got the boolean true."),
+    ({"num_images": "3"}, "'num_images' must be a whole number, got the text '3'."),
+    ({"num_images": [1]}, "'num_images' must be a whole number, got a list."),
+    ({"num_images": {"a": 1}}, "'num_images' must be a whole number, got a JSON object."),
+    ({"num_images": 2.5}, "'num_images' must be a whole number, got float 2.5."),
+    ({"num_images": None}, "'num_images' must be a whole number, got null."),
+    ({"guidance_scale": float("nan")}, "'guidance_scale' must be a number, got nan (not a finite number)."),
+    ({"prompt": 5}, "'prompt' must be string or null, got int 5."),
+    ({"apply_watermark": "yes"}, "'apply_watermark' must be boolean, got the text 'yes'."),
+])
+def test_a_value_of_the_wrong_kind_is_described_in_the_sentence(inputs, sentence):
+    with pytest.raises(InputError) as refused:
+        request(**inputs)
+    assert str(refused.value) == sentence
+
+
+def test_the_readme_table_gives_each_inputs_type_default_and_range_in_words():
+    from sdxl_worker.request.schema import markdown_table
+
+    rows = {line.split("|")[1].strip(): line for line in markdown_table().splitlines()[2:]}
+    assert rows["`width`"].startswith("| `width` | integer | unset | [256, 2048]; multiple of 8 |")
+    assert rows["`strength`"].startswith("| `strength` | number | `0.3` | (0, 1] |")
+    assert rows["`high_noise_frac`"].startswith("| `high_noise_frac` | number | unset | (0, 1) |")
+    assert rows["`apply_watermark`"].startswith("| `apply_watermark` | boolean | `false` | - |")
+    assert rows["`prompt`"].startswith("| `prompt` | string | unset | at most 10,000 characters |")
+    assert rows["`loras`"].startswith("| `loras` | array | unset | at most 4 items |")
+    assert rows["`output_format`"].startswith("| `output_format` | string | `png` | `png`, `jpeg`, `webp` |")
+
+
+@pytest.mark.parametrize("inputs, sentence", [
+    ({"num_images": 9}, "'num_images' must be at least 1 and at most 4, got 9."),
+    ({"strength": 0}, "'strength' must be greater than 0 and at most 1, got 0."),
+    ({"high_noise_frac": 1}, "'high_noise_frac' must be greater than 0 and less than 1, got 1."),
+    ({"width": 1001}, "'width' must be a multiple of 8, got 1001."),
+    ({"prompt": "x" * 10_001}, "'prompt' is too long: at most 10000 characters, got 10001."),
+    ({"model": ""}, "'model' must not be empty."),
+    ({"loras": [{"path": "a"}] * 5}, "'loras' must have at most 4 items."),
+    ({"controlnets": [{"model": "c"}]}, "'controlnets[0]' is missing 'image'."),
+    ({"promt": "a"}, "Unknown input 'promt' (did you mean 'prompt'?); see the README for the inputs this worker takes."),
+    ({f"x{n}": n for n in range(1, 8)},
+     "Unknown input 'x1', 'x2', 'x3', 'x4', 'x5' and 2 more; see the README for the inputs this worker takes."),
+    ({"output_format": "gif"}, "'output_format' must be one of png, jpeg, webp; got 'gif'."),
+    ({"loras": [{"path": "a", "scale": 9}]}, "'loras[0].scale' must be at least -4 and at most 4, got 9."),
+    ({"controlnets": [{"model": "c", "image": "i", "start": 2}]},
+     "'controlnets[0].start' must be at least 0 and at most 1, got 2."),
+])
+def test_each_kind_of_limit_is_one_sentence_naming_the_field_the_limit_and_the_value(inputs, sentence):
+    with pytest.raises(InputError) as refused:
+        request(**inputs)
+    assert str(refused.value) == sentence
