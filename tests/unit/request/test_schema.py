@@ -146,3 +146,85 @@ def test_the_typed_request_has_exactly_the_schemas_fields():
     assert [f.name for f in fields(Request)] == list(schema.INPUT_SCHEMA["properties"])
     request = Request.from_input({"prompt": "a cat", "loras": [{"path": "a/b", "scale": 0.5}]})
     assert request.loras == (Lora("a/b", 0.5, None),) and request.num_images == 1 and request.negative_prompt is None
+
+
+_IMAGE_URL = "https://e.com/a.png"
+
+
+@pytest.mark.parametrize("inputs, sentence", [
+    ({}, "'prompt' is required unless 'image' or 'image_url' is given."),
+    ({"prompt": "  "}, "'prompt' is required unless 'image' or 'image_url' is given."),
+    ({"prompt": "a", "image": _IMAGE_URL, "image_url": _IMAGE_URL},
+     "Give either 'image' (img2img through the base) or 'image_url' (refiner only), not both."),
+    ({"prompt": "a", "controlnets": [{"model": "c", "image": _IMAGE_URL, "start": 0.6, "end": 0.5}]},
+     "'controlnets[0].start' (0.6) must be less than 'controlnets[0].end' (0.5): they are the part of the schedule "
+     "the ControlNet guides."),
+    ({"prompt": "a", "image_url": _IMAGE_URL, "controlnets": [{"model": "c", "image": _IMAGE_URL}]},
+     "'controlnets' guides the base, and a refiner-only job ('image_url') runs no base; send the image as 'image' "
+     "for img2img, or leave 'controlnets' out."),
+    ({"prompt": "a", "task": "refine", "image": _IMAGE_URL, "ip_adapter": {"image": _IMAGE_URL}},
+     "'ip_adapter' guides the base, and a refiner-only job ('image_url') runs no base; send the image as 'image' "
+     "for img2img, or leave 'ip_adapter' out."),
+    ({"prompt": "a", "task": "txt2img", "image": _IMAGE_URL},
+     "'task' is 'txt2img' but an input image was given; drop the image or use 'img2img'."),
+    ({"prompt": "a", "task": "img2img"}, "'task' is 'img2img' but no input image was given in 'image' or 'image_url'."),
+    ({"prompt": "a", "task": "refine"}, "'task' is 'refine' but no input image was given in 'image' or 'image_url'."),
+    ({"prompt": "a", "mask": _IMAGE_URL}, "'mask' needs the image to inpaint in 'image'."),
+    ({"prompt": "a", "task": "inpaint", "image": _IMAGE_URL},
+     "'task' is 'inpaint' but no 'mask' was given (white = repaint, black = keep)."),
+    ({"prompt": "a", "task": "img2img", "image": _IMAGE_URL, "mask": _IMAGE_URL},
+     "'mask' was given but 'task' is 'img2img'; use 'inpaint' or leave 'task' unset."),
+    ({"prompt": "a", "preset": "lightning-4", "num_inference_steps": 30},
+     "'num_inference_steps' must be 4 with 'preset' 'lightning-4' (its weights are made for that many steps); "
+     "leave it out, or pick another preset."),
+    ({"prompt": "a", "preset": "lightning-4", "guidance_scale": 5},
+     "'guidance_scale' must be at most 1 with 'preset' 'lightning-4'; leave it out for 0."),
+    ({"prompt": "a", "preset": "lightning-4", "scheduler": "DDIM"},
+     "'scheduler' cannot be changed with 'preset' 'lightning-4', which needs K_EULER_TRAILING; leave 'scheduler' out."),
+    ({"prompt": "a", "x": [[[[[[[[[1]]]]]]]]]}, "'x' nests lists or objects more than 8 deep."),
+    ({"prompt": "a", "seed": 10**40}, "'seed' is far too large a number."),
+    ({"prompt": "a\ud800"}, "'prompt' is not valid Unicode text."),
+    ({"prompt": "a", "loras": [0] * 20_000}, "The job's 'input' holds more than 10,000 values."),
+    ({"prompt": "a", **{f"k{n}": n for n in range(10_001)}}, "The job's 'input' holds more than 10,000 values."),
+])
+def test_each_rule_between_fields_and_each_size_limit_is_its_own_sentence(inputs, sentence):
+    with pytest.raises(InputError) as refused:
+        schema.validate(inputs)
+    assert str(refused.value) == sentence
+
+
+def _refusal(inputs: dict) -> str | None:
+    try:
+        schema.validate(inputs)
+    except InputError as error:
+        return str(error)
+    return None
+
+
+def test_the_size_limits_hold_exactly_at_their_bounds():
+    """10,000 values, 8 levels of nesting, numbers up to 10**30: at the bound accepted, one past refused."""
+    nested = 1
+    for _ in range(6):  # 'x' at depth 1 holding 6 more levels: 7 deep, then one more is the limit of 8
+        nested = [nested]
+    assert "nests" not in (_refusal({"prompt": "a", "x": [nested]}) or "")
+    assert _refusal({"prompt": "a", "x": [[nested]]}) == "'x' nests lists or objects more than 8 deep."
+    assert "far too large" not in (_refusal({"prompt": "a", "x": 10**30}) or "")
+    assert _refusal({"prompt": "a", "x": -(10**30 + 1)}) == "'x' is far too large a number."
+    # 10,000 values in all: the prompt, 'x' and 9,998 items in it; one more item is over.
+    assert "10,000 values" not in (_refusal({"prompt": "a", "x": [0] * 9_998}) or "")
+    assert _refusal({"prompt": "a", "x": [0] * 9_999}) == "The job's 'input' holds more than 10,000 values."
+    assert "10,000 values" not in (_refusal({f"k{n}": 0 for n in range(10_000)}) or "")
+
+
+def test_unknown_inputs_are_listed_up_to_five():
+    five = {f"zz{n}": n for n in range(5)}
+    assert _refusal({"prompt": "a", **five}) == ("Unknown input 'zz0', 'zz1', 'zz2', 'zz3', 'zz4'; see the README for the "
+                                                  "inputs this worker takes.")
+    assert _refusal({"prompt": "a", **five, "zz5": 5}).startswith("Unknown input 'zz0', 'zz1', 'zz2', 'zz3', 'zz4' and 1 more;")
+    assert _refusal({"prompt": "a", "negativ_prompt": "b"}) == ("Unknown input 'negativ_prompt' (did you mean "
+                                                                "'negative_prompt'?); see the README for the inputs "
+                                                                "this worker takes.")
+
+
+def test_an_empty_list_of_reference_images_says_at_least_one():
+    assert _refusal({"prompt": "a", "ip_adapter": {"image": []}}) == "'ip_adapter.image' must have at least 1 items."
