@@ -1,0 +1,28 @@
+"""Step counts per stage (engine/steps.py), counted before a job runs: the numbers written here are
+diffusers' own timestep rules worked by hand for SDXL's scheduler config."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.request.types import Request
+
+
+@pytest.mark.parametrize("inputs, counts", [
+    ({}, {"base": 25, "refiner": 15}),  # worker-sdxl's defaults: 25 base steps, 50 x 0.3 refiner steps
+    ({"refine": "no_refiner"}, {"base": 25}),
+    ({"high_noise_frac": 0.8}, {"base": 20, "refiner": 5}),  # the ensemble splits one schedule of 25
+    ({"refine": "no_refiner", "scheduler": "PNDM", "num_inference_steps": 4}, {"base": 5}),  # PLMS repeats one
+    ({"refine": "no_refiner", "image": "https://e.com/a.png", "prompt_strength": 0.5, "num_inference_steps": 30},
+     {"base": 15}),
+    ({"image_url": "https://e.com/a.png", "refiner_inference_steps": 20, "strength": 0.25}, {"refiner": 5}),
+])
+def test_each_stage_counts_the_steps_its_pipeline_will_take(models, inputs, counts):
+    request = Request.from_input({"prompt": "a cat", **inputs})
+    assert make_plan(request, True, models.scheduler_configs).step_counts == counts
+
+
+def test_without_a_refiner_config_only_the_base_is_counted(models):
+    request = Request.from_input({"prompt": "a cat", "image_url": "https://e.com/a.png"})
+    assert make_plan(request, False, {"base": models.scheduler_configs["base"]}).step_counts == {}
