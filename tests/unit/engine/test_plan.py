@@ -81,3 +81,39 @@ def test_image_and_mask_are_inpainting_at_the_images_size():
     assert plan(image="https://e.com/a.png", mask="https://e.com/m.png", task="inpaint").task == "inpaint"
     with pytest.raises(InputError, match="prompt_strength"):
         plan(image="https://e.com/a.png", mask="https://e.com/m.png", num_inference_steps=2, prompt_strength=0.2)
+
+
+def decided(**inputs):
+    """The plan alone, for a worker that has what the job names (no check pass)."""
+    return make_plan(Request.from_input({"prompt": "a cat", **inputs}), True)
+
+
+def test_the_plan_carries_the_requests_settings_under_their_own_names():
+    p = decided(prompt="a fox", negative_prompt="blur", apply_watermark=True, preview_steps=3, preview_size=128,
+             preview_format="webp", preview_quality=60, output_format="jpeg", output_quality=70, upload=False,
+             ip_adapter={"image": "https://e.com/r.png", "scale": 0.25}, seed=11, num_images=2, guidance_scale=4,
+             num_inference_steps=12, scheduler="K_EULER", refiner_inference_steps=9, strength=0.5)
+    assert (p.prompt, p.negative_prompt, p.apply_watermark, p.ip_adapter_scale) == ("a fox", "blur", True, 0.25)
+    assert (p.preview_steps, p.preview_size, p.preview_format, p.preview_quality) == (3, 128, "webp", 60)
+    assert (p.output_format, p.output_quality, p.upload, p.seeds) == ("jpeg", 70, False, (11, 12))
+    assert (p.guidance_scale, p.num_inference_steps, p.scheduler) == (4, 12, "K_EULER")
+    assert (p.refiner_inference_steps, p.strength) == (9, 0.5)
+    assert decided().ip_adapter_scale is None
+
+
+def test_a_random_seed_leaves_room_for_every_image_of_the_job():
+    seeds = {decided(num_images=4).seeds for _ in range(20)}
+    assert len(seeds) == 20 and all(s[-1] <= 2**63 - 1 for s in seeds)
+
+
+def test_a_negative_prompt_with_a_preset_without_guidance_is_a_warning():
+    warned = decided(preset="lightning-4", negative_prompt="blur").warnings
+    assert warned == ("'negative_prompt' had no effect: 'preset' 'lightning-4' runs without classifier-free "
+                      "guidance (guidance_scale 0).",)
+    assert decided(preset="lcm-4", negative_prompt="blur").warnings == (
+        "'negative_prompt' had no effect: 'preset' 'lcm-4' runs without classifier-free guidance (guidance_scale 1).",)
+    assert decided(negative_prompt="blur", guidance_scale=1).warnings == ()  # no preset: nothing to warn of
+    assert decided(preset="lcm-4", guidance_scale=2, negative_prompt="blur").warnings == ()  # guided: it counts
+    assert decided(preset="lightning-4").warnings == ()
+    both = decided(preset="lightning-4", negative_prompt="blur", high_noise_frac=0.8).warnings
+    assert len(both) == 2 and both[0].startswith("'high_noise_frac' was ignored")
