@@ -12,16 +12,25 @@ from sdxl_worker.runtime.stopping import Stop
 ProgressCallback = Callable[[dict, dict], None]  # (job, {"step", "total_steps", "stage"})
 
 
+def job_id_of(job: dict) -> str:
+    """A job's id as logs and upload keys use it ("local" for a job without one), at most 100 characters."""
+    return str(job.get("id", "local"))[:100]
+
+
 @dataclass(frozen=True)
 class JobContext:
-    """One job's identity and controls: its id (for logs and upload keys), the job as the
-    transport gave it (RunPod's progress updates name it), where progress goes (None: nowhere),
-    and its ``Stop`` (cancel, JOB_TIMEOUT_S, SIGTERM)."""
+    """One job's identity and controls: the job as the transport gave it (RunPod's progress
+    updates name it), where progress goes (None: nowhere), and its ``Stop`` (cancel,
+    JOB_TIMEOUT_S, SIGTERM)."""
 
-    id: str
     job: dict
     on_progress: ProgressCallback | None
     stop: Stop
+
+    @property
+    def id(self) -> str:
+        """The job's id, for logs and upload keys."""
+        return job_id_of(self.job)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from sdxl_worker.inputs.lora_files import LoraFiles, label_of
 from sdxl_worker.request import dialects
 from sdxl_worker.request.types import Lora, Request
 from sdxl_worker.runtime.checks import check, check_decoded
-from sdxl_worker.runtime.context import JobContext, JobInputs, ProgressCallback
+from sdxl_worker.runtime.context import JobContext, JobInputs, ProgressCallback, job_id_of
 from sdxl_worker.runtime.logs import hidden, protect, redact, truncate
 from sdxl_worker.runtime.stopping import JobStopped, Stop
 from sdxl_worker.runtime.stream import run_streamed
@@ -67,7 +67,7 @@ def run_job(worker: Worker, job: dict, on_progress: ProgressCallback | None = No
 
 def _answer(worker: Worker, job: dict, on_progress: ProgressCallback | None, stop: Stop) -> Iterator[dict]:
     """The job's outputs, or one error: never an exception."""
-    job_id = str(job.get("id", "local"))[:100]
+    job_id = job_id_of(job)
     names = dialects.AS_SENT  # puts errors back in the words of the API the request was written for
     try:
         names = dialects.translate(job.get("input"))
@@ -102,7 +102,7 @@ def _answer(worker: Worker, job: dict, on_progress: ProgressCallback | None, sto
 def _run(worker: Worker, job: dict, raw_input, on_progress: ProgressCallback | None, stop: Stop) -> Iterator[dict]:
     """One job's stages, in order; docs/ARCHITECTURE.md numbers them the same way."""
     started = time.perf_counter()
-    context = JobContext(str(job.get("id", "local"))[:100], job, on_progress, stop)
+    context = JobContext(job, on_progress, stop)
     stop.check("before it started")  # taken after SIGTERM: not started at all
     # 1. decode: the input in this worker's names (_answer did it, and words the errors back)
     # 2. validate: the schema on every field, then a frozen Request
