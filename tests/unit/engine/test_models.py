@@ -10,7 +10,6 @@ import pytest
 from sdxl_worker import config
 from sdxl_worker.engine.models import load_models, loaded_bytes, model_bytes, weight_files
 from sdxl_worker.engine.tiny import ensure_tiny_model
-from tests.helpers import worker_with
 
 
 def test_refiner_and_img2img_share_the_base_weights_and_each_byte_counts_once(models):
@@ -110,9 +109,3 @@ def test_the_weight_files_are_exactly_those_the_loader_reads_in_its_order(tmp_pa
     assert own_vae[0] == base / "vae/diffusion_pytorch_model.fp16.safetensors" and len(own_vae) == 4
 
 
-def test_warm_up_runs_one_job_through_the_real_path(models, caplog):
-    from sdxl_worker.runtime.warmup import warm_up
-
-    with caplog.at_level(logging.INFO, logger="sdxl_worker.runtime.warmup"):
-        warm_up(worker_with(models), ((256, 256, 1),))
-    assert any("Warm-up 256x256" in record.getMessage() for record in caplog.records)

@@ -1,7 +1,6 @@
 """Start-up as users meet it: shared components, the tiny model's shape, one-sentence errors, local runs."""
 
 
-from sdxl_worker.engine.tiny import ensure_tiny_model
 from tests.helpers import run_handler
 
 
@@ -35,24 +34,6 @@ def test_a_missing_vae_names_vae_model(tmp_path):
     assert "VAE_MODEL" in done.stderr and "VAE_MODEL=base" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_python_handler_py_runs_a_job_saves_the_images_and_prints_the_output_with_its_warnings(tmp_path):
-    import json
-
-    # high_noise_frac outside the expert ensemble is ignored with a warning: the API says so, and so must a local run.
-    job = ('{"input": {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 5, '
-           '"refine": "no_refiner", "high_noise_frac": 0.7}}')
-    # The tiny model as a baked folder, so the start goes the way an image's does: a prefetch helper.
-    tiny = ensure_tiny_model()
-    done = run_handler("--test_input", job, "--output_dir", str(tmp_path), BASE_MODEL=str(tiny / "base"),
-                       REFINER_MODEL=str(tiny / "refiner"), VAE_MODEL="base")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "Prefetch: a helper process reads" in done.stderr
-    saved = list(tmp_path.glob("*.png"))
-    assert len(saved) == 1 and "5" in saved[0].name
-    output = json.loads(done.stdout)
-    assert output["images"] == [str(saved[0])] == [output["image_url"]] and output["seeds"] == [5]
-    assert any("high_noise_frac" in warning for warning in output["warnings"]) and "timings" in output
-    assert "base64" not in done.stdout
 
 
 def test_an_unexpected_error_while_loading_is_one_sentence_and_exit_1(monkeypatch, caplog):
