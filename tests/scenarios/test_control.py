@@ -212,17 +212,6 @@ def test_a_reference_image_far_from_square_is_cut_to_4_to_1_around_its_centre(gu
     assert final(job(guided, ip_adapter={"image": png_data_url(Image.new("RGB", (100000, 1), "gray"))}))
 
 
-def test_an_ip_adapter_with_an_encoder_it_was_not_made_for_stops_the_start_in_one_sentence(tmp_path):
-    from sdxl_worker.engine.models import ModelUnavailable
-
-    adapter = write_tiny_ip_adapter(tmp_path / "mismatched", encoder_width=16)
-    with pytest.raises(ModelUnavailable) as refused:
-        load_models(ModelSettings(base="tiny", refiner=None, vae=None, device="cpu", ip_adapter=str(adapter)))
-    message = str(refused.value)
-    assert message.startswith(f"Could not load IP_ADAPTER_MODEL={str(adapter)!r}") and "IP_ADAPTER_ENCODER" in message
-    with pytest.raises(ModelUnavailable, match="IP_ADAPTER_WEIGHT='nope/ip.safetensors'"):
-        load_models(ModelSettings(base="tiny", refiner=None, vae=None, device="cpu", ip_adapter=str(adapter),
-                             ip_adapter_weight="nope/ip.safetensors"))
 
 
 def test_a_stopped_ip_adapter_job_leaves_the_unet_as_it_was(guided):

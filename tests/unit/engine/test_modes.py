@@ -160,25 +160,7 @@ def test_each_image_of_a_batch_is_distinct_and_made_again_alone_from_its_seed(ru
         assert np.abs(alone - images[i]).max() <= 2, f"image {i}"
 
 
-# --- watermark ---
-
-def test_apply_watermark_embeds_sdxls_bits(run):
-    from diffusers.pipelines.stable_diffusion_xl.watermark import WATERMARK_BITS
-    from imwatermark import WatermarkDecoder
-
-    plain = final(run({**FAST, "refine": "no_refiner"}))
-    marked = final(run({**FAST, "refine": "no_refiner", "apply_watermark": True}))
-    assert not np.array_equal(pixels(plain), pixels(marked))
-    bgr = np.ascontiguousarray(pixels(marked)[:, :, ::-1])
-    found = WatermarkDecoder("bits", len(WATERMARK_BITS)).decode(bgr, "dwtDct")
-    assert sum(int(a == b) for a, b in zip(found, WATERMARK_BITS)) >= 44  # of 48 (PNG is lossless)
-    unmarked = WatermarkDecoder("bits", len(WATERMARK_BITS)).decode(
-        np.ascontiguousarray(pixels(plain)[:, :, ::-1]), "dwtDct")
-    assert sum(int(a == b) for a, b in zip(unmarked, WATERMARK_BITS)) < 40
 
 
-def test_images_too_small_to_watermark_pass_through():
-    from sdxl_worker.engine.watermark import apply_watermark
 
-    small = photo(200, 200)
-    assert apply_watermark([small])[0] is small
+
