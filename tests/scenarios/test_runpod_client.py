@@ -11,8 +11,8 @@ import time
 import httpx
 import pytest
 
-from tests.runpod_endpoint import CLIENT_KEY, ENDPOINT_ID, RunPodEndpoint
-from tests.runpod_queue import RunPodQueue, handler_process
+from tests.helpers.runpod_endpoint import CLIENT_KEY, ENDPOINT_ID, RunPodEndpoint
+from tests.helpers.runpod_queue import RunPodQueue, handler_process
 
 SMALL = {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 42,
          "refine": "no_refiner"}

@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 from tests.helpers import FAST, decode, moto_server
-from tests.runpod_queue import handler_process
+from tests.helpers.runpod_queue import handler_process
 
 SMALL = {**FAST, "refine": "no_refiner"}
 LONG = {"prompt": "a long walk", "width": 1024, "height": 1024, "num_inference_steps": 150,

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from tests.studio.page_helpers import CHROMEDRIVER, CHROMIUM
+from tests.helpers.browser import CHROMEDRIVER, CHROMIUM
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +19,7 @@ def studio_app(models):
     import handler
     from sdxl_worker.studio import app as studio_app
     from tests.helpers import worker_with
-    from tests.studio.page_helpers import served
+    from tests.helpers.browser import served
 
     kept = {}
     real_start, real_serve = handler.startup.start, studio_app.serve

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.studio.page_helpers import served, studio_headers
+from tests.helpers.browser import served, studio_headers
 
 ATTACKER = "http://attacker.example"
 JOB = json.dumps({"input": {"prompt": "a stranger's job", "width": 256, "height": 256, "num_inference_steps": 2}})
@@ -290,7 +290,7 @@ class Answers:
 def test_a_page_on_another_port_cannot_start_read_or_cancel_a_job_in_chromium(browser):
     from sdxl_worker.studio.app import create_app
     from sdxl_worker.testing.servers import Server, answer
-    from tests.studio.page_helpers import wait
+    from tests.helpers.browser import wait
 
     app = create_app(Quick())
     recorded = Answers(app)
@@ -359,7 +359,7 @@ def test_with_a_login_the_page_asks_for_it_and_the_api_refuses_without_it(browse
 
     from sdxl_worker.studio.app import create_app
     from sdxl_worker.studio.guard import Guard
-    from tests.studio.page_helpers import wait
+    from tests.helpers.browser import wait
 
     login = "correct horse battery staple"
     app = create_app(Quick(), guard=Guard(hosts=frozenset({"127.0.0.1"}), login=login))

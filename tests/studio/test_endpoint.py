@@ -11,9 +11,9 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.runpod_endpoint import CLIENT_KEY, ENDPOINT_ID, RunPodEndpoint
-from tests.runpod_queue import RunPodQueue, handler_process
-from tests.studio.page_helpers import WATCH, generate, studio_headers, studio_server, wait
+from tests.helpers.browser import WATCH, generate, studio_headers, studio_server, wait
+from tests.helpers.runpod_endpoint import CLIENT_KEY, ENDPOINT_ID, RunPodEndpoint
+from tests.helpers.runpod_queue import RunPodQueue, handler_process
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_without_the_api_key_the_studio_refuses_to_start_in_one_sentence(monkeyp
 
 
 def test_the_code_view_points_at_the_endpoint_with_the_key_left_to_the_reader(endpoint_page, remote):
-    from tests.studio.page_helpers import click, fill
+    from tests.helpers.browser import click, fill
 
     page = endpoint_page
     fill(page, "prompt", "a lighthouse")

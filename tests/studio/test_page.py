@@ -8,7 +8,7 @@ import time
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from tests.studio.page_helpers import ARTIFACTS, WATCH, click, fill, generate, wait
+from tests.helpers.browser import ARTIFACTS, WATCH, click, fill, generate, wait
 
 
 def test_previews_form_in_place_then_the_image_and_its_seed(page):

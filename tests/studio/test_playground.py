@@ -9,7 +9,7 @@ import json
 
 from selenium.webdriver.common.by import By
 
-from tests.studio.page_helpers import ARTIFACTS, click, fill, generate, wait
+from tests.helpers.browser import ARTIFACTS, click, fill, generate, wait
 
 SMALL = {"width": "256", "height": "256", "num_inference_steps": "2"}
 

@@ -11,8 +11,8 @@ import pytest
 
 from sdxl_worker.studio.endpoint import Endpoint, EndpointError
 from sdxl_worker.studio.jobs import Jobs
-from tests.runpod_endpoint import CLIENT_KEY, ENDPOINT_ID, RunPodEndpoint
-from tests.runpod_queue import Posted, RunPodQueue
+from tests.helpers.runpod_endpoint import CLIENT_KEY, ENDPOINT_ID, RunPodEndpoint
+from tests.helpers.runpod_queue import Posted, RunPodQueue
 
 
 @pytest.fixture

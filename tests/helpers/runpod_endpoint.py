@@ -22,7 +22,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.runpod_queue import RunPodQueue
+from tests.helpers.runpod_queue import RunPodQueue
 
 CLIENT_KEY = "rp-client-key-abcdef0123456789"
 STREAM_CHUNK_LIMIT = 1_000_000  # RunPod's limit for one /stream chunk
