@@ -14,7 +14,6 @@ import pytest
 
 from builder.download_weights import DEFAULTS as BUILDER_DEFAULTS
 from sdxl_worker import config
-from sdxl_worker.config import DEFAULT_IP_ADAPTER_WEIGHT
 from sdxl_worker.request.schema import validate
 from tests.helpers import ROOT
 
@@ -151,11 +150,14 @@ def test_dockerfile_has_no_hadolint_finding():
 
 def test_build_args_are_the_run_time_variables_with_the_worker_defaults():
     args = _dockerfile_args()
-    assert args["BASE_MODEL"] == config.DEFAULT_BASE == BUILDER_DEFAULTS["BASE_MODEL"]
-    assert args["REFINER_MODEL"] == config.DEFAULT_REFINER == BUILDER_DEFAULTS["REFINER_MODEL"]
-    assert args["VAE_MODEL"] == config.DEFAULT_VAE == BUILDER_DEFAULTS["VAE_MODEL"]
+    defaults = config.models({})
+    assert args["BASE_MODEL"] == BUILDER_DEFAULTS["BASE_MODEL"] == defaults.base == \
+        "stabilityai/stable-diffusion-xl-base-1.0"
+    assert args["REFINER_MODEL"] == BUILDER_DEFAULTS["REFINER_MODEL"] == defaults.refiner == \
+        "stabilityai/stable-diffusion-xl-refiner-1.0"
+    assert args["VAE_MODEL"] == BUILDER_DEFAULTS["VAE_MODEL"] == defaults.vae == "madebyollin/sdxl-vae-fp16-fix"
     assert args["TAESD_MODEL"] == BUILDER_DEFAULTS["TAESD_MODEL"] == "madebyollin/taesdxl"
-    assert args["IP_ADAPTER_WEIGHT"] == DEFAULT_IP_ADAPTER_WEIGHT
+    assert args["IP_ADAPTER_WEIGHT"] == "sdxl_models/ip-adapter_sdxl.safetensors"
     assert args["CONTROLNET_MODELS"] == args["IP_ADAPTER_MODEL"] == '""'  # none baked unless asked
     for name in ("BASE_MODEL", "REFINER_MODEL", "VAE_MODEL", "TAESD_MODEL", "CONTROLNET_MODELS", "IP_ADAPTER_MODEL",
                  "IP_ADAPTER_WEIGHT", "IP_ADAPTER_ENCODER"):

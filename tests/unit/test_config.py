@@ -29,10 +29,10 @@ def test_every_way_of_saying_off_turns_the_refiner_off_in_the_worker_and_the_bui
 
 def test_the_builder_and_the_worker_share_the_default_model_ids():
     settings = config.models({})
-    assert (settings.base, settings.refiner, settings.vae) == (config.DEFAULT_BASE, config.DEFAULT_REFINER,
-                                                               config.DEFAULT_VAE)
-    assert [w.repo for w in wanted_from_env({})] == [config.DEFAULT_BASE, config.DEFAULT_REFINER, config.DEFAULT_VAE,
-                                                      config.DEFAULT_TAESD]
+    base, refiner = "stabilityai/stable-diffusion-xl-base-1.0", "stabilityai/stable-diffusion-xl-refiner-1.0"
+    vae = "madebyollin/sdxl-vae-fp16-fix"
+    assert (settings.base, settings.refiner, settings.vae) == (base, refiner, vae)
+    assert [w.repo for w in wanted_from_env({})] == [base, refiner, vae, "madebyollin/taesdxl"]
 
 
 @pytest.mark.parametrize("name, value, words", [
