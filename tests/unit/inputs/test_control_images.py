@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sdxl_worker.inputs.control_images import control_image
+from sdxl_worker.inputs.control_images import control_image, ip_adapter_image
 
 
 def test_canny_of_a_drawn_shape_is_opencvs_edge_map_at_the_output_size():
@@ -21,3 +21,37 @@ def test_none_keeps_the_image_as_the_control_image():
     depth = Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (256, 1))).convert("RGB")
     made = control_image(depth, (256, 256))
     assert np.array_equal(np.asarray(made), np.asarray(depth))
+
+
+def _photo_like(width: int, height: int) -> Image.Image:
+    pixels = np.random.default_rng(3).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def test_a_control_image_of_another_size_is_resized_with_lanczos():
+    source = _photo_like(90, 60)
+    made = control_image(source, (64, 48))
+    assert np.array_equal(np.asarray(made), np.asarray(source.resize((64, 48), Image.Resampling.LANCZOS)))
+
+
+def test_cannys_default_thresholds_are_100_and_200():
+    source = _photo_like(8, 8).resize((64, 64), Image.Resampling.BICUBIC)  # smooth: edges of every strength
+    default = control_image(source, (64, 64), "canny")
+    assert np.array_equal(np.asarray(default)[:, :, 0], cv2.Canny(np.asarray(source), 100, 200))
+    assert not np.array_equal(np.asarray(control_image(source, (64, 64), "canny", 10, 20)), np.asarray(default))
+    assert not np.array_equal(np.asarray(control_image(source, (64, 64), "canny", 100, 400)), np.asarray(default))
+    assert np.array_equal(np.asarray(control_image(source, (64, 64))), np.asarray(source))  # "none" by default
+
+
+def test_a_reference_image_past_4_to_1_is_cut_to_4_to_1_around_its_centre():
+    wide = Image.new("RGB", (1000, 100))
+    wide.paste((255, 0, 0), (300, 0, 700, 100))  # the centre 400 columns are red
+    cut = ip_adapter_image(wide)
+    assert cut.size == (400, 100) and np.asarray(cut)[:, :, 0].min() == 255
+    tall = Image.new("RGB", (10, 101))
+    tall.paste((0, 255, 0), (0, 30, 10, 70))
+    cut = ip_adapter_image(tall)
+    assert cut.size == (10, 40) and np.asarray(cut)[:, :, 1].min() == 255
+    at_the_limit = Image.new("RGB", (400, 100))
+    assert ip_adapter_image(at_the_limit) is at_the_limit
+    assert ip_adapter_image(Image.new("RGB", (100, 400))).size == (100, 400)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from sdxl_worker.errors import InputError
-from sdxl_worker.inputs.images import decode_image
+from sdxl_worker.inputs.images import decode_image, to_rgb
 from tests.helpers import png_data_url, worker_with
 
 
@@ -91,3 +91,45 @@ def test_a_transparent_mask_keeps_where_nothing_is_painted():
 def test_a_mask_that_is_not_an_image_is_named():
     with pytest.raises(InputError, match="'mask'"):
         worker_with(None).images.mask("bm90IGFuIGltYWdl", "mask", (64, 64))
+
+
+@pytest.mark.parametrize("mode, colour", [("LA", (0, 0)), ("PA", (0, 0)), ("RGBA", (0, 0, 0, 0))])
+def test_every_mode_with_an_alpha_channel_is_laid_on_white(mode, colour):
+    image = Image.new(mode, (4, 4), colour)
+    decoded = decode_image(encoded(image.convert("RGBA") if mode == "PA" else image, "PNG"), "image")
+    assert decoded.getpixel((1, 1)) == (255, 255, 255)
+    assert to_rgb(image).getpixel((1, 1)) == (255, 255, 255)
+
+
+def test_32_bit_greyscale_is_scaled_like_16_bit():
+    image = Image.new("I", (4, 4), 65535)
+    assert to_rgb(image).getpixel((0, 0)) == (255, 255, 255)
+    assert to_rgb(Image.new("I", (4, 4), 257 * 100)).getpixel((0, 0)) == (100, 100, 100)
+    assert to_rgb(Image.new("I;16", (4, 4), 257 * 100)).getpixel((0, 0)) == (100, 100, 100)
+
+
+def test_a_palette_image_without_transparency_keeps_its_colours():
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([10, 20, 30] + [0, 0, 0] * 255)
+    assert to_rgb(image).getpixel((0, 0)) == (10, 20, 30)
+
+
+def test_a_masks_transparency_is_black_and_it_is_stretched_with_lanczos():
+    painted = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
+    painted.paste((255, 255, 255, 255), (10, 5, 30, 25))
+    loaded = worker_with(None).images.mask(png_data_url(painted), "mask", (64, 48))
+    flat = Image.alpha_composite(Image.new("RGBA", (40, 30), (0, 0, 0, 255)), painted).convert("L")
+    assert np.array_equal(np.asarray(loaded), np.asarray(flat.resize((64, 48), Image.Resampling.LANCZOS)))
+
+
+def test_images_and_masks_are_refused_by_their_field_and_the_pixel_limit():
+    reader = worker_with(None, MAX_IMAGE_PIXELS="100").images
+    big = png_data_url(Image.new("RGB", (11, 11)))
+    for read, field in ((lambda: reader.image(big, "image_url"), "image_url"),
+                        (lambda: reader.mask(big, "mask_url", (11, 11)), "mask_url")):
+        with pytest.raises(InputError) as refused:
+            read()
+        assert str(refused.value) == f"'{field}' has 11x11 pixels; the limit is 100 pixels (MAX_IMAGE_PIXELS)."
+    with pytest.raises(InputError) as refused:
+        reader.image("ftp://x/y.png", "image_url")
+    assert str(refused.value).startswith("'image_url' uses the URL scheme 'ftp:'")

@@ -184,3 +184,104 @@ def test_messages_name_a_lora_by_its_file_never_its_signed_url_or_a_token():
     token = "hf_AbC123dEf456GhI789jKl012MnO345pQr678"
     assert label_of({"path": f"https://x.example/{token}"}) == "'<a name of 39 characters>'"
     assert label_of({"path": "https://x.example/<b>fox</b>.safetensors"}) == "'<a name of 14 characters>'"
+
+
+def test_what_check_entry_lets_through(tmp_path):
+    files = LoraFiles(LoraSettings(dir=None, cache_dir=tmp_path), Fetcher())
+    for path in ("http://example.com/a.safetensors", "HTTPS://example.com/a.safetensors", "owner/repo"):
+        files.check_entry({"path": path, "weight_name": "style.safetensors"}, 0)
+    with pytest.raises(InputError) as refused:
+        files.check_entry({"path": "./style.safetensors"}, 0)
+    assert str(refused.value) == "LoRA 'style.safetensors': local paths in 'loras[0].path' need LORA_DIR set on the worker."
+
+
+def test_a_path_with_a_nul_byte_is_refused_in_words(files):
+    assert _refusal(lambda: files.check_entry({"path": "a\0b.safetensors"}, 1)) == \
+        "LoRA '<a name of 15 characters>': 'loras[1].path' is not a path this worker can read."
+
+
+def test_resolving_names_the_entry_by_its_index_and_label(files, lora_dir):
+    assert _refusal(lambda: files.resolve({"path": "../outside.safetensors"}, 2)) == \
+        "LoRA 'outside.safetensors': 'loras[2].path' must lead to a file inside LORA_DIR, the worker's LoRA folder."
+    assert _refusal(lambda: files.resolve({"path": "./gone.safetensors"}, 0)) == (
+        "LoRA 'gone.safetensors': 'loras[0].path' is not an https URL, a hub id (owner/name) or an existing "
+        "local path.")
+
+
+def test_an_https_url_is_downloaded_never_read_as_a_path(files, server):
+    url = f"HTTPS://127.0.0.1:{server.port}/fox.safetensors"
+    assert _refusal(lambda: files.resolve({"path": url}, 0)).startswith(
+        "LoRA 'fox.safetensors': 'loras[0].path' could not be downloaded: TLS failed (")
+
+
+def test_a_hub_lora_missing_from_the_local_cache_is_downloaded_into_the_lora_cache(tmp_path, server, monkeypatch):
+    import huggingface_hub
+
+    asked = []
+
+    def hub_url(repo_id, filename):
+        asked.append((repo_id, filename))
+        return server.url("/fox.safetensors")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_url", hub_url)
+    files = LoraFiles(LoraSettings(dir=None, cache_dir=tmp_path / "cache"), Fetcher(FetchSettings(allow_private=True)))
+    found = files.resolve({"path": "someone/fox-lora", "weight_name": "fox.safetensors"}, 0)
+    assert found.parent == tmp_path / "cache" and found.read_bytes() == LORA
+    assert asked == [("someone/fox-lora", "fox.safetensors")]
+
+    def no_hub(repo_id, filename):
+        raise ValueError("the hub is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_url", no_hub)
+    assert _refusal(lambda: files.resolve({"path": "someone/other-lora"}, 1)) == (
+        "LoRA 'other-lora': 'pytorch_lora_weights.safetensors' of hub repo 'someone/other-lora' was not found on "
+        "the hub (ValueError); give 'loras[1].weight_name' or an https URL.")
+
+
+def test_a_download_is_staged_beside_the_cache_and_the_cache_folder_made_as_needed(tmp_path, server):
+    cache = tmp_path / "deep" / "er" / "cache"
+    seen = []
+
+    class Watching(Fetcher):
+        def fetch_into(self, source, field, write, max_bytes=None):
+            def watched(chunk):
+                seen.append(sorted(path.name for path in cache.iterdir()))
+                write(chunk)
+            return super().fetch_into(source, field, watched, max_bytes)
+
+    files = LoraFiles(LoraSettings(dir=None, cache_dir=cache), Watching(FetchSettings(allow_private=True)))
+    fresh = files.resolve({"path": server.url("/fox.safetensors")}, 0)
+    assert seen and all(len(names) == 1 and names[0].endswith(".part") for names in seen)
+    assert sorted(cache.iterdir()) == [fresh]
+
+
+def test_the_new_download_is_kept_even_over_the_cap_and_files_under_it_stay(tmp_path, server):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    old = cache / ("1" * 32 + ".safetensors")
+    old.write_bytes(b"x" * 1000)
+    roomy = LoraFiles(LoraSettings(dir=None, cache_dir=cache, cache_mb=1), Fetcher(FetchSettings(allow_private=True)))
+    first = roomy.resolve({"path": server.url("/fox.safetensors")}, 0)
+    assert old.exists() and first.exists()  # about 1 KB + the LoRA: under 1 MB
+    cramped = LoraFiles(LoraSettings(dir=None, cache_dir=cache, cache_mb=0.000001),
+                        Fetcher(FetchSettings(allow_private=True)))
+    second = cramped.resolve({"path": server.url("/fox.safetensors") + "?v=2"}, 0)
+    assert sorted(cache.iterdir()) == [second]  # the rest evicted, the file just fetched kept
+
+
+def test_eviction_goes_on_until_the_folder_is_under_the_cap(tmp_path):
+    now = time.time()
+    for age, name in enumerate(["c", "b", "a"]):
+        file = tmp_path / f"{name}.safetensors"
+        file.write_bytes(b"x" * 400)
+        os.utime(file, (now - age * 100, now - age * 100))
+    assert [file.name for file in evict(tmp_path, cap_bytes=500)] == ["a.safetensors", "b.safetensors"]
+
+
+def test_a_label_keeps_its_last_part_whole():
+    assert label_of({"path": "https://x.example/loras/STYLEX"}) == "'STYLEX'"
+    assert label_of({"path": "https://x.example/a/b/c.safetensors"}) == "'c.safetensors'"
+
+
+def test_hub_ids_may_be_downloaded_unless_the_worker_is_offline(tmp_path):
+    assert LoraFiles(LoraSettings(cache_dir=tmp_path), Fetcher()).hub_offline is False
