@@ -2,7 +2,7 @@
 
 import pytest
 
-from sdxl_worker.engine.plan import make_plan
+from sdxl_worker.engine.plan import fit_image_size, fits_the_range, make_plan, output_size
 from sdxl_worker.errors import InputError
 from sdxl_worker.request.types import Request
 from sdxl_worker.runtime.checks import Abilities, check
@@ -117,3 +117,38 @@ def test_a_negative_prompt_with_a_preset_without_guidance_is_a_warning():
     assert decided(preset="lightning-4").warnings == ()
     both = decided(preset="lightning-4", negative_prompt="blur", high_noise_frac=0.8).warnings
     assert len(both) == 2 and both[0].startswith("'high_noise_frac' was ignored")
+
+
+# --- the output size of a job sized by its input image (docs/modes.md, "Sizes") ---
+
+
+@pytest.mark.parametrize("width, height, image, size", [
+    (640, 448, (3000, 3000), (640, 448)),  # both sides given: the image's size does not matter
+    (None, None, (1000, 600), (1000, 600)),  # within the range: kept, each side down to a multiple of 8
+    (None, None, (1001, 603), (1000, 600)),
+    (None, None, (3000, 1500), (2048, 1024)),  # too large: the long side shrinks to 2048
+    (None, None, (200, 100), (512, 256)),  # too small: the short side grows to 256
+    (None, None, (4000, 100), (2048, 256)),  # wider than 8:1: clamped at both ends
+    (768, None, (1000, 500), (768, 384)),  # one side given: the other follows the image
+    (None, 512, (1000, 500), (1024, 512)),
+    (2048, None, (100, 1000), (2048, 2048)),  # ... kept within the range
+    (None, 256, (10, 1000), (256, 256)),
+])
+def test_an_images_size_becomes_the_output_size_within_the_range(width, height, image, size):
+    assert output_size(width, height, image) == size
+
+
+@pytest.mark.parametrize("width, height, fits", [
+    (2048, 256, True), (256, 2048, True), (2049, 256, False), (1000, 125, True), (1001, 125, False), (1, 1, True),
+    (8000, 1000, True), (8001, 1000, False),
+])
+def test_an_aspect_ratio_fits_the_range_up_to_8_to_1(width, height, fits):
+    assert fits_the_range(width, height) is fits
+
+
+@pytest.mark.parametrize("width, height, size", [
+    (2048, 2048, (2048, 2048)), (2049, 2049, (2048, 2048)), (255, 255, (256, 256)), (256, 257, (256, 256)),
+    (4096, 1024, (2048, 512)), (300, 1200, (296, 1200)), (100, 400, (256, 1024)), (1023.9999999, 1024, (1024, 1024)),
+])
+def test_fitting_an_image_keeps_its_aspect_ratio_in_multiples_of_8(width, height, size):
+    assert fit_image_size(width, height) == size

@@ -17,6 +17,12 @@ from sdxl_worker.request.types import Request
     ({"refine": "no_refiner", "image": "https://e.com/a.png", "prompt_strength": 0.5, "num_inference_steps": 30},
      {"base": 15}),
     ({"image_url": "https://e.com/a.png", "refiner_inference_steps": 20, "strength": 0.25}, {"refiner": 5}),
+    # Heun calls the UNet twice a step (49 timesteps for 25 steps); the refiner's share is made odd, as
+    # diffusers does for second-order schedulers: 10 timesteps below the hand-off become 11.
+    ({"scheduler": "HeunDiscrete", "high_noise_frac": 0.8}, {"base": 39, "refiner": 11}),
+    ({"num_inference_steps": 10, "high_noise_frac": 0.5}, {"base": 5, "refiner": 5}),
+    ({"refine": "no_refiner", "scheduler": "HeunDiscrete", "image": "https://e.com/a.png", "prompt_strength": 0.5,
+      "num_inference_steps": 30}, {"base": 29}),
 ])
 def test_each_stage_counts_the_steps_its_pipeline_will_take(models, inputs, counts):
     request = Request.from_input({"prompt": "a cat", **inputs})
