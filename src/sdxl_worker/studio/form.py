@@ -42,13 +42,17 @@ def _first_sentence(text: str) -> str:
 
 
 def _range(spec: dict) -> str:
-    """The accepted range as the page shows it: "From 256 to 2048."."""
+    """The accepted range as the page shows it: "From 256 to 2048.", "Above 0 below 1.", "Up to 5."."""
     low = spec.get("minimum", spec.get("exclusiveMinimum"))
     high = spec.get("maximum", spec.get("exclusiveMaximum"))
-    text = "Above" if "exclusiveMinimum" in spec else "From"
-    text = f"{text} {low} " if low is not None else "Up "
-    text += (f"{'below' if 'exclusiveMaximum' in spec else 'to'} {high}" if high is not None else "up")
-    return text + "."
+    above, below = "exclusiveMinimum" in spec, "exclusiveMaximum" in spec
+    if low is not None and high is not None:
+        return f"{'Above' if above else 'From'} {low} {'below' if below else 'to'} {high}."
+    if low is not None:
+        return f"Above {low}." if above else f"From {low} up."
+    if high is not None:
+        return f"Below {high}." if below else f"Up to {high}."
+    return ""
 
 
 def _unset(description: str) -> str | None:
@@ -81,7 +85,7 @@ def _field(name: str, spec: dict) -> dict:
         for bound, key in (("exclusiveMinimum", "min"), ("exclusiveMaximum", "max")):
             if bound in spec:
                 entry[key] = spec[bound]
-        entry["help"] += f" {_range(spec)}"
+        entry["help"] += f" {_range(spec)}" if _range(spec) else ""
         if entry["unset"]:
             entry["help"] += f" Unset: {entry['unset']}."
     else:
