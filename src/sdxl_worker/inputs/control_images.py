@@ -12,9 +12,9 @@ import numpy as np
 from PIL import Image
 
 
-def control_image(image: Image.Image, size: tuple[int, int], preprocess: str = "none",
-                  low_threshold: int = 100, high_threshold: int = 200) -> Image.Image:
-    """A decoded control image at ``size``, preprocessed as asked."""
+def control_image(image: Image.Image, size: tuple[int, int], preprocess: str, low_threshold: int,
+                  high_threshold: int) -> Image.Image:
+    """A decoded control image at ``size``, preprocessed as the job asks (its defaults are the schema's)."""
     if image.size != size:
         image = image.resize(size, Image.Resampling.LANCZOS)
     if preprocess == "canny":

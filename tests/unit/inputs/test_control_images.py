@@ -19,7 +19,7 @@ def test_canny_of_a_drawn_shape_is_opencvs_edge_map_at_the_output_size():
 
 def test_none_keeps_the_image_as_the_control_image():
     depth = Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (256, 1))).convert("RGB")
-    made = control_image(depth, (256, 256))
+    made = control_image(depth, (256, 256), "none", 100, 200)
     assert np.array_equal(np.asarray(made), np.asarray(depth))
 
 
@@ -30,26 +30,33 @@ def _photo_like(width: int, height: int) -> Image.Image:
 
 def test_a_control_image_of_another_size_is_resized_with_lanczos():
     source = _photo_like(90, 60)
-    made = control_image(source, (64, 48))
+    made = control_image(source, (64, 48), "none", 100, 200)
     assert np.array_equal(np.asarray(made), np.asarray(source.resize((64, 48), Image.Resampling.LANCZOS)))
 
 
-def test_cannys_default_thresholds_are_100_and_200():
-    source = _photo_like(8, 8).resize((64, 64), Image.Resampling.BICUBIC)  # smooth: edges of every strength
-    default = control_image(source, (64, 64), "canny")
-    assert np.array_equal(np.asarray(default)[:, :, 0], cv2.Canny(np.asarray(source), 100, 200))
-    assert not np.array_equal(np.asarray(control_image(source, (64, 64), "canny", 10, 20)), np.asarray(default))
-    assert not np.array_equal(np.asarray(control_image(source, (64, 64), "canny", 100, 400)), np.asarray(default))
-    assert np.array_equal(np.asarray(control_image(source, (64, 64))), np.asarray(source))  # "none" by default
+def test_both_thresholds_decide_the_edges():
+    """Canny keeps edges stronger than the high threshold, and weaker ones above the low threshold that
+    continue a strong one: a step edge strong at the top, faint at the bottom, shows both."""
+    steps = np.zeros((64, 64), dtype=np.uint8)
+    steps[:32, 32:] = 60  # strong: a gradient of 240 across the step
+    steps[32:, 32:] = 15  # faint: 60, above a low threshold of 50, below one of 100
+    source = Image.fromarray(steps).convert("RGB")
+    edges = {lows: (np.asarray(control_image(source, (64, 64), "canny", lows, 200))[:, :, 0] > 0)
+             for lows in (50, 100)}
+    assert edges[50][:28].any() and edges[50][36:].any()  # the faint part joins the strong one
+    assert edges[100][:28].any() and not edges[100][36:].any()
+    high = np.asarray(control_image(source, (64, 64), "canny", 50, 1000))[:, :, 0]
+    assert not high.any()  # nothing as strong as 1000: no edge at all
+    assert np.array_equal(np.asarray(control_image(source, (64, 64), "none", 50, 200)), np.asarray(source))
 
 
 def test_a_reference_image_past_4_to_1_is_cut_to_4_to_1_around_its_centre():
-    wide = Image.new("RGB", (1000, 100))
-    wide.paste((255, 0, 0), (300, 0, 700, 100))  # the centre 400 columns are red
+    wide = Image.new("RGB", (1003, 100))
+    wide.paste((255, 0, 0), (301, 0, 701, 100))  # the centre 400 columns are red: 301 to 700
     cut = ip_adapter_image(wide)
     assert cut.size == (400, 100) and np.asarray(cut)[:, :, 0].min() == 255
-    tall = Image.new("RGB", (10, 101))
-    tall.paste((0, 255, 0), (0, 30, 10, 70))
+    tall = Image.new("RGB", (10, 43))
+    tall.paste((0, 255, 0), (0, 1, 10, 41))  # the centre 40 rows: 1 to 40
     cut = ip_adapter_image(tall)
     assert cut.size == (10, 40) and np.asarray(cut)[:, :, 1].min() == 255
     at_the_limit = Image.new("RGB", (400, 100))

@@ -130,6 +130,8 @@ def test_images_and_masks_are_refused_by_their_field_and_the_pixel_limit():
         with pytest.raises(InputError) as refused:
             read()
         assert str(refused.value) == f"'{field}' has 11x11 pixels; the limit is 100 pixels (MAX_IMAGE_PIXELS)."
-    with pytest.raises(InputError) as refused:
-        reader.image("ftp://x/y.png", "image_url")
-    assert str(refused.value).startswith("'image_url' uses the URL scheme 'ftp:'")
+    for read, field in ((lambda: reader.image("ftp://x/y.png", "image_url"), "image_url"),
+                        (lambda: reader.mask("ftp://x/y.png", "mask_url", (8, 8)), "mask_url")):
+        with pytest.raises(InputError) as refused:
+            read()
+        assert str(refused.value).startswith(f"'{field}' uses the URL scheme 'ftp:'")

@@ -229,6 +229,10 @@ def test_a_hub_lora_missing_from_the_local_cache_is_downloaded_into_the_lora_cac
     assert found.parent == tmp_path / "cache" and found.read_bytes() == LORA
     assert asked == [("someone/fox-lora", "fox.safetensors")]
 
+    monkeypatch.setattr(huggingface_hub, "hf_hub_url", lambda repo_id, filename: server.url("/page.safetensors"))
+    assert _refusal(lambda: files.resolve({"path": "someone/page-lora"}, 3)) == (
+        "LoRA 'page-lora': 'loras[3].path' is not a valid .safetensors file (other formats are refused).")
+
     def no_hub(repo_id, filename):
         raise ValueError("the hub is unreachable")
 
