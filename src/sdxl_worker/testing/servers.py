@@ -15,7 +15,7 @@ class Server:
     arrived, so a test can prove nothing did; ``calls`` the same as (method, path, all headers).
     """
 
-    def __init__(self, routes: dict, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, routes: dict, host: str = "127.0.0.1", port: int = 0, tls=None):
         self.routes = routes
         self.requests: list[tuple[str, str]] = []
         self.calls: list[tuple[str, str, dict]] = []
@@ -42,6 +42,9 @@ class Server:
 
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
+        if tls is not None:  # an ssl.SSLContext for the server side (``self_signed``): HTTPS
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.scheme = "https" if tls is not None else "http"
         self.host, self.port = host, self.httpd.server_address[1]
         # A short poll interval: shutdown() waits for it, once per test.
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
@@ -51,7 +54,7 @@ class Server:
         return self.url("")
 
     def url(self, path: str) -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        return f"{self.scheme}://{self.host}:{self.port}{path}"
 
     def __enter__(self):
         self.thread.start()
@@ -154,3 +157,42 @@ def answer(status: int = 200, body: bytes = b"", **headers: str):
             handler.wfile.write(body)
 
     return respond
+
+
+def self_signed(name: str = "127.0.0.1"):
+    """(server context, client context) for HTTPS on loopback: a certificate made now for ``name``
+    (an IP address or a host name), which the client context trusts and nothing else does."""
+    import datetime
+    import ipaddress
+    import ssl
+    import tempfile
+    from pathlib import Path
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    try:
+        alternative = x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        alternative = x509.DNSName(name)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([alternative]), critical=False)
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                   .sign(key, hashes.SHA256()))
+    pem = certificate.public_bytes(serialization.Encoding.PEM)
+    with tempfile.TemporaryDirectory() as folder:
+        cert_file, key_file = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+        cert_file.write_bytes(pem)
+        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cadata=pem.decode())
+    return server, client

@@ -17,7 +17,7 @@ from sdxl_worker import config
 from sdxl_worker.errors import InputError
 from sdxl_worker.inputs import fetch as fetch_module
 from sdxl_worker.inputs.fetch import Fetcher
-from sdxl_worker.testing.servers import Server, body, drip, endless, redirect, stall
+from sdxl_worker.testing.servers import Server, body, drip, endless, redirect, self_signed, stall
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
@@ -482,3 +482,40 @@ def test_an_endpoint_where_the_standard_library_and_urllib3_disagree_is_not_vali
     assert endpoint_refused("http://example.com") == "'endpointUrl' is not a valid URL."
     monkeypatch.setattr(urllib3.util, "parse_url", lambda url: real(url.replace(":80", ":81")))
     assert endpoint_refused("http://example.com:80") == "'endpointUrl' is not a valid URL."
+
+
+# --- HTTPS ---
+
+
+@pytest.fixture
+def tls(monkeypatch):
+    """A certificate for 127.0.0.1 that the fetcher trusts (and nothing else does): the server's context."""
+    server, client = self_signed("127.0.0.1")
+    monkeypatch.setattr(fetch_module.ssl, "create_default_context", lambda: client)
+    return server
+
+
+def test_https_is_fetched_with_the_certificate_checked_for_the_urls_host(tls, private_ok):
+    with Server({"/cat.png": body(PNG)}, tls=tls) as server:
+        assert server.url("/cat.png").startswith("https://")
+        assert fetch(server.url("/cat.png"), "image") == PNG
+        assert refused(f"https://localhost:{server.port}/cat.png") == \
+            "'image' could not be downloaded: TLS failed (CERTIFICATE_VERIFY_FAILED)."  # the name is not on it
+
+
+def test_an_https_server_that_says_nothing_fails_within_the_read_timeout(tls, worker_env, private_ok):
+    worker_env["FETCH_READ_TIMEOUT"] = "0.5"
+    with Server({}, tls=tls) as server:
+        server.routes["/silent"] = stall(server.release, after_headers=True)
+        assert refused(server.url("/silent")) == "'image': the server sent nothing for 0.5 s (FETCH_READ_TIMEOUT)."
+
+
+def test_an_https_server_that_drips_fails_at_the_total_deadline(tls, worker_env, private_ok):
+    worker_env["FETCH_READ_TIMEOUT"] = "5"
+    worker_env["FETCH_TOTAL_TIMEOUT"] = "1"
+    with Server({}, tls=tls) as server:
+        server.routes["/drip"] = drip(server.release)
+        server.routes["/drip-headers"] = drip(server.release, in_headers=True)
+        assert refused(server.url("/drip")) == "'image' took longer than 1 s to download (FETCH_TOTAL_TIMEOUT)."
+        assert refused(server.url("/drip-headers")) == \
+            "'image' took longer than 1 s to download (FETCH_TOTAL_TIMEOUT)."
