@@ -139,6 +139,7 @@ class Jobs:
         job = StudioJob(secrets.token_urlsafe(16), size=size)
         self.jobs[job.id] = job
         job.task = self._loop.create_task(self._run(job, {"id": job.id, "input": job_input}))
+        job.task.add_done_callback(lambda _task: self._settle(job))
         self._loop.call_later(self.unwatched_s, self._cancel_if_unwatched, job.id)
         return job
 
@@ -146,6 +147,13 @@ class Jobs:
         finished = [key for key, kept in self.jobs.items() if kept.ended]
         for old in finished[:-KEPT_JOBS]:
             del self.jobs[old]
+
+    def _settle(self, job: StudioJob) -> None:
+        """A task cancelled before it began never ran ``_run``: its job still ends, as cancelled, and
+        gives its place under the caps back."""
+        if not job.ended:
+            job.add("cancelled", {"message": "Cancelled."})
+            self._trim()
 
     def progress(self, job: dict, report: dict) -> None:
         """A step report from the worker's job thread (Runner's on_progress): onto the loop."""
