@@ -11,6 +11,7 @@ import pytest
 
 from sdxl_worker.studio import app as studio
 from sdxl_worker.studio.guard import Guard
+from sdxl_worker.studio.jobs import Limits
 
 KEY = "key-" + "k" * 40
 HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -138,7 +139,7 @@ def test_serving_prints_the_address_and_warns_when_open_to_the_network(monkeypat
     import uvicorn
 
     ran = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ran.append(options))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ran.append((app, options)))
     studio.serve("app", "127.0.0.1", 8080, "this worker")
     out, err = capsys.readouterr()
     assert out == "studio: http://127.0.0.1:8080/  (jobs run on this worker; Ctrl+C stops)\n" and err == ""
@@ -147,5 +148,126 @@ def test_serving_prints_the_address_and_warns_when_open_to_the_network(monkeypat
     assert out.startswith("studio: http://[::]:9000/")
     assert err == ("studio: WARNING: bound to ::, so it is reachable from the network: anyone who reaches port 9000 "
                    "and knows the login can run jobs here.\n")
-    assert ran == [{"host": "127.0.0.1", "port": 8080, "log_level": "warning"},
-                   {"host": "::", "port": 9000, "log_level": "warning"}]
+    assert ran == [("app", {"host": "127.0.0.1", "port": 8080, "log_level": "warning"}),
+                   ("app", {"host": "::", "port": 9000, "log_level": "warning"})]
+
+
+HELP = """usage: handler.py --studio [-h] [--studio] [--port PORT] [--host HOST]
+                           [--login-file PATH] [--endpoint ENDPOINT_ID]
+
+The studio page.
+
+options:
+  -h, --help            show this help message and exit
+  --studio              serve the studio page
+  --port PORT           port (default 8080)
+  --host HOST           address to bind (default 127.0.0.1; any other needs a
+                        login: STUDIO_LOGIN or --login-file)
+  --login-file PATH     a file holding the studio's login (instead of
+                        STUDIO_LOGIN)
+  --endpoint ENDPOINT_ID
+                        run jobs on this RunPod endpoint (RUNPOD_API_KEY in
+                        the environment) instead of here
+"""
+
+
+def test_the_command_line_explains_itself(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit):
+        studio.parse(["--studio", "--help"])
+    assert capsys.readouterr().out == HELP
+
+
+def test_by_default_the_app_answers_loopback_names_only_and_says_jobs_run_here(seen):
+    app = studio.create_app(_source(seen))
+    key = app.state.guard.key
+    headers = {"origin": "http://localhost:8080", "x-studio-key": key}
+    form, foreign, page = _talk(app, lambda c: c.get("/api/form", headers={**headers, "host": "localhost:8080"}),
+                                lambda c: c.get("/", headers={"host": "studio.lan"}),
+                                lambda c: c.get("/", headers={"host": "[::1]:8080"}))
+    assert form.status_code == 200 and form.json()["runs_on"] == "this worker"
+    assert foreign.status_code == 421 and page.status_code == 200
+    assert app.state.guard.hosts == {"127.0.0.1", "localhost", "::1"}
+
+
+def test_the_page_says_whether_a_login_is_asked_for():
+    with_login = studio.create_app(_source([]), guard=Guard(HOSTS, key=KEY, login="a login of 12+"))
+    (page,) = _talk(with_login, lambda c: c.get("/"))
+    (plain,) = _talk(studio.create_app(_source([]), guard=Guard(HOSTS, key=KEY)), lambda c: c.get("/"))
+    assert "{{login}}" not in page.text and 'content="required"' in page.text.replace("'", '"')
+    assert 'content="none"' in plain.text.replace("'", '"')
+
+
+def test_the_pages_files_are_served_and_no_api_docs_are(app):
+    script, docs, schema, redoc = _talk(app, lambda c: c.get("/static/studio.js"), lambda c: c.get("/docs"),
+                                        lambda c: c.get("/openapi.json"), lambda c: c.get("/redoc"))
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert script.headers["x-frame-options"] == "DENY"
+    assert (docs.status_code, schema.status_code, redoc.status_code) == (404, 404, 404)
+
+
+def test_the_caps_given_hold_and_step_reports_reach_the_page():
+    reports = {}
+
+    def factory(progress):
+        async def run(job):
+            progress(job, {"step": 1, "total_steps": 4, "stage": "base"})
+            await asyncio.sleep(0.05)
+            yield {"images": [], "seed": 1}
+        reports["progress"] = progress
+        return run
+
+    app = studio.create_app(factory, wants_progress=True, guard=Guard(HOSTS, key=KEY),
+                            limits=Limits(jobs=1))
+    body = json.dumps({"input": {"prompt": "a"}})
+
+    async def two_at_once(client):
+        return [await client.post("/api/jobs", headers=OWN_PAGE, content=body) for _ in range(2)]
+
+    (answers,) = _talk(app, two_at_once)
+    assert [answer.status_code for answer in answers] == [202, 429]
+    assert reports["progress"] == app.state.jobs.progress
+    job_id = answers[0].json()["id"]
+    (stream,) = _talk(app, lambda c: c.get(f"/api/jobs/{job_id}/events", headers=OWN_PAGE))
+    assert "event: progress" in stream.text or "event: result" in stream.text
+
+
+def test_api_calls_need_the_key_even_for_reading_and_a_get_without_origin_is_the_pages_own(app):
+    no_key, page_get = _talk(app, lambda c: c.get("/api/form", headers={"origin": "http://127.0.0.1:8080"}),
+                             lambda c: c.get("/api/form", headers={"x-studio-key": KEY}))
+    assert no_key.status_code == 403
+    assert no_key.json() == {"detail": "This request lacks the studio's key: reload the studio's page and try again."}
+    assert page_get.status_code == 200
+
+
+def test_wrong_logins_are_counted_per_address():
+    app = studio.create_app(_source([]), guard=Guard(HOSTS, key=KEY, login="correct horse battery"))
+
+    def client(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(address, 5000))
+        return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080")
+
+    async def scenario():
+        async with client("10.0.0.1") as guesser, client("10.0.0.2") as user:
+            for _ in range(10):
+                await guesser.get("/api/form", headers={**OWN_PAGE, "x-studio-login": "guess"})
+            locked = await guesser.get("/api/form", headers={**OWN_PAGE, "x-studio-login": "correct horse battery"})
+            other = await user.get("/api/form", headers={**OWN_PAGE, "x-studio-login": "correct horse battery"})
+            return locked.status_code, other.status_code
+
+    assert asyncio.run(scenario()) == (429, 200)
+
+
+def test_the_guard_lets_lifespan_messages_through():
+    app = studio.create_app(_source([]), guard=Guard(HOSTS, key=KEY))
+    sent = []
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message["type"])
+
+    asyncio.run(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send))
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
