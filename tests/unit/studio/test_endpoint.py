@@ -4,6 +4,7 @@ the job's end is posted by hand, as the platform would report it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
@@ -11,6 +12,7 @@ import pytest
 
 from sdxl_worker.studio.endpoint import Endpoint, EndpointError
 from sdxl_worker.studio.jobs import Jobs
+from sdxl_worker.testing.servers import Server
 from tests.helpers.runpod_endpoint import CLIENT_KEY, ENDPOINT_ID, RunPodEndpoint
 from tests.helpers.runpod_queue import Posted, RunPodQueue
 
@@ -91,3 +93,121 @@ def test_cancelling_while_run_is_on_its_way_still_cancels_the_remote_job(stand_i
 
     assert asyncio.run(scenario()) == "cancelled"
     assert [path for _, path, _ in stand_in.calls if "/cancel/" in path] == [f"/v2/{ENDPOINT_ID}/cancel/remote-1"]
+
+
+# --- the endpoint's protocol, against a scripted RunPod API ---
+
+
+class Scripted:
+    """RunPod's API as a script: each path answers its list of (status, body) in turn (the last one
+    repeats); every call is recorded as (method, path, headers, body)."""
+
+    def __init__(self, script: dict):
+        self.script = {path: list(answers) for path, answers in script.items()}
+        self.calls: list = []
+
+    def __call__(self, handler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        sent = handler.rfile.read(length) if length else b""
+        path = handler.path
+        self.calls.append((handler.command, path, dict(handler.headers), sent))
+        answers = self.script.get(path.split(f"/v2/{ENDPOINT_ID}", 1)[-1], [(404, {})])
+        status, body = answers.pop(0) if len(answers) > 1 else answers[0]
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """(make a source for a script, the script's calls): a scripted RunPod API on a real socket."""
+    monkeypatch.setattr("sdxl_worker.studio.endpoint.POLL_S", 0.01)
+    made = {}
+
+    def source(script: dict, base_suffix: str = "") -> Endpoint:
+        made["api"] = Scripted(script)
+        made["server"] = Server({"*": made["api"]}).__enter__()
+        return Endpoint(ENDPOINT_ID, "rp-key-1", made["server"].url("/v2") + base_suffix)
+
+    yield source, made
+    if "server" in made:
+        made["server"].__exit__(None, None, None)
+
+
+def test_a_job_goes_queued_running_then_its_chunks_and_its_result(scripted):
+    make, made = scripted
+    source = make({"/run": [(200, {"id": "r1"})], "/stream/r1": [
+        (200, {"status": "IN_QUEUE"}), (200, {"status": "IN_QUEUE"}),
+        (200, {"status": "IN_PROGRESS", "stream": [{"output": {"step": 1, "total_steps": 2}}, {"output": "text"}]}),
+        (200, {"status": "COMPLETED", "stream": [{"images": ["data:x"], "seed": 5}]})]}, base_suffix="/")
+    assert outputs(source, {"prompt": "a fox"}) == [{"status": "IN_QUEUE"}, {"status": "IN_PROGRESS"},
+                                                     {"step": 1, "total_steps": 2}, {"images": ["data:x"], "seed": 5}]
+    calls = made["api"].calls
+    assert [(method, path) for method, path, _, _ in calls] == [("POST", f"/v2/{ENDPOINT_ID}/run")] + \
+        [("GET", f"/v2/{ENDPOINT_ID}/stream/r1")] * 4  # no /status, no /cancel: the result came in the stream
+    method, _, headers, sent = calls[0]
+    assert headers["Authorization"] == "Bearer rp-key-1" and headers["Content-Type"] == "application/json"
+    assert json.loads(sent) == {"input": {"prompt": "a fox"}}
+
+
+@pytest.mark.parametrize("final, last", [
+    ({"status": "FAILED"}, {"error": "The endpoint's job failed without saying why."}),
+    ({"status": "FAILED", "error": "CUDA out of memory."}, {"error": "CUDA out of memory."}),
+    ({"status": "CANCELLED"}, {"error": "The job was cancelled on the endpoint (not from this page)."}),
+    ({"status": "TIMED_OUT"}, {"error": "The job ran past the endpoint's execution timeout; ask for less, or raise "
+                                        "the timeout."}),
+    ({"status": "WEIRD"}, {"error": "The endpoint's job ended WEIRD."}),
+    ({"status": "COMPLETED", "output": []}, {"error": "The endpoint's job finished without images."}),
+    ({"status": "COMPLETED", "output": "done"}, {"error": "The endpoint's job finished without images."}),
+    ({"status": "COMPLETED", "output": {"images": ["data:y"]}}, {"images": ["data:y"]}),
+    ({"status": "COMPLETED", "output": [{"step": 1}, {"images": ["data:z"]}]}, {"images": ["data:z"]}),
+])
+def test_without_a_result_in_the_stream_the_end_is_read_from_status(scripted, final, last):
+    make, made = scripted
+    stream_end = final["status"] if final["status"] in ("FAILED", "CANCELLED", "TIMED_OUT", "COMPLETED") else "FAILED"
+    source = make({"/run": [(200, {"id": "r2"})], "/stream/r2": [(200, {"status": stream_end, "stream": []})],
+                   "/status/r2": [(200, final)]})
+    assert outputs(source)[-1] == last
+    assert made["api"].calls[-1][:2] == ("GET", f"/v2/{ENDPOINT_ID}/status/r2")
+
+
+@pytest.mark.parametrize("script, sentence", [
+    ({"/run": [(500, {})]}, "The endpoint answered run with HTTP 500."),
+    ({"/run": [(400, {"error": "bad"})]}, "The endpoint answered run with HTTP 400."),
+    ({"/run": [(200, b"<html>")]}, "The endpoint's answer to run was not JSON."),
+    ({"/run": [(200, {})]}, "The endpoint's /run answer had no job id."),
+    ({"/run": [(200, b"")]}, "The endpoint's /run answer had no job id."),
+    ({"/run": [(200, {"id": "r3"})], "/stream/r3": [(503, {})]}, "The endpoint answered stream with HTTP 503."),
+])
+def test_each_failure_of_the_api_is_one_sentence(scripted, script, sentence):
+    make, _ = scripted
+    with pytest.raises(EndpointError) as failed:
+        outputs(make(script))
+    assert str(failed.value) == sentence
+
+
+def test_a_job_left_before_its_end_is_cancelled_on_the_endpoint_and_a_finished_one_is_not(scripted):
+    make, made = scripted
+    source = make({"/run": [(200, {"id": "r4"})], "/stream/r4": [(200, {"status": "IN_PROGRESS"})],
+                   "/cancel/r4": [(200, {"status": "CANCELLED"})]})
+
+    async def leave_early():
+        stream = source({"id": "page-1", "input": {}})
+        assert await stream.__anext__() == {"status": "IN_PROGRESS"}
+        await stream.aclose()
+
+    asyncio.run(leave_early())
+    assert made["api"].calls[-1][:2] == ("POST", f"/v2/{ENDPOINT_ID}/cancel/r4")
+    source = make({"/run": [(200, {"id": "r5"})], "/stream/r5": [(200, {"status": "IN_PROGRESS", "stream": [
+        {"output": {"error": "'width' must be a multiple of 8."}}]})]})
+
+    async def leave_after_the_error():
+        stream = source({"id": "page-2", "input": {}})
+        seen = [await stream.__anext__(), await stream.__anext__()]  # the page leaves on the error
+        await stream.aclose()
+        return seen[-1]
+
+    assert asyncio.run(leave_after_the_error()) == {"error": "'width' must be a multiple of 8."}
+    assert not any("/cancel/" in path for _, path, _, _ in made["api"].calls)
