@@ -96,6 +96,6 @@ def _field(name: str, spec: dict) -> dict:
 def fields() -> list[dict]:
     """Every field the page shows: the main ones first, in MAIN's order, then the rest in the schema's."""
     properties = INPUT_SCHEMA["properties"]
-    hidden = {"s3Config", "upload"}  # the studio shows images inline; a bucket belongs to the server
+    hidden = {"upload"}  # the studio shows images inline; a bucket belongs to the server (s3Config is no input)
     order = [*MAIN, *(name for name in properties if name not in MAIN)]
     return [_field(name, properties[name]) for name in order if name in properties and name not in hidden]

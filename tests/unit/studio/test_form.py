@@ -8,7 +8,7 @@ from sdxl_worker.studio.form import MAIN, _range, fields
 
 def test_the_form_has_every_schema_field_with_its_default_and_range_main_fields_first():
     drawn = {field["name"]: field for field in fields()}
-    assert set(drawn) == set(INPUT_SCHEMA["properties"]) - {"s3Config", "upload"}
+    assert set(drawn) == set(INPUT_SCHEMA["properties"]) - {"upload"}
     assert [field["name"] for field in fields()][:len(MAIN)] == list(MAIN)
     steps = INPUT_SCHEMA["properties"]["num_inference_steps"]
     assert (drawn["num_inference_steps"]["default"], drawn["num_inference_steps"]["min"],
@@ -65,6 +65,8 @@ def test_each_kind_of_field_is_drawn_as_its_kind():
     assert drawn["model"]["unset"] == "the first" and drawn["model"]["help"] == \
         "Which of the worker's checkpoints to use, by its name in BASE_MODELS."
     assert [name for name, field in drawn.items() if field["required"]] == ["prompt"]
+    assert drawn["prompt"]["details"] == "What to draw. Required unless image or image_url is given."  # no `marks`
+    assert drawn["high_noise_frac"]["group"] == "more" and "upload" not in drawn
     assert drawn["prompt"]["label"] == "Prompt" and drawn["num_inference_steps"]["label"] == "Num inference steps"
     assert drawn["guidance_scale"]["step"] == "any" and drawn["num_images"]["step"] == 1
 

@@ -124,3 +124,66 @@ def test_addresses_with_no_recent_wrong_login_are_forgotten_past_1024(monkeypatc
 ])
 def test_a_studio_open_to_the_network_needs_a_long_printable_login(host, login, problem):
     assert check_login(host, login) == problem
+
+
+def test_bound_to_every_address_the_machines_own_names_and_addresses_are_its_own(monkeypatch):
+    import socket
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "gpu-7")
+    monkeypatch.setattr(socket, "getfqdn", lambda: "gpu-7.lan")
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.2.3", 0))] if host == "gpu-7" else [])
+    assert own_host_names("0.0.0.0", ("BOX",)) == {*HOSTS, "gpu-7", "gpu-7.lan", "10.1.2.3", "box"}
+
+    def unresolvable(host, port):
+        raise OSError("no address")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
+    assert own_host_names("::") == {*HOSTS, "gpu-7", "gpu-7.lan"}
+
+
+def test_the_origin_is_compared_case_blind_with_the_host():
+    guard = Guard(HOSTS, key=KEY)
+    _call(guard, host="LocalHost:8080", origin="http://localhost:8080")
+
+
+def test_a_missing_login_header_is_a_wrong_login():
+    guard = Guard(HOSTS, key=KEY, login="correct horse battery")
+    assert _refusal(lambda: _call(guard)) == (401, "This studio asks for its login (STUDIO_LOGIN): enter it on the page.")
+
+
+def test_wrong_logins_count_for_exactly_a_minute(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("sdxl_worker.studio.guard.time.monotonic", lambda: clock[0])
+    guard = Guard(HOSTS, key=KEY, login="correct horse battery")
+    for _ in range(10):
+        with pytest.raises(Refused):
+            _call(guard, **{"x-studio-login": "guess"})
+    clock[0] = 60.0
+    _call(guard, **{"x-studio-login": "correct horse battery"})
+
+
+def test_past_1024_addresses_only_those_quiet_for_a_minute_are_forgotten(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr("sdxl_worker.studio.guard.time.monotonic", lambda: clock[0])
+    guard = Guard(HOSTS, key=KEY, login="correct horse battery")
+
+    def wrong(client):
+        with pytest.raises(Refused):
+            _call(guard, client=client, **{"x-studio-login": "guess"})
+
+    for number in range(1023):
+        wrong(f"10.1.{number // 256}.{number % 256}")
+    clock[0] = 30.0
+    wrong("10.7.7.7")  # recent at the next sweep
+    clock[0] = 60.0
+    wrong("10.8.8.8")  # 1025 addresses now: not past 1024 when this one came
+    assert len(guard.failures) == 1025
+    wrong("10.9.9.9")  # past 1024: those quiet for a minute go, the recent ones stay
+    assert sorted(guard.failures) == ["10.7.7.7", "10.8.8.8", "10.9.9.9"]
+
+
+def test_a_login_with_a_delete_character_is_not_printable():
+    assert check_login("127.0.0.1", "twelve chars\x7f") == \
+        "The studio's login must be printable ASCII (a browser sends nothing else in a header)."
+    assert check_login("127.0.0.1", "twelve chars~") is None
