@@ -127,3 +127,137 @@ def test_timings_are_whole_milliseconds_for_every_stage_that_ran(run):
 def test_upload_true_without_storage_is_refused_before_any_work(run):
     [result] = run({"prompt": "a fox", "upload": True})
     assert "'upload'" in result["error"] and "BUCKET_ENDPOINT_URL" in result["error"]
+
+
+# --- the PNG's own bytes, each mode, and the room an inline result has ---
+
+
+def test_a_png_has_sdxls_header_fields_and_ends_with_iend():
+    import struct
+    import zlib
+
+    data = encode_png(Image.new("RGB", (3, 2), (250, 5, 0)))
+    header = struct.pack(">IIBBBBB", 3, 2, 8, 2, 0, 0, 0)  # 8-bit RGB, deflate, adaptive filters, no interlace
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[8:33] == struct.pack(">I", 13) + b"IHDR" + header + struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    assert data[-12:] == b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+@pytest.mark.parametrize("mode, colour, decoded_mode, decoded", [
+    ("LA", (128, 64), "RGBA", (128, 128, 128, 64)),
+    ("P", 3, "RGB", (30, 20, 10)),
+    ("1", 1, "RGB", (255, 255, 255)),
+    ("I;16", 40000, "RGB", None),
+])
+def test_every_image_mode_is_written_as_grey_rgb_or_rgba(mode, colour, decoded_mode, decoded):
+    image = Image.new(mode, (5, 3), colour)
+    if mode == "P":
+        image.putpalette([0, 0, 0] * 3 + [30, 20, 10] + [0, 0, 0] * 252)
+    read = Image.open(io.BytesIO(encode_png(image)))
+    assert read.mode == decoded_mode and read.size == (5, 3)
+    if decoded is not None:
+        assert read.getpixel((4, 2)) == decoded
+
+
+def test_a_transparent_image_as_jpeg_loses_only_its_alpha():
+    image = Image.new("RGBA", (16, 16), (200, 30, 30, 128))
+    read = Image.open(io.BytesIO(encode(image, Encoding("jpeg", 90))))
+    assert read.format == "JPEG" and read.mode == "RGB"
+    assert np.abs(np.subtract(read.getpixel((8, 8)), (200, 30, 30))).max() <= 3
+
+
+def test_an_inline_result_uses_its_room_to_the_byte():
+    image = smooth(64)
+    png = len(encode_png(image))
+    exact = inline_bytes([png], "image/png") + 16_000  # the payload's reserve
+    kept = deliver([image], request(), room_bytes=exact)
+    assert kept.images[0].startswith("data:image/png") and kept.warnings == []
+    smaller = deliver([image], request(), room_bytes=exact - 1)
+    assert not smaller.images[0].startswith("data:image/png")
+    webp = len(encode(image, Encoding("webp")))
+    webp_room = inline_bytes([webp], "image/webp") + 16_000
+    assert webp_room < exact - 1
+    fitted = deliver([image], request(), room_bytes=webp_room)
+    assert fitted.images[0].startswith("data:image/webp")
+    assert fitted.warnings == [
+        f"The 1 image(s) as PNG come to {inline_bytes([png], 'image/png'):,} bytes inline, over the {webp_room:,} "
+        f"bytes limit, so they are lossless WebP ({inline_bytes([webp], 'image/webp'):,} bytes); configure storage "
+        "(BUCKET_* variables) or ask for fewer images to get PNG."]
+
+
+class FakeStorage:
+    """Storage as deliver sees it: a key per image, and an upload that works or fails as told."""
+
+    def __init__(self, fail: str | None = None):
+        self.fail, self.uploads = fail, []
+
+    def key(self, job_id: str, index: int, extension: str) -> str:
+        return f"{job_id}/{index}.{extension}"
+
+    def upload(self, key: str, data: bytes, content_type: str) -> str:
+        from sdxl_worker.delivery.storage import UploadError
+
+        if self.fail:
+            raise UploadError(self.fail)
+        self.uploads.append((key, content_type, data[:4]))
+        return f"https://bucket.example/{key}?signed"
+
+
+def test_with_storage_each_image_is_uploaded_under_its_job_and_index():
+    storage = FakeStorage()
+    delivery = deliver([smooth(32), noise(32)], request(output_format="webp", output_quality=80, num_images=2),
+                       storage=storage, job_id="job-9")
+    assert delivery.images == ["https://bucket.example/job-9/0.webp?signed", "https://bucket.example/job-9/1.webp?signed"]
+    assert sorted((key, kind, head) for key, kind, head in storage.uploads) == [
+        ("job-9/0.webp", "image/webp", b"RIFF"), ("job-9/1.webp", "image/webp", b"RIFF")]
+    assert delivery.warnings == [] and set(delivery.timings) == {"encode", "upload"}
+    assert all(isinstance(ms, int) and ms >= 0 for ms in delivery.timings.values())
+
+
+def test_upload_false_keeps_images_inline_even_with_storage():
+    storage = FakeStorage()
+    delivery = deliver([smooth(32)], request(upload=False), storage=storage)
+    assert delivery.images[0].startswith("data:image/png") and storage.uploads == []
+
+
+def test_a_failed_upload_falls_back_inline_with_a_warning_and_the_reason():
+    delivery = deliver([smooth(32)], request(), storage=FakeStorage(fail="storage refused the upload (AccessDenied)"),
+                       job_id="job-3")
+    assert delivery.images[0].startswith("data:image/png")
+    assert delivery.warnings == ["The images could not be uploaded (storage refused the upload (AccessDenied)), so "
+                                 "they are returned inline."]
+    with pytest.raises(InputError) as caught:
+        deliver([noise(256)], request(), storage=FakeStorage(fail="down"), room_bytes=20_000)
+    assert "RunPod accepts, and storage failed and no smaller encoding fits;" in str(caught.value)
+    with pytest.raises(InputError) as caught:
+        deliver([noise(256)], request(), room_bytes=20_000)
+    assert "RunPod accepts, and no smaller encoding fits;" in str(caught.value)
+
+
+def test_a_too_large_preview_steps_its_quality_down_by_halves(monkeypatch):
+    from sdxl_worker.delivery import previews
+
+    tried = []
+    real = previews.encode
+
+    def recording(image, encoding):
+        tried.append(encoding.quality)
+        return real(image, encoding)
+
+    monkeypatch.setattr(previews, "encode", recording)
+    image = noise(64)
+    monkeypatch.setattr(previews, "MAX_PREVIEW_BYTES", 10)  # nothing fits: down to the floor
+    previews.preview_data_url(image, "jpeg", 100)
+    assert tried == [100, 50, 25, 12, 6, 3]
+    tried.clear()
+    previews.preview_data_url(image, "jpeg", 80)
+    assert tried == [80, 40, 20, 10, 5]  # 5 is the floor too
+    url = previews.data_url(real(image, Encoding("jpeg", 90)), "image/jpeg")
+    exact = len(url) - url.index(",") - 1
+    monkeypatch.setattr(previews, "MAX_PREVIEW_BYTES", exact)
+    tried.clear()
+    assert previews.preview_data_url(image, "jpeg", 90) == url and tried == [90]
+    monkeypatch.setattr(previews, "MAX_PREVIEW_BYTES", exact - 1)
+    tried.clear()
+    previews.preview_data_url(image, "jpeg", 90)
+    assert tried[:2] == [90, 45]
