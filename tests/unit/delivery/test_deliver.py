@@ -261,3 +261,53 @@ def test_a_too_large_preview_steps_its_quality_down_by_halves(monkeypatch):
     tried.clear()
     previews.preview_data_url(image, "jpeg", 90)
     assert tried[:2] == [90, 45]
+
+
+@pytest.mark.parametrize("asked, ladder", [
+    (Encoding("png"), [Encoding("webp"), Encoding("jpeg", 95), Encoding("jpeg", 85)]),
+    (Encoding("webp"), [Encoding("jpeg", 95), Encoding("jpeg", 85)]),
+    (Encoding("webp", 80), [Encoding("jpeg", 95), Encoding("jpeg", 85)]),
+    (Encoding("jpeg", 100), [Encoding("jpeg", 95), Encoding("jpeg", 85)]),
+    (Encoding("jpeg", 95), [Encoding("jpeg", 85)]),  # never the quality asked for again, never above it
+    (Encoding("jpeg", 90), [Encoding("jpeg", 85)]),
+    (Encoding("jpeg", 85), []),
+])
+def test_the_smaller_encodings_tried_best_first(asked, ladder):
+    from sdxl_worker.delivery.deliver import _fallbacks
+
+    assert _fallbacks(asked) == ladder
+
+
+def test_encodings_are_named_as_the_warning_gives_them():
+    assert [Encoding("png").describe(), Encoding("webp").describe(), Encoding("jpeg", 95).describe(),
+            Encoding("webp", 70).describe()] == ["PNG", "lossless WebP", "JPEG quality 95", "WebP quality 70"]
+
+
+def test_data_urls_and_inline_sizes_of_nothing():
+    from sdxl_worker.delivery.deliver import data_url
+
+    assert data_url(b"\x89PNG") == "data:image/png;base64,iVBORw=="
+    assert inline_bytes([], "image/png") == 0
+
+
+def test_timings_count_encoding_and_uploading_in_milliseconds(monkeypatch):
+    import itertools
+
+    from sdxl_worker.delivery import deliver as delivering
+
+    ticks = itertools.count()
+    monkeypatch.setattr(delivering.time, "perf_counter", lambda: float(next(ticks)) / 4)  # 250 ms a reading
+    inline = deliver([smooth(16)], request())
+    assert inline.timings == {"encode": 250, "upload": 0}
+    storage = FakeStorage()
+    uploaded = deliver([smooth(16)], request(), storage=storage)  # readings: start, encoded, upload starts, done
+    assert uploaded.timings == {"encode": 250, "upload": 250}
+    assert storage.uploads[0][0] == "local/0.png"  # a job without an id
+
+
+def test_a_failed_upload_is_logged_with_its_job_and_reason(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="sdxl_worker.delivery.deliver"):
+        deliver([smooth(16)], request(), storage=FakeStorage(fail="storage did not answer"), job_id="job-5")
+    assert caplog.messages == ["job job-5: upload failed (storage did not answer); delivering inline"]
