@@ -65,8 +65,9 @@ def test_a_failed_job_ends_in_its_error_even_an_error_object_and_a_result_from_s
 
 
 def test_a_wrong_key_and_an_unreachable_endpoint_are_one_sentence_each(stand_in):
-    with pytest.raises(EndpointError, match=r"refused RUNPOD_API_KEY \(HTTP 401\)"):
+    with pytest.raises(EndpointError) as refused:
         outputs(Endpoint(ENDPOINT_ID, "rp-wrong-key", stand_in.base_url))
+    assert str(refused.value) == "The endpoint refused RUNPOD_API_KEY (HTTP 401); check the key."
     with pytest.raises(EndpointError, match="Could not reach the endpoint at http://127.0.0.1:9/"):
         outputs(Endpoint(ENDPOINT_ID, CLIENT_KEY, "http://127.0.0.1:9"))
     with pytest.raises(EndpointError, match="needs RUNPOD_API_KEY"):
@@ -150,6 +151,7 @@ def test_a_job_goes_queued_running_then_its_chunks_and_its_result(scripted):
     method, _, headers, sent = calls[0]
     assert headers["Authorization"] == "Bearer rp-key-1" and headers["Content-Type"] == "application/json"
     assert json.loads(sent) == {"input": {"prompt": "a fox"}}
+    assert all(body == b"" for method, _, _, body in calls if method == "GET")  # a GET sends no body
 
 
 @pytest.mark.parametrize("final, last", [
@@ -167,7 +169,8 @@ def test_a_job_goes_queued_running_then_its_chunks_and_its_result(scripted):
 def test_without_a_result_in_the_stream_the_end_is_read_from_status(scripted, final, last):
     make, made = scripted
     stream_end = final["status"] if final["status"] in ("FAILED", "CANCELLED", "TIMED_OUT", "COMPLETED") else "FAILED"
-    source = make({"/run": [(200, {"id": "r2"})], "/stream/r2": [(200, {"status": stream_end, "stream": []})],
+    source = make({"/run": [(200, {"id": "r2"})],
+                   "/stream/r2": [(200, {"status": stream_end, "stream": [{"output": {"step": 1}}]})],
                    "/status/r2": [(200, final)]})
     assert outputs(source)[-1] == last
     assert made["api"].calls[-1][:2] == ("GET", f"/v2/{ENDPOINT_ID}/status/r2")
@@ -211,3 +214,29 @@ def test_a_job_left_before_its_end_is_cancelled_on_the_endpoint_and_a_finished_o
 
     assert asyncio.run(leave_after_the_error()) == {"error": "'width' must be a multiple of 8."}
     assert not any("/cancel/" in path for _, path, _, _ in made["api"].calls)
+    source = make({"/run": [(200, {"id": "r6"})], "/stream/r6": [(200, {"status": "IN_PROGRESS", "stream": [
+        {"output": {"images": ["data:x"]}}]})]})
+
+    async def leave_after_the_images():
+        stream = source({"id": "page-3", "input": {}})
+        seen = [await stream.__anext__(), await stream.__anext__()]
+        await stream.aclose()
+        return seen[-1]
+
+    assert asyncio.run(leave_after_the_images()) == {"images": ["data:x"]}
+    assert not any("/cancel/" in path for _, path, _, _ in made["api"].calls)
+
+
+def test_an_error_in_the_stream_is_the_end_with_no_status_call(scripted):
+    make, made = scripted
+    source = make({"/run": [(200, {"id": "r7"})], "/stream/r7": [(200, {"status": "FAILED", "stream": [
+        {"output": {"error": "CUDA out of memory."}}]})]})
+    assert outputs(source)[-1] == {"error": "CUDA out of memory."}
+    assert not any("/status/" in path for _, path, _, _ in made["api"].calls)
+
+
+def test_the_endpoint_is_runpods_api_unless_told_and_needs_a_key():
+    assert Endpoint("abc123", "rp-key").url == "https://api.runpod.ai/v2/abc123"
+    with pytest.raises(EndpointError) as refused:
+        Endpoint("abc123", "")
+    assert str(refused.value) == "--endpoint needs RUNPOD_API_KEY in the studio server's environment."

@@ -220,6 +220,7 @@ def test_the_caps_on_jobs_and_their_bytes_say_which_was_reached():
         jobs.cancel(first.id)  # before its task ever ran: it still ends, and gives its place back
         await asyncio.sleep(0.01)
         assert len(jobs.open()) == 1 and first.events[-1]["event"] == "cancelled"
+        assert first.events[-1]["data"]["message"] == "Cancelled."
         jobs.start({})  # a place freed by the cancel
         for job in jobs.open():
             jobs.cancel(job.id)
