@@ -101,3 +101,23 @@ def _wait_for(condition) -> None:
             return
         done.wait(0.01)
     assert condition()
+
+
+def _named(prefix: str) -> list:
+    return [thread for thread in threading.enumerate() if thread.name.startswith(prefix + "-")]
+
+
+def test_one_long_lived_thread_by_default_and_every_thread_is_a_daemon():
+    threads = LongLivedThreads("denoise-once")
+    for _ in range(3):
+        threads.submit(lambda: None).result(WAIT_S)
+    made = _named("denoise-once")
+    assert [thread.name for thread in made] == ["denoise-once-0"] and made[0].daemon
+    jobs = JobThreads("job-once")
+    release = threading.Event()
+    running = jobs.submit(release.wait)
+    assert all(thread.daemon for thread in _named("job-once"))  # a worker told to exit does not wait for them
+    release.set()
+    running.result(WAIT_S)
+    _wait_for(lambda: jobs.busy == 0)
+    assert jobs.alive == 1  # one idle thread kept by default

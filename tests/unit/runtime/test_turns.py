@@ -92,3 +92,15 @@ def test_a_turn_meant_for_a_job_whose_loop_has_closed_goes_to_the_next():
         assert (turns.running, turns.waiting) == (1, 0)
 
     _run(next_job())
+
+
+def test_one_job_at_a_time_by_default():
+    async def scenario():
+        turns = Turns()
+        first, second = turns.ask(), turns.ask()
+        assert first.ready.done() and not second.ready.done()
+        turns.give_back(first)
+        await second.ready
+        turns.give_back(second)
+
+    _run(scenario())
