@@ -47,7 +47,7 @@ def test_a_job_on_the_endpoint_streams_its_previews_into_the_page(endpoint_page,
     page = endpoint_page
     assert f"RunPod endpoint {ENDPOINT_ID}" in page.find_element(By.ID, "runs-on").text
     page.execute_script(WATCH)
-    generate(page, prompt="a lighthouse at dusk", width="512", height="512", num_inference_steps="30", seed="77",
+    generate(page, prompt="a lighthouse at dusk", width="256", height="256", num_inference_steps="12", seed="77",
              preview_steps="3", refine="no_refiner")
     wait(page, "document.querySelector('#results img') !== null", 180)
     seen = page.execute_script("return window.seen")
