@@ -149,8 +149,8 @@ class Jobs:
             del self.jobs[old]
 
     def _settle(self, job: StudioJob) -> None:
-        """A task cancelled before it began never ran ``_run``: its job still ends, as cancelled, and
-        gives its place under the caps back."""
+        """The job's task is done: a job that did not end by itself was cancelled (the page's Cancel,
+        before its task began or while it ran); it ends so, and gives its place under the caps back."""
         if not job.ended:
             job.add("cancelled", {"message": "Cancelled."})
             self._trim()
@@ -172,8 +172,6 @@ class Jobs:
                     break
             if not job.ended:
                 job.add("error", {"error": "The job ended without a result."})
-        except asyncio.CancelledError:
-            job.add("cancelled", {"message": "Cancelled."})
         except Exception as error:  # a source that fails (the endpoint unreachable): the page says so
             log.warning("studio job %s failed: %s", job.id, error)
             job.add("error", {"error": str(error) or type(error).__name__})
