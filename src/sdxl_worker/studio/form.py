@@ -85,7 +85,8 @@ def _field(name: str, spec: dict) -> dict:
         for bound, key in (("exclusiveMinimum", "min"), ("exclusiveMaximum", "max")):
             if bound in spec:
                 entry[key] = spec[bound]
-        entry["help"] += f" {_range(spec)}" if _range(spec) else ""
+        words = _range(spec)
+        entry["help"] += f" {words}" if words else ""
         if entry["unset"]:
             entry["help"] += f" Unset: {entry['unset']}."
     else:
