@@ -10,6 +10,14 @@ KEY = "k" * 43
 HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
+@pytest.fixture
+def clock(monkeypatch) -> list:
+    """The guard's monotonic clock, at 0 until the test moves it (``clock[0] = ...``)."""
+    now = [0.0]
+    monkeypatch.setattr("sdxl_worker.studio.guard.time.monotonic", lambda: now[0])
+    return now
+
+
 def _call(guard: Guard, method="POST", client="10.0.0.9", **headers) -> None:
     sent = {"host": "127.0.0.1:8188", "origin": "http://127.0.0.1:8188", "x-studio-key": KEY, **headers}
     guard.check_api_call(method, {name: value for name, value in sent.items() if value is not None}, client)
@@ -83,9 +91,8 @@ def test_each_start_makes_a_new_unguessable_key():
     assert KEY not in repr(Guard(HOSTS, key=KEY, login="a-login-of-12"))
 
 
-def test_with_a_login_a_wrong_one_is_401_and_ten_a_minute_lock_the_address_out(monkeypatch):
-    clock = [1000.0]
-    monkeypatch.setattr("sdxl_worker.studio.guard.time.monotonic", lambda: clock[0])
+def test_with_a_login_a_wrong_one_is_401_and_ten_a_minute_lock_the_address_out(clock):
+    clock[0] = 1000.0
     guard = Guard(HOSTS, key=KEY, login="correct horse battery")
     _call(guard, **{"x-studio-login": "correct horse battery"})
     for _ in range(10):
@@ -100,9 +107,7 @@ def test_with_a_login_a_wrong_one_is_401_and_ten_a_minute_lock_the_address_out(m
     _call(guard, **{"x-studio-login": "correct horse battery"})
 
 
-def test_addresses_with_no_recent_wrong_login_are_forgotten_past_1024(monkeypatch):
-    clock = [0.0]
-    monkeypatch.setattr("sdxl_worker.studio.guard.time.monotonic", lambda: clock[0])
+def test_addresses_with_no_recent_wrong_login_are_forgotten_past_1024(clock):
     guard = Guard(HOSTS, key=KEY, login="correct horse battery")
     for number in range(1025):
         with pytest.raises(Refused):
@@ -152,9 +157,7 @@ def test_a_missing_login_header_is_a_wrong_login():
     assert _refusal(lambda: _call(guard)) == (401, "This studio asks for its login (STUDIO_LOGIN): enter it on the page.")
 
 
-def test_wrong_logins_count_for_exactly_a_minute(monkeypatch):
-    clock = [0.0]
-    monkeypatch.setattr("sdxl_worker.studio.guard.time.monotonic", lambda: clock[0])
+def test_wrong_logins_count_for_exactly_a_minute(clock):
     guard = Guard(HOSTS, key=KEY, login="correct horse battery")
     for _ in range(10):
         with pytest.raises(Refused):
@@ -163,9 +166,7 @@ def test_wrong_logins_count_for_exactly_a_minute(monkeypatch):
     _call(guard, **{"x-studio-login": "correct horse battery"})
 
 
-def test_past_1024_addresses_only_those_quiet_for_a_minute_are_forgotten(monkeypatch):
-    clock = [0.0]
-    monkeypatch.setattr("sdxl_worker.studio.guard.time.monotonic", lambda: clock[0])
+def test_past_1024_addresses_only_those_quiet_for_a_minute_are_forgotten(clock):
     guard = Guard(HOSTS, key=KEY, login="correct horse battery")
 
     def wrong(client):

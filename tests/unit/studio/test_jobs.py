@@ -51,15 +51,11 @@ def test_a_late_watcher_gets_the_latest_preview_then_what_follows_and_cancel_end
 
 
 def test_a_job_no_page_watches_is_cancelled_and_an_error_object_becomes_text():
-    async def slow(job):
-        await asyncio.sleep(30)
-        yield {"images": []}
-
     async def failing(job):
         yield {"error": {"message": "worker exploded", "code": 500}}
 
     async def scenario():
-        jobs = Jobs(slow, unwatched_s=0.2)
+        jobs = Jobs(_slow, unwatched_s=0.2)
         unwatched = jobs.start({"prompt": "a"})
         await asyncio.sleep(0.5)
         jobs.source = failing
@@ -71,6 +67,12 @@ def test_a_job_no_page_watches_is_cancelled_and_an_error_object_becomes_text():
     assert ended == "cancelled"
     assert failure["event"] == "error" and json.loads(failure["data"]["error"]) == {"message": "worker exploded",
                                                                                     "code": 500}
+
+
+async def _slow(job):
+    """A source whose job runs until it is cancelled (its one step takes 30 s)."""
+    await asyncio.sleep(30)
+    yield {"images": []}
 
 
 def _run(scenario, timeout: float = 30):
@@ -147,12 +149,8 @@ def test_how_each_job_ends(source, event, data):
 
 
 def test_a_cancelled_job_says_so_and_only_a_running_job_can_be_cancelled():
-    async def slow(job):
-        await asyncio.sleep(30)
-        yield {"images": []}
-
     async def scenario():
-        jobs = Jobs(slow)
+        jobs = Jobs(_slow)
         job = jobs.start({})
         await asyncio.sleep(0)
         assert not jobs.cancel("no-such-job")
@@ -170,12 +168,8 @@ def test_a_cancelled_job_says_so_and_only_a_running_job_can_be_cancelled():
 
 
 def test_step_reports_from_another_thread_become_progress_events():
-    async def slow(job):
-        await asyncio.sleep(30)
-        yield {"images": []}
-
     async def scenario():
-        jobs = Jobs(slow)
+        jobs = Jobs(_slow)
         jobs.progress({"id": "before-any-job"}, {"step": 1})  # no loop yet: ignored
         job = jobs.start({})
         thread = threading.Thread(target=jobs.progress, args=({"id": job.id}, {"step": 4, "total_steps": 9}))
@@ -196,12 +190,8 @@ def test_step_reports_from_another_thread_become_progress_events():
 
 
 def test_the_caps_on_jobs_and_their_bytes_say_which_was_reached():
-    async def slow(job):
-        await asyncio.sleep(30)
-        yield {"images": []}
-
     async def scenario():
-        jobs = Jobs(slow, limits=Limits(jobs=2, held_bytes=100, streams=1))
+        jobs = Jobs(_slow, limits=Limits(jobs=2, held_bytes=100, streams=1))
         first = jobs.start({}, size=60)
         jobs.room_for(40)  # exactly the cap: room
         with pytest.raises(Busy) as busy:
@@ -256,12 +246,8 @@ def test_the_cap_on_event_streams_holds_and_each_stream_gives_its_place_back():
 
 
 def test_a_watched_job_is_not_cancelled_and_an_unwatched_one_is_after_its_delay():
-    async def slow(job):
-        await asyncio.sleep(30)
-        yield {"images": []}
-
     async def scenario():
-        jobs = Jobs(slow, unwatched_s=0.05)
+        jobs = Jobs(_slow, unwatched_s=0.05)
         watched = jobs.start({})
         stream = jobs.watch(watched.id)
         waiting = asyncio.ensure_future(stream.__anext__())  # the page holds the stream open
