@@ -1,263 +1,436 @@
-"""The async side of a job (runtime/serve.py): cancel, JOB_TIMEOUT_S and SIGTERM end it within a step."""
+"""The Runner (runtime/serve.py) on fake work: what a job's caller gets back, when a job's turn
+passes on, how JOB_TIMEOUT_S, a stuck job and SIGTERM are answered, and when the worker exits.
+
+The same rules on the tiny model (the denoising ends within a step) are in
+tests/scenarios/test_stops.py; submits, cancels and stops in any order in test_job_order.py."""
+
+from __future__ import annotations
 
 import asyncio
-import os
-import signal
+import logging
+import threading
 import time
 
 import pytest
 
-import handler
-from sdxl_worker.engine import generate
-from sdxl_worker.runtime.serve import Runner
-from sdxl_worker.runtime.stopping import SHUTTING_DOWN, TIMED_OUT, JobStopped, Stop
-from tests.helpers import FAST, worker_with
+from sdxl_worker.runtime import serve
+from sdxl_worker.runtime.serve import Runner, _Turn
+from sdxl_worker.runtime.stopping import JobStopped, Stop
+from sdxl_worker.runtime.turns import Turns
 
-LONG = {**FAST, "refine": "no_refiner", "num_inference_steps": 200, "width": 768, "height": 768}
-
-
-def steps_seen(monkeypatch) -> list:
-    """The base steps the pipelines run from now on (the UNet's calls, counted in the step callback)."""
-    seen, real = [], generate._callback
-
-    def counting(on_step, stage, scheduler, *rest):
-        def counted(stage_, step, kwargs):
-            seen.append(step)
-            if on_step is not None:
-                on_step(stage_, step, kwargs)
-        return real(counted, stage, scheduler, *rest)
-
-    monkeypatch.setattr(generate, "_callback", counting)
-    return seen
+TIMED_OUT_AT_STEP_2 = ("The job ran longer than JOB_TIMEOUT_S=30 s and was stopped at step 2 of 5; "
+                       "ask for fewer steps or images, or raise JOB_TIMEOUT_S.")
 
 
-async def until(condition, timeout: float = 60) -> None:
-    give_up = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < give_up, "waited in vain"
-        await asyncio.sleep(0.01)
+@pytest.fixture(autouse=True)
+def fast_polls(monkeypatch):
+    monkeypatch.setattr(serve, "_POLL_S", 0.005)
 
 
-async def outputs_of(runner: Runner, job: dict) -> list:
+class Work:
+    """run_job's stand-in. Each job yields a preview, then waits until ``finish`` is set, checking its
+    Stop every few milliseconds as run_job does between steps ("at step 2 of 5"), unless ``stuck``
+    (a hung upload: after one check it ignores the Stop until released)."""
+
+    def __init__(self, stuck: bool = False):
+        self.stuck = stuck
+        self.finish, self.release = threading.Event(), threading.Event()
+        self.working = threading.Event()  # past its first check: from here a stuck one ignores its Stop
+        self.calls: list[tuple] = []
+        self.started: list[str] = []
+        self.ended: list[str] = []
+        self.running_now = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, worker, job, on_progress, stop):
+        self.calls.append((worker, job, on_progress, stop))
+        with self._lock:
+            self.started.append(job.get("id"))
+            self.running_now += 1
+            self.most_at_once = max(self.most_at_once, self.running_now)
+        try:
+            yield {"preview": job.get("id")}
+            stop.check("at step 2 of 5")
+            self.working.set()
+            while not self.finish.wait(0.003):
+                if self.stuck:
+                    if self.release.wait(0.003):
+                        break
+                    continue
+                stop.check("at step 2 of 5")
+            yield {"images": [job.get("id")]}
+        except JobStopped as stopped:
+            yield {"error": str(stopped)}
+        finally:
+            with self._lock:
+                self.running_now -= 1
+                self.ended.append(job.get("id"))
+
+
+async def answers(runner: Runner, job: dict) -> list:
     return [output async for output in runner.run(job)]
 
 
-def test_a_cancelled_task_stops_the_denoising_within_a_step(models, monkeypatch):
-    seen = steps_seen(monkeypatch)
-    runner = Runner(worker_with(models))
+async def until(condition, timeout: float = 10) -> None:
+    give_up = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < give_up, "waited in vain"
+        await asyncio.sleep(0.002)
+
+
+def wait_until(condition, timeout: float = 10) -> None:
+    give_up = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < give_up, "waited in vain"
+        time.sleep(0.002)
+
+
+# What the caller gets back
+
+
+def test_a_job_hands_over_its_outputs_in_order_and_counts_as_running_until_answered():
+    work = Work()
+    progress = object()
+    runner = Runner("the worker", on_progress=progress, run_job=work)
 
     async def scenario():
-        task = asyncio.create_task(outputs_of(runner, {"id": "cancel-me", "input": LONG}))
-        await until(lambda: len(seen) >= 2)  # the loop is free while the job denoises
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        stopped_at = len(seen)
-        return stopped_at, await outputs_of(runner, {"id": "next", "input": {**FAST, "refine": "no_refiner"}})
-
-    stopped_at, after = asyncio.run(scenario())
-    assert "images" in after[-1], "the next job runs at once"
-    assert stopped_at < 10 and len(seen) - 4 <= stopped_at + 1  # the next job's 4 steps, and at most one more
-
-
-def test_job_timeout_ends_a_long_job_with_an_error_naming_the_limit(models, monkeypatch):
-    # The job's clock moves only when the test says, so a loaded machine cannot time out the quick job.
-    now = [0.0]
-    seen = steps_seen(monkeypatch)
-    runner = Runner(worker_with(models), timeout_s=1.0, clock=lambda: now[0])
-
-    async def scenario():
-        task = asyncio.create_task(outputs_of(runner, {"id": "slow", "input": LONG}))
-        await until(lambda: len(seen) >= 2)
-        now[0] += 1.0  # the job's second second begins: past JOB_TIMEOUT_S
-        return await task
-
-    outputs = asyncio.run(scenario())
-    assert len(outputs) == 1
-    message = outputs[0]["error"]
-    assert message.startswith("The job ran longer than JOB_TIMEOUT_S=1 s and was stopped at step ")
-    assert message.endswith(" of 200; ask for fewer steps or images, or raise JOB_TIMEOUT_S.")
-    assert len(seen) < 10  # stopped within a step or so of its deadline, not after 200
-    assert "images" in asyncio.run(outputs_of(runner, {"id": "quick", "input": FAST}))[-1]
-
-
-@pytest.fixture
-def runpods_sigterm_handler():
-    """A stand-in for the SIGTERM handler runpod's JobScaler installs; the real one is restored after."""
-    calls, original = [], signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda number, frame: calls.append(number))
-    yield calls
-    signal.signal(signal.SIGTERM, original)
-
-
-def test_sigterm_answers_running_jobs_then_exits(models, runpods_sigterm_handler):
-    exits = []
-    runner = Runner(worker_with(models), exit_process=lambda: exits.append(time.monotonic()))
-
-    async def scenario():
-        handler._stop_jobs_on_sigterm(runner)  # what the concurrency_modifier does in runpod's loop
-        handler._stop_jobs_on_sigterm(runner)  # once only: runpod calls the modifier before every job take
-        task = asyncio.create_task(outputs_of(runner, {"id": "at-sigterm", "input": LONG}))
-        await until(lambda: runner.running)
-        await asyncio.sleep(0.5)  # denoising by now
-        os.kill(os.getpid(), signal.SIGTERM)
-        signalled = time.monotonic()
+        task = asyncio.create_task(answers(runner, {"id": "job-1", "input": {"prompt": "a"}}))
+        await until(lambda: work.started)
+        running = list(runner.running.values())
+        work.finish.set()
         outputs = await task
-        late = await outputs_of(runner, {"id": "too-late", "input": FAST})
-        return signalled, outputs, late
+        await asyncio.sleep(0)  # the task's done callback
+        return running, outputs
 
-    signalled, outputs, late = asyncio.run(scenario())
-    assert runpods_sigterm_handler == [signal.SIGTERM], "runpod's own handler still runs: it stops taking jobs"
-    assert len(outputs) == 1 and "shutting down" in outputs[0]["error"] and "at step" in outputs[0]["error"]
-    assert len(late) == 1 and "shutting down" in late[0]["error"]  # a job taken after SIGTERM is not started
-    deadline = time.monotonic() + 5
-    while not exits and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(exits) == 1 and exits[0] - signalled < 8
-
-
-def test_stop_reports_the_first_reason_and_how_far_the_job_got():
-    now = [0.0]
-    stop = Stop(timeout_s=5, clock=lambda: now[0])
-    now[0] = 100  # waited for its turn: the timeout counts from the job's start
-    stop.begin()
-    now[0] = 104
-    stop.check("at step 1 of 9")
-    now[0] = 106
-    with pytest.raises(JobStopped) as stopped:
-        stop.check("at step 3 of 9")
-    stop.stop(SHUTTING_DOWN)
-    assert stopped.value.reason == TIMED_OUT and stop.reason == TIMED_OUT
-    assert str(stopped.value).startswith("The job ran longer than JOB_TIMEOUT_S=5 s and was stopped at step 3 of 9")
+    running, outputs = asyncio.run(scenario())
+    assert running == ["job-1"]
+    assert outputs == [{"preview": "job-1"}, {"images": ["job-1"]}]
+    assert runner.running == {}
+    worker, job, on_progress, stop = work.calls[0]
+    assert (worker, job, on_progress) == ("the worker", {"id": "job-1", "input": {"prompt": "a"}}, progress)
+    assert isinstance(stop, Stop) and stop.timeout_s is None
 
 
-class HangingStorage:
-    """A bucket whose uploads never finish until released: storage that accepts and never answers."""
-
-    def __init__(self):
-        import threading
-
-        self.release, self.entered = threading.Event(), threading.Event()
-
-    def key(self, job_id, index, extension):
-        return f"{job_id}/{index}.{extension}"
-
-    def upload(self, key, data, content_type):
-        self.entered.set()
-        self.release.wait(60)
-        raise RuntimeError("released")
-
-
-def test_a_job_stuck_in_its_upload_is_answered_and_the_next_job_runs_at_once(models):
-    storage = HangingStorage()
-    runner = Runner(worker_with(models, storage), timeout_s=None)
+def test_a_job_without_an_id_is_counted_as_local():
+    work = Work()
+    runner = Runner(None, run_job=work)
 
     async def scenario():
-        task = asyncio.create_task(outputs_of(runner, {"id": "stuck", "input": {**FAST, "upload": True}}))
-        await until(storage.entered.is_set)
-        next(iter(runner.running)).stop(SHUTTING_DOWN)  # as SIGTERM does
+        task = asyncio.create_task(answers(runner, {"input": {}}))
+        await until(lambda: work.calls)
+        running = list(runner.running.values())
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return running
+
+    assert asyncio.run(scenario()) == ["local"]
+
+
+def test_one_job_runs_at_a_time_by_default_and_the_next_starts_when_it_is_answered():
+    work = Work()
+    runner = Runner(None, run_job=work)
+
+    async def scenario():
+        first = asyncio.create_task(answers(runner, {"id": "first"}))
+        second = asyncio.create_task(answers(runner, {"id": "second"}))
+        await until(lambda: work.started)
+        await asyncio.sleep(0.05)
+        waiting = (list(work.started), runner.turns.waiting)
+        work.finish.set()
+        return waiting, await first, await second
+
+    waiting, first, second = asyncio.run(scenario())
+    assert waiting == (["first"], 1)
+    assert first[-1] == {"images": ["first"]} and second[-1] == {"images": ["second"]}
+    assert work.most_at_once == 1
+
+
+def test_concurrency_two_runs_two_jobs_at_once_and_keeps_two_threads():
+    work = Work()
+    runner = Runner(None, concurrency=2, run_job=work)
+
+    async def scenario():
+        tasks = [asyncio.create_task(answers(runner, {"id": f"job-{n}"})) for n in range(3)]
+        await until(lambda: len(work.started) == 2)
+        await asyncio.sleep(0.05)
+        two = sorted(work.started)
+        work.finish.set()
+        await asyncio.gather(*tasks)
+        return two
+
+    assert asyncio.run(scenario()) == ["job-0", "job-1"]
+    assert work.most_at_once == 2
+    wait_until(lambda: runner.threads.busy == 0)
+    assert runner.threads.alive == 2 and runner.turns.running == 0
+
+
+def test_a_job_cancelled_in_line_never_starts_and_the_line_moves_on():
+    work = Work()
+    runner = Runner(None, run_job=work)
+
+    async def scenario():
+        first = asyncio.create_task(answers(runner, {"id": "first"}))
+        queued = asyncio.create_task(answers(runner, {"id": "queued"}))
+        last = asyncio.create_task(answers(runner, {"id": "last"}))
+        await until(lambda: runner.turns.waiting == 2)
+        queued.cancel()
+        await asyncio.gather(queued, return_exceptions=True)
+        work.finish.set()
+        return await first, await last
+
+    first, last = asyncio.run(scenario())
+    assert work.started == ["first", "last"]
+    assert last == [{"preview": "last"}, {"images": ["last"]}]
+
+
+def test_a_cancelled_running_job_stops_at_its_next_check_and_gives_its_turn_to_the_next():
+    work = Work()
+    runner = Runner(None, run_job=work)
+
+    async def scenario():
+        first = asyncio.create_task(answers(runner, {"id": "first"}))
+        await until(lambda: work.started)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await until(lambda: work.ended)
+        stop = work.calls[0][3]
+        second = asyncio.create_task(answers(runner, {"id": "second"}))
+        await until(lambda: len(work.started) == 2)
+        work.finish.set()
+        return stop, await second
+
+    stop, second = asyncio.run(scenario())
+    assert stop.message() == "The job was cancelled at step 2 of 5."
+    assert second[-1] == {"images": ["second"]}
+
+
+# JOB_TIMEOUT_S
+
+
+def test_the_timeout_counts_from_the_jobs_turn_not_from_its_wait_in_line():
+    now = [0.0]
+    work = Work()
+    runner = Runner(None, timeout_s=30, run_job=work, clock=lambda: now[0])
+
+    async def scenario():
+        first = asyncio.create_task(answers(runner, {"id": "first"}))
+        second = asyncio.create_task(answers(runner, {"id": "second"}))
+        await until(lambda: work.started)
+        now[0] = 29.0  # the first job near its limit, the second still in line
+        await asyncio.sleep(0.05)
+        first_done = work.finish.is_set()
+        work.finish.set()
+        first_outputs = await first
+        await until(lambda: len(work.started) == 2)
+        deadline = work.calls[1][3].deadline
+        return first_done, first_outputs, await second, deadline
+
+    first_done, first, second, deadline = asyncio.run(scenario())
+    assert first_done is False and first[-1] == {"images": ["first"]}
+    assert second[-1] == {"images": ["second"]}, "the second job's 29 s in line did not count"
+    assert deadline == 59.0  # its turn came at 29 s
+
+
+def test_a_job_past_its_deadline_is_answered_with_the_limit_and_how_far_it_got():
+    now = [0.0]
+    work = Work()
+    runner = Runner(None, timeout_s=30, run_job=work, clock=lambda: now[0])
+
+    async def scenario():
+        task = asyncio.create_task(answers(runner, {"id": "slow"}))
+        await until(lambda: work.started)
+        now[0] = 29.99
+        await asyncio.sleep(0.05)
+        early = task.done()
+        now[0] = 30.0
+        return early, await task
+
+    early, outputs = asyncio.run(scenario())
+    assert early is False
+    assert outputs == [{"preview": "slow"}, {"error": TIMED_OUT_AT_STEP_2}]
+
+
+def test_a_stuck_job_past_its_deadline_is_answered_for_it_after_the_grace_and_the_next_starts_at_once(
+        monkeypatch, caplog):
+    monkeypatch.setattr(serve, "STOP_GRACE_S", 0.3)
+    now = [0.0]
+    stuck, quick = Work(stuck=True), Work()
+    quick.finish.set()
+    runner = Runner(None, timeout_s=30, run_job=lambda w, job, p, s: (stuck if job["id"] == "stuck" else quick)(w, job, p, s),
+                    clock=lambda: now[0])
+
+    async def scenario():
+        task = asyncio.create_task(answers(runner, {"id": "stuck"}))
+        await until(stuck.working.is_set)
+        now[0] = 31.0
         stopped = time.monotonic()
         outputs = await task
-        answered = time.monotonic() - stopped
-        after = await outputs_of(runner, {"id": "next", "input": {**FAST, "refine": "no_refiner", "upload": False}})
-        return outputs, answered, after, runner.threads.alive
+        answered_after = time.monotonic() - stopped
+        after = await asyncio.wait_for(answers(runner, {"id": "next"}), 5)
+        return outputs, answered_after, after
 
     try:
-        outputs, answered, after, threads = asyncio.run(scenario())
+        with caplog.at_level(logging.WARNING, logger="sdxl_worker.runtime.serve"):
+            outputs, answered_after, after = asyncio.run(scenario())
+        assert outputs == [{"preview": "stuck"}, {"error": TIMED_OUT_AT_STEP_2}]
+        assert 0.3 <= answered_after < 3
+        assert after == [{"preview": "next"}, {"images": ["next"]}], "the next job ran while the stuck one hung"
+        wait_until(lambda: runner.threads.busy == 1)
+        assert stuck.ended == [], "the stuck job's thread is left to finish"
+        assert "job stuck did not stop within 0.3 s (at step 2 of 5); answered, its thread left to finish" in caplog.text
     finally:
-        storage.release.set()
-    assert len(outputs) == 1 and "shutting down" in outputs[0]["error"] and "before delivery" in outputs[0]["error"]
-    assert answered < 5, f"answered {answered:.1f} s after the stop"
-    assert "images" in after[-1]  # while the stuck upload still hangs
-    assert threads == 2, "the stuck job keeps its thread, the next job ran in another"
-    until_retired = time.monotonic() + 10
-    while runner.threads.alive != 1 and time.monotonic() < until_retired:
-        time.sleep(0.05)
-    assert runner.threads.alive == 1, "the stuck thread ends once its upload does"
+        stuck.release.set()
+    wait_until(lambda: stuck.ended == ["stuck"])
 
 
-def test_a_job_waiting_for_the_models_stops_at_once(models):
-    from sdxl_worker.runtime import job as jobs
+# A job's turn (_Turn)
 
-    runner = Runner(worker_with(models), concurrency=2)
+
+def turn_of(turns: Turns) -> _Turn:
+    async def ask():
+        return turns.ask()
+
+    return _Turn(turns, asyncio.run(ask()))
+
+
+def test_a_turn_passes_on_when_the_job_is_answered_and_its_thread_has_ended():
+    turns = Turns(1)
+    turn = turn_of(turns)
+    turn.thread_started()
+    turn.thread_ended()
+    assert turns.running == 1, "not answered yet"
+    turn.answered()
+    assert turns.running == 0
+
+
+def test_a_turn_answered_while_its_thread_works_passes_on_when_the_thread_ends_or_after_the_grace():
+    turns = Turns(1)
+    ends_first = turn_of(turns)
+    ends_first.grace_s = 5.0
+    ends_first.thread_started()
+    ends_first.answered()
+    assert turns.running == 1, "its thread still works"
+    ends_first.thread_ended()
+    assert turns.running == 0, "passed on as the thread ended, not 5 s later"
+
+    grace_first = turn_of(turns)
+    grace_first.grace_s = 0.5
+    grace_first.thread_started()
+    answered = time.monotonic()
+    grace_first.answered()
+    assert turns.running == 1
+    wait_until(lambda: turns.running == 0, timeout=5)
+    assert time.monotonic() - answered >= 0.5
+    grace_first.thread_ended()  # given back once only
+    assert turns.running == 0
+
+
+def test_a_turn_without_grace_passes_on_as_soon_as_the_job_is_answered():
+    turns = Turns(1)
+    turn = turn_of(turns)
+    turn.grace_s = 0
+    turn.thread_started()
+    turn.answered()
+    assert turns.running == 0
+    turn.thread_ended()
+    assert turns.running == 0
+
+
+def test_a_turn_gives_the_stop_grace_by_default():
+    assert turn_of(Turns(1)).grace_s == 2.0
+
+
+# SIGTERM
+
+
+def test_sigterm_answers_every_running_and_waiting_job_then_exits_once(caplog):
+    work = Work()
+    exits = []
+    runner = Runner(None, concurrency=2, run_job=work, exit_process=lambda: exits.append(time.monotonic()))
 
     async def scenario():
-        jobs._models_in_use.acquire()  # another job holds the models
-        try:
-            task = asyncio.create_task(outputs_of(runner, {"id": "waiting", "input": FAST}))
-            await until(lambda: runner.running)
-            await asyncio.sleep(0.3)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            for _ in range(100):  # busy while its thread still waits for the models
-                if runner.threads.busy == 0:
-                    break
-                await asyncio.sleep(0.05)
-            threads = runner.threads.busy
-        finally:
-            jobs._models_in_use.release()
-        return threads, await outputs_of(runner, {"id": "after", "input": {**FAST, "refine": "no_refiner"}})
+        tasks = [asyncio.create_task(answers(runner, {"id": f"job-{n}"})) for n in range(3)]
+        await until(lambda: len(work.started) == 2)
+        await until(lambda: runner.turns.waiting == 1)
+        with caplog.at_level(logging.WARNING, logger="sdxl_worker.runtime.serve"):
+            runner.shut_down()
+            runner.shut_down()  # runpod may signal twice: one stop, one exit
+        outputs = await asyncio.gather(*tasks)
+        late = await answers(runner, {"id": "late"})
+        return outputs, late
 
-    threads, after = asyncio.run(scenario())
-    assert threads == 0, "the cancelled job's thread stopped waiting for the models"
-    assert "images" in after[-1]
+    outputs, late = asyncio.run(scenario())
+    answered = {o[0].get("preview", "in line"): o[-1]["error"] for o in outputs}
+    assert answered == {
+        "job-0": "The worker is shutting down (SIGTERM) and stopped the job at step 2 of 5; send it again.",
+        "job-1": "The worker is shutting down (SIGTERM) and stopped the job at step 2 of 5; send it again.",
+        "in line": "The worker is shutting down (SIGTERM) and stopped the job before it started; send it again.",
+    }
+    assert late == [{"error": "The worker is shutting down (SIGTERM) and stopped the job before it started; "
+                              "send it again."}]
+    assert sorted(work.started) == ["job-0", "job-1"], "neither the waiting job nor the late one started"
+    wait_until(lambda: exits, timeout=5)
+    time.sleep(0.2)
+    assert len(exits) == 1
+    assert caplog.text.count("SIGTERM: stopping 3 running job(s), then exiting") == 1
 
 
-def test_after_sigterm_the_worker_waits_for_jobs_runpod_took_but_has_not_handed_over():
+def test_after_sigterm_the_worker_exits_once_its_jobs_are_answered_not_before():
+    work = Work(stuck=True)
+    exits = []
+    runner = Runner(None, run_job=work, exit_process=lambda: exits.append(time.monotonic()))
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(answers(runner, {"id": "upload"}))
+        loop.run_until_complete(until(work.working.is_set))
+        runner.shut_down()
+        loop.run_until_complete(asyncio.sleep(0.3))
+        assert exits == [] and not task.done(), "its answer is still awaited"
+        work.release.set()
+        outputs = loop.run_until_complete(task)
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        work.release.set()
+        loop.close()
+    assert outputs[-1] == {"images": ["upload"]}, "it finished its upload within the grace"
+    wait_until(lambda: exits, timeout=5)
+
+
+def test_after_sigterm_the_worker_waits_for_jobs_runpod_took_but_has_not_handed_over(caplog):
     pending, exits = [1], []
     runner = Runner(worker=None, exit_process=lambda: exits.append(time.monotonic()), pending=lambda: pending[0])
-    runner.shut_down()
-    time.sleep(0.5)
-    assert exits == [], "a job taken just before SIGTERM is still to be answered"
-    pending[0] = 0  # runpod handed it over, the Runner answered it "shutting down", runpod posted that
-    deadline = time.monotonic() + 5
-    while not exits and time.monotonic() < deadline:
-        time.sleep(0.05)
+    with caplog.at_level(logging.INFO, logger="sdxl_worker.runtime.serve"):
+        runner.shut_down()
+        time.sleep(0.3)
+        assert exits == [], "a job taken just before SIGTERM is still to be answered"
+        pending[0] = 0  # runpod handed it over, the Runner answered it "shutting down", runpod posted that
+        wait_until(lambda: exits, timeout=5)
     assert len(exits) == 1
+    assert "every job answered; exiting" in caplog.text
 
 
-def test_after_sigterm_a_job_that_never_answers_does_not_keep_the_worker_alive(monkeypatch):
+def test_after_sigterm_a_job_that_never_answers_does_not_keep_the_worker_alive(monkeypatch, caplog):
     """RunPod kills a worker 10 s after SIGTERM; the worker gives up waiting at 8 s and exits itself."""
-    from sdxl_worker.runtime import serve
-
     assert serve.EXIT_WITHIN_S == 8.0
     monkeypatch.setattr(serve, "EXIT_WITHIN_S", 1.0)  # the same rule, sooner
+    work = Work(stuck=True)
     exits = []
-    runner = Runner(worker=None, exit_process=lambda: exits.append(time.monotonic()), pending=lambda: 1)
-    signalled = time.monotonic()
-    runner.shut_down()  # runpod never hands the job over, nor answers it
-    deadline = signalled + 10
-    while not exits and time.monotonic() < deadline:
-        time.sleep(0.05)
+    runner = Runner(worker=None, run_job=work, exit_process=lambda: exits.append(time.monotonic()),
+                    pending=lambda: 1)
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(answers(runner, {"id": "never-answers"}))
+        loop.run_until_complete(until(work.working.is_set))
+        with caplog.at_level(logging.WARNING, logger="sdxl_worker.runtime.serve"):
+            signalled = time.monotonic()
+            runner.shut_down()  # runpod never hands its other job over, nor answers it
+            wait_until(lambda: exits, timeout=10)
+    finally:
+        work.release.set()
+        task.cancel()
+        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+        loop.close()
     assert len(exits) == 1, "the worker waited past its limit"
     assert 1.0 <= exits[0] - signalled < 3
-
-
-@pytest.mark.parametrize("timeout_s", [None, 5.0])
-def test_cancelling_a_running_job_and_two_queued_ones_leaves_the_worker_ready_for_the_next(models, timeout_s):
-    """The hole of issue 28: each cancel of a job that never started cost the pool a thread, and the
-    next job never started (or, with JOB_TIMEOUT_S, was answered "stopped before it started")."""
-    runner = Runner(worker_with(models), timeout_s=timeout_s)
-
-    async def scenario():
-        long_one = asyncio.create_task(outputs_of(runner, {"id": "long", "input": LONG}))
-        await until(lambda: runner.threads.busy == 1)
-        queued = [asyncio.create_task(outputs_of(runner, {"id": f"queued-{n}", "input": FAST})) for n in (1, 2)]
-        await asyncio.sleep(0.3)
-        for task in (long_one, *queued):
-            task.cancel()
-        await asyncio.gather(long_one, *queued, return_exceptions=True)
-        await asyncio.sleep(1.5)  # the stopped jobs' threads have ended their work: the worker is idle
-        started = time.monotonic()
-        after = [await asyncio.wait_for(outputs_of(runner, {"id": f"after-{n}", "input": {**FAST, "refine": "no_refiner"}}),
-                                        30) for n in (1, 2)]  # a wedged worker fails here, not hangs
-        return after, time.monotonic() - started
-
-    after, seconds = asyncio.run(scenario())
-    assert ["images" in outputs[-1] for outputs in after] == [True, True], after
-    assert seconds < 20
-    give_up = time.monotonic() + 5  # the last job's thread hands over its answer, then counts itself idle
-    while runner.threads.busy and time.monotonic() < give_up:
-        time.sleep(0.01)
-    assert runner.threads.busy == 0 and runner.threads.alive == 1 and runner.turns.running == 0
+    assert "exiting with 1 job(s) unanswered: never-answers" in caplog.text
