@@ -6,6 +6,10 @@ import pytest
 
 os.environ.setdefault("BASE_MODEL", "tiny")
 os.environ.setdefault("REFINER_MODEL", "tiny")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One process per core (-n 2 on two cores): each computes on one thread, and so do the workers
+    # it starts (they inherit this), instead of every process's torch taking every core.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ One worker serves the tests in order; the last one ends it with SIGTERM.
 """
 
 import contextlib
+import io
 import json
 import signal
 import socket
@@ -15,7 +16,8 @@ import urllib.request
 import boto3
 import pytest
 
-from tests.helpers import FAST, decode, moto_server
+from sdxl_worker.testing.servers import Server
+from tests.helpers import FAST, decode, moto_server, photo
 from tests.helpers.runpod_queue import handler_process
 
 SMALL = {**FAST, "refine": "no_refiner"}
@@ -80,10 +82,38 @@ def test_a_bad_job_is_answered_with_an_error_naming_the_field(worker):
     assert small_job_seconds(rp_queue, "job-after-bad") < 60  # and the worker goes on
 
 
+def held_image(release: threading.Event):
+    """A PNG sent a byte every 0.2 s (well inside the worker's read timeout) until ``release`` is set,
+    then the rest: a job held open on the test's event instead of on many real steps."""
+    buffer = io.BytesIO()
+    photo(256, 256).save(buffer, format="PNG")
+    data = buffer.getvalue()
+
+    def respond(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/png")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        sent = 0
+        while sent < len(data) - 1 and not release.wait(0.2):
+            handler.wfile.write(data[sent:sent + 1])
+            handler.wfile.flush()
+            sent += 1
+        handler.wfile.write(data[sent:])
+
+    return respond
+
+
 def test_progress_and_pings_arrive_during_a_long_job(worker):
     rp_queue, _, _ = worker
-    rp_queue.submit("job-progress", {**LONG, "width": 512, "height": 512, "num_inference_steps": 90})
-    done = rp_queue.result("job-progress", 180)
+    release = threading.Event()
+    with Server({"/held.png": held_image(release)}) as images:
+        rp_queue.submit("job-progress", {**SMALL, "num_inference_steps": 8, "strength": 1.0,
+                                         "image_url": images.url("/held.png")})
+        rp_queue.wait_for(lambda: len(rp_queue.pings_for("job-progress")) >= 2, 60, "a heartbeat naming the job")
+        release.set()
+        done = rp_queue.result("job-progress", 180)
+    assert "error" not in done.body, done.body
     started = rp_queue.taken["job-progress"]
     progress = [p for p in rp_queue.progress("job-progress") if started < p.at < done.at]
     pings = [p for p in rp_queue.pings_for("job-progress") if started < p.at < done.at]
@@ -140,14 +170,14 @@ def test_a_job_with_s3config_lands_in_its_bucket(worker, s3):
 
 def test_a_preview_heavy_job_stays_under_the_output_limit(worker):
     rp_queue, _, _ = worker
-    job = {**SMALL, "width": 512, "height": 512, "num_inference_steps": 40, "preview_steps": 1,
+    job = {**SMALL, "width": 512, "height": 512, "num_inference_steps": 16, "preview_steps": 1,
            "preview_size": 512, "preview_quality": 95}
     rp_queue.submit("job-previews", job)
     done = rp_queue.result("job-previews", 180)
     final = done.body["output"][-1]
     previews = done.body["output"][:-1]
     assert done.size <= OUTPUT_LIMIT_MB * 1_000_000, f"aggregated output {done.size:,} bytes"
-    assert 0 < len(previews) < 40, "later previews were dropped"
+    assert 0 < len(previews) < 16, "later previews were dropped"
     assert sum("were dropped" in warning for warning in final["warnings"]) == 1
     assert decode(final["images"][0]).size == (512, 512)
     assert max(chunk.size for chunk in rp_queue.records("stream", "job-previews")[:-1]) < 1_000_000
