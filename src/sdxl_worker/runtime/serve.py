@@ -168,10 +168,16 @@ class Runner:
                 stopped_at = time.monotonic()
             if stopped_at is not None and time.monotonic() - stopped_at > STOP_GRACE_S:
                 return _AnsweredForIt(error=stop.message())
+            # Not asyncio.wait_for: before Python 3.12 it hands back an output that arrives in the
+            # same turn of the loop as a cancel, and the cancel is lost (the job then runs to its end).
+            getter = asyncio.ensure_future(outputs.get())
             try:
-                return await asyncio.wait_for(outputs.get(), timeout=_POLL_S)
-            except asyncio.TimeoutError:
-                continue
+                await asyncio.wait({getter}, timeout=_POLL_S)
+            finally:
+                if not getter.done():
+                    getter.cancel()  # an output not yet taken stays in the queue
+            if getter.done() and not getter.cancelled():
+                return getter.result()
 
     def _track(self, stop: Stop, job: dict) -> None:
         """Count the job as running until its task is done: for runpod, that is once its answer is sent.

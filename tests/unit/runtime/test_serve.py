@@ -205,6 +205,38 @@ def test_a_cancelled_running_job_stops_at_its_next_check_and_gives_its_turn_to_t
     assert second[-1] == {"images": ["second"]}
 
 
+def test_a_cancel_that_arrives_with_an_output_still_stops_the_job(monkeypatch):
+    """An output and a cancel handled in the same turn of the loop: asyncio.wait_for (before Python
+    3.12) hands back the output and drops the cancel, and the job ran on to its end."""
+    monkeypatch.setattr(serve, "_POLL_S", 5.0)  # the job's task waits for its output, no poll in between
+    loop_and_task, gate, both_queued = {}, threading.Event(), threading.Event()
+
+    def work(worker, job, on_progress, stop):
+        gate.wait(5)
+        yield {"preview": job["id"]}  # handed to the loop ...
+        loop_and_task["loop"].call_soon_threadsafe(loop_and_task["task"].cancel)  # ... and the cancel after it
+        both_queued.set()
+        give_up = time.monotonic() + 5
+        while not stop.stopped and time.monotonic() < give_up:
+            time.sleep(0.005)
+        yield {"images": [job["id"]]} if not stop.stopped else {"error": stop.message()}
+
+    runner = Runner(None, run_job=work)
+
+    async def scenario():
+        loop_and_task["loop"] = asyncio.get_running_loop()
+        task = loop_and_task["task"] = asyncio.create_task(answers(runner, {"id": "cancelled"}))
+        await until(lambda: runner.threads.busy == 1)
+        await asyncio.sleep(0.05)  # the task waits for the job's first output
+        gate.set()
+        assert both_queued.wait(5)  # the loop is held here: it finds the output and the cancel together
+        await asyncio.gather(task, return_exceptions=True)
+        return task
+
+    task = asyncio.run(scenario())
+    assert task.cancelled(), f"the cancel was lost: {task.result()}"
+
+
 # JOB_TIMEOUT_S
 
 
