@@ -2,7 +2,7 @@
 
 import pytest
 
-from sdxl_worker.engine.plan import fit_image_size, fits_the_range, make_plan, output_size
+from sdxl_worker.engine.plan import fit_image_size, fits_the_range, make_plan, output_size, with_image_size
 from sdxl_worker.errors import InputError
 from sdxl_worker.request.types import Request
 from sdxl_worker.runtime.checks import Abilities, check
@@ -136,6 +136,17 @@ def test_a_negative_prompt_with_a_preset_without_guidance_is_a_warning():
 ])
 def test_an_images_size_becomes_the_output_size_within_the_range(width, height, image, size):
     assert output_size(width, height, image) == size
+
+
+def test_once_the_image_is_read_the_plan_takes_its_size_and_keeps_everything_else():
+    p = decided(image="https://e.com/a.png", width=768, num_inference_steps=20, strength=0.5, seed=5)
+    assert (p.width, p.height) == (768, None)
+    sized = with_image_size(p, (1000, 500))
+    assert (sized.width, sized.height) == (768, 384)
+    assert (sized.task, sized.num_inference_steps, sized.strength, sized.seeds) == ("img2img", 20, 0.5, (5,))
+    assert (p.width, p.height) == (768, None), "the plan it came from is unchanged"
+    assert (with_image_size(decided(image="https://e.com/a.png"), (3000, 1500)).width,
+            with_image_size(decided(image="https://e.com/a.png"), (3000, 1500)).height) == (2048, 1024)
 
 
 @pytest.mark.parametrize("width, height, fits", [
