@@ -4,6 +4,7 @@ How jobs use them under load (cancellations, stuck uploads, timeouts) is in test
 test_serve.py; here, each kind of thread pool on its own."""
 
 import threading
+import uuid
 
 import pytest
 
@@ -108,11 +109,12 @@ def _named(prefix: str) -> list:
 
 
 def test_one_long_lived_thread_by_default_and_every_thread_is_a_daemon():
-    threads = LongLivedThreads("denoise-once")
+    name = f"denoise-once-{uuid.uuid4().hex[:8]}"  # its own: a long-lived thread outlives the test
+    threads = LongLivedThreads(name)
     for _ in range(3):
         threads.submit(lambda: None).result(WAIT_S)
-    made = _named("denoise-once")
-    assert [thread.name for thread in made] == ["denoise-once-0"] and made[0].daemon
+    made = _named(name)
+    assert [thread.name for thread in made] == [f"{name}-0"] and made[0].daemon
     jobs = JobThreads("job-once")
     release = threading.Event()
     running = jobs.submit(release.wait)
