@@ -319,17 +319,22 @@ def test_a_stuck_job_past_its_deadline_is_answered_for_it_after_the_grace_and_th
 # A job's turn (_Turn)
 
 
-def turn_of(turns: Turns) -> _Turn:
+def working_turn(turns: Turns, grace_s: float | None = None) -> _Turn:
+    """A job's turn, granted, with its thread started."""
     async def ask():
         return turns.ask()
 
-    return _Turn(turns, asyncio.run(ask()))
+    turn = _Turn(turns, asyncio.run(ask()))
+    if grace_s is not None:
+        turn.grace_s = grace_s
+    turn.thread_started()
+    return turn
 
 
 def test_a_turn_passes_on_when_the_job_is_answered_and_its_thread_has_ended():
     turns = Turns(1)
-    turn = turn_of(turns)
-    turn.thread_started()
+    turn = working_turn(turns)
+    assert turn.grace_s == 2.0, "STOP_GRACE_S"
     turn.thread_ended()
     assert turns.running == 1, "not answered yet"
     turn.answered()
@@ -338,17 +343,13 @@ def test_a_turn_passes_on_when_the_job_is_answered_and_its_thread_has_ended():
 
 def test_a_turn_answered_while_its_thread_works_passes_on_when_the_thread_ends_or_after_the_grace():
     turns = Turns(1)
-    ends_first = turn_of(turns)
-    ends_first.grace_s = 5.0
-    ends_first.thread_started()
+    ends_first = working_turn(turns, grace_s=5.0)
     ends_first.answered()
     assert turns.running == 1, "its thread still works"
     ends_first.thread_ended()
     assert turns.running == 0, "passed on as the thread ended, not 5 s later"
 
-    grace_first = turn_of(turns)
-    grace_first.grace_s = 0.5
-    grace_first.thread_started()
+    grace_first = working_turn(turns, grace_s=0.5)
     answered = time.monotonic()
     grace_first.answered()
     assert turns.running == 1
@@ -357,20 +358,11 @@ def test_a_turn_answered_while_its_thread_works_passes_on_when_the_thread_ends_o
     grace_first.thread_ended()  # given back once only
     assert turns.running == 0
 
-
-def test_a_turn_without_grace_passes_on_as_soon_as_the_job_is_answered():
-    turns = Turns(1)
-    turn = turn_of(turns)
-    turn.grace_s = 0
-    turn.thread_started()
-    turn.answered()
+    no_grace = working_turn(turns, grace_s=0)  # a job answered for its stuck thread had its grace already
+    no_grace.answered()
     assert turns.running == 0
-    turn.thread_ended()
+    no_grace.thread_ended()
     assert turns.running == 0
-
-
-def test_a_turn_gives_the_stop_grace_by_default():
-    assert turn_of(Turns(1)).grace_s == 2.0
 
 
 # SIGTERM
