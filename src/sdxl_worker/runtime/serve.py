@@ -208,7 +208,8 @@ class Runner:
         while (self.running or self.pending() > 0) and time.monotonic() < give_up_at:
             time.sleep(0.05)
         if self.running or self.pending() > 0:
-            log.warning("exiting with %d job(s) unanswered: %s", len(self.running), ", ".join(self.running.values()))
+            log.warning("exiting after %g s with jobs unanswered: %s; runpod holds %d", EXIT_WITHIN_S,
+                        ", ".join(self.running.values()) or "none here", self.pending())
         else:
             log.info("every job answered; exiting")
         self._exit_process()

@@ -27,6 +27,20 @@ def fast_polls(monkeypatch):
     monkeypatch.setattr(serve, "_POLL_S", 0.005)
 
 
+@pytest.fixture(autouse=True)
+def no_real_exit(monkeypatch):
+    """Every Runner here is given its own exit; the process's own would end the test run."""
+    def exit_process():
+        raise AssertionError("the process's own exit was called")
+
+    monkeypatch.setattr(serve, "_exit_process", exit_process)
+
+
+def warnings_of(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records
+            if record.name == "sdxl_worker.runtime.serve" and record.levelno == logging.WARNING]
+
+
 class Work:
     """run_job's stand-in. Each job yields a preview, then waits until ``finish`` is set, checking its
     Stop every few milliseconds as run_job does between steps ("at step 2 of 5"), unless ``stuck``
@@ -37,6 +51,7 @@ class Work:
         self.finish, self.release = threading.Event(), threading.Event()
         self.working = threading.Event()  # past its first check: from here a stuck one ignores its Stop
         self.calls: list[tuple] = []
+        self.threads: list[str] = []  # the name of the thread each job ran in
         self.started: list[str] = []
         self.ended: list[str] = []
         self.running_now = 0
@@ -45,6 +60,7 @@ class Work:
 
     def __call__(self, worker, job, on_progress, stop):
         self.calls.append((worker, job, on_progress, stop))
+        self.threads.append(threading.current_thread().name)
         with self._lock:
             self.started.append(job.get("id"))
             self.running_now += 1
@@ -161,6 +177,7 @@ def test_concurrency_two_runs_two_jobs_at_once_and_keeps_two_threads():
 
     assert asyncio.run(scenario()) == ["job-0", "job-1"]
     assert work.most_at_once == 2
+    assert all(name.startswith("job-") for name in work.threads), work.threads  # "job-N" in a thread dump
     wait_until(lambda: runner.threads.busy == 0)
     assert runner.threads.alive == 2 and runner.turns.running == 0
 
@@ -184,6 +201,28 @@ def test_a_job_cancelled_in_line_never_starts_and_the_line_moves_on():
     assert last == [{"preview": "last"}, {"images": ["last"]}]
 
 
+def test_a_job_stopped_in_line_is_answered_at_once_while_the_job_ahead_runs_on():
+    work = Work()
+    runner = Runner(None, run_job=work)
+
+    async def scenario():
+        first = asyncio.create_task(answers(runner, {"id": "first"}))
+        queued = asyncio.create_task(answers(runner, {"id": "queued"}))
+        await until(lambda: runner.turns.waiting == 1)
+        stops = {job_id: stop for stop, job_id in runner.running.items()}
+        stops["queued"].stop("shutting down")  # as SIGTERM does, for one job
+        answer = await asyncio.wait_for(queued, 5)
+        ahead_still_running = not first.done()
+        work.finish.set()
+        await first
+        return answer, ahead_still_running
+
+    answer, ahead_still_running = asyncio.run(scenario())
+    assert answer == [{"error": "The worker is shutting down (SIGTERM) and stopped the job before it started; "
+                                "send it again."}]
+    assert ahead_still_running and work.started == ["first"]
+
+
 def test_a_cancelled_running_job_stops_at_its_next_check_and_gives_its_turn_to_the_next():
     work = Work()
     runner = Runner(None, run_job=work)
@@ -201,7 +240,7 @@ def test_a_cancelled_running_job_stops_at_its_next_check_and_gives_its_turn_to_t
         return stop, await second
 
     stop, second = asyncio.run(scenario())
-    assert stop.message() == "The job was cancelled at step 2 of 5."
+    assert (stop.reason, stop.message()) == ("cancelled", "The job was cancelled at step 2 of 5.")
     assert second[-1] == {"images": ["second"]}
 
 
@@ -295,10 +334,11 @@ def test_a_stuck_job_past_its_deadline_is_answered_for_it_after_the_grace_and_th
     async def scenario():
         task = asyncio.create_task(answers(runner, {"id": "stuck"}))
         await until(stuck.working.is_set)
-        now[0] = 31.0
+        now[0] = 30.0  # its deadline to the tick: the Runner stops it (a stuck job does not look)
         stopped = time.monotonic()
         outputs = await task
         answered_after = time.monotonic() - stopped
+        assert runner.turns.running == 0, "its turn passed on at once: it had its grace already"
         after = await asyncio.wait_for(answers(runner, {"id": "next"}), 5)
         return outputs, answered_after, after
 
@@ -310,7 +350,8 @@ def test_a_stuck_job_past_its_deadline_is_answered_for_it_after_the_grace_and_th
         assert after == [{"preview": "next"}, {"images": ["next"]}], "the next job ran while the stuck one hung"
         wait_until(lambda: runner.threads.busy == 1)
         assert stuck.ended == [], "the stuck job's thread is left to finish"
-        assert "job stuck did not stop within 0.3 s (at step 2 of 5); answered, its thread left to finish" in caplog.text
+        assert warnings_of(caplog) == [
+            "job stuck did not stop within 0.3 s (at step 2 of 5); answered, its thread left to finish"]
     finally:
         stuck.release.set()
     wait_until(lambda: stuck.ended == ["stuck"])
@@ -397,7 +438,7 @@ def test_sigterm_answers_every_running_and_waiting_job_then_exits_once(caplog):
     wait_until(lambda: exits, timeout=5)
     time.sleep(0.2)
     assert len(exits) == 1
-    assert caplog.text.count("SIGTERM: stopping 3 running job(s), then exiting") == 1
+    assert warnings_of(caplog) == ["SIGTERM: stopping 3 running job(s), then exiting"]
 
 
 def test_after_sigterm_the_worker_exits_once_its_jobs_are_answered_not_before():
@@ -426,6 +467,8 @@ def test_after_sigterm_the_worker_waits_for_jobs_runpod_took_but_has_not_handed_
     runner = Runner(worker=None, exit_process=lambda: exits.append(time.monotonic()), pending=lambda: pending[0])
     with caplog.at_level(logging.INFO, logger="sdxl_worker.runtime.serve"):
         runner.shut_down()
+        waiting = [thread for thread in threading.enumerate() if thread.name == "shutdown"]
+        assert len(waiting) == 1 and waiting[0].daemon, "a daemon thread named shutdown waits to exit"
         time.sleep(0.3)
         assert exits == [], "a job taken just before SIGTERM is still to be answered"
         pending[0] = 0  # runpod handed it over, the Runner answered it "shutting down", runpod posted that
@@ -434,27 +477,38 @@ def test_after_sigterm_the_worker_waits_for_jobs_runpod_took_but_has_not_handed_
     assert "every job answered; exiting" in caplog.text
 
 
-def test_after_sigterm_a_job_that_never_answers_does_not_keep_the_worker_alive(monkeypatch, caplog):
+def test_after_sigterm_jobs_that_never_answer_do_not_keep_the_worker_alive(monkeypatch, caplog):
     """RunPod kills a worker 10 s after SIGTERM; the worker gives up waiting at 8 s and exits itself."""
     assert serve.EXIT_WITHIN_S == 8.0
     monkeypatch.setattr(serve, "EXIT_WITHIN_S", 1.0)  # the same rule, sooner
     work = Work(stuck=True)
     exits = []
-    runner = Runner(worker=None, run_job=work, exit_process=lambda: exits.append(time.monotonic()),
-                    pending=lambda: 1)
+    runner = Runner(worker=None, concurrency=2, run_job=work, exit_process=lambda: exits.append(time.monotonic()))
     loop = asyncio.new_event_loop()
     try:
-        task = loop.create_task(answers(runner, {"id": "never-answers"}))
-        loop.run_until_complete(until(work.working.is_set))
+        tasks = [loop.create_task(answers(runner, {"id": name})) for name in ("upload-a", "upload-b")]
+        loop.run_until_complete(until(lambda: len(work.started) == 2))
+        loop.run_until_complete(asyncio.sleep(0.05))
         with caplog.at_level(logging.WARNING, logger="sdxl_worker.runtime.serve"):
             signalled = time.monotonic()
-            runner.shut_down()  # runpod never hands its other job over, nor answers it
+            runner.shut_down()  # their uploads hang, and the loop that would answer for them is busy
             wait_until(lambda: exits, timeout=10)
     finally:
         work.release.set()
-        task.cancel()
-        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
         loop.close()
     assert len(exits) == 1, "the worker waited past its limit"
     assert 1.0 <= exits[0] - signalled < 3
-    assert "exiting with 1 job(s) unanswered: never-answers" in caplog.text
+    assert warnings_of(caplog)[-1] == "exiting after 1 s with jobs unanswered: upload-a, upload-b; runpod holds 0"
+
+
+def test_after_sigterm_a_job_runpod_never_hands_over_does_not_keep_the_worker_alive(monkeypatch, caplog):
+    monkeypatch.setattr(serve, "EXIT_WITHIN_S", 0.5)
+    exits = []
+    runner = Runner(worker=None, exit_process=lambda: exits.append(time.monotonic()), pending=lambda: 1)
+    with caplog.at_level(logging.WARNING, logger="sdxl_worker.runtime.serve"):
+        runner.shut_down()
+        wait_until(lambda: exits, timeout=10)
+    assert warnings_of(caplog)[-1] == "exiting after 0.5 s with jobs unanswered: none here; runpod holds 1"

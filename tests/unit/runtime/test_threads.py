@@ -117,9 +117,11 @@ def test_one_long_lived_thread_by_default_and_every_thread_is_a_daemon():
     assert [thread.name for thread in made] == [f"{name}-0"] and made[0].daemon
     jobs = JobThreads("job-once")
     release = threading.Event()
-    running = jobs.submit(release.wait)
+    running = [jobs.submit(release.wait) for _ in range(2)]
     assert all(thread.daemon for thread in _named("job-once"))  # a worker told to exit does not wait for them
+    assert jobs.alive == 2
     release.set()
-    running.result(WAIT_S)
-    _wait_for(lambda: jobs.busy == 0)
-    assert jobs.alive == 1  # one idle thread kept by default
+    for work in running:
+        work.result(WAIT_S)
+    _wait_for(lambda: jobs.alive == 1)
+    assert (jobs.alive, jobs.busy) == (1, 0)  # one idle thread kept by default, the other ended
