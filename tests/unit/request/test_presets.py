@@ -44,3 +44,24 @@ def test_docs_hold_the_generated_preset_table():
     table = re.search(r"<!-- presets:start -->\n(.*?)\n<!-- presets:end -->", text, re.S)
     assert table and table.group(1).strip() == presets.markdown_table().strip(), \
         "run: python -m sdxl_worker.request.presets, paste into docs/checkpoints.md"
+
+
+def test_an_input_image_keeps_its_own_size_under_a_sized_preset():
+    job = Request.from_input({"prompt": "a cat", "preset": "turbo-1", "image": "https://example.com/a.png"})
+    assert (job.width, job.height) == (None, None)  # from the image, once it is read
+    assert presets.defaults("lcm-4", {}).get("width") is None, "lcm-4 keeps the schema's size"
+
+
+def test_each_refusal_of_a_preset_is_its_own_sentence():
+    label = "'preset' 'lcm-4'"
+    assert presets.problems("lcm-4", {"guidance_scale": 2.0}) == [], "its maximum is allowed"
+    assert presets.problems("lcm-4", {"guidance_scale": 2.01}) == [
+        f"'guidance_scale' must be at most 2 with {label}; leave it out for 1."]
+    assert presets.problems("lcm-4", {"refine": "expert_ensemble_refiner"}) == [
+        f"'refine' cannot be 'expert_ensemble_refiner' with {label}, which runs its whole schedule on the base; "
+        "use 'base_image_refiner' or leave 'refine' out."]
+    assert presets.problems("lcm-4", {"refine": "base_image_refiner"}) == []
+    refiner_only = (f"{label} speeds up the base, and a refiner-only job ('image_url') runs no base; "
+                    "leave 'preset' out.")
+    assert presets.problems("lcm-4", {"task": "refine", "image": "https://example.com/a.png"}) == [refiner_only]
+    assert presets.problems("lcm-4", {"task": "img2img", "image": "https://example.com/a.png"}) == []

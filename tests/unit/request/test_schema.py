@@ -186,6 +186,19 @@ _IMAGE_URL = "https://e.com/a.png"
     ({"prompt": "a\ud800"}, "'prompt' is not valid Unicode text."),
     ({"prompt": "a", "loras": [0] * 20_000}, "The job's 'input' holds more than 10,000 values."),
     ({"prompt": "a", **{f"k{n}": n for n in range(10_001)}}, "The job's 'input' holds more than 10,000 values."),
+    # many small lists: no one of them is large, the count of everything is
+    ({"prompt": "a", "x": [[0] * 10 for _ in range(1001)]}, "The job's 'input' holds more than 10,000 values."),
+    ({"prompt": "a", "x": {"y": "\ud800"}}, "'x' is not valid Unicode text."),  # inside an object too
+    ({"prompt": "a", "k" * 50: "\ud800"}, f"'{'k' * 40}' is not valid Unicode text."),  # a long name cut at 40
+    ({"prompt": "a", "controlnets": [{"model": "c", "image": _IMAGE_URL, "start": 0.5, "end": 0.5}]},
+     "'controlnets[0].start' (0.5) must be less than 'controlnets[0].end' (0.5): they are the part of the schedule "
+     "the ControlNet guides."),
+    ({"prompt": "a", "task": "refine", "image": _IMAGE_URL, "mask": _IMAGE_URL},
+     "'mask' was given but 'task' is 'refine'; use 'inpaint' or leave 'task' unset."),
+    ({"prompt": "a", "task": "txt2img", "image": _IMAGE_URL, "mask": _IMAGE_URL},
+     "'task' is 'txt2img' but an input image was given; drop the image or use 'img2img'. "
+     "'mask' was given but 'task' is 'txt2img'; use 'inpaint' or leave 'task' unset."),
+    ([1, 2], "The job's 'input' must be a JSON object of parameters, e.g. {\"prompt\": \"a cat\"}."),
 ])
 def test_each_rule_between_fields_and_each_size_limit_is_its_own_sentence(inputs, sentence):
     with pytest.raises(InputError) as refused:
@@ -228,3 +241,18 @@ def test_unknown_inputs_are_listed_up_to_five():
 
 def test_an_empty_list_of_reference_images_says_at_least_one():
     assert _refusal({"prompt": "a", "ip_adapter": {"image": []}}) == "'ip_adapter.image' must have at least 1 items."
+
+
+@pytest.mark.parametrize("inputs, sentence", [
+    ({"num_inference_steps": 0}, "'num_inference_steps' must be at least 1 and at most 200, got 0."),
+    ({"strength": -1}, "'strength' must be greater than 0 and at most 1, got -1."),
+    ({"seed": "a" * 300}, "'seed' must be a whole number or null, got a text of 300 characters."),
+    ({"seed": "abc"}, "'seed' must be a whole number or null, got the text 'abc'."),
+    ({"width": [1]}, "'width' must be a whole number or null, got a list."),
+    ({"loras": [{"scale": 1}]}, "'loras[0]' is missing 'path'."),
+    ({"ip_adapter": {}}, "'ip_adapter' is missing 'image'."),
+    ({"prompt": 5, "width": "big"},
+     "'prompt' must be string or null, got int 5. 'width' must be a whole number or null, got the text 'big'."),
+])
+def test_a_value_of_the_wrong_kind_or_range_is_named_with_what_was_given(inputs, sentence):
+    assert error_for({"prompt": "a", **inputs}) == sentence

@@ -21,3 +21,10 @@ def test_a_whole_number_sent_as_a_float_is_an_integer():
     request = Request.from_input({"prompt": "a", "width": 1024.0, "num_inference_steps": 30.0})
     assert (request.width, request.num_inference_steps) == (1024, 30)
     assert isinstance(request.width, int) and isinstance(request.num_inference_steps, int)
+
+
+def test_an_ip_adapter_reference_given_as_one_url_or_a_list_is_a_tuple_of_urls():
+    one = Request.from_input({"prompt": "a", "ip_adapter": {"image": "https://e.com/a.png"}})
+    two = Request.from_input({"prompt": "a", "ip_adapter": {"image": ["https://e.com/a.png", "https://e.com/b.png"]}})
+    assert one.ip_adapter.images == ("https://e.com/a.png",)
+    assert two.ip_adapter.images == ("https://e.com/a.png", "https://e.com/b.png")
