@@ -98,12 +98,17 @@ def test_the_plan_carries_the_requests_settings_under_their_own_names():
     assert (p.output_format, p.output_quality, p.upload, p.seeds) == ("jpeg", 70, False, (11, 12))
     assert (p.guidance_scale, p.num_inference_steps, p.scheduler) == (4, 12, "K_EULER")
     assert (p.refiner_inference_steps, p.strength) == (9, 0.5)
+    named = decided(model="community/model", preset="lcm-4", loras=[{"path": "a/b.safetensors", "scale": 0.5}])
+    assert (named.model, named.preset) == ("community/model", "lcm-4")
+    assert [(lora.path, lora.scale) for lora in named.loras] == [("a/b.safetensors", 0.5)]
     assert decided().ip_adapter_scale is None
 
 
-def test_a_random_seed_leaves_room_for_every_image_of_the_job():
+def test_a_random_seed_leaves_room_for_every_image_of_the_job(monkeypatch):
     seeds = {decided(num_images=4).seeds for _ in range(20)}
     assert len(seeds) == 20 and all(s[-1] <= 2**63 - 1 for s in seeds)
+    monkeypatch.setattr("secrets.randbelow", lambda below: below - 1)  # the largest seed it could draw
+    assert decided(num_images=4).seeds[-1] <= 2**63 - 1
 
 
 def test_a_negative_prompt_with_a_preset_without_guidance_is_a_warning():
@@ -133,6 +138,7 @@ def test_a_negative_prompt_with_a_preset_without_guidance_is_a_warning():
     (None, 512, (1000, 500), (1024, 512)),
     (2048, None, (100, 1000), (2048, 2048)),  # ... kept within the range
     (None, 256, (10, 1000), (256, 256)),
+    (768, None, (1024, 1023), (768, 760)),  # 767.25 rounds down to a multiple of 8
 ])
 def test_an_images_size_becomes_the_output_size_within_the_range(width, height, image, size):
     assert output_size(width, height, image) == size
@@ -145,8 +151,10 @@ def test_once_the_image_is_read_the_plan_takes_its_size_and_keeps_everything_els
     assert (sized.width, sized.height) == (768, 384)
     assert (sized.task, sized.num_inference_steps, sized.strength, sized.seeds) == ("img2img", 20, 0.5, (5,))
     assert (p.width, p.height) == (768, None), "the plan it came from is unchanged"
-    assert (with_image_size(decided(image="https://e.com/a.png"), (3000, 1500)).width,
-            with_image_size(decided(image="https://e.com/a.png"), (3000, 1500)).height) == (2048, 1024)
+    by_height = with_image_size(decided(image="https://e.com/a.png", height=512), (1000, 500))
+    assert (by_height.width, by_height.height) == (1024, 512)
+    whole = with_image_size(decided(image="https://e.com/a.png"), (3000, 1500))
+    assert (whole.width, whole.height) == (2048, 1024)
 
 
 @pytest.mark.parametrize("width, height, fits", [

@@ -23,6 +23,11 @@ from sdxl_worker.request.types import Request
     ({"num_inference_steps": 10, "high_noise_frac": 0.5}, {"base": 5, "refiner": 5}),
     ({"refine": "no_refiner", "scheduler": "HeunDiscrete", "image": "https://e.com/a.png", "prompt_strength": 0.5,
       "num_inference_steps": 30}, {"base": 29}),
+    # A hand-off exactly on a timestep: 10 steps are 901, 801, ..., 101, 1, and 0.799 cuts at 201, which
+    # the base keeps (t >= 201: 8 steps) and the refiner does not (t < 201: 2 steps, even: kept even).
+    ({"num_inference_steps": 10, "high_noise_frac": 0.799}, {"base": 8, "refiner": 2}),
+    ({"refine": "no_refiner", "image": "https://e.com/a.png", "prompt_strength": 1.0, "num_inference_steps": 10},
+     {"base": 10}),  # the whole schedule
 ])
 def test_each_stage_counts_the_steps_its_pipeline_will_take(models, inputs, counts):
     request = Request.from_input({"prompt": "a cat", **inputs})
@@ -32,3 +37,12 @@ def test_each_stage_counts_the_steps_its_pipeline_will_take(models, inputs, coun
 def test_without_a_refiner_config_only_the_base_is_counted(models):
     request = Request.from_input({"prompt": "a cat", "image_url": "https://e.com/a.png"})
     assert make_plan(request, False, {"base": models.scheduler_configs["base"]}).step_counts == {}
+
+
+def test_the_base_is_given_the_size_for_txt2img_and_the_strength_for_an_input_image():
+    from sdxl_worker.engine.steps import base_args
+
+    txt2img = make_plan(Request.from_input({"prompt": "a", "width": 768, "height": 512, "num_inference_steps": 9}), True)
+    assert base_args(txt2img) == {"num_inference_steps": 9, "width": 768, "height": 512}
+    img2img = make_plan(Request.from_input({"prompt": "a", "image": "https://e.com/a.png", "prompt_strength": 0.6}), True)
+    assert base_args(img2img) == {"num_inference_steps": 25, "strength": 0.6}

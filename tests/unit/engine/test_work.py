@@ -44,3 +44,10 @@ def test_controlnets_count_half_a_call_on_each_base_step_and_can_be_named_as_the
     message = str(refused.value)
     assert "3 ControlNet(s) at 0.5 a base step each" in message
     assert message.endswith("or the number of 'controlnets'.")
+
+
+def test_model_calls_count_controlnets_on_base_steps_only_and_any_guidance_above_one_doubles():
+    assert work.model_calls({"base": 10, "refiner": 4}, 7.5) == 28  # no ControlNet unless named
+    assert work.model_calls({"refiner": 10}, 7.5, controlnets=2) == 20  # a refiner-only job: no base steps
+    assert work.model_calls({"base": 10}, 1.5) == 20
+    assert work.model_calls({"base": 10}, 1.0) == 10
