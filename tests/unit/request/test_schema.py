@@ -256,3 +256,9 @@ def test_an_empty_list_of_reference_images_says_at_least_one():
 ])
 def test_a_value_of_the_wrong_kind_or_range_is_named_with_what_was_given(inputs, sentence):
     assert error_for({"prompt": "a", **inputs}) == sentence
+
+
+def test_a_list_where_a_name_belongs_is_called_a_list_in_both_sentences():
+    sentence = error_for({"prompt": "a", "scheduler": ["x"]})
+    assert sentence.startswith("'scheduler' must be string, got a list. 'scheduler' must be one of DDIM, PNDM, ")
+    assert sentence.endswith(", K_DPMPP_2S_ANCESTRAL; got a list.")
