@@ -77,3 +77,7 @@ def test_range_words_for_open_ended_fields():
     assert _range({"maximum": 5}) == "Up to 5."
     assert _range({"exclusiveMaximum": 5}) == "Below 5."
     assert _range({}) == ""
+
+
+def test_a_field_without_a_range_shows_its_description_alone():
+    assert _drawn()["prompt"]["help"] == "What to draw."

@@ -274,3 +274,44 @@ def test_only_the_last_20_finished_jobs_are_kept():
 
     made, kept = _run(scenario)
     assert kept == made[2:]
+
+
+def test_two_pages_watching_one_job_count_as_two_streams_and_two_watchers():
+    async def slow(job):
+        yield {"step": 1}
+        await asyncio.sleep(30)
+        yield {"images": []}
+
+    async def scenario():
+        jobs = Jobs(slow)
+        job = jobs.start({})
+        await asyncio.sleep(0.01)
+        first, second = jobs.watch(job.id), jobs.watch(job.id)
+        await first.__anext__()
+        await second.__anext__()
+        both = (jobs.streams, job.watchers)
+        await first.aclose()
+        one = (jobs.streams, job.watchers)
+        await second.aclose()
+        jobs.cancel(job.id)
+        return both, one
+
+    assert _run(scenario) == ((2, 2), (1, 1))
+
+
+def test_a_source_that_fails_is_logged_with_the_job_and_the_reason(caplog):
+    async def unreachable(job):
+        raise ConnectionError("the endpoint refused the connection")
+        yield  # an async generator
+
+    async def scenario():
+        jobs = Jobs(unreachable)
+        job = jobs.start({})
+        await asyncio.sleep(0.05)
+        return job
+
+    with caplog.at_level("WARNING", logger="sdxl_worker.studio.jobs"):
+        job = _run(scenario)
+    assert [record.getMessage() for record in caplog.records if record.name == "sdxl_worker.studio.jobs"] == [
+        f"studio job {job.id} failed: the endpoint refused the connection"]
+    assert job.events[-1]["data"]["error"] == "the endpoint refused the connection"
