@@ -55,8 +55,8 @@ def test_a_reference_image_past_4_to_1_is_cut_to_4_to_1_around_its_centre():
     wide.paste((255, 0, 0), (301, 0, 701, 100))  # the centre 400 columns are red: 301 to 700
     cut = ip_adapter_image(wide)
     assert cut.size == (400, 100) and np.asarray(cut)[:, :, 0].min() == 255
-    tall = Image.new("RGB", (10, 43))
-    tall.paste((0, 255, 0), (0, 1, 10, 41))  # the centre 40 rows: 1 to 40
+    tall = Image.new("RGB", (10, 49))
+    tall.paste((0, 255, 0), (0, 4, 10, 44))  # the centre 40 rows: 4 to 43, 4 black rows above and 5 below
     cut = ip_adapter_image(tall)
     assert cut.size == (10, 40) and np.asarray(cut)[:, :, 1].min() == 255
     at_the_limit = Image.new("RGB", (400, 100))
