@@ -35,6 +35,9 @@ class RunPodEndpoint:
         self.calls: list[tuple[str, str, dict]] = []
         self.cancelled: set[str] = set()
         self._sent: dict[str, int] = {}  # job id -> stream chunks already given to the client
+        # RunPod answers /stream with every chunk since the last call; a test that must see each
+        # chunk in an answer of its own, whatever the machine's speed, sets 1.
+        self.chunks_per_call: int | None = None
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -93,7 +96,8 @@ class RunPodEndpoint:
                 if method == "GET" and action == "stream" and job_id:
                     with owner._lock:
                         chunks = owner.queue.records("stream", job_id)
-                        new, owner._sent[job_id] = chunks[owner._sent.get(job_id, 0):], len(chunks)
+                        new = chunks[owner._sent.get(job_id, 0):][:owner.chunks_per_call]
+                        owner._sent[job_id] = owner._sent.get(job_id, 0) + len(new)
                     status = owner.status(job_id)["status"]
                     kept = [{"output": c.body["output"]} for c in new
                             if len(json.dumps(c.body["output"])) <= STREAM_CHUNK_LIMIT]
