@@ -57,7 +57,10 @@ class Endpoint:
             try:
                 started = await asyncio.shield(starting)
             except asyncio.CancelledError:
-                started = await starting
+                try:
+                    started = await asyncio.shield(starting)  # a second Cancel does not tear /run mid-way
+                except Exception:  # /run failed: nothing started there, and the job stays cancelled
+                    started = {}
                 if started.get("id"):
                     await self._cancel(session, started["id"])
                 raise

@@ -96,6 +96,27 @@ def test_cancelling_while_run_is_on_its_way_still_cancels_the_remote_job(stand_i
     assert [path for _, path, _ in stand_in.calls if "/cancel/" in path] == [f"/v2/{ENDPOINT_ID}/cancel/remote-1"]
 
 
+def test_a_cancel_while_run_is_on_its_way_stays_a_cancel_when_run_then_fails(stand_in, monkeypatch):
+    """The page's Cancel, then /run answers 500: the job was never started there, and the page says
+    Cancelled (the failure of /run must not take the cancel's place)."""
+    source = Endpoint(ENDPOINT_ID, CLIENT_KEY, stand_in.base_url)
+
+    async def failing_run(self, session, method, path, body=None):
+        await asyncio.sleep(0.3)
+        raise EndpointError("The endpoint answered run with HTTP 500.")
+
+    monkeypatch.setattr(Endpoint, "_call", failing_run)
+
+    async def scenario():
+        jobs = Jobs(source)
+        job = jobs.start({"prompt": "a"})
+        await asyncio.sleep(0.05)  # /run is on its way
+        assert jobs.cancel(job.id)
+        return [event["event"] async for event in jobs.watch(job.id)]
+
+    assert asyncio.run(scenario())[-1] == "cancelled"
+
+
 # --- the endpoint's protocol, against a scripted RunPod API ---
 
 
