@@ -94,11 +94,14 @@ class RunPodEndpoint:
                         time.sleep(0.1)
                     return self._answer(200, owner.status(job_id))
                 if method == "GET" and action == "stream" and job_id:
+                    # The status first: once it says the job ended, every chunk it streamed is recorded.
+                    status = owner.status(job_id)["status"]
                     with owner._lock:
                         chunks = owner.queue.records("stream", job_id)
                         new = chunks[owner._sent.get(job_id, 0):][:owner.chunks_per_call]
                         owner._sent[job_id] = owner._sent.get(job_id, 0) + len(new)
-                    status = owner.status(job_id)["status"]
+                        if owner._sent[job_id] < len(chunks):  # some held back: RunPod says COMPLETED
+                            status = "IN_PROGRESS"  # only in the answer that carries the last chunks
                     kept = [{"output": c.body["output"]} for c in new
                             if len(json.dumps(c.body["output"])) <= STREAM_CHUNK_LIMIT]
                     return self._answer(200, {"status": status, "stream": kept})
