@@ -74,8 +74,19 @@ def test_a_wrong_key_and_an_unreachable_endpoint_are_one_sentence_each(stand_in)
         Endpoint(ENDPOINT_ID, "", stand_in.base_url)
 
 
+def cancelled_while_run_is_on_its_way(source: Endpoint) -> str:
+    """Start a studio job on ``source``, press Cancel while its /run is on its way; how the job ended."""
+    async def scenario():
+        jobs = Jobs(source)
+        job = jobs.start({"prompt": "a"})
+        await asyncio.sleep(0.05)  # /run is on its way
+        assert jobs.cancel(job.id)
+        return [event async for event in jobs.watch(job.id)][-1]["event"]
+
+    return asyncio.run(scenario())
+
+
 def test_cancelling_while_run_is_on_its_way_still_cancels_the_remote_job(stand_in, monkeypatch):
-    source = Endpoint(ENDPOINT_ID, CLIENT_KEY, stand_in.base_url)
     original = Endpoint._call
 
     async def slow_run(self, session, method, path, body=None):
@@ -84,37 +95,19 @@ def test_cancelling_while_run_is_on_its_way_still_cancels_the_remote_job(stand_i
         return await original(self, session, method, path, body)
 
     monkeypatch.setattr(Endpoint, "_call", slow_run)
-
-    async def scenario():
-        jobs = Jobs(source)
-        job = jobs.start({"prompt": "a"})
-        await asyncio.sleep(0.05)  # /run is on its way
-        assert jobs.cancel(job.id)
-        return [event async for event in jobs.watch(job.id)][-1]["event"]
-
-    assert asyncio.run(scenario()) == "cancelled"
+    assert cancelled_while_run_is_on_its_way(Endpoint(ENDPOINT_ID, CLIENT_KEY, stand_in.base_url)) == "cancelled"
     assert [path for _, path, _ in stand_in.calls if "/cancel/" in path] == [f"/v2/{ENDPOINT_ID}/cancel/remote-1"]
 
 
 def test_a_cancel_while_run_is_on_its_way_stays_a_cancel_when_run_then_fails(stand_in, monkeypatch):
     """The page's Cancel, then /run answers 500: the job was never started there, and the page says
     Cancelled (the failure of /run must not take the cancel's place)."""
-    source = Endpoint(ENDPOINT_ID, CLIENT_KEY, stand_in.base_url)
-
     async def failing_run(self, session, method, path, body=None):
         await asyncio.sleep(0.3)
         raise EndpointError("The endpoint answered run with HTTP 500.")
 
     monkeypatch.setattr(Endpoint, "_call", failing_run)
-
-    async def scenario():
-        jobs = Jobs(source)
-        job = jobs.start({"prompt": "a"})
-        await asyncio.sleep(0.05)  # /run is on its way
-        assert jobs.cancel(job.id)
-        return [event["event"] async for event in jobs.watch(job.id)]
-
-    assert asyncio.run(scenario())[-1] == "cancelled"
+    assert cancelled_while_run_is_on_its_way(Endpoint(ENDPOINT_ID, CLIENT_KEY, stand_in.base_url)) == "cancelled"
 
 
 # --- the endpoint's protocol, against a scripted RunPod API ---
