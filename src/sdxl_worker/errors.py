@@ -65,6 +65,16 @@ def megabytes(size: int) -> str:
     return f"{size / MB:.1f} MB" if size >= MB else f"{size:,} bytes"
 
 
+class Failure(dict):
+    """A job's one error answer, ``{"error": sentence}``, which also knows its kind: INPUT,
+    OUT_OF_MEMORY, POISONED, INTERNAL, or the reason a ``Stop`` gave (runtime/stopping.py). RunPod
+    sends it as the plain dict it is; the HTTP server (sdxl_worker.api) picks its status by the kind."""
+
+    def __init__(self, sentence: str, kind: str = INTERNAL):
+        super().__init__(error=sentence)
+        self.kind = kind
+
+
 class StartupError(RuntimeError):
     """The worker cannot serve (configuration, install, weights): it stops at start-up with this
     one-sentence message instead of failing every job."""

@@ -75,18 +75,18 @@ def _answer(worker: Worker, job: dict, on_progress: ProgressCallback | None, sto
         yield from _run(worker, job, names.input, on_progress, stop)
     except JobStopped as error:
         log.info("job %s stopped (%s): %s", job_id, error.reason, error)
-        failure, collect = {"error": str(error)}, True
+        failure, collect = errors.Failure(str(error), error.reason), True
         traceback.clear_frames(error.__traceback__)
     except InputError as error:
         log.info("job %s refused: %s", job_id, error)
-        failure, collect = {"error": names.explain(str(error))}, False  # refcounting frees what it held
+        failure, collect = errors.Failure(names.explain(str(error)), errors.INPUT), False  # refcounting frees what it held
     except Exception as error:
         kind = errors.kind_of(error)
         if kind == errors.OUT_OF_MEMORY:
             log.warning("job %s ran out of GPU memory: %s", job_id, str(error)[:300])
         else:
             log.exception("job %s failed (%s)", job_id, kind)
-        failure, collect = {"error": errors.message(kind, job_id)}, True
+        failure, collect = errors.Failure(errors.message(kind, job_id), kind), True
         if kind == errors.POISONED:
             failure["refresh_worker"] = True
         # Whoever still holds the exception must not keep the failed job's tensors alive.

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import AsyncIterator
 
+from sdxl_worker.errors import Failure
 from sdxl_worker.runtime.context import ProgressCallback
 from sdxl_worker.runtime.job import run_job
 from sdxl_worker.runtime.logs import protect
@@ -38,7 +39,7 @@ STOP_GRACE_S = 2.0  # a stopped job not answered by then (stuck in a download or
 _POLL_S = 0.25  # how often a waiting handler looks at its job's Stop
 
 
-class _AnsweredForIt(dict):
+class _AnsweredForIt(Failure):
     """The error answer of a stopped job whose thread did not answer within STOP_GRACE_S."""
 
 
@@ -119,7 +120,7 @@ class Runner:
             while not turn.ticket.ready.done() and not stop.stopped:
                 await asyncio.wait({turn.ticket.ready}, timeout=_POLL_S)
             if stop.stopped:
-                yield {"error": stop.message()}
+                yield Failure(stop.message(), stop.reason)
                 return
             stop.begin()
             async for output in self._outputs(job, stop, turn):
@@ -167,7 +168,7 @@ class Runner:
             if stop.stopped and stopped_at is None:
                 stopped_at = time.monotonic()
             if stopped_at is not None and time.monotonic() - stopped_at > STOP_GRACE_S:
-                return _AnsweredForIt(error=stop.message())
+                return _AnsweredForIt(stop.message(), stop.reason)
             # Not asyncio.wait_for: before Python 3.12 it hands back an output that arrives in the
             # same turn of the loop as a cancel, and the cancel is lost (the job then runs to its end).
             getter = asyncio.ensure_future(outputs.get())

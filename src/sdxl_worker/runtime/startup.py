@@ -23,14 +23,18 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 def start():
     """Everything slow, once; exits the process with one logged sentence when the worker cannot serve."""
     try:
-        settings = config.load()  # every variable, once; nothing reads the environment after this
-    except config.ConfigError as error:
-        logging.basicConfig(level="INFO", format=LOG_FORMAT)
+        return load()
+    except StartupError as error:
         _stop(error)
+
+
+def load(settings: config.Config | None = None):
+    """Everything slow, once: the ``Worker``, or StartupError with the one sentence saying why not
+    (the HTTP server keeps that sentence for its health check instead of exiting)."""
+    settings = settings or config.load()  # every variable, once; nothing reads the environment after this
     missing = config.missing_model_paths(settings.models)
     if missing:  # before the libraries: a wrong path stops the start in a second
-        logging.basicConfig(level="INFO", format=LOG_FORMAT)
-        _stop(StartupError(missing[0]))
+        raise StartupError(missing[0])
     # Cold start: a helper process reads the files the imports open, then the weights, into
     # memory while Python imports torch and diffusers below.
     prefetching = prefetch.start(settings.runtime, settings.models)
@@ -60,15 +64,16 @@ def start():
 
         worker = Worker.build(models, settings, storage)
         warm_up_if_asked(worker)
-    except StartupError as error:
-        _stop(error)
-    except Exception as error:  # a library failing where nobody expected: still one sentence and exit 1
+    except StartupError:
+        raise
+    except Exception as error:  # a library failing where nobody expected: still one sentence
         log.info("What stopped the start:", exc_info=True)
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-        _stop(StartupError(f"The worker could not start: {type(error).__name__}: {first}"))
+        raise StartupError(f"The worker could not start: {type(error).__name__}: {first}") from None
     return worker
 
 
 def _stop(error: Exception) -> None:
+    logging.basicConfig(level="INFO", format=LOG_FORMAT)  # when the configuration itself was wrong
     log.error("%s", error)
     sys.exit(1)

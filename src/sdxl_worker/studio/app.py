@@ -14,8 +14,6 @@ beyond loopback it starts only with a login, which the page asks for.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Callable
@@ -26,16 +24,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 
 from sdxl_worker.errors import MB, megabytes
+from sdxl_worker.request.bodies import BodyError, job_body, parse_json
 from sdxl_worker.studio.form import fields
 from sdxl_worker.studio.guard import Guard, Refused, is_loopback
 from sdxl_worker.studio.jobs import Busy, Jobs, Limits, ProgressCallback, Source, sse
 
 PAGE = Path(__file__).parent / "page"
 MAX_BODY_BYTES = 64 * MB  # two input images as data URLs, with room; the schema bounds each
-MAX_DEPTH = 32  # lists and objects in lists and objects; the worker's own limit is 8 (docs/security.md)
-# Values in a body (counted as its "[", "{" and "," before it is parsed): a job's input may hold
-# 10,000 (docs/security.md), and prompts' commas count here too.
-MAX_VALUES = 100_000
 HEADERS = {
     # Images may be data URLs (this worker) or a bucket's https URLs (an endpoint with storage).
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob: https:; object-src 'none'; "
@@ -96,19 +91,11 @@ def create_app(source: Source | Callable[[ProgressCallback], Source], where: str
         finally:
             jobs.arriving -= len(data)
         size = len(data)
-        if sum(data.count(mark) for mark in b"[{,") > MAX_VALUES:  # before parsing: what parsing would build
-            return _refuse(400, f"The body holds more than {MAX_VALUES:,} values; a job's input needs far fewer.")
-        try:  # off the event loop: a 64 MB body takes a while
-            body = await asyncio.to_thread(json.loads, data)
-        except RecursionError:
-            return _refuse(400, _too_deep())
-        except ValueError:
-            return _refuse(400, "The body must be JSON: {\"input\": {...}}.")
+        try:
+            body = job_body(await parse_json(data))
+        except BodyError as error:
+            return _refuse(error.status, str(error))
         del data  # the job holds its input once, as parsed
-        if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
-            return _refuse(400, "The body must be {\"input\": {...}}.")
-        if _depth(body) > MAX_DEPTH:
-            return _refuse(400, _too_deep())
         try:
             job = jobs.start(body.pop("input"), size)
         except Busy as busy:
@@ -174,23 +161,6 @@ def _refuse(status: int, sentence: str) -> JSONResponse:
 
 def _too_big() -> str:
     return f"The job is over {megabytes(MAX_BODY_BYTES)}; use smaller input images."
-
-
-def _too_deep() -> str:
-    return f"The body nests lists and objects more than {MAX_DEPTH} deep; a job's input needs at most 8."
-
-
-def _depth(value) -> int:
-    """How deep lists and objects nest in ``value``, without recursion."""
-    deepest, pending = 0, [(value, 1)]
-    while pending:
-        item, level = pending.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, level)
-            if level > MAX_DEPTH:
-                return level
-            pending.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -9,6 +9,7 @@ import json
 import httpx
 import pytest
 
+from sdxl_worker.request import bodies
 from sdxl_worker.studio import app as studio
 from sdxl_worker.studio.guard import Guard
 from sdxl_worker.studio.jobs import Limits
@@ -119,13 +120,13 @@ def test_unknown_jobs_are_404_and_a_foreign_host_gets_nothing(app):
 
 
 def test_depth_counts_nesting_without_recursion():
-    assert studio._depth("text") == 0
-    assert studio._depth({"a": [1, {"b": []}]}) == 4
-    assert studio._depth([[]] * 3) == 2
+    assert bodies.depth("text") == 0
+    assert bodies.depth({"a": [1, {"b": []}]}) == 4
+    assert bodies.depth([[]] * 3) == 2
     deep: list = []
     for _ in range(100_000):
         deep = [deep]
-    assert studio._depth(deep) == 33  # stops counting one past the limit
+    assert bodies.depth(deep) == 33  # stops counting one past the limit
 
 
 def test_the_command_line_defaults_to_loopback_on_port_8080():
