@@ -3,6 +3,8 @@
     python handler.py                   run test_input.json locally, save images under output/
     python handler.py --test_input '{"input": {...}}'
     python handler.py --rp_serve_api    runpod's local HTTP API (/run, /runsync, /stream, /status)
+    python handler.py --serve           the HTTP server on PORT: RunPod load balancing, the OpenAI Images API
+                                        (also when SERVE=http; docs/http.md)
     python handler.py --studio          the studio page on http://127.0.0.1:8080/ (--port, --host)
     python handler.py --studio --endpoint ENDPOINT_ID    the page, jobs on a RunPod endpoint
     on RunPod                           the serverless worker
@@ -21,6 +23,10 @@ from sdxl_worker.runtime import startup
 def main() -> None:
     if "--studio" in sys.argv:
         sys.exit(studio(sys.argv[1:]))
+    if "--serve" in sys.argv or _serve_setting() == "http":
+        from sdxl_worker.api.server import serve
+
+        sys.exit(serve())
     worker = startup.start()
     jobs = worker.settings.jobs
     config = runpod_config(worker, timeout_s=jobs.timeout_s, concurrency=jobs.concurrency,
@@ -184,6 +190,17 @@ def _jobs_runpod_holds() -> int:
     from runpod.serverless.modules.worker_state import JobsProgress
 
     return JobsProgress().get_job_count()
+
+
+def _serve_setting() -> str:
+    """SERVE: ``queue`` or ``http``; a wrong value stops the start with its sentence."""
+    from sdxl_worker import config
+
+    try:
+        return config.server().mode
+    except config.ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _serving() -> bool:

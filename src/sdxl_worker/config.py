@@ -563,6 +563,45 @@ def studio(env: Mapping[str, str] | None = None) -> StudioSettings:
                           login=read.text("STUDIO_LOGIN"))
 
 
+_variable("SERVE", "http", "queue", "queue, http",
+          "`queue`: the RunPod queue worker (runpod-python); `http`: the HTTP server of docs/http.md (RunPod "
+          "load-balancing endpoints, the OpenAI Images API), as `python handler.py --serve` starts it")
+PORT = _number("PORT", "http", 80, 1, 65535, "port", "the HTTP server's port (RunPod's load balancer sets it)",
+               integer=True)
+PORT_HEALTH = _number("PORT_HEALTH", "http", 0, 0, 65535, "port", "the port of `GET /ping`, the health check",
+                      integer=True, shown="PORT", accepted="port, 0-65535 (0: PORT)")
+_variable("SERVE_HOST", "http", "0.0.0.0", "an address", "the address the HTTP server binds")
+_variable("SERVE_API_KEY", "http", "unset", "text, at least 16 characters",
+          "a bearer key every request but `/ping` must carry (`Authorization: Bearer KEY`); unset: none (RunPod's "
+          "gateway checks its own key)")
+SERVE_QUEUE = _number("SERVE_QUEUE", "http", 2, 0, 64, "requests", "requests that wait for a turn beyond "
+                      "CONCURRENCY; more get 429 with Retry-After", integer=True)
+MIN_API_KEY_CHARS = 16
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The HTTP server's (sdxl_worker.api): where it listens, who may call it, how many may wait."""
+
+    mode: str = "queue"  # SERVE: queue | http
+    port: int = int(PORT.default)
+    health_port: int = int(PORT.default)
+    host: str = "0.0.0.0"
+    api_key: str | None = field(default=None, repr=False)
+    queue: int = int(SERVE_QUEUE.default)
+
+
+def _server(read: _Reader) -> ServerSettings:
+    port = int(read.number(PORT))
+    key = read.text("SERVE_API_KEY")
+    if key is not None and (len(key) < MIN_API_KEY_CHARS or not all(32 < ord(c) < 127 for c in key)):
+        raise ConfigError(f"SERVE_API_KEY must be at least {MIN_API_KEY_CHARS} printable ASCII characters "
+                          f"without spaces (it travels in a header).")
+    return ServerSettings(mode=read.choice("SERVE", "queue", ("queue", "http")), port=port,
+                          health_port=int(read.number(PORT_HEALTH)) or port,
+                          host=read.text("SERVE_HOST", "0.0.0.0"), api_key=key, queue=int(read.number(SERVE_QUEUE)))
+
+
 _variable("HANDLER_MODE", "runtime", "stream", "stream, single",
           "`stream`: a generator handler, previews then the result as the output list's last item; `single`: "
           "the output is the result itself, worker-sdxl's shape, and previews are refused (docs/runpod.md)")
@@ -601,6 +640,7 @@ class Config:
     jobs: JobSettings
     storage: StorageSettings | None
     runtime: RuntimeSettings
+    server: ServerSettings = ServerSettings()
     unused_bucket_variables: tuple[str, ...] = ()  # BUCKET_* set while storage is off: worth a warning
 
 
@@ -608,7 +648,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
     """Every variable, parsed; ConfigError naming the first one that is wrong."""
     read = _reader(env)
     return Config(models=_models(read), speed=_speed(read), fetch=_fetch(read), loras=_loras(read),
-                  jobs=_jobs(read), storage=_storage(read), runtime=_runtime(read),
+                  jobs=_jobs(read), storage=_storage(read), runtime=_runtime(read), server=_server(read),
                   unused_bucket_variables=tuple(unused_storage_variables(read.env)))
 
 
@@ -673,6 +713,11 @@ def storage(env: Mapping[str, str] | None = None) -> StorageSettings | None:
 
 def runtime(env: Mapping[str, str] | None = None) -> RuntimeSettings:
     return _runtime(_reader(env))
+
+
+def server(env: Mapping[str, str] | None = None) -> ServerSettings:
+    """The HTTP server's settings (SERVE=http, or python handler.py --serve)."""
+    return _server(_reader(env))
 
 
 # --- what is not the worker's own setting, read or set in this one place too ---

@@ -34,10 +34,12 @@ ALLOWED = {
     # The page's server: it gets its jobs' source from handler.py (the worker's RunPod handler, or
     # a RunPod endpoint), so it never loads models itself.
     "studio": {"config", "errors", "request"},
+    # The HTTP server: the queue worker's peer, running the same jobs through the runtime's Runner.
+    "api": {"config", "errors", "request", "inputs", "engine", "delivery", "runtime"},
 }
 FORBIDDEN_LIBRARIES = {"engine": {"runpod"}, "request": {"runpod", "torch", "diffusers"},
                        "inputs": {"runpod"}, "delivery": {"runpod", "torch", "diffusers"},
-                       "studio": {"runpod", "torch", "diffusers"}}
+                       "studio": {"runpod", "torch", "diffusers"}, "api": {"runpod", "torch", "diffusers"}}
 
 
 def _modules() -> dict[str, Path]:
@@ -115,9 +117,9 @@ def test_only_the_configuration_reads_the_environment():
 
 
 # The process's entry points, where the configuration is read; everything else is handed its part.
-READS_THE_CONFIGURATION = {"runtime/startup.py", "runtime/start_files.py"}
+READS_THE_CONFIGURATION = {"runtime/startup.py", "runtime/start_files.py", "api/server.py"}
 CONFIGURATION_READERS = {"load", "current", "models", "image_models", "speed", "fetch", "loras", "jobs", "storage", "runtime",
-                         "studio", "build"}
+                         "studio", "build", "server"}
 
 
 def test_settings_are_handed_in_not_looked_up():

@@ -50,6 +50,12 @@ class ImageReader:
 
 def decode_image(data: bytes, field: str, background=(255, 255, 255), max_pixels: int = MAX_PIXELS) -> Image.Image:
     """``data`` as an RGB image laid on ``background``; InputError naming ``field`` for anything else."""
+    return to_rgb(open_image(data, field, max_pixels), background)
+
+
+def open_image(data: bytes, field: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """``data`` decoded as it is (any mode, EXIF orientation applied), its pixels counted before any is
+    decoded; InputError naming ``field`` for anything that is not an image of IMAGE_FORMATS."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked just below
@@ -57,7 +63,7 @@ def decode_image(data: bytes, field: str, background=(255, 255, 255), max_pixels
         if image.width * image.height > max_pixels:
             raise _too_many_pixels(field, f"{image.width}x{image.height}", max_pixels)
         image.load()
-        image = to_rgb(ImageOps.exif_transpose(image), background)
+        return ImageOps.exif_transpose(image)
     except InputError:
         raise
     except Image.DecompressionBombError:  # Pillow's own guard, at its own (higher) limit
@@ -65,7 +71,15 @@ def decode_image(data: bytes, field: str, background=(255, 255, 255), max_pixels
     except Exception:  # Pillow raises many kinds for broken or hostile files
         raise InputError(f"'{field}' is not an image this worker can read "
                          f"({', '.join(IMAGE_FORMATS)}).") from None
-    return image
+
+
+def transparent_to_white(data: bytes, field: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A mask in OpenAI's convention (transparent pixels are edited) in this worker's (white is
+    repainted): 255 minus its alpha. A mask without transparency is taken as this worker's already."""
+    image = open_image(data, field, max_pixels)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        return ImageOps.invert(image.convert("RGBA").getchannel("A"))
+    return to_rgb(image).convert("L")
 
 
 def _too_many_pixels(field: str, size: str, max_pixels: int) -> InputError:

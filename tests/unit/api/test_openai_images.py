@@ -1,0 +1,116 @@
+"""OpenAI's Images API fields mapped to a job's input, and the answer in OpenAI's shape: each mapping
+the docs table gives (docs/http.md), written out here."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from sdxl_worker.api import openai_images, replies
+from sdxl_worker.api.replies import Refusal
+from sdxl_worker.errors import INPUT, INTERNAL, Failure
+from sdxl_worker.inputs.images import transparent_to_white
+
+CHECKPOINTS = ("default", "juggernaut")
+
+
+def mapped(**body):
+    return openai_images.to_input(body, CHECKPOINTS)
+
+
+def refusal(**body) -> Refusal:
+    with pytest.raises(Refusal) as raised:
+        mapped(**body)
+    return raised.value
+
+
+def test_openai_fields_become_the_worker_s_inputs():
+    job, asked = mapped(prompt="a fox", n=3, size="1536x1024", output_format="webp", output_compression=70,
+                        user="u-1", style="natural", moderation="low", background="opaque")
+    assert job == {"prompt": "a fox", "num_images": 3, "width": 1536, "height": 1024, "upload": False,
+                   "output_format": "webp", "output_quality": 70}
+    assert asked == openai_images.Asked("b64_json", "webp")
+    job, asked = mapped(prompt="a fox", size="auto", response_format="url")
+    assert job == {"prompt": "a fox", "upload": True} and asked.response_format == "url"
+
+
+def test_model_names_a_checkpoint_or_a_preset_and_openai_s_own_names_mean_the_default():
+    assert mapped(prompt="a", model="juggernaut")[0]["model"] == "juggernaut"
+    assert mapped(prompt="a", model="lightning-4")[0]["preset"] == "lightning-4"
+    for name in ("dall-e-3", "gpt-image-1", "dall-e-2"):
+        job = mapped(prompt="a", model=name)[0]
+        assert "model" not in job and "preset" not in job
+    wrong = refusal(prompt="a", model="sd-1.5")
+    assert (wrong.status, wrong.param, wrong.code) == (400, "model", "model_not_found")
+    assert "juggernaut" in str(wrong) and "lightning-4" in str(wrong)
+
+
+def test_quality_sets_the_steps_only_when_the_request_does_not():
+    assert mapped(prompt="a", quality="low")[0]["num_inference_steps"] == 15
+    assert mapped(prompt="a", quality="hd")[0]["num_inference_steps"] == 50
+    assert "num_inference_steps" not in mapped(prompt="a", quality="medium")[0]
+    assert mapped(prompt="a", quality="high", num_inference_steps=8)[0]["num_inference_steps"] == 8
+    assert "num_inference_steps" not in mapped(prompt="a", quality="high", model="lightning-4")[0]
+
+
+def test_the_worker_s_own_inputs_pass_through_and_a_field_given_twice_is_refused():
+    job = mapped(prompt="a", seed=7, negative_prompt="blur", loras=[{"path": "x/y"}])[0]
+    assert (job["seed"], job["negative_prompt"], job["loras"]) == (7, "blur", [{"path": "x/y"}])
+    twice = refusal(prompt="a", n=2, num_images=2)
+    assert twice.param == "n" and str(twice) == "'n' and 'num_images' set the same input; give only one."
+    assert refusal(prompt="a", response_format="url", upload=False).param == "response_format"
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"size": "1024"}, "size"), ({"size": "1024x"}, "size"), ({"size": 1024}, "size"),
+    ({"size": "<b>1024x1024</b>"}, "size"), ({"response_format": "base64"}, "response_format"),
+    ({"quality": "ultra"}, "quality"), ({"style": "anime"}, "style"), ({"background": "transparent"}, "background"),
+    ({"stream": True}, "stream"),
+])
+def test_a_wrong_openai_field_is_refused_naming_it(body, param):
+    wrong = refusal(prompt="a", **body)
+    assert (wrong.status, wrong.param) == (400, param)
+    assert "<b>" not in str(wrong)
+
+
+def test_the_answer_has_openai_s_shape_with_the_worker_s_extras():
+    result = {"images": ["data:image/png;base64,AAAA", "data:image/png;base64,BBBB"], "image_url": "x",
+              "seed": 3, "seeds": [3, 4], "timings": {"total": 9}}
+    answer = openai_images.answer(result, openai_images.Asked())
+    assert answer["data"] == [{"b64_json": "AAAA"}, {"b64_json": "BBBB"}] and answer["output_format"] == "png"
+    assert answer["sdxl"] == {"seed": 3, "seeds": [3, 4], "timings": {"total": 9}}
+    assert isinstance(answer["created"], int)
+    urls = openai_images.answer({**result, "images": ["https://bucket/a.png"]}, openai_images.Asked("url"))
+    assert urls["data"] == [{"url": "https://bucket/a.png"}]
+
+
+def test_a_failed_job_gets_its_status_and_the_field_it_names():
+    refused = replies.failed(Failure("'loras[0].path' is not a path this worker can read.", INPUT))
+    assert (refused.status, refused.param, refused.code) == (400, "loras", "invalid_input")
+    internal = replies.failed(Failure("The worker hit an internal error on job x; ...", INTERNAL))
+    assert (internal.status, internal.param) == (500, None)
+    assert replies.failed(Failure("stopped", "timed out")).status == 504
+    stopping = replies.failed(Failure("The worker is shutting down", "shutting down"))
+    assert (stopping.status, stopping.retry_after_s) == (503, 5)
+    body = replies.response(refused, "/v1/images/edits", {"loras": "extra"}).body
+    assert b'"param":"extra"' in body and b'"type":"invalid_request_error"' in body
+    assert replies.response(refused, "/v1/jobs").body.startswith(b'{"error":"\'loras[0].path\'')
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_an_openai_mask_s_transparent_pixels_become_white_to_repaint():
+    mask = Image.new("RGBA", (4, 2), (255, 255, 255, 255))
+    mask.putpixel((0, 0), (255, 255, 255, 0))  # transparent: edit
+    mask.putpixel((1, 0), (0, 0, 0, 128))  # half: half
+    converted = transparent_to_white(png(mask), "mask")
+    assert converted.mode == "L" and list(converted.getdata())[:3] == [255, 127, 0]
+    grey = Image.new("L", (4, 2), 0)
+    grey.putpixel((3, 1), 255)  # no transparency: already this worker's mask
+    assert list(transparent_to_white(png(grey), "mask").getdata())[-1] == 255
