@@ -89,6 +89,17 @@ def moto_server(log_path: Path):
             server.wait(timeout=30)
 
 
+def stop_process(process: subprocess.Popen, grace_s: float = 15) -> None:
+    """SIGTERM (the worker's own clean exit), then SIGKILL after ``grace_s``; returns once it is gone."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait(timeout=30)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

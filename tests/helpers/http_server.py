@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, free_port, stop_process
 
 KEY = "test-key-0123456789abcdef"
 
@@ -46,13 +46,7 @@ def server_process(folder: Path, wait_ready: bool = True, **env):
             wait_for_ping(served, 200)
         yield served
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_process(process, grace_s=20)
 
 
 def wait_for_ping(served: Served, status: int, within_s: float = 120) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, stop_process
 
 API_KEY = "rp-test-key-0123456789"
 POD_ID = "pod-under-test"
@@ -202,11 +202,5 @@ def handler_process(folder, rp_queue: RunPodQueue | None = None, **env):
     try:
         yield rp_queue, process, log_path
     finally:
-        if process.poll() is None:  # SIGTERM first: the worker ends runpod's heartbeat process before it exits
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        process.wait(timeout=30)
+        stop_process(process)  # SIGTERM first: the worker ends runpod's heartbeat process before it exits
         rp_queue.close()

@@ -4,12 +4,14 @@ OpenAI's `url` answers from the worker's bucket (moto's S3 server)."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
 import boto3
 import httpx
 import pytest
+from PIL import Image
 
 from tests.helpers import decode, moto_server, worker_with
 from tests.helpers.browser import served
@@ -141,3 +143,23 @@ def test_response_format_url_answers_presigned_urls_from_the_worker_s_bucket(mod
 def test_response_format_url_without_storage_names_the_field(url):
     answer = httpx.post(url + "/v1/images/generations", json={"prompt": "a fox", "response_format": "url"})
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "response_format"
+
+
+def test_an_edit_form_s_mistakes_are_named(url):
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 256), "white").save(buffer, "PNG")
+    photo = ("photo.png", buffer.getvalue(), "image/png")
+    cases = [
+        ({"image": photo, "mask": ("m.png", b"not an image", "image/png")}, {"prompt": "a"}, "mask"),
+        ({"mask": photo}, {"prompt": "a"}, "image"),
+        ({"image": photo, "sketch": photo}, {"prompt": "a"}, "image"),
+        ({"image": photo}, {"prompt": "a", "seed": "seven"}, "seed"),
+    ]
+    for files, data, param in cases:
+        answer = httpx.post(url + "/v1/images/edits", files=files, data=data, timeout=30)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == param, answer.text
+    twice = httpx.post(url + "/v1/images/edits", files=[("image", photo), ("prompt", (None, "a")),
+                                                        ("prompt", (None, "b"))], timeout=30)
+    assert twice.json()["error"]["message"] == "The form gives 'prompt' twice; give it once."
+    answer = httpx.post(url + "/v1/images/edits", json={"prompt": "a"})
+    assert answer.status_code == 415

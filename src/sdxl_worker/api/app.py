@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException
 from sdxl_worker.api import openai_images, replies
 from sdxl_worker.api.jobs import FAILED, LOADING, Jobs
 from sdxl_worker.api.replies import Refusal
-from sdxl_worker.errors import MB, InputError
+from sdxl_worker.errors import MB, InputError, quotable, quoted
 from sdxl_worker.request import bodies
 from sdxl_worker.request.schema import INPUT_SCHEMA
 
@@ -171,10 +171,10 @@ async def _edit_fields(request: Request, jobs: Jobs) -> dict:
             elif name == "mask":
                 fields["mask"] = await value.read()
             else:
-                raise Refusal(400, f"The form's file field {name[:40]!r} is not one an edit takes: 'image' and 'mask'.",
-                              "image")
+                raise Refusal(400, f"The form's file field {quoted(name)} is not one an edit takes: 'image' and "
+                                   f"'mask'.", "image")
         elif name in fields:
-            raise Refusal(400, f"'{name[:40]}' is given twice in the form; give it once.", name)
+            raise Refusal(400, f"The form gives {quoted(name)} twice; give it once.", name if quotable(name) else None)
         else:
             fields[name] = _typed(name, value)
     if not images:
