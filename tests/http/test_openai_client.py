@@ -65,6 +65,27 @@ def test_generate_returns_n_pngs_of_the_size_with_the_queue_path_s_pixels(client
         assert np.array_equal(np.asarray(got), np.asarray(want.convert("RGB")))
 
 
+def test_a_streamed_generation_sends_partial_images_then_each_image(client):
+    events = list(client.images.generate(prompt="a red fox", n=2, size="256x320", stream=True, partial_images=2,
+                                         extra_body=FAST))
+    assert [event.type for event in events] == ["image_generation.partial_image"] * 2 + [
+        "image_generation.completed"] * 2
+    assert [event.partial_image_index for event in events[:2]] == [0, 1]
+    partials = [Image.open(io.BytesIO(base64.b64decode(event.b64_json))) for event in events[:2]]
+    assert {image.format for image in partials} == {"JPEG"} and partials[0].tobytes() != partials[1].tobytes()
+    streamed = [png(event.b64_json) for event in events[2:]]
+    assert [event.model_extra["sdxl"]["seed"] for event in events[2:]] == [11, 12]
+    plain = client.images.generate(prompt="a red fox", n=2, size="256x320", extra_body=FAST)
+    for got, want in zip(streamed, plain.data):  # previews along the way change no pixel
+        assert np.array_equal(np.asarray(got), np.asarray(png(want.b64_json)))
+
+
+def test_a_streamed_generation_s_bad_input_is_an_api_error_naming_the_field(client):
+    with pytest.raises(openai.APIError) as raised:
+        list(client.images.generate(prompt="a fox", stream=True, n=9))
+    assert raised.value.body["param"] == "n" and "got 9" in raised.value.body["message"]
+
+
 def test_edit_with_a_mask_inpaints_where_it_is_transparent(client, worker):
     photo = Image.new("RGB", (256, 256), (200, 40, 40))
     photo.paste((30, 60, 200), (0, 128, 256, 256))

@@ -50,7 +50,7 @@ def create_app(jobs: Jobs, api_key: str | None = None, health_port: int | None =
 
     @app.exception_handler(Refusal)
     async def refused(request: Request, refusal: Refusal):
-        return replies.response(refusal, request.url.path, openai_images.RENAMED)
+        return replies.response(refusal, request.url.path)
 
     @app.exception_handler(HTTPException)
     async def not_served(request: Request, error: HTTPException):  # 404, 405 and starlette's own
@@ -72,7 +72,7 @@ def create_app(jobs: Jobs, api_key: str | None = None, health_port: int | None =
         try:
             body = await _job_body(request)
             if _EVENTS in request.headers.get("accept", ""):
-                stream = EventStream(jobs.events(body["input"], body.get("s3Config")), place)
+                stream = EventStream(_with_status(jobs.events(body["input"], body.get("s3Config"))), place)
                 return stream
             if body["input"].get("preview_steps"):
                 raise Refusal(400, "'preview_steps' needs a stream: send Accept: text/event-stream to get the "
@@ -96,34 +96,40 @@ def create_app(jobs: Jobs, api_key: str | None = None, health_port: int | None =
 
     @app.post("/v1/images/generations", openapi_extra=_body(GENERATION))
     async def generate(request: Request):
-        place = jobs.admit()
+        place, answer = jobs.admit(), None
         try:
             body = await _json(request)
             if not isinstance(body, dict):
                 raise Refusal(400, "The body must be a JSON object of the Images API's fields, e.g. {\"prompt\": ...}.")
-            return await _images(request, jobs, body)
+            answer = await _images(request, jobs, body, place, "image_generation")
+            return answer
         finally:
-            place.release()
+            if not isinstance(answer, EventStream):  # a stream gives the place back when it ends
+                place.release()
 
     @app.post("/v1/images/edits", openapi_extra=_body(EDIT, "multipart/form-data"))
     async def edit(request: Request):
-        place = jobs.admit()
+        place, answer = jobs.admit(), None
         try:
-            return await _images(request, jobs, await _edit_fields(request, jobs))
+            answer = await _images(request, jobs, await _edit_fields(request, jobs), place, "image_edit")
+            return answer
         finally:
-            place.release()
+            if not isinstance(answer, EventStream):
+                place.release()
 
     return CallersOnly(app, api_key, health_port)
 
 
-async def _images(request: Request, jobs: Jobs, body: dict) -> JSONResponse:
+async def _images(request: Request, jobs: Jobs, body: dict, place, prefix: str) -> Response:
+    """An Images API request run as a job: OpenAI's answer, or with ``stream`` OpenAI's event stream
+    (which then holds the request's ``place``)."""
     job_input, asked = openai_images.to_input(body, _names(jobs)[0])
-    if job_input.get("preview_steps"):
-        raise Refusal(400, "'preview_steps' has no place in the Images API's answer; leave it out "
-                           "(POST /v1/jobs with Accept: text/event-stream streams previews).", "preview_steps")
+    if asked.stream:
+        return EventStream(openai_images.stream_events(jobs.events(job_input), asked, prefix), place)
     output = await _unless_disconnected(request, jobs.result(job_input))
     if "error" in output:
-        raise replies.failed(output)
+        refusal = replies.failed(output)
+        return replies.response(refusal, request.url.path, dict(asked.renamed))  # 'n', not 'num_images'
     return JSONResponse(openai_images.answer(output, asked))
 
 
@@ -234,6 +240,12 @@ async def _disconnected(receive) -> None:
         pass
 
 
+async def _with_status(events):
+    """The native stream's events, an error carrying the status the same failure gets without a stream."""
+    async for kind, data in events:
+        yield kind, ({**data, "status": replies.failed(data).status} if kind == "error" else data)
+
+
 class EventStream(Response):
     """An ASGI answer streaming a job's events as Server-Sent Events until the job ends or the client
     goes away, which stops the job; the request's ``place`` is given back either way."""
@@ -266,8 +278,6 @@ class EventStream(Response):
 
     async def _write(self, send) -> None:
         async for kind, data in self.events:
-            if kind == "error":  # the status the same failure gets without a stream
-                data = {**data, "status": replies.failed(data).status}
             chunk = f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n" if kind else ": waiting\n\n"
             await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
 
@@ -342,6 +352,8 @@ _OPENAI_FIELDS = {
     "user": {"type": "string"},
     "background": {"type": "string", "enum": list(openai_images.BACKGROUNDS)},
     "moderation": {"type": "string", "enum": list(openai_images.MODERATIONS)},
+    "stream": {"type": "boolean"},
+    "partial_images": {"type": "integer", "minimum": 0, "maximum": openai_images.MAX_PARTIAL_IMAGES},
 }
 GENERATION = {"type": "object", "required": ["prompt"], "properties": _OPENAI_FIELDS,
               "description": "OpenAI's fields; any of the worker's inputs (GET /v1/schema) may be added."}

@@ -5,8 +5,9 @@ docs/http.md tables the mapping. In short: ``prompt`` as it is, ``n`` -> ``num_i
 ``url`` -> the worker's storage (presigned URLs), ``model`` -> a BASE_MODELS name or a preset
 (OpenAI's own model names mean the default checkpoint), ``quality`` low/high -> 15/50 steps when
 the request sets none, ``output_format`` and ``output_compression`` -> ``output_format`` and
-``output_quality``. ``style``, ``user``, ``moderation`` and ``background: auto|opaque`` are accepted
-and change nothing. Every other field is one of the worker's own inputs (``seed``,
+``output_quality``, ``stream`` with ``partial_images`` -> previews as OpenAI's partial images, then
+each image as its own event. ``style``, ``user``, ``moderation`` and ``background: auto|opaque``
+are accepted and change nothing. Every other field is one of the worker's own inputs (``seed``,
 ``negative_prompt``, ``loras``, ...), which OpenAI's clients send through ``extra_body``; the
 schema checks them as on the queue path.
 """
@@ -29,11 +30,11 @@ STYLES = ("vivid", "natural")
 BACKGROUNDS = ("auto", "opaque")
 MODERATIONS = ("auto", "low")
 RESPONSE_FORMATS = ("b64_json", "url")
-# OpenAI's name for each worker input it sets: a worker error naming the input names this field.
-RENAMED = {"num_images": "n", "width": "size", "height": "size", "upload": "response_format",
-           "output_quality": "output_compression", "preset": "model", "image": "image", "mask": "mask"}
 OPENAI_FIELDS = ("prompt", "n", "size", "response_format", "model", "quality", "style", "output_format",
                  "output_compression", "user", "background", "moderation", "stream", "partial_images")
+MAX_PARTIAL_IMAGES = 3  # as OpenAI's API
+NO_TOKENS = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0,
+             "total_tokens": 0}  # OpenAI's clients expect a usage; SDXL counts no tokens
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 
 
@@ -43,6 +44,12 @@ class Asked:
 
     response_format: str = "b64_json"
     output_format: str = "png"
+    stream: bool = False  # OpenAI's streaming: partial images, then each image, as Server-Sent Events
+    partial_images: int = 0
+    size: str = "auto"
+    quality: str = "auto"
+    background: str = "auto"
+    renamed: tuple[tuple[str, str], ...] = ()  # (worker input, the OpenAI field that set it): errors' param
 
 
 def to_input(body: dict, checkpoints: tuple[str, ...]) -> tuple[dict, Asked]:
@@ -50,12 +57,13 @@ def to_input(body: dict, checkpoints: tuple[str, ...]) -> tuple[dict, Asked]:
     ``checkpoints``: the worker's BASE_MODELS names."""
     extra = {name: value for name, value in body.items() if name not in OPENAI_FIELDS}
     given = {name: value for name, value in body.items() if name in OPENAI_FIELDS and value is not None}
-    job = dict(extra)
+    job, renamed = dict(extra), {}
 
     def put(ours: str, theirs: str, value) -> None:
         if ours in extra:
             raise Refusal(400, f"'{theirs}' and '{ours}' set the same input; give only one.", theirs)
         job[ours] = value
+        renamed[ours] = theirs
 
     if "prompt" in given:
         job["prompt"] = given["prompt"]
@@ -76,14 +84,16 @@ def to_input(body: dict, checkpoints: tuple[str, ...]) -> tuple[dict, Asked]:
     if _one_of(given, "background", (*BACKGROUNDS, "transparent"), "auto") == "transparent":
         raise Refusal(400, "'background' transparent cannot be made: SDXL draws opaque images; use auto or opaque.",
                       "background")
-    if given.get("stream"):
-        raise Refusal(400, "'stream' is not offered on this route: for previews as the image is drawn, POST the "
-                           "input to /v1/jobs with Accept: text/event-stream (docs/http.md).", "stream")
+    stream, partial_images = _streaming(given, extra, response_format)
+    if partial_images:
+        job["preview_steps"] = 1  # every step's preview reaches the server; stream_events picks the partials
     if "output_format" in given:
         job["output_format"] = given["output_format"]
     if "output_compression" in given:
         put("output_quality", "output_compression", given["output_compression"])
-    return job, Asked(response_format, job.get("output_format", "png"))
+    background = given.get("background", "auto")
+    return job, Asked(response_format, job.get("output_format", "png"), stream, partial_images,
+                      given.get("size", "auto"), quality, background, tuple(renamed.items()))
 
 
 def answer(result: dict, asked: Asked) -> dict:
@@ -97,8 +107,51 @@ def answer(result: dict, asked: Asked) -> dict:
     return {"created": int(time.time()), "data": data, "output_format": asked.output_format, "sdxl": extra}
 
 
+async def stream_events(events, asked: Asked, prefix: str):
+    """A job's events as OpenAI's image stream: ``{prefix}.partial_image`` for ``partial_images``
+    previews spread over the job's steps (base and refiner counted as one run), then ``{prefix}.completed`` for each image (its
+    seed under ``sdxl``), or one ``error`` event in OpenAI's error shape. ``prefix``:
+    ``image_generation`` or ``image_edit``."""
+    from sdxl_worker.api.replies import failed, openai_error
+
+    sent, common = 0, {"size": asked.size, "quality": asked.quality, "background": asked.background}
+    async for kind, data in events:
+        if kind == "preview" and sent < asked.partial_images \
+                and data["step"] * (asked.partial_images + 1) >= (sent + 1) * data["total_steps"]:
+            yield f"{prefix}.partial_image", {
+                "type": f"{prefix}.partial_image", "b64_json": data["preview"].partition(",")[2],
+                "created_at": int(time.time()), "output_format": "jpeg", "partial_image_index": sent, **common}
+            sent += 1
+        elif kind == "result":
+            for index, image in enumerate(data["images"]):
+                yield f"{prefix}.completed", {
+                    "type": f"{prefix}.completed", "b64_json": image.partition(",")[2], "created_at": int(time.time()),
+                    "output_format": asked.output_format, **common, "usage": NO_TOKENS,
+                    "sdxl": {"seed": data["seeds"][index], "timings": data["timings"]}}
+        elif kind == "error":
+            yield "error", openai_error(failed(data), dict(asked.renamed))
+        elif kind == "":
+            yield kind, data  # keep-alive
+
+
 def data_url(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _streaming(given: dict, extra: dict, response_format: str) -> tuple[bool, int]:
+    """OpenAI's ``stream`` and ``partial_images`` (0-3), checked."""
+    stream, partial_images = given.get("stream", False), given.get("partial_images", 0)
+    if not isinstance(stream, bool):
+        raise Refusal(400, f"'stream' must be true or false; got {quoted(stream)}.", "stream")
+    if partial_images not in range(MAX_PARTIAL_IMAGES + 1) or isinstance(partial_images, bool):
+        raise Refusal(400, f"'partial_images' must be a whole number from 0 to {MAX_PARTIAL_IMAGES}; got "
+                           f"{quoted(partial_images)}.", "partial_images")
+    if stream and response_format == "url":
+        raise Refusal(400, "'response_format' url cannot stream: a streamed image comes as b64_json.", "response_format")
+    if "preview_steps" in extra:
+        raise Refusal(400, "'preview_steps' has no place in the Images API: ask for 'partial_images' with 'stream', "
+                           "or POST the input to /v1/jobs with Accept: text/event-stream.", "preview_steps")
+    return stream, partial_images if stream else 0
 
 
 def _size(size) -> tuple[int, int]:

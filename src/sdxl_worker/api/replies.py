@@ -65,9 +65,13 @@ def response(refusal: Refusal, path: str, renamed: dict[str, str] | None = None)
         headers["WWW-Authenticate"] = "Bearer"
     if not openai_shaped(path):
         return JSONResponse({"error": str(refusal)}, refusal.status, headers)
+    return JSONResponse(openai_error(refusal, renamed), refusal.status, headers)
+
+
+def openai_error(refusal: Refusal, renamed: dict[str, str] | None = None) -> dict:
+    """OpenAI's error body: ``param`` in the client's words where it has its own name for the field."""
     param = refusal.param
     if param is not None and renamed:
         param = renamed.get(param, param)
     kind = TYPE.get(refusal.status, "server_error" if refusal.status >= 500 else "invalid_request_error")
-    return JSONResponse({"error": {"message": str(refusal), "type": kind, "param": param, "code": refusal.code}},
-                        refusal.status, headers)
+    return {"error": {"message": str(refusal), "type": kind, "param": param, "code": refusal.code}}

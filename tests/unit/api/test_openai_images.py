@@ -31,7 +31,8 @@ def test_openai_fields_become_the_worker_s_inputs():
                         user="u-1", style="natural", moderation="low", background="opaque")
     assert job == {"prompt": "a fox", "num_images": 3, "width": 1536, "height": 1024, "upload": False,
                    "output_format": "webp", "output_quality": 70}
-    assert asked == openai_images.Asked("b64_json", "webp")
+    assert (asked.response_format, asked.output_format, asked.size, asked.background) == (
+        "b64_json", "webp", "1536x1024", "opaque")
     job, asked = mapped(prompt="a fox", size="auto", response_format="url")
     assert job == {"prompt": "a fox", "upload": True} and asked.response_format == "url"
 
@@ -55,6 +56,21 @@ def test_quality_sets_the_steps_only_when_the_request_does_not():
     assert "num_inference_steps" not in mapped(prompt="a", quality="high", model="lightning-4")[0]
 
 
+def test_errors_name_openai_s_field_only_where_the_request_used_it():
+    assert dict(mapped(prompt="a", n=2, size="512x512")[1].renamed) == {
+        "num_images": "n", "width": "size", "height": "size", "upload": "response_format"}
+    assert "num_images" not in dict(mapped(prompt="a", num_images=2)[1].renamed)
+
+
+def test_stream_asks_for_a_preview_every_step_only_when_partial_images_are_wanted():
+    job, asked = mapped(prompt="a", stream=True, partial_images=2, quality="high", size="512x768")
+    assert job["preview_steps"] == 1 and (asked.stream, asked.partial_images) == (True, 2)
+    assert (asked.size, asked.quality, asked.background) == ("512x768", "high", "auto")
+    job, asked = mapped(prompt="a", stream=True)
+    assert "preview_steps" not in job and (asked.stream, asked.partial_images) == (True, 0)
+    assert mapped(prompt="a", partial_images=2)[1].partial_images == 0  # without stream: nothing to put them in
+
+
 def test_the_worker_s_own_inputs_pass_through_and_a_field_given_twice_is_refused():
     job = mapped(prompt="a", seed=7, negative_prompt="blur", loras=[{"path": "x/y"}])[0]
     assert (job["seed"], job["negative_prompt"], job["loras"]) == (7, "blur", [{"path": "x/y"}])
@@ -67,7 +83,8 @@ def test_the_worker_s_own_inputs_pass_through_and_a_field_given_twice_is_refused
     ({"size": "1024"}, "size"), ({"size": "1024x"}, "size"), ({"size": 1024}, "size"),
     ({"size": "<b>1024x1024</b>"}, "size"), ({"response_format": "base64"}, "response_format"),
     ({"quality": "ultra"}, "quality"), ({"style": "anime"}, "style"), ({"background": "transparent"}, "background"),
-    ({"stream": True}, "stream"),
+    ({"stream": "yes"}, "stream"), ({"stream": True, "partial_images": 4}, "partial_images"),
+    ({"stream": True, "response_format": "url"}, "response_format"), ({"preview_steps": 2}, "preview_steps"),
 ])
 def test_a_wrong_openai_field_is_refused_naming_it(body, param):
     wrong = refusal(prompt="a", **body)
