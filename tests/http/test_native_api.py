@@ -143,16 +143,22 @@ def test_response_format_url_answers_presigned_urls_from_the_worker_s_bucket(mod
 def test_response_format_url_without_storage_names_the_field(url):
     answer = httpx.post(url + "/v1/images/generations", json={"prompt": "a fox", "response_format": "url"})
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "response_format"
+    assert answer.json()["error"]["message"].endswith("ask for b64_json.")
 
 
 def test_an_edit_form_s_mistakes_are_named(url):
     buffer = io.BytesIO()
     Image.new("RGB", (256, 256), "white").save(buffer, "PNG")
     photo = ("photo.png", buffer.getvalue(), "image/png")
+    small = io.BytesIO()
+    Image.new("L", (128, 128), 255).save(small, "PNG")
     cases = [
         ({"image": photo, "mask": ("m.png", b"not an image", "image/png")}, {"prompt": "a"}, "mask"),
+        ({"image": photo, "mask": ("m.png", small.getvalue(), "image/png")}, {"prompt": "a"}, "mask"),
+        ([("image[]", photo), ("image[]", photo)], {"prompt": "a"}, "image"),  # a second: no IP-Adapter here
+        ({"image": photo}, {}, "prompt"),
         ({"mask": photo}, {"prompt": "a"}, "image"),
-        ({"image": photo, "sketch": photo}, {"prompt": "a"}, "image"),
+        ({"image": photo, "sketch": photo}, {"prompt": "a"}, "sketch"),
         ({"image": photo}, {"prompt": "a", "seed": "seven"}, "seed"),
     ]
     for files, data, param in cases:

@@ -123,7 +123,10 @@ def create_app(jobs: Jobs, api_key: str | None = None, health_port: int | None =
 async def _images(request: Request, jobs: Jobs, body: dict, place, prefix: str) -> Response:
     """An Images API request run as a job: OpenAI's answer, or with ``stream`` OpenAI's event stream
     (which then holds the request's ``place``)."""
-    job_input, asked = openai_images.to_input(body, _names(jobs)[0])
+    job_input, asked = openai_images.to_input(body, *_names(jobs))
+    if asked.response_format == "url" and jobs.worker.storage is None:
+        raise Refusal(400, "'response_format' url needs the worker's own bucket (the BUCKET_* variables), which "
+                           "this worker has not got; ask for b64_json.", "response_format")
     if asked.stream:
         return EventStream(openai_images.stream_events(jobs.events(job_input), asked, prefix), place)
     output = await _unless_disconnected(request, jobs.result(job_input))
@@ -178,25 +181,46 @@ async def _edit_fields(request: Request, jobs: Jobs) -> dict:
                 fields["mask"] = await value.read()
             else:
                 raise Refusal(400, f"The form's file field {quoted(name)} is not one an edit takes: 'image' and "
-                                   f"'mask'.", "image")
+                                   f"'mask'.", name if quotable(name) else None)
         elif name in fields:
             raise Refusal(400, f"The form gives {quoted(name)} twice; give it once.", name if quotable(name) else None)
         else:
             fields[name] = _typed(name, value)
     if not images:
         raise Refusal(400, "'image' is missing: an edit needs the image to change.", "image")
+    if len(images) > 1 and jobs.worker.models.ip_adapter is None:
+        raise Refusal(400, f"'image' holds {len(images)} images; this worker edits one (the others would be "
+                           f"reference images for an IP-Adapter, and it has none: IP_ADAPTER_MODEL).", "image")
     max_pixels = jobs.worker.settings.fetch.max_image_pixels
     if "mask" in fields:
         try:
             mask = await asyncio.to_thread(transparent_to_white, fields["mask"], "mask", max_pixels)
         except InputError as error:
             raise Refusal(400, str(error), "mask") from None
+        size = _size_of(images[0])
+        if size is not None and mask.size not in (size, size[::-1]):  # OpenAI refuses it too (the queue path
+            # stretches it); turned is allowed: a photo's header may give its size before EXIF turns it
+            raise Refusal(400, f"'mask' is {mask.width}x{mask.height} and 'image' {size[0]}x{size[1]}; the mask must "
+                               f"be the image's size.", "mask")
         fields["mask"] = openai_images.data_url(_png(mask), "image/png")
     fields["image"] = openai_images.data_url(images[0], "application/octet-stream")
     if len(images) > 1:  # more images: references for the IP-Adapter (refused when the worker has none)
         fields.setdefault("ip_adapter", {"image": [openai_images.data_url(image, "application/octet-stream")
                                                    for image in images[1:]]})
     return fields
+
+
+def _size_of(data: bytes) -> tuple[int, int] | None:
+    """An image file's size from its header (nothing decoded); None when it is not one (the job then
+    says so, naming the field)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        return Image.open(io.BytesIO(data)).size
+    except Exception:  # Pillow raises many kinds for what is not an image
+        return None
 
 
 def _typed(name: str, value: str):

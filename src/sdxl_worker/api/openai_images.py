@@ -52,9 +52,9 @@ class Asked:
     renamed: tuple[tuple[str, str], ...] = ()  # (worker input, the OpenAI field that set it): errors' param
 
 
-def to_input(body: dict, checkpoints: tuple[str, ...]) -> tuple[dict, Asked]:
+def to_input(body: dict, checkpoints: tuple[str, ...], presets: tuple[str, ...] = ()) -> tuple[dict, Asked]:
     """The job's input for an Images API request ``body`` (its fields already typed), and how to answer.
-    ``checkpoints``: the worker's BASE_MODELS names."""
+    ``checkpoints``: the worker's BASE_MODELS names; ``presets``: the presets whose weights it has."""
     extra = {name: value for name, value in body.items() if name not in OPENAI_FIELDS}
     given = {name: value for name, value in body.items() if name in OPENAI_FIELDS and value is not None}
     job, renamed = dict(extra), {}
@@ -65,8 +65,10 @@ def to_input(body: dict, checkpoints: tuple[str, ...]) -> tuple[dict, Asked]:
         job[ours] = value
         renamed[ours] = theirs
 
-    if "prompt" in given:
-        job["prompt"] = given["prompt"]
+    if not isinstance(given.get("prompt"), str) or not given["prompt"].strip():
+        raise Refusal(400, "'prompt' is required: the text of the picture to draw, or of the change to make.",
+                      "prompt")
+    job["prompt"] = given["prompt"]
     if "n" in given:
         put("num_images", "n", given["n"])
     if given.get("size", "auto") != "auto":
@@ -75,7 +77,7 @@ def to_input(body: dict, checkpoints: tuple[str, ...]) -> tuple[dict, Asked]:
         put("height", "size", height)
     response_format = _one_of(given, "response_format", RESPONSE_FORMATS, "b64_json")
     put("upload", "response_format", response_format == "url")
-    _model(given.get("model"), checkpoints, job, put)
+    _model(given.get("model"), checkpoints, presets, job, put)
     quality = _one_of(given, "quality", QUALITIES, "auto")
     if quality in QUALITY_STEPS and "num_inference_steps" not in job and "preset" not in job:
         job["num_inference_steps"] = QUALITY_STEPS[quality]
@@ -104,7 +106,8 @@ def answer(result: dict, asked: Asked) -> dict:
     else:
         data = [{"url": image} for image in result["images"]]
     extra = {key: result[key] for key in ("seed", "seeds", "timings", "warnings") if key in result}
-    return {"created": int(time.time()), "data": data, "output_format": asked.output_format, "sdxl": extra}
+    return {"created": int(time.time()), "data": data, "sdxl": extra,
+            "output_format": delivered_format(result["images"][0], asked.output_format)}
 
 
 async def stream_events(events, asked: Asked, prefix: str):
@@ -124,10 +127,13 @@ async def stream_events(events, asked: Asked, prefix: str):
             sent += 1
         elif kind == "result":
             for index, image in enumerate(data["images"]):
+                extra = {"seed": data["seeds"][index], "timings": data["timings"]}
+                if data.get("warnings"):
+                    extra["warnings"] = data["warnings"]
                 yield f"{prefix}.completed", {
                     "type": f"{prefix}.completed", "b64_json": image.partition(",")[2], "created_at": int(time.time()),
-                    "output_format": asked.output_format, **common, "usage": NO_TOKENS,
-                    "sdxl": {"seed": data["seeds"][index], "timings": data["timings"]}}
+                    "output_format": delivered_format(image, asked.output_format), **common, "usage": NO_TOKENS,
+                    "sdxl": extra}
         elif kind == "error":
             yield "error", openai_error(failed(data), dict(asked.renamed))
         elif kind == "":
@@ -142,10 +148,10 @@ def _streaming(given: dict, extra: dict, response_format: str) -> tuple[bool, in
     """OpenAI's ``stream`` and ``partial_images`` (0-3), checked."""
     stream, partial_images = given.get("stream", False), given.get("partial_images", 0)
     if not isinstance(stream, bool):
-        raise Refusal(400, f"'stream' must be true or false; got {quoted(stream)}.", "stream")
+        raise Refusal(400, f"'stream' must be true or false; got {_shown(stream)}.", "stream")
     if partial_images not in range(MAX_PARTIAL_IMAGES + 1) or isinstance(partial_images, bool):
         raise Refusal(400, f"'partial_images' must be a whole number from 0 to {MAX_PARTIAL_IMAGES}; got "
-                           f"{quoted(partial_images)}.", "partial_images")
+                           f"{_shown(partial_images)}.", "partial_images")
     if stream and response_format == "url":
         raise Refusal(400, "'response_format' url cannot stream: a streamed image comes as b64_json.", "response_format")
     if "preview_steps" in extra:
@@ -154,30 +160,46 @@ def _streaming(given: dict, extra: dict, response_format: str) -> tuple[bool, in
     return stream, partial_images if stream else 0
 
 
+def _shown(value) -> str:
+    """A value as a sentence shows what was sent: a number bare, anything else as errors.quoted does."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return quoted(value)
+
+
+def delivered_format(image: str, asked: str) -> str:
+    """The format an image was delivered in: a data URL says (an inline PNG over the payload limit
+    comes as JPEG or WebP, with a warning); an uploaded one is in the format asked."""
+    if image.startswith("data:image/"):
+        return {"jpeg": "jpeg", "png": "png", "webp": "webp"}.get(image[len("data:image/"):].split(";")[0], asked)
+    return asked
+
+
 def _size(size) -> tuple[int, int]:
     match = _SIZE.fullmatch(size) if isinstance(size, str) else None
     if match is None:
-        raise Refusal(400, f"'size' must be WIDTHxHEIGHT, like 1024x1024, or auto; got {quoted(size)}.", "size")
+        raise Refusal(400, f"'size' must be WIDTHxHEIGHT, like 1024x1024, or auto; got {_shown(size)}.", "size")
     return int(match[1]), int(match[2])
 
 
 def _one_of(given: dict, name: str, choices: tuple[str, ...], default: str) -> str:
     value = given.get(name, default)
     if value not in choices:
-        raise Refusal(400, f"'{name}' must be one of {', '.join(choices)}; got {quoted(value)}.", name)
+        raise Refusal(400, f"'{name}' must be one of {', '.join(choices)}; got {_shown(value)}.", name)
     return value
 
 
-def _model(model, checkpoints: tuple[str, ...], job: dict, put) -> None:
+def _model(model, checkpoints: tuple[str, ...], presets: tuple[str, ...], job: dict, put) -> None:
     if model is None or model in OPENAI_MODELS:
         return
     if model in checkpoints:
         put("model", "model", model)
-    elif model in PRESETS:
+    elif model in presets:
         put("preset", "model", model)
     else:
-        raise Refusal(400, f"'model' is {quoted(model)}, which this worker does not serve; use one of "
-                           f"{', '.join((*checkpoints, *PRESETS))} (GET /v1/models lists them).", "model",
+        also = " (a preset whose weights are not in this worker's image)" if model in PRESETS else ""
+        raise Refusal(400, f"'model' is {quoted(model)}{also}, which this worker does not serve; use one of "
+                           f"{', '.join((*checkpoints, *presets))} (GET /v1/models lists them).", "model",
                       "model_not_found")
 
 

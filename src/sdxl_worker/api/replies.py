@@ -24,6 +24,9 @@ CODE = {errors.INPUT: "invalid_input", TIMED_OUT: "timeout", SHUTTING_DOWN: "shu
 TYPE = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
         404: "not_found_error", 413: "invalid_request_error", 415: "invalid_request_error",
         429: "rate_limit_error"}
+DEFAULT_CODE = {400: "invalid_input", 401: "invalid_api_key", 403: "forbidden", 404: "not_found",
+                405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type", 429: "busy",
+                499: "client_closed", 503: "unavailable"}
 # The field an error sentence names: the first quoted name in it ('num_images', 'loras[0].path').
 _FIELD = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])?(?:\.[A-Za-z_][A-Za-z0-9_]*)*)'")
 
@@ -35,7 +38,8 @@ class Refusal(Exception):
     def __init__(self, status: int, sentence: str, param: str | None = None, code: str | None = None,
                  retry_after_s: int | None = None):
         super().__init__(sentence)
-        self.status, self.param, self.code, self.retry_after_s = status, param, code, retry_after_s
+        self.status, self.param, self.retry_after_s = status, param, retry_after_s
+        self.code = code or DEFAULT_CODE.get(status, "server_error" if status >= 500 else "invalid_request")
 
 
 def failed(failure: dict) -> Refusal:
@@ -69,9 +73,15 @@ def response(refusal: Refusal, path: str, renamed: dict[str, str] | None = None)
 
 
 def openai_error(refusal: Refusal, renamed: dict[str, str] | None = None) -> dict:
-    """OpenAI's error body: ``param`` in the client's words where it has its own name for the field."""
-    param = refusal.param
+    """OpenAI's error body, ``param`` and the sentence in the client's words where it sent OpenAI's
+    name for the field ('n' for 'num_images'; a side of 'size' keeps its name in the sentence)."""
+    param, message = refusal.param, str(refusal)
     if param is not None and renamed:
         param = renamed.get(param, param)
+    if renamed:
+        from sdxl_worker.request.dialects import Translation
+
+        one_to_one = {ours: theirs for ours, theirs in renamed.items() if ours not in ("width", "height")}
+        message = Translation(None, one_to_one).explain(message)
     kind = TYPE.get(refusal.status, "server_error" if refusal.status >= 500 else "invalid_request_error")
-    return {"error": {"message": str(refusal), "type": kind, "param": param, "code": refusal.code}}
+    return {"error": {"message": message, "type": kind, "param": param, "code": refusal.code}}

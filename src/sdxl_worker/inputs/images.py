@@ -75,11 +75,14 @@ def open_image(data: bytes, field: str, max_pixels: int = MAX_PIXELS) -> Image.I
 
 def transparent_to_white(data: bytes, field: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """A mask in OpenAI's convention (transparent pixels are edited) in this worker's (white is
-    repainted): 255 minus its alpha. A mask without transparency is taken as this worker's already."""
+    repainted): 255 minus its alpha. A mask with no see-through pixel (an opaque RGBA file included)
+    is taken as this worker's already."""
     image = open_image(data, field, max_pixels)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        return ImageOps.invert(image.convert("RGBA").getchannel("A"))
-    return to_rgb(image).convert("L")
+        alpha = image.convert("RGBA").getchannel("A")
+        if alpha.getextrema()[0] < 255:  # some pixel is see-through: OpenAI's convention
+            return ImageOps.invert(alpha)
+    return to_rgb(image).convert("L")  # an opaque mask (editors save them as RGBA too): white repaints
 
 
 def _too_many_pixels(field: str, size: str, max_pixels: int) -> InputError:

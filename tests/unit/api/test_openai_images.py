@@ -14,10 +14,11 @@ from sdxl_worker.errors import INPUT, INTERNAL, Failure
 from sdxl_worker.inputs.images import transparent_to_white
 
 CHECKPOINTS = ("default", "juggernaut")
+PRESETS = ("lightning-4",)  # the presets whose weights this worker has
 
 
 def mapped(**body):
-    return openai_images.to_input(body, CHECKPOINTS)
+    return openai_images.to_input(body, CHECKPOINTS, PRESETS)
 
 
 def refusal(**body) -> Refusal:
@@ -45,7 +46,9 @@ def test_model_names_a_checkpoint_or_a_preset_and_openai_s_own_names_mean_the_de
         assert "model" not in job and "preset" not in job
     wrong = refusal(prompt="a", model="sd-1.5")
     assert (wrong.status, wrong.param, wrong.code) == (400, "model", "model_not_found")
-    assert "juggernaut" in str(wrong) and "lightning-4" in str(wrong)
+    assert str(wrong).endswith("use one of default, juggernaut, lightning-4 (GET /v1/models lists them).")
+    absent = refusal(prompt="a", model="turbo-1")  # a preset, but its weights are not here
+    assert "not in this worker's image" in str(absent) and "turbo-1," not in str(absent)
 
 
 def test_quality_sets_the_steps_only_when_the_request_does_not():
@@ -79,6 +82,13 @@ def test_the_worker_s_own_inputs_pass_through_and_a_field_given_twice_is_refused
     assert refusal(prompt="a", response_format="url", upload=False).param == "response_format"
 
 
+def test_a_prompt_is_required_and_numbers_are_shown_as_numbers():
+    for body in ({}, {"prompt": ""}, {"prompt": "   "}, {"prompt": 7}):
+        assert refusal(**body).param == "prompt"
+    assert str(refusal(prompt="a", stream=True, partial_images=4)).endswith("from 0 to 3; got 4.")
+    assert str(refusal(prompt="a", size=1024)).endswith("or auto; got 1024.")
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"size": "1024"}, "size"), ({"size": "1024x"}, "size"), ({"size": 1024}, "size"),
     ({"size": "<b>1024x1024</b>"}, "size"), ({"response_format": "base64"}, "response_format"),
@@ -100,7 +110,9 @@ def test_the_answer_has_openai_s_shape_with_the_worker_s_extras():
     assert answer["sdxl"] == {"seed": 3, "seeds": [3, 4], "timings": {"total": 9}}
     assert isinstance(answer["created"], int)
     urls = openai_images.answer({**result, "images": ["https://bucket/a.png"]}, openai_images.Asked("url"))
-    assert urls["data"] == [{"url": "https://bucket/a.png"}]
+    assert urls["data"] == [{"url": "https://bucket/a.png"}] and urls["output_format"] == "png"
+    fallback = openai_images.answer({**result, "images": ["data:image/jpeg;base64,CCCC"]}, openai_images.Asked())
+    assert fallback["output_format"] == "jpeg"  # a PNG too large to send inline came as JPEG: said so
 
 
 def test_a_failed_job_gets_its_status_and_the_field_it_names():
@@ -113,6 +125,13 @@ def test_a_failed_job_gets_its_status_and_the_field_it_names():
     assert (stopping.status, stopping.retry_after_s) == (503, 5)
     body = replies.response(refused, "/v1/images/edits", {"loras": "extra"}).body
     assert b'"param":"extra"' in body and b'"type":"invalid_request_error"' in body
+    in_their_words = replies.openai_error(replies.failed(Failure("'num_images' must be at most 4, got 9.", INPUT)),
+                                          {"num_images": "n", "width": "size"})
+    assert in_their_words["error"]["message"] == "'n' must be at most 4, got 9."
+    assert in_their_words["error"]["param"] == "n"
+    side = replies.openai_error(replies.failed(Failure("'width' must be a multiple of 8, got 250.", INPUT)),
+                                {"width": "size"})
+    assert (side["error"]["param"], side["error"]["message"]) == ("size", "'width' must be a multiple of 8, got 250.")
     assert replies.response(refused, "/v1/jobs").body.startswith(b'{"error":"\'loras[0].path\'')
 
 
@@ -131,3 +150,6 @@ def test_an_openai_mask_s_transparent_pixels_become_white_to_repaint():
     grey = Image.new("L", (4, 2), 0)
     grey.putpixel((3, 1), 255)  # no transparency: already this worker's mask
     assert list(transparent_to_white(png(grey), "mask").getdata())[-1] == 255
+    opaque = Image.new("RGBA", (4, 2), (0, 0, 0, 255))  # an editor's RGBA file with nothing see-through
+    opaque.putpixel((3, 1), (255, 255, 255, 255))
+    assert list(transparent_to_white(png(opaque), "mask").getdata()) == [0] * 7 + [255]
