@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from sdxl_worker.api import openai_images, replies
 from sdxl_worker.api.jobs import FAILED, LOADING, Jobs
@@ -37,6 +38,8 @@ from sdxl_worker.request.schema import INPUT_SCHEMA
 MAX_BODY_BYTES = 30 * MB  # RunPod load balancing's request limit
 MAX_FORM_FILES = 17  # OpenAI's edits take up to 16 images, and a mask
 MAX_FORM_FIELDS = 200
+BODY_WITHIN_S = 120  # a whole body must arrive within this (30 MB at 0.25 MB/s): a slow sender holds a place
+SEND_WITHIN_S = 30  # an event the client does not take within this ends its stream, and frees its place
 _EVENTS = "text/event-stream"
 
 
@@ -117,7 +120,11 @@ def create_app(jobs: Jobs, api_key: str | None = None, health_port: int | None =
             if not isinstance(answer, EventStream):
                 place.release()
 
-    return CallersOnly(app, api_key, health_port)
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, error: ClientDisconnect):  # a client that left mid-body: nobody to answer
+        return Response(status_code=400)
+
+    return CallersOnly(app, api_key, health_port, jobs.stopping)
 
 
 async def _images(request: Request, jobs: Jobs, body: dict, place, prefix: str) -> Response:
@@ -185,7 +192,7 @@ async def _edit_fields(request: Request, jobs: Jobs) -> dict:
         elif name in fields:
             raise Refusal(400, f"The form gives {quoted(name)} twice; give it once.", name if quotable(name) else None)
         else:
-            fields[name] = _typed(name, value)
+            fields[name] = await _typed(name, value)
     if not images:
         raise Refusal(400, "'image' is missing: an edit needs the image to change.", "image")
     if len(images) > 1 and jobs.worker.models.ip_adapter is None:
@@ -223,18 +230,20 @@ def _size_of(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-def _typed(name: str, value: str):
+async def _typed(name: str, value: str):
     """A form field's text as the value it stands for: numbers, booleans, lists and objects parsed
-    where the schema (or OpenAI's field) wants one, text kept as text."""
+    where the schema (or OpenAI's field) wants one, bounded as a JSON body is; text kept as text."""
     spec = INPUT_SCHEMA["properties"].get(name, {})
     types = spec.get("type", [])
     types = [types] if isinstance(types, str) else types
-    if name in ("n", "output_compression", "partial_images", "stream") or (types and types != ["string"]):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value  # the schema or the mapping says what is wrong with it
-    return value
+    if name not in ("n", "output_compression", "partial_images", "stream") and (not types or types == ["string"]):
+        return value
+    try:
+        return await bodies.parse_json(value.encode())
+    except bodies.BodyError as error:
+        if str(error).startswith("The body must be JSON"):
+            return value  # not JSON: the schema or the mapping says what is wrong with it
+        raise Refusal(error.status, f"'{name}' in the form: {error}", name) from None
 
 
 def _png(image) -> bytes:
@@ -303,14 +312,18 @@ class EventStream(Response):
     async def _write(self, send) -> None:
         async for kind, data in self.events:
             chunk = f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n" if kind else ": waiting\n\n"
-            await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
+            # A client that stops reading would hold its place for ever: after SEND_WITHIN_S the stream ends.
+            await asyncio.wait_for(send({"type": "http.response.body", "body": chunk.encode(), "more_body": True}),
+                                   SEND_WITHIN_S)
 
 
 class CallersOnly:
     """ASGI middleware before every route: no web pages, the bearer key when set, bodies bounded."""
 
-    def __init__(self, app, api_key: str | None, health_port: int | None = None):
+    def __init__(self, app, api_key: str | None, health_port: int | None = None,
+                 stopping: asyncio.Event | None = None):
         self.app, self.api_key, self.health_port = app, api_key, health_port
+        self.stopping = stopping or asyncio.Event()  # set on SIGTERM: a body still arriving gets its 503
 
     def __getattr__(self, name):  # the FastAPI app's own attributes (openapi(), state, routes)
         return getattr(self.app, name)
@@ -326,14 +339,20 @@ class CallersOnly:
             self._check(path, headers)
         except Refusal as refusal:
             return await replies.response(refusal, path)(scope, receive, send)
-        received = 0
+        received, body_done, deadline = 0, False, None
 
         async def bounded_receive():
-            nonlocal received
-            message = await receive()
+            """The body, counted and timed as it arrives (30 MB, BODY_WITHIN_S, SIGTERM); after it,
+            what the client sends (its disconnect) as it comes."""
+            nonlocal received, body_done, deadline
+            if body_done:
+                return await receive()
+            deadline = deadline or asyncio.get_running_loop().time() + BODY_WITHIN_S
+            message = await _body_part(receive, self.stopping, deadline - asyncio.get_running_loop().time())
             received += len(message.get("body", b""))
             if received > MAX_BODY_BYTES:
                 raise Refusal(413, str(bodies.too_big(MAX_BODY_BYTES)))
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
         await self.app(scope, bounded_receive, send)
@@ -349,6 +368,24 @@ class CallersOnly:
                               code="invalid_api_key")
         if int(headers.get("content-length") or 0) > MAX_BODY_BYTES:
             raise Refusal(413, str(bodies.too_big(MAX_BODY_BYTES)))
+
+
+async def _body_part(receive, stopping: asyncio.Event, within_s: float) -> dict:
+    """The next part of a body; Refusal if it does not come within ``within_s`` or SIGTERM comes first."""
+    part, stop = asyncio.ensure_future(receive()), asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({part, stop}, timeout=max(within_s, 0), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not part.done():
+            part.cancel()  # the request is refused: what it would have read does not matter
+    if part.done() and not part.cancelled():
+        return part.result()
+    if stopping.is_set():
+        raise Refusal(503, "The worker is shutting down (SIGTERM); send the request to another worker.",
+                      code="shutting_down", retry_after_s=1)
+    raise Refusal(408, f"The request's body did not arrive within {BODY_WITHIN_S} s; send it at the speed of a "
+                       f"normal upload.")
 
 
 def _sentence(error: HTTPException) -> str:

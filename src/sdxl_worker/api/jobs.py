@@ -29,6 +29,7 @@ class Jobs:
         self.worker = self.runner = None
         self.concurrency, self.limit = concurrency, concurrency + queue
         self.admitted = 0  # requests holding a turn or waiting for one
+        self.stopping = asyncio.Event()  # SIGTERM: bodies still arriving are refused
         self._progress: dict[str, callable] = {}  # job id -> where its step reports go
 
     # --- health ---
@@ -37,6 +38,12 @@ class Jobs:
         """Start-up is done: jobs run on ``runner_factory(on_progress)`` (a Runner) from now on."""
         self.worker, self.runner = worker, runner_factory(self._report)
         self.state = READY
+
+    def stop(self) -> None:
+        """SIGTERM: running jobs are stopped (each answered "shutting down"), no new one starts."""
+        self.stopping.set()
+        if self.runner is not None:
+            self.runner.shut_down()
 
     def fail(self, sentence: str) -> None:
         self.state, self.problem = FAILED, sentence

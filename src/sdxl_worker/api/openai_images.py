@@ -164,6 +164,8 @@ def _shown(value) -> str:
     """A value as a sentence shows what was sent: a number bare, anything else as errors.quoted does."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{value:g}" if isinstance(value, float) else str(value)
+    if not isinstance(value, str):
+        return {list: "a list", dict: "an object", bool: "true or false"}.get(type(value), "null")
     return quoted(value)
 
 
@@ -190,6 +192,8 @@ def _one_of(given: dict, name: str, choices: tuple[str, ...], default: str) -> s
 
 
 def _model(model, checkpoints: tuple[str, ...], presets: tuple[str, ...], job: dict, put) -> None:
+    if model is not None and not isinstance(model, str):
+        raise Refusal(400, f"'model' must be a model's name, a string; got {_shown(model)}.", "model")
     if model is None or model in OPENAI_MODELS:
         return
     if model in checkpoints:

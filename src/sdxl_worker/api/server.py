@@ -109,7 +109,7 @@ class _Server:
 
         class Server(uvicorn.Server):
             def handle_exit(self, sig, frame):  # a signal handler: hand the work to the loop
-                outer.call(outer.stop_jobs)
+                outer.call(jobs.stop)
                 if self.should_exit:
                     self.force_exit = True  # a second signal: stop waiting for the jobs' answers
                 self.should_exit = True
@@ -130,7 +130,3 @@ class _Server:
             self.loop.call_soon_threadsafe(function, *args)
         except RuntimeError:  # the loop has ended: the process is exiting
             pass
-
-    def stop_jobs(self) -> None:
-        if self.jobs.runner is not None:
-            self.jobs.runner.shut_down()
