@@ -4,6 +4,10 @@ A job with ``controlnets`` runs its base stage on diffusers' SDXL ControlNet pip
 (txt2img, img2img, inpaint), made for the job from the base's components and the named
 ControlNets (one, or several as diffusers' MultiControlNetModel): no weights are copied, and the
 next job runs the plain pipelines again. The refiner stage runs without control.
+
+A CONTROLNET_MODELS entry whose config says ``ControlNetUnionModel`` (xinsir's union ControlNet)
+loads as one: a job's items naming it each bring an image and a ``mode``, and they run on
+diffusers' union pipeline of the task as one model with lists of images and modes.
 """
 
 from __future__ import annotations
@@ -18,11 +22,22 @@ def load_controlnets(settings, loader, resolve) -> dict:
     (``resolve``: sdxl_worker.engine.models' name-to-folder rule, passed in so imports go one way)."""
     if not settings.controlnets:
         return {}
-    from diffusers import ControlNetModel
+    from diffusers import ControlNetModel, ControlNetUnionModel
 
-    return {name: loader.component(f"controlnet {name}", ControlNetModel, resolve(source, ""),
-                                   "CONTROLNET_MODELS").eval().requires_grad_(False)
-            for name, source in settings.controlnets}
+    loaded = {}
+    for name, source in settings.controlnets:
+        where = resolve(source, "")
+        union = ControlNetModel.load_config(where).get("_class_name") == "ControlNetUnionModel"
+        loaded[name] = loader.component(f"controlnet {name}", ControlNetUnionModel if union else ControlNetModel,
+                                        where, "CONTROLNET_MODELS").eval().requires_grad_(False)
+    return loaded
+
+
+def union_modes(controlnets: dict) -> dict[str, int]:
+    """The union ControlNets among ``controlnets``: name -> how many control modes the model has
+    (6 in the first release, 8 in promax)."""
+    return {name: model.config.num_control_type for name, model in controlnets.items()
+            if hasattr(model.config, "num_control_type")}
 
 
 def speed_up_controlnets(controlnets: list, speedups) -> None:
@@ -43,13 +58,22 @@ def pipeline_for(models, task: str, pipe, names: list[str]):
         StableDiffusionXLControlNetImg2ImgPipeline,
         StableDiffusionXLControlNetInpaintPipeline,
         StableDiffusionXLControlNetPipeline,
+        StableDiffusionXLControlNetUnionImg2ImgPipeline,
+        StableDiffusionXLControlNetUnionInpaintPipeline,
+        StableDiffusionXLControlNetUnionPipeline,
     )
     from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
-    chosen = [models.controlnets[name] for name in names]
-    controlnet = chosen[0] if len(chosen) == 1 else MultiControlNetModel(chosen)
-    cls = {"txt2img": StableDiffusionXLControlNetPipeline, "img2img": StableDiffusionXLControlNetImg2ImgPipeline,
-           "inpaint": StableDiffusionXLControlNetInpaintPipeline}[task]
+    if names[0] in union_modes(models.controlnets):  # the check pass allows one union model, alone
+        controlnet = models.controlnets[names[0]]
+        cls = {"txt2img": StableDiffusionXLControlNetUnionPipeline,
+               "img2img": StableDiffusionXLControlNetUnionImg2ImgPipeline,
+               "inpaint": StableDiffusionXLControlNetUnionInpaintPipeline}[task]
+    else:
+        chosen = [models.controlnets[name] for name in names]
+        controlnet = chosen[0] if len(chosen) == 1 else MultiControlNetModel(chosen)
+        cls = {"txt2img": StableDiffusionXLControlNetPipeline, "img2img": StableDiffusionXLControlNetImg2ImgPipeline,
+               "inpaint": StableDiffusionXLControlNetInpaintPipeline}[task]
     components = {name: part for name, part in pipe.components.items() if name in _init_arguments(cls)}
     control_pipe = cls(**components, controlnet=controlnet, add_watermarker=False)
     control_pipe.set_progress_bar_config(disable=True)
@@ -58,6 +82,13 @@ def pipeline_for(models, task: str, pipe, names: list[str]):
 
 def arguments(plan, images: list) -> dict:
     """The ControlNet pipeline's control arguments for the plan's controls and their images."""
+    if plan.controlnets[0].mode is not None:  # one union model: every image and its mode, one strength
+        from sdxl_worker.request.schema import UNION_MODES
+
+        first = plan.controlnets[0]
+        return {"control_image": list(images), "control_mode": [UNION_MODES[control.mode] for control in plan.controlnets],
+                "controlnet_conditioning_scale": float(first.scale), "control_guidance_start": float(first.start),
+                "control_guidance_end": float(first.end)}
     one = len(plan.controlnets) == 1
 
     def each(values):

@@ -40,6 +40,12 @@ _IMAGE = {
 
 
 
+# A union ControlNet's control modes (xinsir's controlnet-union-sdxl-1.0 numbering; the promax variant
+# adds tile's 6 and inpaint's 7): several names of the published model share a number.
+UNION_MODES = {"openpose": 0, "depth": 1, "softedge": 2, "scribble": 2, "canny": 3, "lineart": 3, "mlsd": 3,
+               "normal": 4, "segment": 5, "tile": 6, "inpaint": 7}
+
+
 def _one_of(choices: list, default, description, unset_allowed: bool = False) -> dict:  # pragma: no mutate block
     """A name from a list (a scheduler, a task, a format); ``unset_allowed``: null too, the default."""
     return {
@@ -252,15 +258,25 @@ INPUT_SCHEMA: dict = {
                     "scale": {"type": "number", "minimum": 0, "maximum": 2, "default": 1.0},
                     "start": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.0},
                     "end": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0},
+                    "mode": {"type": ["string", "null"], "enum": [*UNION_MODES, None], "maxLength": 16,
+                             "default": None},
                 },
             },
             "default": None,
             "description": (
                 "ControlNets guiding the base by an image's structure: a list (at most 3) of `{\"model\", "
-                "\"image\", \"preprocess\", \"scale\", \"start\", \"end\"}`; `model` names one of CONTROLNET_MODELS, "
-                "`preprocess` `canny` makes an edge map (`low_threshold`, `high_threshold`), `none` takes the image "
-                "as the control image; `scale` 0-2 (default 1), `start`/`end` the part of the schedule it guides."
+                "\"image\", \"preprocess\", \"scale\", \"start\", \"end\", \"mode\"}`; `model` names one of "
+                "CONTROLNET_MODELS, `preprocess` `canny` makes an edge map (`low_threshold`, `high_threshold`), `none` "
+                "takes the image as the control image; `scale` 0-2 (default 1), `start`/`end` the part of the schedule "
+                "it guides; `mode` what the image is, for a union ControlNet (docs/control.md): "
+                + ", ".join(UNION_MODES) + "."
             ),
+        },
+        "return_control_images": {
+            "type": "boolean",
+            "default": False,
+            "description": "Add `control_images` to the output: each ControlNet's control image as it guided the "
+                           "job (preprocessed, at the output size), as PNG data URLs.",
         },
         "ip_adapter": {
             "type": ["object", "null"],

@@ -33,6 +33,7 @@ class ControlNetInput:
     scale: float
     start: float  # the fraction of the schedule where its guidance starts ...
     end: float  # ... and ends
+    mode: str | None = None  # a union ControlNet's control mode (request.schema.UNION_MODES)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Request:
     loras: tuple[Lora, ...]
     # guiding the image
     controlnets: tuple[ControlNetInput, ...]
+    return_control_images: bool
     ip_adapter: IpAdapterInput | None
     # which model, how fast
     model: str | None

@@ -26,7 +26,7 @@ from sdxl_worker.engine.plan import MAX_SIDE, MIN_SIDE, Plan, fits_the_range, wi
 from sdxl_worker.engine.prompts import check_prompts
 from sdxl_worker.engine.switch import broken_model_sentence
 from sdxl_worker.errors import InputError, quoted
-from sdxl_worker.request.schema import MAX_SEED
+from sdxl_worker.request.schema import MAX_SEED, UNION_MODES
 from sdxl_worker.request.types import Request
 
 
@@ -42,7 +42,8 @@ class Abilities:
         has_storage: the job's images can be uploaded (the worker's bucket or the job's s3Config).
         model_names: the checkpoints of BASE_MODELS; ``broken_models``: those that failed to load.
         presets: the fast presets whose weights are here.
-        controlnets: CONTROLNET_MODELS' names; ``has_ip_adapter``: IP_ADAPTER_MODEL is loaded.
+        controlnets: CONTROLNET_MODELS' names; ``union_controlnets``: those that are union models, with
+            how many control modes each has; ``has_ip_adapter``: IP_ADAPTER_MODEL is loaded.
         cpu_offload: CPU_OFFLOAD=1, which runs only the pipelines' own models.
         broken_samplers: schedulers the start-up self-check could not build.
         max_job_work: MAX_JOB_WORK, in units of work (engine/work.py).
@@ -59,6 +60,7 @@ class Abilities:
     broken_models: tuple[str, ...] = ()
     presets: tuple[str, ...] = ()
     controlnets: tuple[str, ...] = ()
+    union_controlnets: tuple[tuple[str, int], ...] = ()
     has_ip_adapter: bool = False
     cpu_offload: bool = False
     broken_samplers: tuple[str, ...] = ()
@@ -129,6 +131,7 @@ def _check_named_parts(request: Request, abilities: Abilities) -> None:
                     "this worker has none: set CONTROLNET_MODELS (docs/control.md)")
             raise InputError(f"'controlnets[{index}].model' is {quoted(control.model)}, which is not a ControlNet of "
                              f"this worker; {have}.")
+    _check_union_modes(request, dict(abilities.union_controlnets))
     if request.ip_adapter is not None and not abilities.has_ip_adapter:
         raise InputError("'ip_adapter' needs an IP-Adapter, and this worker has none; set IP_ADAPTER_MODEL "
                          "(docs/control.md), or leave 'ip_adapter' out.")
@@ -194,13 +197,41 @@ def _check_offload(request: Request) -> None:
                              f"or run without CPU_OFFLOAD.")
 
 
+def _check_union_modes(request: Request, unions: dict) -> None:
+    """A union ControlNet's items each say their ``mode``, one the model has; a single-kind one's
+    say none; a job guides with one union model, alone, and one strength for it."""
+    entries = list(enumerate(request.controlnets))
+    for index, control in entries:
+        if control.model in unions and control.mode is None:
+            raise InputError(f"'controlnets[{index}].mode' is needed: {quoted(control.model)} is a union ControlNet, "
+                             f"which must be told what the image is ({', '.join(UNION_MODES)}).")
+        if control.model not in unions and control.mode is not None:
+            raise InputError(f"'controlnets[{index}].mode' applies to a union ControlNet, and {quoted(control.model)} "
+                             f"is a single-kind one; leave 'mode' out.")
+        if control.mode is not None and UNION_MODES[control.mode] >= unions[control.model]:
+            raise InputError(f"'controlnets[{index}].mode' {control.mode} needs a union ControlNet with "
+                             f"{UNION_MODES[control.mode] + 1} control modes (the promax variant); "
+                             f"{quoted(control.model)} has {unions[control.model]}.")
+    used = {control.model for _, control in entries}
+    if len(used) > 1 and used & set(unions):
+        raise InputError("'controlnets' mixes a union ControlNet with other ControlNets; a job guides with one union "
+                         "model alone (give each image its 'mode'), or with single-kind ones.")
+    strengths = {(control.scale, control.start, control.end) for _, control in entries if control.model in unions}
+    if len(strengths) > 1:
+        raise InputError("'controlnets' entries of one union ControlNet must share 'scale', 'start' and 'end': the "
+                         "model guides with one strength for all its images.")
+
+
 def _check_work(plan: Plan, abilities: Abilities) -> None:
     """The job's work (engine/work.py) against MAX_JOB_WORK; the sentence says by how much it is
     over and which inputs to lower."""
     if plan.step_counts is None:
         return  # planned without the models' schedulers: nothing to count
     steps, width, height, limit = plan.step_counts, plan.width, plan.height, abilities.max_job_work
-    images, controlnets, guidance = len(plan.seeds), len(plan.controlnets), plan.guidance_scale
+    images, guidance = len(plan.seeds), plan.guidance_scale
+    # A union model runs once a step, whatever its images: a single-kind ControlNet once per entry.
+    union_models = {control.model for control in plan.controlnets if control.mode is not None}
+    controlnets = len(union_models) + sum(control.mode is None for control in plan.controlnets)
     switch = abilities.switch_work
     total = work.job_work(steps, width, height, images, guidance, controlnets) + switch
     if total <= limit:

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from typing import Iterator
 
 from sdxl_worker import errors
-from sdxl_worker.delivery.deliver import deliver
+from sdxl_worker.delivery.deliver import data_url, deliver, encode_png
 from sdxl_worker.delivery.size_guard import OutputGuard
 from sdxl_worker.delivery.storage import job_storage
 from sdxl_worker.engine import lora_layers, preset_weights, switch
@@ -128,7 +128,10 @@ def _run(worker: Worker, job: dict, raw_input, on_progress: ProgressCallback | N
     result, loading = yield from _generate(worker.models, plan, inputs, context, guard)
     # 9. deliver: inline within what the previews left, or uploaded
     stop.check("after its last step, before delivery")
-    delivery = deliver(result.images, plan, storage, context.id, room_bytes=guard.final_room())
+    # The control images as they guided it (return_control_images), inline: their bytes come off the room.
+    controls = [data_url(encode_png(image)) for image in inputs.control_images] if request.return_control_images else []
+    delivery = deliver(result.images, plan, storage, context.id,
+                       room_bytes=guard.final_room() - sum(len(url) + 4 for url in controls))
     payload = {
         "images": delivery.images,
         "image_url": delivery.images[0],
@@ -137,6 +140,8 @@ def _run(worker: Worker, job: dict, raw_input, on_progress: ProgressCallback | N
         "timings": dict({name: ms for name, ms in loading.items() if ms is not None}, **result.timings,
                         **delivery.timings, total=ms_since(started)),
     }
+    if request.return_control_images:
+        payload["control_images"] = controls
     warnings = [*plan.warnings, storage_warning, guard.warning(), *delivery.warnings]
     if any(warnings):  # redacted: an S3 error must not carry the job's own credentials back
         payload["warnings"] = [redact(warning, limit=None) for warning in warnings if warning]

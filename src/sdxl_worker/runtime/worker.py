@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdxl_worker import config
-from sdxl_worker.engine import preset_weights, switch
+from sdxl_worker.engine import control_pipelines, preset_weights, switch
 from sdxl_worker.errors import MB
 from sdxl_worker.inputs.fetch import Fetcher
 from sdxl_worker.inputs.images import ImageReader
@@ -52,6 +52,7 @@ class Worker:
             broken_models=tuple(models.broken),
             presets=preset_weights.available(models.settings) if request.preset else (),
             controlnets=tuple(models.controlnets),
+            union_controlnets=tuple(control_pipelines.union_modes(models.controlnets).items()),
             has_ip_adapter=models.ip_adapter is not None,
             cpu_offload=bool(models.settings is not None and models.settings.cpu_offload),
             broken_samplers=tuple(models.broken_samplers),

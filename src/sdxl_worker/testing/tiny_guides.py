@@ -34,6 +34,33 @@ def write_tiny_controlnet(folder: Path, seed: int) -> Path:
     return Path(folder)
 
 
+def write_tiny_union_controlnet(folder: Path, seed: int, control_types: int = 8) -> Path:
+    """A tiny union ControlNet (xinsir's controlnet-union-sdxl-1.0 architecture: one model, a control
+    mode per image) from the tiny base UNet's config: its mode transformer as wide as the UNet's
+    first block, ``control_types`` modes (8 as the promax variant, 6 as the first release), the
+    zero-initialised outputs random. Saved with ``save_pretrained``, as the real one is laid out."""
+    import torch
+    from diffusers import ControlNetUnionModel, UNet2DConditionModel
+
+    from sdxl_worker.engine.tiny import ensure_tiny_model
+
+    unet = UNet2DConditionModel.from_pretrained(ensure_tiny_model() / "base" / "unet")
+    shape = {key: value for key, value in ControlNetUnionModel.from_unet(
+        unet, conditioning_embedding_out_channels=(8, 16, 16, 16), load_weights_from_unet=False).config.items()
+        if key != "_use_default_values"}  # it would put back the defaults replaced below
+    width = unet.config.block_out_channels[0]
+    controlnet = ControlNetUnionModel.from_config({**shape, "num_trans_channel": width, "num_proj_channel": width,
+                                                   "num_trans_head": 2, "num_control_type": control_types})
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in controlnet.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out",
+                                "spatial_ch_projs")):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    controlnet.save_pretrained(folder)
+    return Path(folder)
+
+
 PLUS_WEIGHT = "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors"  # h94/IP-Adapter's Plus, with...
 PLUS_ENCODER = "models/image_encoder"  # ...the ViT-H encoder at the repository's top
 

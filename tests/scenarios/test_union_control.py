@@ -1,0 +1,146 @@
+"""The union ControlNet (one model, a control mode per image) on tiny weights built in code: a job
+equals diffusers' own union pipeline, every task runs, the refusals, and the control images a job
+returns when asked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from sdxl_worker.config import ModelSettings
+from sdxl_worker.engine.models import load_models
+from sdxl_worker.runtime.job import run_job
+from sdxl_worker.testing.tiny_guides import write_tiny_controlnet, write_tiny_union_controlnet
+from tests.helpers import decode, final, photo, pixels, png_data_url, worker_with
+
+SIZE = 256
+JOB = {"prompt": "a lighthouse at dusk", "width": SIZE, "height": SIZE, "seed": 4, "num_inference_steps": 5,
+       "refine": "no_refiner"}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    where = tmp_path_factory.mktemp("union")
+    return {"union": write_tiny_union_controlnet(where / "union", seed=5),
+            "union6": write_tiny_union_controlnet(where / "union6", seed=6, control_types=6),
+            "canny": write_tiny_controlnet(where / "canny", seed=1)}
+
+
+@pytest.fixture(scope="module")
+def guided(folders):
+    """CONTROLNET_MODELS=union=...,union6=...,canny=...: two union models (promax's 8 modes, the first
+    release's 6) and a single-kind one."""
+    return load_models(ModelSettings(base="tiny", refiner="tiny", vae=None, device="cpu",
+                                     controlnets=tuple((name, str(folder)) for name, folder in folders.items())))
+
+
+def shape(size=(SIZE, SIZE)) -> Image.Image:
+    image = Image.new("RGB", size, "black")
+    ImageDraw.Draw(image).ellipse((50, 60, 200, 190), fill="white")
+    return image
+
+
+def depth_like(size=(SIZE, SIZE)) -> Image.Image:
+    ramp = np.tile(np.linspace(0, 255, size[0], dtype=np.uint8), (size[1], 1))
+    return Image.fromarray(np.stack([ramp] * 3, axis=2))
+
+
+def job(models, **inputs) -> list:
+    return list(run_job(worker_with(models), {"id": "union", "input": {**JOB, **inputs}}))
+
+
+EDGES = {"model": "union", "image": png_data_url(shape()), "preprocess": "canny", "mode": "canny"}
+DEPTH = {"model": "union", "image": png_data_url(depth_like()), "mode": "depth"}
+
+
+def test_a_union_job_gives_diffusers_union_pipeline_pixels(guided, folders):
+    from diffusers import ControlNetUnionModel, DDIMScheduler, StableDiffusionXLControlNetUnionPipeline
+
+    from sdxl_worker.engine.tiny import ensure_tiny_model
+    from sdxl_worker.inputs.control_images import canny
+
+    union = ControlNetUnionModel.from_pretrained(folders["union"])
+    pipe = StableDiffusionXLControlNetUnionPipeline.from_pretrained(ensure_tiny_model() / "base", controlnet=union,
+                                                                    add_watermarker=False)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    # xinsir's numbering: canny 3, depth 1, written out here.
+    reference = pipe(JOB["prompt"], control_image=[canny(shape(), 100, 200), depth_like()], control_mode=[3, 1],
+                     width=SIZE, height=SIZE, num_inference_steps=5, guidance_scale=7.5,
+                     controlnet_conditioning_scale=0.8, control_guidance_start=0.1, control_guidance_end=0.9,
+                     generator=[torch.Generator("cpu").manual_seed(4)]).images[0]
+    strength = {"scale": 0.8, "start": 0.1, "end": 0.9}
+    ours = pixels(final(job(guided, controlnets=[{**EDGES, **strength}, {**DEPTH, **strength}])))
+    assert np.abs(ours.astype(int) - np.asarray(reference).astype(int)).max() == 0
+    # The mode matters: the same images read as other kinds steer another way.
+    swapped = pixels(final(job(guided, controlnets=[{**EDGES, **strength, "mode": "openpose"},
+                                                    {**DEPTH, **strength, "mode": "normal"}])))
+    assert np.abs(swapped.astype(int) - ours).mean() > 0.25  # 0.5 here: the tiny model steers gently
+
+
+@pytest.mark.parametrize("task", ["img2img", "inpaint"])
+@pytest.mark.parametrize("refine", ["no_refiner", "base_image_refiner"])
+def test_a_union_model_guides_img2img_and_inpaint_with_or_without_the_refiner(guided, task, refine):
+    inputs = {"image": png_data_url(photo(320, 256)), "width": 320, "height": 256, "refine": refine,
+              "refiner_inference_steps": 4, "strength": 0.5}
+    if task == "inpaint":
+        inputs["mask"] = png_data_url(shape((320, 256)))
+    plain = pixels(final(job(guided, **inputs)))
+    guided_image = pixels(final(job(guided, controlnets=[EDGES, {**DEPTH, "image": png_data_url(depth_like((320, 256)))}],
+                                    **inputs)))
+    assert guided_image.shape[:2] == (256, 320)
+    assert np.abs(guided_image.astype(int) - plain).mean() > 0.5
+
+
+def test_union_refusals_name_the_field_before_anything_runs(guided):
+    calls = []
+    hooks = [network.register_forward_hook(lambda *_: calls.append(1))
+             for network in (guided.base.unet, *guided.controlnets.values())]
+
+    def error(**inputs) -> str:
+        outputs = job(guided, **inputs)
+        assert len(outputs) == 1 and calls == [], outputs
+        return outputs[0]["error"]
+
+    canny_model = {"model": "canny", "image": EDGES["image"], "preprocess": "canny"}
+    assert error(controlnets=[{**EDGES, "mode": None}]).startswith(
+        "'controlnets[0].mode' is needed: 'union' is a union ControlNet")
+    assert error(controlnets=[{**canny_model, "mode": "canny"}]) == (
+        "'controlnets[0].mode' applies to a union ControlNet, and 'canny' is a single-kind one; leave 'mode' out.")
+    assert error(controlnets=[{**EDGES, "model": "union6", "mode": "tile"}]) == (
+        "'controlnets[0].mode' tile needs a union ControlNet with 7 control modes (the promax variant); "
+        "'union6' has 6.")
+    assert error(controlnets=[EDGES, canny_model]).startswith("'controlnets' mixes a union ControlNet with other")
+    assert error(controlnets=[EDGES, {**DEPTH, "scale": 0.5}]).startswith(
+        "'controlnets' entries of one union ControlNet must share 'scale', 'start' and 'end'")
+    assert error(controlnets=[{**EDGES, "mode": "sketchy"}]).startswith("'controlnets[0].mode' must be one of openpose,")
+    for hook in hooks:
+        hook.remove()
+
+
+def test_the_control_images_a_job_used_come_back_when_asked(guided):
+    from sdxl_worker.inputs.control_images import canny
+
+    result = final(job(guided, controlnets=[EDGES, DEPTH], return_control_images=True))
+    edges, depth = (np.asarray(decode(url).convert("RGB")) for url in result["control_images"])
+    assert np.array_equal(edges, np.asarray(canny(shape(), 100, 200)))  # the edge map, not the photo sent
+    assert np.array_equal(depth, np.asarray(depth_like()))
+    assert "control_images" not in final(job(guided, controlnets=[EDGES]))
+
+
+def test_a_union_model_counts_once_in_the_work_budget_however_many_images(guided):
+    from sdxl_worker import config
+    from sdxl_worker.runtime.worker import Worker
+
+    # 256x256 is 0.0625 of a unit; 5 steps, each a UNet call and half a call per ControlNet
+    # (engine/work.py), x2 for guidance: one ControlNet 0.9375 units, two 1.25. Two union images
+    # cost what one costs.
+    worker = Worker.build(guided, config.load({"MAX_JOB_WORK": "1.0"}))
+    one = list(run_job(worker, {"id": "w", "input": {**JOB, "controlnets": [EDGES]}}))
+    two = list(run_job(worker, {"id": "w", "input": {**JOB, "controlnets": [EDGES, DEPTH]}}))
+    assert "error" not in one[-1] and "error" not in two[-1], (one[-1], two[-1])
+    twice_canny = {"model": "canny", "image": EDGES["image"], "preprocess": "canny"}
+    refused = list(run_job(worker, {"id": "w", "input": {**JOB, "controlnets": [twice_canny, twice_canny]}}))
+    assert "2 ControlNet(s)" in refused[-1]["error"]
