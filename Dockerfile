@@ -51,6 +51,8 @@ ARG CONTROLNET_MODELS=""
 ARG IP_ADAPTER_MODEL=""
 ARG IP_ADAPTER_WEIGHT=sdxl_models/ip-adapter_sdxl.safetensors
 ARG IP_ADAPTER_ENCODER=""
+# The depth preprocessor (preprocess: depth), e.g. --build-arg DEPTH_MODEL=depth-anything/Depth-Anything-V2-Small-hf
+ARG DEPTH_MODEL=""
 WORKDIR /app
 COPY builder/ builder/
 # The builder reads the model ids as the worker does, through its configuration module
@@ -78,6 +80,7 @@ ENV BASE_MODEL=${BASE_MODEL} \
     IP_ADAPTER_MODEL=${IP_ADAPTER_MODEL} \
     IP_ADAPTER_WEIGHT=${IP_ADAPTER_WEIGHT} \
     IP_ADAPTER_ENCODER=${IP_ADAPTER_ENCODER} \
+    DEPTH_MODEL=${DEPTH_MODEL} \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
 

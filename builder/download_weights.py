@@ -58,6 +58,7 @@ class Wanted:
     configs_only: bool = False  # a single-file checkpoint's component configs: no weights
     weight: str | None = None  # an IP-Adapter: its weight file in the repository
     encoder: str | None = None  # and its image encoder's folder there
+    also: tuple[str, ...] = ()  # top-level files a single model needs beside config.json (a processor's)
 
 
 def _single_file(name: str | None) -> bool:
@@ -86,6 +87,8 @@ def wanted_from_env(env=None) -> list[Wanted]:
     if settings.ip_adapter:
         wanted.append(Wanted("IP_ADAPTER_MODEL", settings.ip_adapter, weight=settings.ip_adapter_weight,
                              encoder=config.ip_adapter_encoder_folder(settings)))
+    if settings.depth:  # a transformers model: its image processor's settings beside its config
+        wanted.append(Wanted("DEPTH_MODEL", settings.depth, also=("preprocessor_config.json",)))
     # Local folders and the built-in test model need no download.
     return [w for w in wanted if w.repo != "tiny" and not Path(w.repo).exists()]
 
@@ -207,6 +210,7 @@ def plan(wanted: list[Wanted], listings: Path | None = None) -> list[tuple[Wante
                 files = ip_adapter_files(listing, item.weight, item.encoder)
             else:
                 files = files_to_fetch(listing, components, VARIANT, item.skip, weights=not item.configs_only)
+                files = sorted({*files, *(name for name in item.also if name in listing)})
         except NothingToLoad as error:
             raise SystemExit(f"{item.variable}={item.repo}: {error}") from None
         planned.append((item, files))

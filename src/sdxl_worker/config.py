@@ -209,6 +209,9 @@ _variable("DEVICE", "models", "`cuda` when available, else `cpu`", "a torch devi
 _variable("DTYPE", "models", "float16 on CUDA, float32 on CPU", "float16, bfloat16, float32", "the weights' type")
 CPU_OFFLOAD = _flag("CPU_OFFLOAD", "models", False, "move idle components to the CPU (cards under 16 GB; slower)")
 _variable("TINY_MODEL_DIR", "models", "~/.cache/sdxl-worker", "a folder", "where the tiny model is saved once")
+DEFAULT_DEPTH = "depth-anything/Depth-Anything-V2-Small-hf"  # Apache-2.0; what the docs and the Hub offer
+_variable("DEPTH_MODEL", "models", "unset", f"hub id or folder of a transformers depth-estimation model "
+          f"(e.g. {DEFAULT_DEPTH}), or `none`", "the depth preprocessor (`preprocess: depth`); unset: none")
 HF_HUB_OFFLINE = _flag("HF_HUB_OFFLINE", "models", False, "huggingface_hub's own: hub ids (models, LoRAs) only "
                        "from the hub's cache, never downloaded", shown="0 (1 in the Docker image)")
 
@@ -234,6 +237,7 @@ class ModelSettings:
     ip_adapter: str | None = None  # IP_ADAPTER_MODEL: a hub id or folder; None: none
     ip_adapter_weight: str = DEFAULT_IP_ADAPTER_WEIGHT  # IP_ADAPTER_WEIGHT: subfolder/file inside it
     ip_adapter_encoder: str | None = None  # IP_ADAPTER_ENCODER: its folder inside it; None: beside the weight
+    depth: str | None = None  # DEPTH_MODEL: the depth preprocessor's model; None: none
     hub_offline: bool = HF_HUB_OFFLINE.default  # hub ids only from the hub's cache
     hub_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "huggingface" / "hub")
 
@@ -262,6 +266,7 @@ def _models(read: _Reader) -> ModelSettings:
         ip_adapter=read.model("IP_ADAPTER_MODEL", None),
         ip_adapter_weight=read.text("IP_ADAPTER_WEIGHT", DEFAULT_IP_ADAPTER_WEIGHT),
         ip_adapter_encoder=read.text("IP_ADAPTER_ENCODER"),
+        depth=read.model("DEPTH_MODEL", None),
         hub_offline=read.flag(HF_HUB_OFFLINE),
         hub_cache=_hub_cache(read.env),
     )
@@ -680,7 +685,8 @@ def missing_model_paths(settings: ModelSettings) -> list[str]:
     """Models named by a path (absolute, or ./ ../ ~) that is not there: known before any library
     loads, so such a start stops in a second rather than after the imports."""
     named = [("BASE_MODEL", source) for _, source in settings.choices]
-    named += [("REFINER_MODEL", settings.refiner), ("VAE_MODEL", settings.vae), ("TAESD_MODEL", settings.taesd)]
+    named += [("REFINER_MODEL", settings.refiner), ("VAE_MODEL", settings.vae), ("TAESD_MODEL", settings.taesd),
+              ("DEPTH_MODEL", settings.depth)]
     return [model_not_found(variable, source, "no such file or folder", local=True)
             for variable, source in named
             if source and source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().exists()]

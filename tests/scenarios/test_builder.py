@@ -451,3 +451,25 @@ def test_a_vit_h_adapter_bakes_the_encoder_ip_adapter_encoder_names():
     ]
     with pytest.raises(SystemExit, match=r"no image encoder .* in models/nothing/ \(IP_ADAPTER_ENCODER\)"):
         _planned({**CONTROL_ENV, "IP_ADAPTER_ENCODER": "models/nothing"})
+
+
+def test_the_depth_model_is_baked_with_its_image_processor_and_loads_from_what_was_baked(tmp_path):
+    """DEPTH_MODEL: the model's config and weights and, beside them, the processor's settings (a
+    transformers model reads them at load); the tiny Depth Anything copied as the builder would
+    take it loads as the worker's depth preprocessor."""
+    from sdxl_worker.config import ModelSettings
+    from sdxl_worker.engine.models import load_models
+    from sdxl_worker.testing.tiny_guides import write_tiny_depth_model
+
+    planned = _planned({"DEPTH_MODEL": "depth-anything/Depth-Anything-V2-Small-hf"})
+    assert planned["DEPTH_MODEL"] == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert "DEPTH_MODEL" not in _planned({})
+    made = write_tiny_depth_model(tmp_path / "made")  # the same file names as the real repository
+    baked = tmp_path / "baked"
+    baked.mkdir()
+    for name in planned["DEPTH_MODEL"]:
+        shutil.copy(made / name, baked / name)
+    models = load_models(ModelSettings(base="tiny", refiner=None, vae=None, taesd=None, device="cpu", depth=str(baked)))
+    from PIL import Image
+
+    assert models.depth(Image.new("RGB", (64, 48), "grey")).size == (64, 48)

@@ -144,3 +144,72 @@ def test_a_union_model_counts_once_in_the_work_budget_however_many_images(guided
     twice_canny = {"model": "canny", "image": EDGES["image"], "preprocess": "canny"}
     refused = list(run_job(worker, {"id": "w", "input": {**JOB, "controlnets": [twice_canny, twice_canny]}}))
     assert "2 ControlNet(s)" in refused[-1]["error"]
+
+
+# --- preprocess: depth (DEPTH_MODEL), on a tiny Depth Anything V2 built in code ---
+
+
+@pytest.fixture(scope="module")
+def with_depth(folders, tmp_path_factory):
+    from sdxl_worker.testing.tiny_guides import write_tiny_depth_model
+
+    depth_folder = write_tiny_depth_model(tmp_path_factory.mktemp("depth") / "depth")
+    models = load_models(ModelSettings(base="tiny", refiner="tiny", vae=None, device="cpu", depth=str(depth_folder),
+                                       controlnets=(("canny", str(folders["canny"])), ("union", str(folders["union"])))))
+    return models, depth_folder
+
+
+def reference_depth(folder, image: Image.Image) -> Image.Image:
+    """The depth map made the way docs/control.md says, step by step with transformers: the model's
+    relative inverse depth, resized bicubically to the image, scaled to 0-255 (near bright)."""
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    model, processor = AutoModelForDepthEstimation.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        predicted = model(**processor(images=image, return_tensors="pt")).predicted_depth
+    depth = torch.nn.functional.interpolate(predicted[:, None], size=image.size[::-1], mode="bicubic",
+                                            align_corners=False)[0, 0]
+    grey = ((depth - depth.min()) / (depth.max() - depth.min()) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    return Image.fromarray(np.stack([grey] * 3, axis=2))
+
+
+def test_a_photo_in_a_depth_guided_image_out_equal_to_the_depth_model_then_diffusers(with_depth):
+    from diffusers import ControlNetUnionModel, DDIMScheduler, StableDiffusionXLControlNetUnionPipeline
+
+    from sdxl_worker.engine.tiny import ensure_tiny_model
+
+    models, depth_folder = with_depth
+    picture = photo(SIZE, SIZE)
+    result = final(list(run_job(worker_with(models), {"id": "depth", "input": {
+        **JOB, "return_control_images": True,
+        "controlnets": [{"model": "union", "mode": "depth", "image": png_data_url(picture), "preprocess": "depth"}]}})))
+    expected_map = reference_depth(depth_folder, picture)
+    used = np.asarray(decode(result["control_images"][0]).convert("RGB"))
+    assert np.abs(used.astype(int) - np.asarray(expected_map)).max() <= 1  # the same map, to a rounding
+    union = models.controlnets["union"]
+    pipe = StableDiffusionXLControlNetUnionPipeline.from_pretrained(
+        ensure_tiny_model() / "base", controlnet=ControlNetUnionModel.from_config(union.config), add_watermarker=False)
+    pipe.controlnet.load_state_dict(union.state_dict())
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(JOB["prompt"], control_image=[decode(result["control_images"][0]).convert("RGB")],
+                     control_mode=[1], width=SIZE, height=SIZE, num_inference_steps=5, guidance_scale=7.5,
+                     generator=[torch.Generator("cpu").manual_seed(4)]).images[0]
+    assert np.abs(pixels(result).astype(int) - np.asarray(reference).astype(int)).max() == 0
+
+
+def test_depth_without_a_depth_model_is_refused_naming_the_field(guided):
+    outputs = job(guided, controlnets=[{"model": "canny", "image": EDGES["image"], "preprocess": "depth"}])
+    assert outputs[-1]["error"].startswith("'controlnets[0].preprocess' depth needs a depth model, and this worker "
+                                           "has none; set DEPTH_MODEL")
+
+
+def test_a_depth_map_counts_in_the_work_budget(with_depth):
+    from sdxl_worker import config
+    from sdxl_worker.runtime.worker import Worker
+
+    models, _ = with_depth
+    worker = Worker.build(models, config.load({"MAX_JOB_WORK": "0.001"}))
+    refused = list(run_job(worker, {"id": "w", "input": {**JOB, "controlnets": [
+        {"model": "canny", "image": EDGES["image"], "preprocess": "depth"}]}}))
+    assert "1 depth map(s) at 0.02 each" in refused[-1]["error"]

@@ -61,6 +61,27 @@ def write_tiny_union_controlnet(folder: Path, seed: int, control_types: int = 8)
     return Path(folder)
 
 
+def write_tiny_depth_model(folder: Path, seed: int = 7) -> Path:
+    """A tiny Depth Anything V2 (a DINOv2 backbone and the DPT head, transformers'
+    DepthAnythingForDepthEstimation) with random weights, and the image processor the real
+    depth-anything/Depth-Anything-V2-Small-hf ships (518 pixels, aspect kept, multiples of 14,
+    bicubic, ImageNet's mean and deviation), saved as that repository is laid out."""
+    import torch
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            patch_size=14, image_size=518, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
+                                 fusion_hidden_size=16, head_hidden_size=8, depth_estimation_type="relative")
+    torch.manual_seed(seed)
+    DepthAnythingForDepthEstimation(config).save_pretrained(folder)
+    DPTImageProcessor(do_resize=True, size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                      resample=3, do_rescale=True, do_normalize=True, image_mean=[0.485, 0.456, 0.406],
+                      image_std=[0.229, 0.224, 0.225], do_pad=False).save_pretrained(folder)
+    return Path(folder)
+
+
 PLUS_WEIGHT = "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors"  # h94/IP-Adapter's Plus, with...
 PLUS_ENCODER = "models/image_encoder"  # ...the ViT-H encoder at the repository's top
 

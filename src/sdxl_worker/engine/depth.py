@@ -1,0 +1,44 @@
+"""The depth preprocessor: a depth map made in the worker from a control image (``preprocess: depth``).
+
+DEPTH_MODEL names a depth-estimation model transformers loads (Depth Anything V2 Small by default
+when it is set: Apache-2.0, 25 M parameters). It is loaded once at start-up and runs in float32
+on the models' device. Its output is relative inverse depth (larger is nearer), scaled per image
+to 0-255: near bright, far dark, as the SDXL depth ControlNets were trained on MiDaS- and
+Zoe-style maps (docs/control.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+class DepthEstimator:
+    """``estimator(image)`` -> the image's depth map, grey in three channels, at the image's size."""
+
+    def __init__(self, model, processor, device: str):
+        self.model, self.processor, self.device = model, processor, device
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        import torch
+
+        inputs = self.processor(images=image.convert("RGB"), return_tensors="pt").to(self.device)
+        with torch.no_grad():
+            predicted = self.model(**inputs).predicted_depth  # (1, h, w) at the model's input size
+        depth = torch.nn.functional.interpolate(predicted[:, None].float(), size=(image.height, image.width),
+                                                mode="bicubic", align_corners=False)[0, 0]
+        low, high = depth.min(), depth.max()
+        scaled = (depth - low) / (high - low) if high > low else torch.zeros_like(depth)
+        grey = (scaled * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
+
+
+def load_depth(source: str | None, device: str, resolve) -> DepthEstimator | None:
+    """DEPTH_MODEL's estimator, or None when it is unset (``resolve``: the models' name-to-folder rule)."""
+    if source is None:
+        return None
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    where = resolve(source, "")
+    model = AutoModelForDepthEstimation.from_pretrained(where).to(device).eval().requires_grad_(False)
+    return DepthEstimator(model, AutoImageProcessor.from_pretrained(where), device)
