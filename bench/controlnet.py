@@ -1,14 +1,20 @@
-"""What ControlNets and the IP-Adapter cost a job, on the tiny model.
+"""What ControlNets, the union ControlNet, the preprocessors and the IP-Adapter cost a job, on the tiny model.
 
-    python bench/controlnet.py [--rounds 5] [--size 512] [--steps 20]
+    python bench/controlnet.py [--rounds 5] [--size 512] [--steps 20] [--preprocess-rounds 5]
 
-One worker with two tiny ControlNets and a tiny IP-Adapter (built in code, loaded as
-CONTROLNET_MODELS and IP_ADAPTER_MODEL load them) runs the same base-only job without guidance,
-with one ControlNet (canny preprocessing in the worker), with two (canny and a ready-made control
-image) and with the IP-Adapter. The rounds interleave the variants, so a slow moment of this
+One worker with two tiny ControlNets, a tiny union ControlNet, a tiny Depth Anything V2 and a tiny
+IP-Adapter (built in code, loaded as CONTROLNET_MODELS, DEPTH_MODEL and IP_ADAPTER_MODEL load
+them) runs the same base-only job without guidance, with one ControlNet (canny preprocessing in
+the worker), with two (canny and a ready-made control image), with the union model taking one
+image and two (one call a step either way), with a depth map made in the worker, and with the
+IP-Adapter. The rounds interleave the variants, so a slow moment of this
 shared machine falls on all of them; the table gives each one's median and its ratio to the job
 without. The network calls per step (UNet and ControlNet forward passes, counted with hooks) are
 the figure that carries to a GPU, where each SDXL ControlNet is about half a UNet's work.
+
+A second table times the preprocessors alone on a 1024x1024 photo-like image, on the CPU: canny,
+and the depth preprocessor with Depth Anything V2 Small's real architecture and input size (its
+published config, random weights: the same work as the trained model).
 """
 
 from __future__ import annotations
@@ -32,7 +38,12 @@ from sdxl_worker.delivery.deliver import data_url  # noqa: E402
 from sdxl_worker.engine.models import load_models  # noqa: E402
 from sdxl_worker.runtime.job import run_job  # noqa: E402
 from sdxl_worker.runtime.worker import Worker  # noqa: E402
-from sdxl_worker.testing.tiny_guides import write_tiny_controlnet, write_tiny_ip_adapter  # noqa: E402
+from sdxl_worker.testing.tiny_guides import (  # noqa: E402
+    write_tiny_controlnet,
+    write_tiny_depth_model,
+    write_tiny_ip_adapter,
+    write_tiny_union_controlnet,
+)
 
 
 def guide_image(size: int) -> str:
@@ -47,9 +58,14 @@ def variants(size: int) -> dict[str, dict]:
     picture = guide_image(size)
     canny = {"model": "canny", "image": picture, "preprocess": "canny"}
     depth = {"model": "depth", "image": picture}
+    union_edges = {"model": "union", "image": picture, "preprocess": "canny", "mode": "canny"}
+    union_depth = {"model": "union", "image": picture, "mode": "depth"}
     return {"no guidance (before)": {},
             "1 ControlNet (canny, preprocessed)": {"controlnets": [canny]},
             "2 ControlNets (canny + depth)": {"controlnets": [canny, depth]},
+            "union, 1 image (canny mode)": {"controlnets": [union_edges]},
+            "union, 2 images (canny + depth)": {"controlnets": [union_edges, union_depth]},
+            "1 ControlNet, depth map made here": {"controlnets": [{**depth, "preprocess": "depth"}]},
             "IP-Adapter (1 reference image)": {"ip_adapter": {"image": picture}}}
 
 
@@ -58,13 +74,16 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--preprocess-rounds", type=int, default=5)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as where:
         where = Path(where)
         models = load_models(ModelSettings(
             base="tiny", refiner=None, vae=None, device="cpu",
             controlnets=(("canny", str(write_tiny_controlnet(where / "canny", seed=1))),
-                         ("depth", str(write_tiny_controlnet(where / "depth", seed=2)))),
+                         ("depth", str(write_tiny_controlnet(where / "depth", seed=2))),
+                         ("union", str(write_tiny_union_controlnet(where / "union", seed=3)))),
+            depth=str(write_tiny_depth_model(where / "depth-model")),
             ip_adapter=str(write_tiny_ip_adapter(where / "ip"))))
         worker = Worker.build(models, config.load())
         calls = []
@@ -93,7 +112,54 @@ def main(argv=None) -> int:
     for label, times in seconds.items():
         median = statistics.median(times)
         print(f"| {label:36} | {passes[label]:20.0f} | {median:6.2f} | {median / before:13.2f}x |")
+    preprocessors(args.preprocess_rounds)
     return 0
+
+
+def depth_anything_v2_small():
+    """Depth Anything V2 Small's architecture as its published config gives it (a DINOv2-S backbone,
+    12 layers of 384, and the DPT head), random weights, with the processor it ships."""
+    import torch
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    from sdxl_worker.engine.depth import DepthEstimator
+
+    backbone = Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, mlp_ratio=4, patch_size=14,
+                            image_size=518, out_indices=[3, 6, 9, 12], reshape_hidden_states=False)
+    model = DepthAnythingForDepthEstimation(DepthAnythingConfig(
+        backbone_config=backbone, reassemble_hidden_size=384, reassemble_factors=[4, 2, 1, 0.5],
+        neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64, head_hidden_size=32,
+        depth_estimation_type="relative")).eval()
+    processor = DPTImageProcessor(do_resize=True, size={"height": 518, "width": 518}, keep_aspect_ratio=True,
+                                  ensure_multiple_of=14, resample=3, do_rescale=True, do_normalize=True,
+                                  image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_pad=False)
+    print(f"\nDepth Anything V2 Small: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
+          f"torch threads {torch.get_num_threads()}")
+    return DepthEstimator(model, processor, "cpu")
+
+
+def preprocessors(rounds: int) -> None:
+    """Each preprocessor alone on one 1024x1024 image: the median of ``rounds`` after a warm-up."""
+    import numpy as np
+
+    from sdxl_worker.inputs.control_images import canny
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 1024)[None, :, None] * np.ones((1024, 1, 3))
+    photo = Image.fromarray(np.clip(ramp + rng.normal(0, 20, (1024, 1024, 3)), 0, 255).astype("uint8"))
+    depth = depth_anything_v2_small()
+    ways = {"canny (OpenCV)": lambda: canny(photo, 100, 200), "depth (Depth Anything V2 Small, 518 px)": lambda: depth(photo)}
+    print(f"\nPreprocessors alone, 1024x1024, CPU, median of {rounds}\n")
+    print(f"| {'preprocessor':40} | {'ms':>8} |")
+    print(f"| {'-' * 40} | {'-' * 8} |")
+    for label, run in ways.items():
+        run()
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - started) * 1000)
+        print(f"| {label:40} | {statistics.median(times):8.1f} |")
 
 
 if __name__ == "__main__":

@@ -122,3 +122,16 @@ def test_the_page_fits_a_phone_width_screen(page):
     assert overflow <= 0
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.save_screenshot(str(ARTIFACTS / "studio-phone.png"))
+
+
+def test_the_control_images_a_job_returns_are_shown_after_its_images(page):
+    """return_control_images: the page shows what steered the image, in the order of controlnets, and
+    only inline or http(s) pictures (a javascript: URL in a tampered answer is dropped)."""
+    dot = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+    page.execute_script("showResult(arguments[0])", {
+        "images": [dot], "seed": 5, "seeds": [5], "timings": {"total": 1000}, "seconds": 1,
+        "control_images": [dot, "javascript:alert(1)", dot]})
+    captions = [element.text for element in page.find_elements(By.CSS_SELECTOR, "#results figure.control figcaption")]
+    assert captions == ["Control image 1 (controlnets[0])", "Control image 3 (controlnets[2])"]
+    assert len(page.find_elements(By.CSS_SELECTOR, "#results figure:not(.control) img")) == 1
+    assert not page.find_elements(By.CSS_SELECTOR, "#results img[src^='javascript']")

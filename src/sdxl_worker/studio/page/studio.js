@@ -220,6 +220,13 @@ function showResult(data) {
         element("span", { class: "seed", text: `Seed ${seed} · ` }),
         element("a", { href: src, download: name, text: `Download ${name}` }))));
   });
+  // return_control_images: what steered the image, after the images, in the order of controlnets.
+  (data.control_images || []).forEach((src, index) => {
+    if (!SAFE_LINK.test(String(src))) return;  // its number stays its place in controlnets
+    results.append(element("figure", { class: "result control" },
+      element("img", { src, alt: `Control image ${index + 1}: what steered the image` }),
+      element("figcaption", { text: `Control image ${index + 1} (controlnets[${index}])` })));
+  });
   const timings = Object.entries(data.timings || {}).map(([stage, ms]) => `${stage} ${ms} ms`).join(", ");
   $("timings").textContent = timings ? `Timings: ${timings}` : "";
   showWarnings(data.warnings);
