@@ -53,6 +53,10 @@ ARG IP_ADAPTER_WEIGHT=sdxl_models/ip-adapter_sdxl.safetensors
 ARG IP_ADAPTER_ENCODER=""
 # The depth preprocessor (preprocess: depth), e.g. --build-arg DEPTH_MODEL=depth-anything/Depth-Anything-V2-Small-hf
 ARG DEPTH_MODEL=""
+# The pose preprocessor (preprocess: pose), both or neither, e.g.
+#   --build-arg POSE_MODEL=usyd-community/vitpose-base-simple --build-arg POSE_DETECTOR=PekingU/rtdetr_r50vd_coco_o365
+ARG POSE_MODEL=""
+ARG POSE_DETECTOR=""
 WORKDIR /app
 COPY builder/ builder/
 # The builder reads the model ids as the worker does, through its configuration module
@@ -81,6 +85,8 @@ ENV BASE_MODEL=${BASE_MODEL} \
     IP_ADAPTER_WEIGHT=${IP_ADAPTER_WEIGHT} \
     IP_ADAPTER_ENCODER=${IP_ADAPTER_ENCODER} \
     DEPTH_MODEL=${DEPTH_MODEL} \
+    POSE_MODEL=${POSE_MODEL} \
+    POSE_DETECTOR=${POSE_DETECTOR} \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
 

@@ -13,8 +13,9 @@ without. The network calls per step (UNet and ControlNet forward passes, counted
 the figure that carries to a GPU, where each SDXL ControlNet is about half a UNet's work.
 
 A second table times the preprocessors alone on a 1024x1024 photo-like image, on the CPU: canny,
-and the depth preprocessor with Depth Anything V2 Small's real architecture and input size (its
-published config, random weights: the same work as the trained model).
+the depth preprocessor with Depth Anything V2 Small's real architecture and input size, and the
+pose preprocessor with RT-DETR-R50 and ViTPose-B's (their published configs, random weights: the
+same work as the trained models).
 """
 
 from __future__ import annotations
@@ -138,6 +139,35 @@ def depth_anything_v2_small():
     return DepthEstimator(model, processor, "cpu")
 
 
+def vitpose_b_and_rt_detr_r50():
+    """ViTPose-B (usyd-community/vitpose-base-simple's architecture: ViT-B, the simple head, 17
+    keypoints) and RT-DETR-R50 (PekingU/rtdetr_r50vd_coco_o365's: transformers' default RT-DETR
+    config), random weights; the detector's class biases set so that every query is a person, so
+    ViTPose runs for the most people the preprocessor reads (10): the dearest case."""
+    import torch
+    from transformers import (
+        RTDetrConfig,
+        RTDetrForObjectDetection,
+        RTDetrImageProcessor,
+        VitPoseConfig,
+        VitPoseForPoseEstimation,
+        VitPoseImageProcessor,
+    )
+
+    from sdxl_worker.engine.pose import PoseEstimator
+
+    detector = RTDetrForObjectDetection(RTDetrConfig(num_labels=80)).eval()
+    with torch.no_grad():
+        for name, parameter in detector.named_parameters():
+            if name.endswith("bias") and ("class_embed" in name or "enc_score_head" in name):
+                parameter.fill_(-12.0)
+                parameter[0] = 12.0
+    model = VitPoseForPoseEstimation(VitPoseConfig(num_labels=17)).eval()
+    print(f"RT-DETR-R50: {sum(p.numel() for p in detector.parameters()) / 1e6:.1f} M parameters, "
+          f"ViTPose-B: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M")
+    return PoseEstimator(detector, RTDetrImageProcessor(), model, VitPoseImageProcessor(), "cpu")
+
+
 def preprocessors(rounds: int) -> None:
     """Each preprocessor alone on one 1024x1024 image: the median of ``rounds`` after a warm-up."""
     import numpy as np
@@ -148,7 +178,9 @@ def preprocessors(rounds: int) -> None:
     ramp = np.linspace(0, 255, 1024)[None, :, None] * np.ones((1024, 1, 3))
     photo = Image.fromarray(np.clip(ramp + rng.normal(0, 20, (1024, 1024, 3)), 0, 255).astype("uint8"))
     depth = depth_anything_v2_small()
-    ways = {"canny (OpenCV)": lambda: canny(photo, 100, 200), "depth (Depth Anything V2 Small, 518 px)": lambda: depth(photo)}
+    pose = vitpose_b_and_rt_detr_r50()
+    ways = {"canny (OpenCV)": lambda: canny(photo, 100, 200), "depth (Depth Anything V2 Small, 518 px)": lambda: depth(photo),
+            "pose (RT-DETR-R50 + ViTPose-B, 10 people)": lambda: pose(photo, "image")}
     print(f"\nPreprocessors alone, 1024x1024, CPU, median of {rounds}\n")
     print(f"| {'preprocessor':40} | {'ms':>8} |")
     print(f"| {'-' * 40} | {'-' * 8} |")

@@ -87,8 +87,11 @@ def wanted_from_env(env=None) -> list[Wanted]:
     if settings.ip_adapter:
         wanted.append(Wanted("IP_ADAPTER_MODEL", settings.ip_adapter, weight=settings.ip_adapter_weight,
                              encoder=config.ip_adapter_encoder_folder(settings)))
-    if settings.depth:  # a transformers model: its image processor's settings beside its config
-        wanted.append(Wanted("DEPTH_MODEL", settings.depth, also=("preprocessor_config.json",)))
+    # The preprocessors are transformers models: each with its image processor's settings beside its config.
+    for variable, source in (("DEPTH_MODEL", settings.depth), ("POSE_MODEL", settings.pose),
+                             ("POSE_DETECTOR", settings.pose_detector)):
+        if source:
+            wanted.append(Wanted(variable, source, also=("preprocessor_config.json",)))
     # Local folders and the built-in test model need no download.
     return [w for w in wanted if w.repo != "tiny" and not Path(w.repo).exists()]
 

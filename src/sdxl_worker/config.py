@@ -212,6 +212,11 @@ _variable("TINY_MODEL_DIR", "models", "~/.cache/sdxl-worker", "a folder", "where
 DEFAULT_DEPTH = "depth-anything/Depth-Anything-V2-Small-hf"  # Apache-2.0; what the docs and the Hub offer
 _variable("DEPTH_MODEL", "models", "unset", f"hub id or folder of a transformers depth-estimation model "
           f"(e.g. {DEFAULT_DEPTH}), or `none`", "the depth preprocessor (`preprocess: depth`); unset: none")
+DEFAULT_POSE, DEFAULT_POSE_DETECTOR = "usyd-community/vitpose-base-simple", "PekingU/rtdetr_r50vd_coco_o365"
+_variable("POSE_MODEL", "models", "unset", f"hub id or folder of a transformers ViTPose model (e.g. {DEFAULT_POSE}), "
+          "or `none`", "the pose preprocessor's keypoint model (`preprocess: pose`); with POSE_DETECTOR")
+_variable("POSE_DETECTOR", "models", "unset", f"hub id or folder of a transformers object detector on COCO's labels "
+          f"(e.g. {DEFAULT_POSE_DETECTOR}), or `none`", "finds the people whose poses POSE_MODEL reads")
 HF_HUB_OFFLINE = _flag("HF_HUB_OFFLINE", "models", False, "huggingface_hub's own: hub ids (models, LoRAs) only "
                        "from the hub's cache, never downloaded", shown="0 (1 in the Docker image)")
 
@@ -238,6 +243,8 @@ class ModelSettings:
     ip_adapter_weight: str = DEFAULT_IP_ADAPTER_WEIGHT  # IP_ADAPTER_WEIGHT: subfolder/file inside it
     ip_adapter_encoder: str | None = None  # IP_ADAPTER_ENCODER: its folder inside it; None: beside the weight
     depth: str | None = None  # DEPTH_MODEL: the depth preprocessor's model; None: none
+    pose: str | None = None  # POSE_MODEL: the pose preprocessor's keypoint model; None: none
+    pose_detector: str | None = None  # POSE_DETECTOR: its person detector
     hub_offline: bool = HF_HUB_OFFLINE.default  # hub ids only from the hub's cache
     hub_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "huggingface" / "hub")
 
@@ -247,6 +254,10 @@ def _models(read: _Reader) -> ModelSettings:
     base = choices[0][1]
     vae = read.model("VAE_MODEL", "base" if base == "tiny" else DEFAULT_VAE)
     checkpoint_config = read.text("CHECKPOINT_CONFIG", DEFAULT_BASE)
+    pose, pose_detector = read.model("POSE_MODEL", None), read.model("POSE_DETECTOR", None)
+    if (pose is None) != (pose_detector is None):
+        raise ConfigError("POSE_MODEL and POSE_DETECTOR go together (the keypoints of the people the detector finds): "
+                          "set both, or neither.")
     return ModelSettings(
         base=base,
         refiner=read.model("REFINER_MODEL", DEFAULT_REFINER),
@@ -267,6 +278,8 @@ def _models(read: _Reader) -> ModelSettings:
         ip_adapter_weight=read.text("IP_ADAPTER_WEIGHT", DEFAULT_IP_ADAPTER_WEIGHT),
         ip_adapter_encoder=read.text("IP_ADAPTER_ENCODER"),
         depth=read.model("DEPTH_MODEL", None),
+        pose=pose,
+        pose_detector=pose_detector,
         hub_offline=read.flag(HF_HUB_OFFLINE),
         hub_cache=_hub_cache(read.env),
     )
@@ -686,7 +699,7 @@ def missing_model_paths(settings: ModelSettings) -> list[str]:
     loads, so such a start stops in a second rather than after the imports."""
     named = [("BASE_MODEL", source) for _, source in settings.choices]
     named += [("REFINER_MODEL", settings.refiner), ("VAE_MODEL", settings.vae), ("TAESD_MODEL", settings.taesd),
-              ("DEPTH_MODEL", settings.depth)]
+              ("DEPTH_MODEL", settings.depth), ("POSE_MODEL", settings.pose), ("POSE_DETECTOR", settings.pose_detector)]
     return [model_not_found(variable, source, "no such file or folder", local=True)
             for variable, source in named
             if source and source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().exists()]

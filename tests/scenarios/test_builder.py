@@ -461,9 +461,12 @@ def test_the_depth_model_is_baked_with_its_image_processor_and_loads_from_what_w
     from sdxl_worker.engine.models import load_models
     from sdxl_worker.testing.tiny_guides import write_tiny_depth_model
 
-    planned = _planned({"DEPTH_MODEL": "depth-anything/Depth-Anything-V2-Small-hf"})
-    assert planned["DEPTH_MODEL"] == ["config.json", "model.safetensors", "preprocessor_config.json"]
-    assert "DEPTH_MODEL" not in _planned({})
+    planned = _planned({"DEPTH_MODEL": "depth-anything/Depth-Anything-V2-Small-hf",
+                        "POSE_MODEL": "usyd-community/vitpose-base-simple",
+                        "POSE_DETECTOR": "PekingU/rtdetr_r50vd_coco_o365"})
+    for variable in ("DEPTH_MODEL", "POSE_MODEL", "POSE_DETECTOR"):
+        assert planned[variable] == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert not {"DEPTH_MODEL", "POSE_MODEL", "POSE_DETECTOR"} & set(_planned({}))
     made = write_tiny_depth_model(tmp_path / "made")  # the same file names as the real repository
     baked = tmp_path / "baked"
     baked.mkdir()

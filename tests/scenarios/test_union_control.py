@@ -213,3 +213,93 @@ def test_a_depth_map_counts_in_the_work_budget(with_depth):
     refused = list(run_job(worker, {"id": "w", "input": {**JOB, "controlnets": [
         {"model": "canny", "image": EDGES["image"], "preprocess": "depth"}]}}))
     assert "1 depth map(s) at 0.02 each" in refused[-1]["error"]
+
+
+# --- preprocess: pose (POSE_MODEL + POSE_DETECTOR), on a tiny ViTPose and RT-DETR built in code ---
+
+
+@pytest.fixture(scope="module")
+def with_pose(folders, tmp_path_factory):
+    from sdxl_worker.testing.tiny_guides import write_tiny_pose_models
+
+    where = tmp_path_factory.mktemp("pose")
+    pose, detector = write_tiny_pose_models(where / "finds")
+    blind_pose, blind_detector = write_tiny_pose_models(where / "blind", finds_people=False)
+
+    def loaded(pose_folder, detector_folder):
+        return load_models(ModelSettings(base="tiny", refiner="tiny", vae=None, device="cpu", pose=str(pose_folder),
+                                         pose_detector=str(detector_folder),
+                                         controlnets=(("union", str(folders["union"])),)))
+
+    return loaded(pose, detector), (pose, detector), loaded(blind_pose, blind_detector)
+
+
+def reference_people(pose_folder, detector_folder, image: Image.Image) -> list:
+    """The people found the way docs/control.md says, step by step with transformers: RT-DETR's
+    persons (label 0, score 0.3 or more, at most 10), ViTPose's 17 keypoints in each box."""
+    from transformers import AutoImageProcessor, AutoModelForObjectDetection, VitPoseForPoseEstimation
+
+    from sdxl_worker.engine.pose import openpose_points
+
+    detector, detector_processor = (AutoModelForObjectDetection.from_pretrained(detector_folder),
+                                    AutoImageProcessor.from_pretrained(detector_folder))
+    model, processor = VitPoseForPoseEstimation.from_pretrained(pose_folder), AutoImageProcessor.from_pretrained(pose_folder)
+    with torch.no_grad():
+        found = detector_processor.post_process_object_detection(
+            detector(**detector_processor(images=image, return_tensors="pt")), threshold=0.3,
+            target_sizes=[image.size[::-1]])[0]
+        people = found["labels"] == 0
+        boxes = found["boxes"][people][found["scores"][people].argsort(descending=True)[:10]].numpy()
+        boxes[:, 2:] -= boxes[:, :2]
+        poses = processor.post_process_pose_estimation(model(**processor(image, boxes=[boxes], return_tensors="pt")),
+                                                       boxes=[boxes])[0]
+    return [openpose_points(person["keypoints"].numpy(), person["scores"].numpy()) for person in poses]
+
+
+def test_a_photo_in_a_pose_guided_image_out_equal_to_the_pose_models_then_diffusers(with_pose):
+    from diffusers import ControlNetUnionModel, DDIMScheduler, StableDiffusionXLControlNetUnionPipeline
+
+    from sdxl_worker.engine.pose import render
+    from sdxl_worker.engine.tiny import ensure_tiny_model
+
+    models, (pose_folder, detector_folder), _ = with_pose
+    picture = photo(SIZE, SIZE)
+    result = final(list(run_job(worker_with(models), {"id": "pose", "input": {
+        **JOB, "return_control_images": True,
+        "controlnets": [{"model": "union", "mode": "openpose", "image": png_data_url(picture), "preprocess": "pose"}]}})))
+    people = reference_people(pose_folder, detector_folder, picture)
+    assert people  # the tiny detector takes every query for a person
+    used = decode(result["control_images"][0]).convert("RGB")
+    assert np.array_equal(np.asarray(used), np.asarray(render(people, (SIZE, SIZE))))
+    union = models.controlnets["union"]
+    pipe = StableDiffusionXLControlNetUnionPipeline.from_pretrained(
+        ensure_tiny_model() / "base", controlnet=ControlNetUnionModel.from_config(union.config), add_watermarker=False)
+    pipe.controlnet.load_state_dict(union.state_dict())
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(JOB["prompt"], control_image=[used], control_mode=[0], width=SIZE, height=SIZE,
+                     num_inference_steps=5, guidance_scale=7.5,
+                     generator=[torch.Generator("cpu").manual_seed(4)]).images[0]
+    assert np.abs(pixels(result).astype(int) - np.asarray(reference).astype(int)).max() == 0
+
+
+def test_a_photo_with_nobody_in_it_is_refused_naming_the_image_before_denoising(with_pose):
+    _, _, blind = with_pose
+    calls = []
+    hook = blind.base.unet.register_forward_hook(lambda *_: calls.append(1))
+    outputs = list(run_job(worker_with(blind), {"id": "nobody", "input": {**JOB, "controlnets": [
+        {"model": "union", "mode": "openpose", "image": png_data_url(photo(SIZE, SIZE)), "preprocess": "pose"}]}}))
+    hook.remove()
+    assert outputs == [{"error": "'controlnets[0].image' shows no person the pose detector could find; send a photo "
+                                 "with a person in it, or a pose skeleton with preprocess none."}]
+    assert calls == []
+
+
+def test_pose_without_pose_models_is_refused_and_they_are_set_together(guided):
+    from sdxl_worker import config
+
+    outputs = job(guided, controlnets=[{**EDGES, "preprocess": "pose", "mode": "openpose"}])
+    assert outputs[-1]["error"].startswith("'controlnets[0].preprocess' pose needs a pose model, and this worker has "
+                                           "none; set POSE_MODEL and POSE_DETECTOR")
+    with pytest.raises(config.ConfigError, match="POSE_MODEL and POSE_DETECTOR go together"):
+        config.models({"POSE_MODEL": "usyd-community/vitpose-base-simple"})

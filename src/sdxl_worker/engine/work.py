@@ -18,6 +18,9 @@ CONTROLNET_CALL = 0.5  # one SDXL ControlNet call, in UNet calls
 # One depth map (engine/depth.py): Depth Anything V2 Small at its 518-pixel input is about 1/50 of
 # an SDXL UNet call at 1024x1024 (25 M parameters on 37x37 patches); counted per map, at any size.
 DEPTH_MAP = 0.02
+# One pose map (engine/pose.py): an RT-DETR-R50 detection at 640 pixels and a ViTPose-B pass per
+# person (at most 10) at 256x192, together under a tenth of an SDXL UNet call at 1024x1024.
+POSE_MAP = 0.1
 
 
 def model_calls(steps: dict[str, int], guidance_scale: float, controlnets: int = 0) -> float:

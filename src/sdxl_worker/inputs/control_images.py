@@ -1,6 +1,6 @@
 """Control images for ControlNets: any input image (decoded by inputs/images.py), at the output
-size, made into an edge map when the job asks for ``canny``, a depth map for ``depth`` (by the
-estimator the worker hands in). Reference images for the IP-Adapter:
+size, made into an edge map when the job asks for ``canny``, a depth map for ``depth``, people's
+skeletons for ``pose`` (by the estimators the worker hands in). Reference images for the IP-Adapter:
 cut to at most 4:1 around their centre.
 
 The resize comes first, so a canny edge map has its one-pixel edges at the resolution the
@@ -14,15 +14,18 @@ from PIL import Image
 
 
 def control_image(image: Image.Image, size: tuple[int, int], preprocess: str, low_threshold: int,
-                  high_threshold: int, depth=None) -> Image.Image:
+                  high_threshold: int, depth=None, pose=None, field: str = "image") -> Image.Image:
     """A decoded control image at ``size``, preprocessed as the job asks (its defaults are the schema's);
-    ``depth``: the worker's depth estimator (sdxl_worker.engine.depth), for ``preprocess: depth``."""
+    ``depth`` and ``pose``: the worker's estimators (sdxl_worker.engine.depth, .pose), for those
+    preprocesses; ``field``: the image's field, which a photo with nobody in it is refused naming."""
     if image.size != size:
         image = image.resize(size, Image.Resampling.LANCZOS)
     if preprocess == "canny":
         image = canny(image, low_threshold, high_threshold)
     elif preprocess == "depth":
         image = depth(image)
+    elif preprocess == "pose":
+        image = pose(image, field)
     return image
 
 

@@ -252,7 +252,7 @@ INPUT_SCHEMA: dict = {
                 "properties": {
                     "model": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_CHARS},
                     "image": {**_IMAGE, "type": "string"},
-                    "preprocess": {"type": "string", "enum": ["none", "canny", "depth"], "maxLength": 16,
+                    "preprocess": {"type": "string", "enum": ["none", "canny", "depth", "pose"], "maxLength": 16,
                                    "default": "none"},
                     "low_threshold": {"type": "integer", "minimum": 0, "maximum": 255, "default": 100},
                     "high_threshold": {"type": "integer", "minimum": 0, "maximum": 255, "default": 200},
@@ -268,7 +268,8 @@ INPUT_SCHEMA: dict = {
                 "ControlNets guiding the base by an image's structure: a list (at most 3) of `{\"model\", "
                 "\"image\", \"preprocess\", \"scale\", \"start\", \"end\", \"mode\"}`; `model` names one of "
                 "CONTROLNET_MODELS, `preprocess` `canny` makes an edge map (`low_threshold`, `high_threshold`), "
-                "`depth` a depth map (DEPTH_MODEL), `none` takes the image as the control image; `scale` 0-2 "
+                "`depth` a depth map (DEPTH_MODEL), `pose` people's OpenPose skeletons (POSE_MODEL), `none` takes "
+                "the image as the control image; `scale` 0-2 "
                 "(default 1), `start`/`end` the part of the schedule it guides; `mode` what the image is, for a "
                 "union ControlNet (docs/control.md): "
                 + ", ".join(UNION_MODES) + "."

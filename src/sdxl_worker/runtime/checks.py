@@ -44,7 +44,7 @@ class Abilities:
         presets: the fast presets whose weights are here.
         controlnets: CONTROLNET_MODELS' names; ``union_controlnets``: those that are union models, with
             how many control modes each has; ``has_ip_adapter``: IP_ADAPTER_MODEL is loaded;
-            ``has_depth``: DEPTH_MODEL is, for ``preprocess: depth``.
+            ``has_depth``: DEPTH_MODEL is, for ``preprocess: depth``; ``has_pose``: POSE_MODEL, for ``pose``.
         cpu_offload: CPU_OFFLOAD=1, which runs only the pipelines' own models.
         broken_samplers: schedulers the start-up self-check could not build.
         max_job_work: MAX_JOB_WORK, in units of work (engine/work.py).
@@ -63,6 +63,7 @@ class Abilities:
     controlnets: tuple[str, ...] = ()
     union_controlnets: tuple[tuple[str, int], ...] = ()
     has_depth: bool = False
+    has_pose: bool = False
     has_ip_adapter: bool = False
     cpu_offload: bool = False
     broken_samplers: tuple[str, ...] = ()
@@ -137,6 +138,10 @@ def _check_named_parts(request: Request, abilities: Abilities) -> None:
         if control.preprocess == "depth" and not abilities.has_depth:
             raise InputError(f"'controlnets[{index}].preprocess' depth needs a depth model, and this worker has none; "
                              f"set DEPTH_MODEL (docs/control.md), or send a depth map with preprocess none.")
+        if control.preprocess == "pose" and not abilities.has_pose:
+            raise InputError(f"'controlnets[{index}].preprocess' pose needs a pose model, and this worker has none; "
+                             f"set POSE_MODEL and POSE_DETECTOR (docs/control.md), or send a pose skeleton with "
+                             f"preprocess none.")
     _check_union_modes(request, dict(abilities.union_controlnets))
     if request.ip_adapter is not None and not abilities.has_ip_adapter:
         raise InputError("'ip_adapter' needs an IP-Adapter, and this worker has none; set IP_ADAPTER_MODEL "
@@ -240,7 +245,9 @@ def _check_work(plan: Plan, abilities: Abilities) -> None:
     controlnets = len(union_models) + sum(control.mode is None for control in plan.controlnets)
     switch = abilities.switch_work
     depth_maps = sum(control.preprocess == "depth" for control in plan.controlnets)
-    total = work.job_work(steps, width, height, images, guidance, controlnets) + switch + depth_maps * work.DEPTH_MAP
+    poses = sum(control.preprocess == "pose" for control in plan.controlnets)
+    total = (work.job_work(steps, width, height, images, guidance, controlnets) + switch
+             + depth_maps * work.DEPTH_MAP + poses * work.POSE_MAP)
     if total <= limit:
         return
     stages = " + ".join(f"{count} {stage}" for stage, count in steps.items())
@@ -259,7 +266,8 @@ def _check_work(plan: Plan, abilities: Abilities) -> None:
         f"(MAX_JOB_WORK; a unit is one model call on one 1024x1024 image: {images} image(s) of "
         f"{width}x{height}, {stages} steps{guided}{', x2 for guidance' if guidance > 1 else ''}"
         f"{f', {_units(switch)} to load its model' if switch else ''}"
-        f"{f', {depth_maps} depth map(s) at {work.DEPTH_MAP:g} each' if depth_maps else ''}); lower {_either(lower)}."
+        f"{f', {depth_maps} depth map(s) at {work.DEPTH_MAP:g} each' if depth_maps else ''}"
+        f"{f', {poses} pose map(s) at {work.POSE_MAP:g} each' if poses else ''}); lower {_either(lower)}."
     )
 
 

@@ -164,7 +164,8 @@ def _prepare(worker: Worker, inputs: JobInputs, request: Request, plan: Plan, st
         inputs.mask = worker.images.mask(request.mask, "mask", inputs.image.size)
     inputs.control_images = [
         control_image(worker.images.image(entry.image, f"controlnets[{index}].image"), (plan.width, plan.height),
-                      entry.preprocess, entry.low_threshold, entry.high_threshold, depth=worker.models.depth)
+                      entry.preprocess, entry.low_threshold, entry.high_threshold, depth=worker.models.depth,
+                      pose=worker.models.pose, field=f"controlnets[{index}].image")
         for index, entry in enumerate(request.controlnets)]
     references = request.ip_adapter.images if request.ip_adapter is not None else ()
     inputs.ip_adapter_images = [

@@ -54,6 +54,7 @@ class Worker:
             controlnets=tuple(models.controlnets),
             union_controlnets=tuple(control_pipelines.union_modes(models.controlnets).items()),
             has_depth=getattr(models, "depth", None) is not None,
+            has_pose=getattr(models, "pose", None) is not None,
             has_ip_adapter=models.ip_adapter is not None,
             cpu_offload=bool(models.settings is not None and models.settings.cpu_offload),
             broken_samplers=tuple(models.broken_samplers),

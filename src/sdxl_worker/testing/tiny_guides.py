@@ -82,6 +82,47 @@ def write_tiny_depth_model(folder: Path, seed: int = 7) -> Path:
     return Path(folder)
 
 
+def write_tiny_pose_models(folder: Path, finds_people: bool = True, seed: int = 9) -> tuple[Path, Path]:
+    """A tiny ViTPose (transformers' VitPoseForPoseEstimation: a ViT backbone and the simple heatmap
+    head, COCO's 17 keypoints) and a tiny RT-DETR person detector (RTDetrForObjectDetection on a
+    small ResNet, COCO's 80 labels), random weights, each with its image processor; returns
+    (POSE_MODEL folder, POSE_DETECTOR folder). The detector's class biases are set so that, random
+    as it is, every query it makes is a person (``finds_people``) or none is: what a test needs
+    to know of a random detector."""
+    import torch
+    from transformers import (
+        RTDetrConfig,
+        RTDetrForObjectDetection,
+        RTDetrImageProcessor,
+        RTDetrResNetConfig,
+        VitPoseBackboneConfig,
+        VitPoseConfig,
+        VitPoseForPoseEstimation,
+        VitPoseImageProcessor,
+    )
+
+    torch.manual_seed(seed)
+    pose_folder, detector_folder = Path(folder) / "pose", Path(folder) / "detector"
+    backbone = VitPoseBackboneConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                     image_size=[256, 192], patch_size=[16, 16], out_indices=[2])
+    VitPoseForPoseEstimation(VitPoseConfig(backbone_config=backbone, num_labels=17)).save_pretrained(pose_folder)
+    VitPoseImageProcessor().save_pretrained(pose_folder)  # 256x192 boxes, ImageNet's mean and deviation
+    detector = RTDetrForObjectDetection(RTDetrConfig(
+        backbone_config=RTDetrResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                                           layer_type="basic", out_features=["stage2", "stage3", "stage4"]),
+        encoder_hidden_dim=32, encoder_in_channels=[32, 64, 128], d_model=32, num_queries=20, decoder_layers=1,
+        encoder_layers=1, decoder_ffn_dim=64, encoder_ffn_dim=64, num_labels=80, decoder_attention_heads=2,
+        encoder_attention_heads=2, num_feature_levels=3, decoder_in_channels=[32, 32, 32], num_denoising=0))
+    with torch.no_grad():
+        for name, parameter in detector.named_parameters():
+            if name.endswith("bias") and ("class_embed" in name or "enc_score_head" in name):
+                parameter.fill_(-12.0)
+                parameter[0] = 12.0 if finds_people else -12.0  # label 0: person
+    detector.save_pretrained(detector_folder)
+    RTDetrImageProcessor().save_pretrained(detector_folder)  # 640x640, as the published detector
+    return pose_folder, detector_folder
+
+
 PLUS_WEIGHT = "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors"  # h94/IP-Adapter's Plus, with...
 PLUS_ENCODER = "models/image_encoder"  # ...the ViT-H encoder at the repository's top
 

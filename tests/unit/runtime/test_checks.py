@@ -26,6 +26,7 @@ MAY_REFUSE = {
     "engine/lora_layers.py",  # a LoRA file whose layers fit no layer of the model (known once it is read)
     "engine/switch.py",  # a checkpoint that fails to load (known once it is loaded)
     "delivery/deliver.py",  # images that fit no encoding within RunPod's limit (known once encoded)
+    "engine/pose.py",  # a photo in which no person is found (known once the detector ran)
 }
 
 
