@@ -303,3 +303,14 @@ def test_pose_without_pose_models_is_refused_and_they_are_set_together(guided):
                                            "none; set POSE_MODEL and POSE_DETECTOR")
     with pytest.raises(config.ConfigError, match="POSE_MODEL and POSE_DETECTOR go together"):
         config.models({"POSE_MODEL": "usyd-community/vitpose-base-simple"})
+
+
+@pytest.mark.parametrize("mode", ["openpose", "depth", "softedge", "canny", "normal", "segment", "tile", "inpaint"])
+def test_each_union_mode_guides_img2img_and_inpaint_at_the_asked_size(guided, mode):
+    """The eight numbers of the promax model, one name each, on the two tasks with an input image."""
+    task = "inpaint" if mode in ("depth", "canny", "segment", "inpaint") else "img2img"
+    inputs = {"image": png_data_url(photo(320, 256)), "width": 320, "height": 256, "num_inference_steps": 3,
+              "controlnets": [{"model": "union", "mode": mode, "image": png_data_url(shape((320, 256)))}]}
+    if task == "inpaint":
+        inputs["mask"] = png_data_url(shape((320, 256)))
+    assert decode(final(job(guided, **inputs))["images"][0]).size == (320, 256)
