@@ -51,29 +51,48 @@ def job(models, **inputs) -> list:
     return list(run_job(worker_with(models), {"id": "union", "input": {**JOB, **inputs}}))
 
 
+def diffusers_union(controlnet, images: list, modes: list[int], **extra) -> np.ndarray:
+    """diffusers' own StableDiffusionXLControlNetUnionPipeline on the tiny base with this union model,
+    DDIM as the worker's default, the module's job: the reference pixels."""
+    from diffusers import DDIMScheduler, StableDiffusionXLControlNetUnionPipeline
+
+    from sdxl_worker.engine.tiny import ensure_tiny_model
+
+    pipe = StableDiffusionXLControlNetUnionPipeline.from_pretrained(ensure_tiny_model() / "base", controlnet=controlnet,
+                                                                    add_watermarker=False)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return np.asarray(pipe(JOB["prompt"], control_image=images, control_mode=modes, width=SIZE, height=SIZE,
+                           num_inference_steps=5, guidance_scale=7.5, generator=[torch.Generator("cpu").manual_seed(4)],
+                           **extra).images[0]).astype(int)
+
+
+def loaded_union(models):
+    """A fresh copy of the worker's union model, as diffusers loads one (the worker's stays untouched)."""
+    from diffusers import ControlNetUnionModel
+
+    union = models.controlnets["union"]
+    copy = ControlNetUnionModel.from_config(union.config)
+    copy.load_state_dict(union.state_dict())
+    return copy
+
+
 EDGES = {"model": "union", "image": png_data_url(shape()), "preprocess": "canny", "mode": "canny"}
 DEPTH = {"model": "union", "image": png_data_url(depth_like()), "mode": "depth"}
 
 
 def test_a_union_job_gives_diffusers_union_pipeline_pixels(guided, folders):
-    from diffusers import ControlNetUnionModel, DDIMScheduler, StableDiffusionXLControlNetUnionPipeline
+    from diffusers import ControlNetUnionModel
 
-    from sdxl_worker.engine.tiny import ensure_tiny_model
     from sdxl_worker.inputs.control_images import canny
 
-    union = ControlNetUnionModel.from_pretrained(folders["union"])
-    pipe = StableDiffusionXLControlNetUnionPipeline.from_pretrained(ensure_tiny_model() / "base", controlnet=union,
-                                                                    add_watermarker=False)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
     # xinsir's numbering: canny 3, depth 1, written out here.
-    reference = pipe(JOB["prompt"], control_image=[canny(shape(), 100, 200), depth_like()], control_mode=[3, 1],
-                     width=SIZE, height=SIZE, num_inference_steps=5, guidance_scale=7.5,
-                     controlnet_conditioning_scale=0.8, control_guidance_start=0.1, control_guidance_end=0.9,
-                     generator=[torch.Generator("cpu").manual_seed(4)]).images[0]
+    reference = diffusers_union(ControlNetUnionModel.from_pretrained(folders["union"]),
+                                [canny(shape(), 100, 200), depth_like()], [3, 1], controlnet_conditioning_scale=0.8,
+                                control_guidance_start=0.1, control_guidance_end=0.9)
     strength = {"scale": 0.8, "start": 0.1, "end": 0.9}
     ours = pixels(final(job(guided, controlnets=[{**EDGES, **strength}, {**DEPTH, **strength}])))
-    assert np.abs(ours.astype(int) - np.asarray(reference).astype(int)).max() == 0
+    assert np.abs(ours.astype(int) - reference).max() == 0
     # The mode matters: the same images read as other kinds steer another way.
     swapped = pixels(final(job(guided, controlnets=[{**EDGES, **strength, "mode": "openpose"},
                                                     {**DEPTH, **strength, "mode": "normal"}])))
@@ -174,9 +193,7 @@ def reference_depth(folder, image: Image.Image) -> Image.Image:
 
 
 def test_a_photo_in_a_depth_guided_image_out_equal_to_the_depth_model_then_diffusers(with_depth):
-    from diffusers import ControlNetUnionModel, DDIMScheduler, StableDiffusionXLControlNetUnionPipeline
 
-    from sdxl_worker.engine.tiny import ensure_tiny_model
 
     models, depth_folder = with_depth
     picture = photo(SIZE, SIZE)
@@ -186,16 +203,8 @@ def test_a_photo_in_a_depth_guided_image_out_equal_to_the_depth_model_then_diffu
     expected_map = reference_depth(depth_folder, picture)
     used = np.asarray(decode(result["control_images"][0]).convert("RGB"))
     assert np.abs(used.astype(int) - np.asarray(expected_map)).max() <= 1  # the same map, to a rounding
-    union = models.controlnets["union"]
-    pipe = StableDiffusionXLControlNetUnionPipeline.from_pretrained(
-        ensure_tiny_model() / "base", controlnet=ControlNetUnionModel.from_config(union.config), add_watermarker=False)
-    pipe.controlnet.load_state_dict(union.state_dict())
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    reference = pipe(JOB["prompt"], control_image=[decode(result["control_images"][0]).convert("RGB")],
-                     control_mode=[1], width=SIZE, height=SIZE, num_inference_steps=5, guidance_scale=7.5,
-                     generator=[torch.Generator("cpu").manual_seed(4)]).images[0]
-    assert np.abs(pixels(result).astype(int) - np.asarray(reference).astype(int)).max() == 0
+    reference = diffusers_union(loaded_union(models), [decode(result["control_images"][0]).convert("RGB")], [1])
+    assert np.abs(pixels(result).astype(int) - reference).max() == 0
 
 
 def test_depth_without_a_depth_model_is_refused_naming_the_field(guided):
@@ -257,10 +266,8 @@ def reference_people(pose_folder, detector_folder, image: Image.Image) -> list:
 
 
 def test_a_photo_in_a_pose_guided_image_out_equal_to_the_pose_models_then_diffusers(with_pose):
-    from diffusers import ControlNetUnionModel, DDIMScheduler, StableDiffusionXLControlNetUnionPipeline
 
     from sdxl_worker.engine.pose import render
-    from sdxl_worker.engine.tiny import ensure_tiny_model
 
     models, (pose_folder, detector_folder), _ = with_pose
     picture = photo(SIZE, SIZE)
@@ -271,16 +278,7 @@ def test_a_photo_in_a_pose_guided_image_out_equal_to_the_pose_models_then_diffus
     assert people  # the tiny detector takes every query for a person
     used = decode(result["control_images"][0]).convert("RGB")
     assert np.array_equal(np.asarray(used), np.asarray(render(people, (SIZE, SIZE))))
-    union = models.controlnets["union"]
-    pipe = StableDiffusionXLControlNetUnionPipeline.from_pretrained(
-        ensure_tiny_model() / "base", controlnet=ControlNetUnionModel.from_config(union.config), add_watermarker=False)
-    pipe.controlnet.load_state_dict(union.state_dict())
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    reference = pipe(JOB["prompt"], control_image=[used], control_mode=[0], width=SIZE, height=SIZE,
-                     num_inference_steps=5, guidance_scale=7.5,
-                     generator=[torch.Generator("cpu").manual_seed(4)]).images[0]
-    assert np.abs(pixels(result).astype(int) - np.asarray(reference).astype(int)).max() == 0
+    assert np.abs(pixels(result).astype(int) - diffusers_union(loaded_union(models), [used], [0])).max() == 0
 
 
 def test_a_photo_with_nobody_in_it_is_refused_naming_the_image_before_denoising(with_pose):
