@@ -86,13 +86,17 @@ def test_a_union_job_gives_diffusers_union_pipeline_pixels(guided, folders):
 
     from sdxl_worker.inputs.control_images import canny
 
-    # xinsir's numbering: canny 3, depth 1, written out here.
-    reference = diffusers_union(ControlNetUnionModel.from_pretrained(folders["union"]),
-                                [canny(shape(), 100, 200), depth_like()], [3, 1], controlnet_conditioning_scale=0.8,
-                                control_guidance_start=0.1, control_guidance_end=0.9)
-    strength = {"scale": 0.8, "start": 0.1, "end": 0.9}
-    ours = pixels(final(job(guided, controlnets=[{**EDGES, **strength}, {**DEPTH, **strength}])))
+    union = ControlNetUnionModel.from_pretrained(folders["union"])
+    # xinsir's numbering: canny 3, depth 1, written out here. Two images; then one, with a window.
+    reference = diffusers_union(union, [canny(shape(), 100, 200), depth_like()], [3, 1],
+                                controlnet_conditioning_scale=0.8)
+    ours = pixels(final(job(guided, controlnets=[{**EDGES, "scale": 0.8}, {**DEPTH, "scale": 0.8}])))
     assert np.abs(ours.astype(int) - reference).max() == 0
+    window = {"scale": 0.8, "start": 0.1, "end": 0.9}
+    one = diffusers_union(union, [depth_like()], [1], controlnet_conditioning_scale=0.8, control_guidance_start=0.1,
+                          control_guidance_end=0.9)
+    assert np.abs(pixels(final(job(guided, controlnets=[{**DEPTH, **window}]))).astype(int) - one).max() == 0
+    strength = {"scale": 0.8}
     # The mode matters: the same images read as other kinds steer another way.
     swapped = pixels(final(job(guided, controlnets=[{**EDGES, **strength, "mode": "openpose"},
                                                     {**DEPTH, **strength, "mode": "normal"}])))
@@ -135,6 +139,8 @@ def test_union_refusals_name_the_field_before_anything_runs(guided):
     assert error(controlnets=[EDGES, {**DEPTH, "scale": 0.5}]).startswith(
         "'controlnets' entries of one union ControlNet must share 'scale', 'start' and 'end'")
     assert error(controlnets=[{**EDGES, "mode": "sketchy"}]).startswith("'controlnets[0].mode' must be one of openpose,")
+    assert error(controlnets=[{**EDGES, "start": 0.2}, {**DEPTH, "start": 0.2}]).startswith(
+        "'controlnets' give one union ControlNet several images and a 'start' or 'end'")
     for hook in hooks:
         hook.remove()
 
@@ -312,3 +318,61 @@ def test_each_union_mode_guides_img2img_and_inpaint_at_the_asked_size(guided, mo
     if task == "inpaint":
         inputs["mask"] = png_data_url(shape((320, 256)))
     assert decode(final(job(guided, **inputs))["images"][0]).size == (320, 256)
+
+
+def test_a_union_model_whose_config_names_another_class_still_loads_as_one(folders, tmp_path):
+    """xinsir's repository predates diffusers' ControlNetUnionModel: its config names another class.
+    The control modes in it are what make it a union model, for loading and for the checks alike."""
+    import json
+    import shutil
+
+    copy = tmp_path / "xinsir-like"
+    shutil.copytree(folders["union"], copy)
+    settings = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**settings, "_class_name": "ControlNetModel"}))
+    models = load_models(ModelSettings(base="tiny", refiner=None, vae=None, device="cpu",
+                                       controlnets=(("union", str(copy)),)))
+    assert type(models.controlnets["union"]).__name__ == "ControlNetUnionModel"
+    assert "images" in final(job(models, controlnets=[EDGES, DEPTH]))
+
+
+def test_control_images_that_would_fill_the_output_are_refused_before_the_first_step(guided):
+    from sdxl_worker import config
+    from sdxl_worker.runtime.worker import Worker
+
+    calls = []
+    hook = guided.base.unet.register_forward_hook(lambda *_: calls.append(1))
+    worker = Worker.build(guided, config.load({"INLINE_LIMIT_MB": "0.3"}))  # 300,000 bytes
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    outputs = list(run_job(worker, {"id": "big", "input": {**JOB, "return_control_images": True, "controlnets": [
+        {"model": "union", "mode": "depth", "image": png_data_url(noise)}]}}))  # about 260,000 bytes as a PNG
+    hook.remove()
+    assert outputs[-1]["error"].startswith("The 1 control image(s) come to ")
+    assert "leave 'return_control_images' out" in outputs[-1]["error"] and calls == []
+
+
+def test_a_preprocessor_s_model_that_cannot_be_loaded_stops_the_start_naming_its_setting(tmp_path):
+    from sdxl_worker.errors import StartupError
+    from sdxl_worker.testing.tiny_guides import write_tiny_depth_model, write_tiny_pose_models
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(StartupError, match=r"^Could not load DEPTH_MODEL='.*empty' \(the folder\): "):
+        load_models(ModelSettings(base="tiny", refiner=None, vae=None, device="cpu", depth=str(empty)))
+    depth = write_tiny_depth_model(tmp_path / "depth")
+    _, detector = write_tiny_pose_models(tmp_path / "pose")
+    with pytest.raises(StartupError, match=r"^POSE_MODEL='.*depth' is a depth_anything model, not a ViTPose"):
+        load_models(ModelSettings(base="tiny", refiner=None, vae=None, device="cpu", pose=str(depth),
+                                  pose_detector=str(detector)))
+    with pytest.raises(StartupError, match=r"^Could not load POSE_DETECTOR='.*depth' \(the folder\): "):
+        load_models(ModelSettings(base="tiny", refiner=None, vae=None, device="cpu", pose=str(detector.parent / "pose"),
+                                  pose_detector=str(depth)))
+
+
+def test_an_over_budget_union_job_does_not_suggest_fewer_controlnets(guided):
+    from sdxl_worker import config
+    from sdxl_worker.runtime.worker import Worker
+
+    worker = Worker.build(guided, config.load({"MAX_JOB_WORK": "0.5"}))
+    refused = list(run_job(worker, {"id": "w", "input": {**JOB, "controlnets": [EDGES, DEPTH]}}))[-1]["error"]
+    assert "lower 'num_inference_steps'." in refused and "'controlnets'" not in refused

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from sdxl_worker.errors import MB, megabytes
+from sdxl_worker.errors import MB, InputError, megabytes
 
 PREVIEW_SHARE = 0.5  # of the job's output limit
 STREAM_CHUNK_LIMIT = MB  # RunPod drops a /stream chunk over 1 MB
@@ -41,6 +41,15 @@ class OutputGuard:
         if self.dropped_from is None:
             self.dropped_from = chunk.get("step", 0)
         return False
+
+    def reserve(self, size: int, what: str) -> None:
+        """Count ``size`` bytes the final payload will carry besides the images (the control images of
+        ``return_control_images``): InputError when they alone would take more than half the limit."""
+        if size > self.limit * PREVIEW_SHARE:
+            raise InputError(f"{what} come to {megabytes(size)}, more than half of the {megabytes(self.limit)} a job's "
+                             f"output may hold (INLINE_LIMIT_MB); leave 'return_control_images' out, or ask for a "
+                             f"smaller width and height.")
+        self.spent += size
 
     def final_room(self) -> int:
         """The bytes left for the final payload."""

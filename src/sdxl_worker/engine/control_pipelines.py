@@ -5,8 +5,8 @@ A job with ``controlnets`` runs its base stage on diffusers' SDXL ControlNet pip
 ControlNets (one, or several as diffusers' MultiControlNetModel): no weights are copied, and the
 next job runs the plain pipelines again. The refiner stage runs without control.
 
-A CONTROLNET_MODELS entry whose config says ``ControlNetUnionModel`` (xinsir's union ControlNet)
-loads as one: a job's items naming it each bring an image and a ``mode``, and they run on
+A CONTROLNET_MODELS entry whose config has control modes (``num_control_type``: xinsir's union
+ControlNet) loads as diffusers' ControlNetUnionModel: a job's items naming it each bring an image and a ``mode``, and they run on
 diffusers' union pipeline of the task as one model with lists of images and modes.
 """
 
@@ -27,17 +27,28 @@ def load_controlnets(settings, loader, resolve) -> dict:
     loaded = {}
     for name, source in settings.controlnets:
         where = resolve(source, "")
-        union = ControlNetModel.load_config(where).get("_class_name") == "ControlNetUnionModel"
-        loaded[name] = loader.component(f"controlnet {name}", ControlNetUnionModel if union else ControlNetModel,
+        loaded[name] = loader.component(f"controlnet {name}", ControlNetUnionModel if _is_union(where) else ControlNetModel,
                                         where, "CONTROLNET_MODELS").eval().requires_grad_(False)
     return loaded
 
 
+def _is_union(where: str) -> bool:
+    """A union model's config has its control modes (``num_control_type``), whatever class it names:
+    xinsir's repository predates diffusers' ControlNetUnionModel. A config that cannot be read is
+    left to the loader, whose error names CONTROLNET_MODELS and the fix."""
+    from diffusers import ControlNetModel
+
+    try:
+        return "num_control_type" in ControlNetModel.load_config(where)
+    except (OSError, ValueError):
+        return False
+
+
 def union_modes(controlnets: dict) -> dict[str, int]:
-    """The union ControlNets among ``controlnets``: name -> how many control modes the model has
-    (6 in the first release, 8 in promax)."""
+    """The union ControlNets among ``controlnets`` (loaded as ControlNetUnionModel, the one rule):
+    name -> how many control modes the model has (6 in the first release, 8 in promax)."""
     return {name: model.config.num_control_type for name, model in controlnets.items()
-            if hasattr(model.config, "num_control_type")}
+            if type(model).__name__ == "ControlNetUnionModel"}
 
 
 def speed_up_controlnets(controlnets: list, speedups) -> None:

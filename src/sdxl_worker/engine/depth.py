@@ -40,5 +40,22 @@ def load_depth(source: str | None, device: str, resolve) -> DepthEstimator | Non
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
     where = resolve(source, "")
-    model = AutoModelForDepthEstimation.from_pretrained(where).to(device).eval().requires_grad_(False)
-    return DepthEstimator(model, AutoImageProcessor.from_pretrained(where), device)
+    model, processor = loaded("DEPTH_MODEL", source, lambda: (AutoModelForDepthEstimation.from_pretrained(where),
+                                                               AutoImageProcessor.from_pretrained(where)))
+    return DepthEstimator(model.to(device).eval().requires_grad_(False), processor, device)
+
+
+def loaded(variable: str, source: str, load):
+    """``load()``, a preprocessor's model and processor; one sentence naming ``variable`` if they
+    cannot be read (StartupError: the worker stops at start-up, as for any model it cannot load)."""
+    from pathlib import Path
+
+    from sdxl_worker.errors import StartupError
+
+    try:
+        return load()
+    except (OSError, ValueError) as error:
+        where = "the folder" if Path(source).exists() else "the Hugging Face hub id"
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise StartupError(f"Could not load {variable}={source!r} ({where}): {reason.rstrip('.')}. Bake it into the "
+                           f"image (--build-arg {variable}), point {variable} at a folder, or leave it unset.") from None

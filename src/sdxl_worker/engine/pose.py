@@ -102,8 +102,19 @@ def load_pose(model: str | None, detector: str | None, device: str, resolve) -> 
         return None
     from transformers import AutoImageProcessor, AutoModelForObjectDetection, VitPoseForPoseEstimation
 
+    from sdxl_worker.engine.depth import loaded
+    from sdxl_worker.errors import StartupError
+
     found, posed = resolve(detector, ""), resolve(model, "")
-    return PoseEstimator(AutoModelForObjectDetection.from_pretrained(found).to(device).eval().requires_grad_(False),
-                         AutoImageProcessor.from_pretrained(found),
-                         VitPoseForPoseEstimation.from_pretrained(posed).to(device).eval().requires_grad_(False),
-                         AutoImageProcessor.from_pretrained(posed), device)
+    keypoints, keypoint_processor = loaded("POSE_MODEL", model, lambda: (
+        VitPoseForPoseEstimation.from_pretrained(posed), AutoImageProcessor.from_pretrained(posed)))
+    people, people_processor = loaded("POSE_DETECTOR", detector, lambda: (
+        AutoModelForObjectDetection.from_pretrained(found), AutoImageProcessor.from_pretrained(found)))
+    if keypoints.config.model_type != "vitpose":
+        raise StartupError(f"POSE_MODEL={model!r} is a {keypoints.config.model_type} model, not a ViTPose keypoint "
+                           f"model (e.g. usyd-community/vitpose-base-simple).")
+    if str(people.config.id2label.get(0, "")).lower() != "person":
+        raise StartupError(f"POSE_DETECTOR={detector!r} does not detect people as COCO's label 0 'person' (e.g. "
+                           f"PekingU/rtdetr_r50vd_coco_o365).")
+    return PoseEstimator(people.to(device).eval().requires_grad_(False), people_processor,
+                         keypoints.to(device).eval().requires_grad_(False), keypoint_processor, device)

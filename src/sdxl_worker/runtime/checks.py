@@ -227,10 +227,14 @@ def _check_union_modes(request: Request, unions: dict) -> None:
     if len(used) > 1 and used & set(unions):
         raise InputError("'controlnets' mixes a union ControlNet with other ControlNets; a job guides with one union "
                          "model alone (give each image its 'mode'), or with single-kind ones.")
-    strengths = {(control.scale, control.start, control.end) for _, control in entries if control.model in unions}
-    if len(strengths) > 1:
+    union_entries = [control for _, control in entries if control.model in unions]
+    if len({(control.scale, control.start, control.end) for control in union_entries}) > 1:
         raise InputError("'controlnets' entries of one union ControlNet must share 'scale', 'start' and 'end': the "
                          "model guides with one strength for all its images.")
+    if len(union_entries) > 1 and (union_entries[0].start, union_entries[0].end) != (0, 1):
+        raise InputError("'controlnets' give one union ControlNet several images and a 'start' or 'end': with several "
+                         "images the union model guides the whole schedule (diffusers' ControlNetUnionModel), so leave "
+                         "'start' at 0 and 'end' at 1, or give it one image.")
 
 
 def _check_work(plan: Plan, abilities: Abilities) -> None:
@@ -259,7 +263,7 @@ def _check_work(plan: Plan, abilities: Abilities) -> None:
         lower.append("'num_inference_steps'")
     if plan.runs_refiner and plan.refine != "expert_ensemble_refiner":  # the ensemble shares the base's schedule
         lower.append("'refiner_inference_steps'")
-    if controlnets:
+    if any(control.mode is None for control in plan.controlnets):  # a union model's images cost one call
         lower.append("the number of 'controlnets'")
     raise InputError(
         f"This job is {_units(total)} units of work, {total / limit:.1f}x the worker's budget of {_units(limit)} "

@@ -125,13 +125,14 @@ def _run(worker: Worker, job: dict, raw_input, on_progress: ProgressCallback | N
     _prepare(worker, inputs, request, plan, stop)
     # 8. run: the models held, the job's checkpoint, preset and LoRAs in place, previews streamed
     guard = OutputGuard(worker.inline_limit_bytes)  # previews and the final payload together
+    # The control images as they will guide it (return_control_images): inline, whatever the delivery,
+    # so their bytes are counted now, before any step (refused if they alone take half the limit).
+    controls = [data_url(encode_png(image)) for image in inputs.control_images] if request.return_control_images else []
+    guard.reserve(sum(len(url) + 4 for url in controls), f"The {len(controls)} control image(s)")
     result, loading = yield from _generate(worker.models, plan, inputs, context, guard)
     # 9. deliver: inline within what the previews left, or uploaded
     stop.check("after its last step, before delivery")
-    # The control images as they guided it (return_control_images), inline: their bytes come off the room.
-    controls = [data_url(encode_png(image)) for image in inputs.control_images] if request.return_control_images else []
-    delivery = deliver(result.images, plan, storage, context.id,
-                       room_bytes=guard.final_room() - sum(len(url) + 4 for url in controls))
+    delivery = deliver(result.images, plan, storage, context.id, room_bytes=guard.final_room())
     payload = {
         "images": delivery.images,
         "image_url": delivery.images[0],

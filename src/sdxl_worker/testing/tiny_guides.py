@@ -112,7 +112,8 @@ def write_tiny_pose_models(folder: Path, finds_people: bool = True, seed: int = 
                                            layer_type="basic", out_features=["stage2", "stage3", "stage4"]),
         encoder_hidden_dim=32, encoder_in_channels=[32, 64, 128], d_model=32, num_queries=20, decoder_layers=1,
         encoder_layers=1, decoder_ffn_dim=64, encoder_ffn_dim=64, num_labels=80, decoder_attention_heads=2,
-        encoder_attention_heads=2, num_feature_levels=3, decoder_in_channels=[32, 32, 32], num_denoising=0))
+        encoder_attention_heads=2, num_feature_levels=3, decoder_in_channels=[32, 32, 32], num_denoising=0,
+        id2label={0: "person", **{index: f"thing {index}" for index in range(1, 80)}}))
     with torch.no_grad():
         for name, parameter in detector.named_parameters():
             if name.endswith("bias") and ("class_embed" in name or "enc_score_head" in name):

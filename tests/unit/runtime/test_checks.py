@@ -27,6 +27,7 @@ MAY_REFUSE = {
     "engine/switch.py",  # a checkpoint that fails to load (known once it is loaded)
     "delivery/deliver.py",  # images that fit no encoding within RunPod's limit (known once encoded)
     "engine/pose.py",  # a photo in which no person is found (known once the detector ran)
+    "delivery/size_guard.py",  # control images to return that fill the output limit (known once made)
 }
 
 
