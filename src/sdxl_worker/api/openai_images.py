@@ -77,7 +77,7 @@ def to_input(body: dict, checkpoints: tuple[str, ...], presets: tuple[str, ...] 
         put("height", "size", height)
     response_format = _one_of(given, "response_format", RESPONSE_FORMATS, "b64_json")
     put("upload", "response_format", response_format == "url")
-    _model(given.get("model"), checkpoints, presets, job, put)
+    _model(given.get("model"), checkpoints, presets, put)
     quality = _one_of(given, "quality", QUALITIES, "auto")
     if quality in QUALITY_STEPS and "num_inference_steps" not in job and "preset" not in job:
         job["num_inference_steps"] = QUALITY_STEPS[quality]
@@ -191,7 +191,7 @@ def _one_of(given: dict, name: str, choices: tuple[str, ...], default: str) -> s
     return value
 
 
-def _model(model, checkpoints: tuple[str, ...], presets: tuple[str, ...], job: dict, put) -> None:
+def _model(model, checkpoints: tuple[str, ...], presets: tuple[str, ...], put) -> None:
     if model is not None and not isinstance(model, str):
         raise Refusal(400, f"'model' must be a model's name, a string; got {_shown(model)}.", "model")
     if model is None or model in OPENAI_MODELS:

@@ -153,3 +153,47 @@ def test_an_openai_mask_s_transparent_pixels_become_white_to_repaint():
     opaque = Image.new("RGBA", (4, 2), (0, 0, 0, 255))  # an editor's RGBA file with nothing see-through
     opaque.putpixel((3, 1), (255, 255, 255, 255))
     assert list(transparent_to_white(png(opaque), "mask").getdata()) == [0] * 7 + [255]
+
+
+def test_a_field_sent_as_null_is_a_field_not_sent_and_defaults_are_openai_s():
+    job, asked = mapped(prompt="a", n=None, size=None, model=None, quality=None)
+    assert job == {"prompt": "a", "upload": False}
+    assert (asked.response_format, asked.output_format, asked.size, asked.quality, asked.background, asked.stream) == (
+        "b64_json", "png", "auto", "auto", "auto", False)
+
+
+def test_each_accepted_but_idle_field_is_still_checked():
+    assert refusal(prompt="a", moderation="strict").param == "moderation"
+    assert str(refusal(prompt="a", background="transparent")) == (
+        "'background' transparent cannot be made: SDXL draws opaque images; use auto or opaque.")
+    assert refusal(prompt="a", output_compression=50, output_quality=50).param == "output_compression"
+    assert str(refusal(prompt="a", quality=[])).endswith("got a list.")
+    assert str(refusal(prompt="a", quality={})).endswith("got an object.")
+    assert str(refusal(prompt="a", stream="yes")).endswith("got 'yes'.")
+    assert str(refusal(prompt="a", style=True)).endswith("got true or false.")
+    assert str(refusal(prompt="a", stream=True, partial_images=2.5)).endswith("got 2.5.")
+    assert str(refusal(prompt="a", model=["x"])) == "'model' must be a model's name, a string; got a list."
+
+
+def test_the_delivered_format_is_read_from_each_image():
+    assert openai_images.delivered_format("data:image/webp;base64,AAAA", "png") == "webp"
+    assert openai_images.delivered_format("data:image/png;base64,AAAA", "jpeg") == "png"
+    assert openai_images.delivered_format("data:image/gif;base64,AAAA", "png") == "png"  # not one the worker makes
+    answer = openai_images.answer({"images": ["https://b/x.png"], "seed": 1, "seeds": [1], "timings": {},
+                                   "warnings": ["uploaded late"]}, openai_images.Asked())
+    assert answer["data"] == [{"b64_json": "https://b/x.png"}] and answer["sdxl"]["warnings"] == ["uploaded late"]
+
+
+def test_refusals_carry_the_code_and_headers_a_client_reads():
+    assert [Refusal(status, "x").code for status in (401, 413, 429, 500, 418)] == [
+        "invalid_api_key", "request_too_large", "busy", "server_error", "invalid_request"]
+    plain = replies.failed({"error": "a dict without a kind"})
+    assert (plain.status, plain.code, plain.param, plain.retry_after_s) == (500, "internal_error", None, None)
+    stopping = replies.failed(Failure("'seed' stopped", "shutting down"))
+    assert (stopping.param, stopping.code) == (None, "shutting_down")  # names no field: not the user's mistake
+    busy = replies.response(Refusal(429, "busy", retry_after_s=5), "/v1/jobs")
+    assert busy.headers["retry-after"] == "5" and "www-authenticate" not in busy.headers
+    key = replies.response(Refusal(401, "key"), "/v1/images/generations")
+    assert key.headers["www-authenticate"] == "Bearer" and "retry-after" not in key.headers
+    kept = replies.openai_error(Refusal(400, "'seed' is wrong.", "seed"), {"num_images": "n"})
+    assert (kept["error"]["param"], kept["error"]["message"]) == ("seed", "'seed' is wrong.")
