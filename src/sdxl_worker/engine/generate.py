@@ -1,4 +1,4 @@
-"""Running a plan: the base stage, then the refiner stage, on the loaded pipelines.
+"""Running a plan: the base stage, then the refiner stage, then the high-resolution pass, on the loaded pipelines.
 
 Every stage gets a fresh scheduler, the job's prompts (as weighted, unclipped embeddings from
 src/sdxl_worker/engine/prompts.py), guidance and generators; the base hands the refiner its latents (never a
@@ -27,9 +27,10 @@ from sdxl_worker.engine.plan import Plan
 from sdxl_worker.engine.prompts import each_text_once, encode_for_base, encode_for_refiner
 from sdxl_worker.engine.schedulers import build_scheduler
 from sdxl_worker.engine.speed import keep_timesteps_on_host
-from sdxl_worker.engine.steps import base_args, refiner_args
+from sdxl_worker.engine.steps import base_args, hires_args, refiner_args
 from sdxl_worker.engine.watermark import apply_watermark
 
+TILE_ABOVE_PIXELS = 1024 * 1024  # a larger high-resolution pass decodes and encodes in tiles (diffusers' VAE tiling)
 StepCallback = Callable[[str, int, dict], None]  # (stage, step within the stage, callback kwargs + "x0")
 
 
@@ -82,6 +83,10 @@ def run(models: Models, plan: Plan, init_image: Image.Image | None = None,
             timings["refiner"] = ms_since(started)
         else:
             output = latents
+        if plan.hires is not None:
+            started = time.perf_counter()
+            output = _run_hires(models, plan, generators, output, on_step, wants_x0)
+            timings["hires"] = ms_since(started)
     images = list(output)
     if plan.apply_watermark:
         images = apply_watermark(images)
@@ -121,7 +126,7 @@ def _run_base(models, plan, generators, init_image, mask, on_step, control_image
     if plan.task == "inpaint":
         # The inpaint pipeline would otherwise default to 1024x1024 whatever the image.
         args.update(mask_image=mask, width=init_image.width, height=init_image.height)
-    args["output_type"] = "latent" if plan.runs_refiner else "pil"
+    args["output_type"] = "latent" if plan.runs_refiner else _first_pass_output(plan)
     if ip_adapter_images:
         args["ip_adapter_image"] = [list(ip_adapter_images)]  # one adapter, its images
     with ip_adapter.applied(models.ip_adapter, pipe, plan.ip_adapter_scale) if ip_adapter_images else nullcontext():
@@ -137,12 +142,42 @@ def _run_refiner(models, plan, generators, latents, init_image, mask, on_step, w
     conditioning = encode_for_refiner(pipe, plan.prompt, plan.negative_prompt)
     image = latents if latents is not None else init_image
     args = dict(_common(plan, conditioning, generators), **refiner_args(plan),
-                output_type="pil")
+                output_type=_first_pass_output(plan))
     if inpainting:
         image = _keep_unmasked(models.inpaint, latents, init_image, mask)
         args.update(mask_image=mask, width=init_image.width, height=init_image.height)
     args["image"] = image
     return pipe(**args, **_callback(on_step, "refiner", pipe.scheduler, None, wants_x0)).images
+
+
+def _first_pass_output(plan) -> str:
+    """What the first pass ends with: latents for a latent upscale, else decoded images."""
+    return "latent" if plan.hires is not None and plan.hires.upscaler == "latent" else "pil"
+
+
+def _run_hires(models, plan, generators, first, on_step, wants_x0=None):
+    """The high-resolution pass: the first pass's images upscaled to ``plan.hires_size`` (Lanczos in
+    pixels, or the latents interpolated bilinearly) and redrawn by the base's img2img pipeline at
+    ``hires.strength`` over ``hires.steps``, each image's generator going on where it was. The VAE
+    works in tiles when the result is over a megapixel, so a 2048x2048 decode fits a 24 GB card."""
+    pipe = models.img2img
+    pipe.scheduler = keep_timesteps_on_host(pipe, build_scheduler(plan.scheduler, models.scheduler_configs["base"]))
+    width, height = plan.hires_size
+    if plan.hires.upscaler == "latent":
+        image = torch.nn.functional.interpolate(first, size=(height // 8, width // 8), mode="bilinear",
+                                                align_corners=False)
+    else:
+        image = [picture.resize((width, height), Image.Resampling.LANCZOS) for picture in first]
+    conditioning = encode_for_base(pipe, plan.prompt, plan.negative_prompt)
+    args = dict(_common(plan, conditioning, generators), **hires_args(plan), image=image, output_type="pil")
+    tiled = width * height > TILE_ABOVE_PIXELS
+    if tiled:
+        pipe.vae.enable_tiling()
+    try:
+        return pipe(**args, **_callback(on_step, "hires", pipe.scheduler, None, wants_x0)).images
+    finally:
+        if tiled:
+            pipe.vae.disable_tiling()
 
 
 def _keep_unmasked(pipe, latents: torch.Tensor, init_image: Image.Image, mask: Image.Image) -> torch.Tensor:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from sdxl_worker.engine.steps import count_steps
 from sdxl_worker.request.schema import INPUT_SCHEMA, MAX_SEED
-from sdxl_worker.request.types import ControlNetInput, Lora, Request
+from sdxl_worker.request.types import ControlNetInput, HiresInput, Lora, Request
 
 DEFAULT_SIZE = 1024
 # A size taken from an input image obeys the same range as 'width' and 'height'.
@@ -79,6 +79,7 @@ class Plan:
     model: str | None = None
     preset: str | None = None
     loras: tuple[Lora, ...] = ()
+    hires: HiresInput | None = None
     warnings: tuple[str, ...] = ()
 
     @property
@@ -88,6 +89,14 @@ class Plan:
     @property
     def runs_refiner(self) -> bool:
         return self.task == "refine" or self.refine != "no_refiner"
+
+    @property
+    def hires_size(self) -> tuple[int, int] | None:
+        """The second pass's size: the first pass's times ``hires.scale``, to a multiple of 8 (None
+        without a second pass, or before the size is known)."""
+        if self.hires is None or not self.width or not self.height:
+            return None
+        return (round(self.width * self.hires.scale / 8) * 8, round(self.height * self.hires.scale / 8) * 8)
 
     @property
     def total_steps(self) -> int:
@@ -147,6 +156,7 @@ def make_plan(request: Request, has_refiner: bool, scheduler_configs: dict | Non
         model=request.model,
         preset=request.preset,
         loras=request.loras,
+        hires=request.hires,
         warnings=warnings,
     )
     return counted(plan, scheduler_configs) if scheduler_configs is not None else plan

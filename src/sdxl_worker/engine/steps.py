@@ -30,8 +30,13 @@ def refiner_args(plan) -> dict:
     return dict(num_inference_steps=plan.refiner_inference_steps, strength=plan.strength)
 
 
+def hires_args(plan) -> dict:
+    """The second pass's step settings: an img2img of the upscaled images on the base's scheduler."""
+    return dict(num_inference_steps=plan.hires.steps, strength=plan.hires.strength)
+
+
 def count_steps(scheduler_configs: dict, plan) -> dict[str, int]:
-    """Denoising steps per stage (``{"base": n, "refiner": m}``, the stages the plan runs), before running.
+    """Denoising steps per stage (``{"base": n, "refiner": m, "hires": k}``, the stages the plan runs), before running.
 
     Mirrors diffusers' SDXL timestep logic (set_timesteps, then strength or denoising_start,
     then denoising_end) on fresh schedulers of the job's kind built from ``scheduler_configs``
@@ -43,6 +48,8 @@ def count_steps(scheduler_configs: dict, plan) -> dict[str, int]:
         counts["base"] = _count(build_scheduler(plan.scheduler, scheduler_configs["base"]), base_args(plan))
     if plan.runs_refiner and "refiner" in scheduler_configs:  # without a refiner the check pass refuses the job
         counts["refiner"] = _count(build_scheduler(plan.scheduler, scheduler_configs["refiner"]), refiner_args(plan))
+    if plan.hires is not None and plan.runs_base:  # a refiner-only job is refused a second pass
+        counts["hires"] = _count(build_scheduler(plan.scheduler, scheduler_configs["base"]), hires_args(plan))
     return counts
 
 

@@ -40,6 +40,8 @@ _IMAGE = {
 
 
 
+HIRES_STRENGTH = 0.35  # how much of the upscaled image the second pass redraws: detail, not composition
+
 # A union ControlNet's control modes (xinsir's controlnet-union-sdxl-1.0 numbering; the promax variant
 # adds tile's 6 and inpaint's 7): several names of the published model share a number.
 UNION_MODES = {"openpose": 0, "depth": 1, "softedge": 2, "scribble": 2, "canny": 3, "lineart": 3, "mlsd": 3,
@@ -275,6 +277,23 @@ INPUT_SCHEMA: dict = {
                 + ", ".join(UNION_MODES) + "."
             ),
         },
+        "hires": {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "properties": {
+                "scale": {"type": "number", "minimum": 1.25, "maximum": 2, "default": 2},
+                "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": HIRES_STRENGTH},
+                "steps": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                "upscaler": {"type": "string", "enum": ["lanczos", "latent"], "maxLength": 16, "default": "lanczos"},
+            },
+            "default": None,
+            "description": (
+                "A second, high-resolution pass (docs/modes.md): the first pass's images upscaled by `scale` "
+                "(1.25-2; `upscaler` `lanczos` in pixels or `latent`) and redrawn by the base as img2img at the "
+                "larger size, `strength` of it (default " + f"{HIRES_STRENGTH:g}" + ") over `steps` (default 20). "
+                "The result's sides stay within 2048."
+            ),
+        },
         "return_control_images": {
             "type": "boolean",
             "default": False,
@@ -360,7 +379,7 @@ def defaults() -> dict:
 
 
 def entry_defaults(name: str) -> dict:
-    """The defaults inside an object input (``ip_adapter``) or inside each entry of a list of objects
+    """The defaults inside an object input (``ip_adapter``, ``hires``) or inside each entry of a list of objects
     (``loras``, ``controlnets``): stated in the schema only, filled in by ``validate``."""
     spec = _PROPERTIES[name]
     spec = spec.get("items", spec)
@@ -386,8 +405,11 @@ def validate(raw) -> dict:
     for name in ("loras", "controlnets"):
         if request[name]:
             request[name] = [{**entry_defaults(name), **entry} for entry in request[name]]
-    if request["ip_adapter"] is not None:
-        request["ip_adapter"] = {**entry_defaults("ip_adapter"), **request["ip_adapter"]}
+    for name in ("ip_adapter", "hires"):
+        if request[name] is not None:
+            request[name] = {**entry_defaults(name), **request[name]}
+    if request["hires"] is not None and isinstance(request["hires"]["steps"], float):
+        request["hires"]["steps"] = int(request["hires"]["steps"])
     return request
 
 

@@ -45,6 +45,16 @@ class IpAdapterInput:
 
 
 @dataclass(frozen=True)
+class HiresInput:
+    """The high-resolution second pass: how much larger, how much redrawn, in how many steps, upscaled how."""
+
+    scale: float
+    strength: float
+    steps: int
+    upscaler: str  # lanczos | latent
+
+
+@dataclass(frozen=True)
 class Request:
     """A job's input, validated, every field and nested entry at its schema default when unset.
 
@@ -86,6 +96,7 @@ class Request:
     loras: tuple[Lora, ...]
     # guiding the image
     controlnets: tuple[ControlNetInput, ...]
+    hires: HiresInput | None
     return_control_images: bool
     ip_adapter: IpAdapterInput | None
     # which model, how fast
@@ -102,6 +113,8 @@ class Request:
         values = validate(raw)
         values["loras"] = tuple(Lora(**lora) for lora in values["loras"] or ())
         values["controlnets"] = tuple(ControlNetInput(**control) for control in values["controlnets"] or ())
+        if values["hires"] is not None:
+            values["hires"] = HiresInput(**values["hires"])
         asked = values["ip_adapter"]
         if asked is not None:
             images = asked["image"]

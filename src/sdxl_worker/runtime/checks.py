@@ -91,8 +91,11 @@ def check(request: Request, plan: Plan, abilities: Abilities) -> None:
     if plan.scheduler in abilities.broken_samplers:  # found by the start-up self-check
         raise InputError(f"'scheduler' '{plan.scheduler}' cannot run on this worker (its start-up check failed; "
                          f"the log says why); choose another.")
+    if plan.hires is not None and not plan.runs_base:
+        raise InputError("'hires' redraws what the base made, and a refiner-only job ('image_url') runs no base; "
+                         "send the image as 'image' for img2img, or leave 'hires' out.")
     if plan.width and plan.height:  # the size is known: the work is refused before any download
-        _check_work(plan, abilities)
+        _check_sized(plan, abilities)
     if abilities.prompt_tokenizer is not None:
         check_prompts(abilities.prompt_tokenizer, request.prompt, request.negative_prompt)
     if abilities.lora_files is not None:
@@ -120,8 +123,18 @@ def check_decoded(plan: Plan, image_size: tuple[int, int] | None, field: str, ab
             "or give 'width' and 'height' to stretch it."
         )
     sized = with_image_size(plan, image_size)
-    _check_work(sized, abilities)  # the size comes from the image: budgeted before any model runs
+    _check_sized(sized, abilities)  # the size comes from the image: checked and budgeted before any model runs
     return sized
+
+
+def _check_sized(plan: Plan, abilities: Abilities) -> None:
+    """What needs the job's size: the second pass's size, then the work."""
+    if plan.hires_size is not None and max(plan.hires_size) > MAX_SIDE:
+        width, height = plan.hires_size
+        raise InputError(f"'hires.scale' {plan.hires.scale:g} makes {width}x{height} of {plan.width}x{plan.height}, "
+                         f"over {MAX_SIDE} pixels a side; lower 'hires.scale' to at most "
+                         f"{MAX_SIDE / max(plan.width, plan.height):.2f}, or the size.")
+    _check_work(plan, abilities)
 
 
 def _check_named_parts(request: Request, abilities: Abilities) -> None:
@@ -194,6 +207,11 @@ def _check_step_counts(plan: Plan) -> None:
             f"'strength' {plan.strength} x 'refiner_inference_steps' "
             f"{plan.refiner_inference_steps} leaves the refiner no step to run; raise either."
         )
+    if plan.hires is not None and int(plan.hires.steps * plan.hires.strength) < 1:
+        raise InputError(
+            f"'hires.strength' {plan.hires.strength:g} x 'hires.steps' {plan.hires.steps} leaves the second pass no "
+            f"step to run; raise either."
+        )
 
 
 def _check_offload(request: Request) -> None:
@@ -250,11 +268,16 @@ def _check_work(plan: Plan, abilities: Abilities) -> None:
     switch = abilities.switch_work
     depth_maps = sum(control.preprocess == "depth" for control in plan.controlnets)
     poses = sum(control.preprocess == "pose" for control in plan.controlnets)
-    total = (work.job_work(steps, width, height, images, guidance, controlnets) + switch
+    first = {stage: count for stage, count in steps.items() if stage != "hires"}
+    second = (work.job_work({"hires": steps["hires"]}, *plan.hires_size, images, guidance)
+              if "hires" in steps and plan.hires_size else 0)  # the second pass at its own, larger size
+    total = (work.job_work(first, width, height, images, guidance, controlnets) + second + switch
              + depth_maps * work.DEPTH_MAP + poses * work.POSE_MAP)
     if total <= limit:
         return
-    stages = " + ".join(f"{count} {stage}" for stage, count in steps.items())
+    stages = " + ".join(f"{count} {stage}" for stage, count in first.items()) + " steps"
+    if second:
+        stages += f", then {steps['hires']} hires steps at {plan.hires_size[0]}x{plan.hires_size[1]}"
     guided = f", {controlnets} ControlNet(s) at {work.CONTROLNET_CALL:g} a base step each" if controlnets else ""
     lower = ["'num_images'"] if images > 1 else []
     if width * height > work.REFERENCE_PIXELS:
@@ -263,12 +286,14 @@ def _check_work(plan: Plan, abilities: Abilities) -> None:
         lower.append("'num_inference_steps'")
     if plan.runs_refiner and plan.refine != "expert_ensemble_refiner":  # the ensemble shares the base's schedule
         lower.append("'refiner_inference_steps'")
+    if second:
+        lower += ["'hires.scale'", "'hires.steps'"]
     if any(control.mode is None for control in plan.controlnets):  # a union model's images cost one call
         lower.append("the number of 'controlnets'")
     raise InputError(
         f"This job is {_units(total)} units of work, {total / limit:.1f}x the worker's budget of {_units(limit)} "
         f"(MAX_JOB_WORK; a unit is one model call on one 1024x1024 image: {images} image(s) of "
-        f"{width}x{height}, {stages} steps{guided}{', x2 for guidance' if guidance > 1 else ''}"
+        f"{width}x{height}, {stages}{guided}{', x2 for guidance' if guidance > 1 else ''}"
         f"{f', {_units(switch)} to load its model' if switch else ''}"
         f"{f', {depth_maps} depth map(s) at {work.DEPTH_MAP:g} each' if depth_maps else ''}"
         f"{f', {poses} pose map(s) at {work.POSE_MAP:g} each' if poses else ''}); lower {_either(lower)}."

@@ -40,7 +40,8 @@ def run_streamed(models: Models, plan: Plan, inputs: JobInputs, context: JobCont
         guard: the job's output guard; previews it does not admit are dropped.
     """
     steps, total, stop = plan.step_counts, plan.total_steps, context.stop
-    first_step = {"base": 0, "refiner": steps.get("base", 0)}  # steps count across the job, base then refiner
+    # Steps count across the job: base, then refiner, then the high-resolution pass.
+    first_step = {"base": 0, "refiner": steps.get("base", 0), "hires": steps.get("base", 0) + steps.get("refiner", 0)}
     every = plan.preview_steps
     progress = Progress(context.job, total, context.on_progress)
 

@@ -1,0 +1,86 @@
+"""The high-resolution second pass (``hires``) on the tiny model: the same pixels as the two calls made
+with diffusers' public API, previews through both passes, the asked size, and the refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdxl_worker.runtime.job import run_job
+from tests.helpers import decode, final, pixels, worker_with
+
+JOB = {"prompt": "a lighthouse at dusk", "width": 256, "height": 256, "seed": 4, "num_inference_steps": 4,
+       "refine": "no_refiner"}
+
+
+def job(models, settings: dict | None = None, **inputs) -> list:
+    return list(run_job(worker_with(models, **(settings or {})), {"id": "hires", "input": {**JOB, **inputs}}))
+
+
+@pytest.mark.parametrize("upscaler", ["lanczos", "latent"])
+def test_a_hires_job_equals_diffusers_two_calls(models, upscaler):
+    from diffusers import DDIMScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    from sdxl_worker.engine.tiny import ensure_tiny_model
+
+    base = StableDiffusionXLPipeline.from_pretrained(ensure_tiny_model() / "base", add_watermarker=False)
+    redraw = StableDiffusionXLImg2ImgPipeline(**base.components, add_watermarker=False)
+    for pipe in (base, redraw):
+        pipe.scheduler = DDIMScheduler.from_config(base.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator("cpu").manual_seed(4)  # one stream for both calls, as the job's
+    first = base(JOB["prompt"], width=256, height=256, num_inference_steps=4, guidance_scale=7.5,
+                 generator=[generator], output_type="latent" if upscaler == "latent" else "pil").images
+    if upscaler == "latent":  # 256 -> 384: the latents 32x32 -> 48x48, bilinear
+        upscaled = torch.nn.functional.interpolate(first, size=(48, 48), mode="bilinear", align_corners=False)
+    else:
+        upscaled = [first[0].resize((384, 384), Image.Resampling.LANCZOS)]
+    reference = redraw(JOB["prompt"], image=upscaled, strength=0.5, num_inference_steps=6, guidance_scale=7.5,
+                       generator=[generator]).images[0]
+    ours = final(job(models, hires={"scale": 1.5, "strength": 0.5, "steps": 6, "upscaler": upscaler}))
+    assert decode(ours["images"][0]).size == (384, 384)
+    assert np.abs(pixels(ours).astype(int) - np.asarray(reference).astype(int)).max() == 0
+
+
+def test_previews_and_progress_run_through_both_passes_with_the_refiner(models):
+    outputs = job(models, refine="base_image_refiner", refiner_inference_steps=4, strength=0.5, preview_steps=1,
+                  hires={"scale": 2, "strength": 0.5, "steps": 4})
+    previews = [(output["stage"], output["step"], output["total_steps"]) for output in outputs[:-1]]
+    # 4 base steps, 2 refiner steps (0.5 of 4), 2 hires steps (0.5 of 4), counted as one run of 8.
+    assert previews == [("base", 1, 8), ("base", 2, 8), ("base", 3, 8), ("base", 4, 8), ("refiner", 5, 8),
+                        ("refiner", 6, 8), ("hires", 7, 8), ("hires", 8, 8)]
+    result = final(outputs)
+    assert decode(result["images"][0]).size == (512, 512) and result["timings"]["hires"] > 0
+
+
+@pytest.mark.timeout(240)  # a 2048x2048 pass on two CPU cores: about 10 s alone, more beside other tests
+def test_a_1024_first_pass_with_scale_2_comes_back_2048(models):
+    result = final(job(models, width=1024, height=1024, num_inference_steps=2, hires={"scale": 2, "steps": 3}))
+    assert decode(result["images"][0]).size == (2048, 2048)
+
+
+def test_hires_refusals_name_the_field_before_anything_runs(models):
+    calls = []
+    hook = models.base.unet.register_forward_hook(lambda *_: calls.append(1))
+
+    def error(settings=None, **inputs) -> str:
+        outputs = job(models, settings, **inputs)
+        assert len(outputs) == 1 and calls == [], outputs
+        return outputs[0]["error"]
+
+    try:
+        assert error(width=1536, height=1024, hires={"scale": 1.5}) == (
+            "'hires.scale' 1.5 makes 2304x1536 of 1536x1024, over 2048 pixels a side; lower 'hires.scale' to at "
+            "most 1.33, or the size.")
+        assert error(hires={"strength": 0}).startswith("'hires.strength' must be greater than 0")
+        assert error(hires={"scale": 3}).startswith("'hires.scale' must be at least 1.25 and at most 2")
+        assert error(image_url="data:image/png;base64,AAAA", hires={}).startswith(
+            "'hires' redraws what the base made, and a refiner-only job")
+        over = error({"MAX_JOB_WORK": "100"}, width=1024, height=1024, hires={"scale": 2, "steps": 100, "strength": 1})
+        assert "then 100 hires steps at 2048x2048" in over and over.endswith("'hires.scale' or 'hires.steps'.")
+        assert error(hires={"steps": 2}) == ("'hires.strength' 0.35 x 'hires.steps' 2 leaves the second pass no "
+                                             "step to run; raise either.")
+    finally:
+        hook.remove()
