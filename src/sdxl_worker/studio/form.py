@@ -15,9 +15,9 @@ MAIN = ("prompt", "negative_prompt", "width", "height", "num_inference_steps", "
         "scheduler", "refine", "num_images", "preview_steps")
 IMAGES = ("image", "mask")  # picked, dropped or pasted files, sent as data URLs
 LONG_TEXT = ("prompt", "negative_prompt")
-# Left out: lists and objects (loras, controlnets, ip_adapter, s3Config) have their own JSON box,
+# Left out: lists and objects (loras, controlnets, ip_adapter, hires, s3Config) have their own JSON box,
 # and image_url (the refiner-only path) is an image field too.
-STRUCTURED = ("loras", "controlnets", "ip_adapter")
+STRUCTURED = ("loras", "controlnets", "ip_adapter", "hires")
 # The studio's own defaults where the API's would make a first run show nothing for a minute:
 # previews on. Sent with every job (the API's default is another), and shown as the field's value.
 STUDIO_DEFAULTS = {"preview_steps": 2}

@@ -67,6 +67,7 @@ def test_each_kind_of_field_is_drawn_as_its_kind():
     assert [name for name, field in drawn.items() if field["required"]] == ["prompt"]
     assert drawn["prompt"]["details"] == "What to draw. Required unless image or image_url is given."  # no `marks`
     assert drawn["high_noise_frac"]["group"] == "more" and "upload" not in drawn
+    assert (drawn["hires"]["kind"], drawn["hires"]["group"]) == ("json", "more")  # the second pass, under More
     assert drawn["prompt"]["label"] == "Prompt" and drawn["num_inference_steps"]["label"] == "Num inference steps"
     assert drawn["guidance_scale"]["step"] == "any" and drawn["num_images"]["step"] == 1
 
