@@ -127,6 +127,7 @@ async def stream_events(events, asked: Asked, prefix: str):
             sent += 1
         elif kind == "result":
             for index, image in enumerate(data["images"]):
+                common["size"] = _size_of(image) or asked.size  # a second pass ('hires') makes it larger
                 extra = {"seed": data["seeds"][index], "timings": data["timings"]}
                 if data.get("warnings"):
                     extra["warnings"] = data["warnings"]
@@ -138,6 +139,21 @@ async def stream_events(events, asked: Asked, prefix: str):
             yield "error", openai_error(failed(data), dict(asked.renamed))
         elif kind == "":
             yield kind, data  # keep-alive
+
+
+def _size_of(image: str) -> str | None:
+    """A delivered data URL's size as "WxH", read from its header; None for a URL."""
+    import io
+
+    from PIL import Image
+
+    if not image.startswith("data:"):
+        return None
+    try:
+        width, height = Image.open(io.BytesIO(base64.b64decode(image.partition(",")[2]))).size
+    except Exception:  # not an image Pillow reads: keep the size asked
+        return None
+    return f"{width}x{height}"
 
 
 def data_url(data: bytes, mime: str) -> str:

@@ -85,7 +85,7 @@ def run(models: Models, plan: Plan, init_image: Image.Image | None = None,
             output = latents
         if plan.hires is not None:
             started = time.perf_counter()
-            output = _run_hires(models, plan, generators, output, on_step, wants_x0)
+            output = _run_hires(models, plan, generators, output, on_step, wants_x0, mask)
             timings["hires"] = ms_since(started)
     images = list(output)
     if plan.apply_watermark:
@@ -155,12 +155,13 @@ def _first_pass_output(plan) -> str:
     return "latent" if plan.hires is not None and plan.hires.upscaler == "latent" else "pil"
 
 
-def _run_hires(models, plan, generators, first, on_step, wants_x0=None):
+def _run_hires(models, plan, generators, first, on_step, wants_x0=None, mask=None):
     """The high-resolution pass: the first pass's images upscaled to ``plan.hires_size`` (Lanczos in
     pixels, or the latents interpolated bilinearly) and redrawn by the base's img2img pipeline at
-    ``hires.strength`` over ``hires.steps``, each image's generator going on where it was. The VAE
-    works in tiles when the result is over a megapixel, so a 2048x2048 decode fits a 24 GB card."""
-    pipe = models.img2img
+    ``hires.strength`` over ``hires.steps``, each image's generator going on where it was. An inpaint
+    is redrawn by the inpaint pipeline with its mask upscaled, so what the mask keeps stays kept.
+    The VAE works in tiles when the result is over a megapixel, so a 2048x2048 decode fits a 24 GB card."""
+    pipe = models.inpaint if plan.task == "inpaint" else models.img2img
     pipe.scheduler = keep_timesteps_on_host(pipe, build_scheduler(plan.scheduler, models.scheduler_configs["base"]))
     width, height = plan.hires_size
     if plan.hires.upscaler == "latent":
@@ -170,6 +171,8 @@ def _run_hires(models, plan, generators, first, on_step, wants_x0=None):
         image = [picture.resize((width, height), Image.Resampling.LANCZOS) for picture in first]
     conditioning = encode_for_base(pipe, plan.prompt, plan.negative_prompt)
     args = dict(_common(plan, conditioning, generators), **hires_args(plan), image=image, output_type="pil")
+    if plan.task == "inpaint":  # the check pass allows only the pixel upscale here
+        args.update(mask_image=mask.resize((width, height), Image.Resampling.LANCZOS), width=width, height=height)
     tiled = width * height > TILE_ABOVE_PIXELS
     if tiled:
         pipe.vae.enable_tiling()

@@ -92,8 +92,11 @@ def check(request: Request, plan: Plan, abilities: Abilities) -> None:
         raise InputError(f"'scheduler' '{plan.scheduler}' cannot run on this worker (its start-up check failed; "
                          f"the log says why); choose another.")
     if plan.hires is not None and not plan.runs_base:
-        raise InputError("'hires' redraws what the base made, and a refiner-only job ('image_url') runs no base; "
-                         "send the image as 'image' for img2img, or leave 'hires' out.")
+        raise InputError("'hires' redraws what the base made, and a refiner-only job ('task' refine, or "
+                         "'image_url') runs no base; send the image as 'image' for img2img, or leave 'hires' out.")
+    if plan.hires is not None and plan.task == "inpaint" and plan.hires.upscaler == "latent":
+        raise InputError("'hires.upscaler' latent cannot keep an inpaint's mask (the second pass keeps the unmasked "
+                         "area from the upscaled image); use lanczos.")
     if plan.width and plan.height:  # the size is known: the work is refused before any download
         _check_sized(plan, abilities)
     if abilities.prompt_tokenizer is not None:
@@ -123,17 +126,24 @@ def check_decoded(plan: Plan, image_size: tuple[int, int] | None, field: str, ab
             "or give 'width' and 'height' to stretch it."
         )
     sized = with_image_size(plan, image_size)
-    _check_sized(sized, abilities)  # the size comes from the image: checked and budgeted before any model runs
+    _check_sized(sized, abilities, from_image=True)  # checked and budgeted before any model runs
     return sized
 
 
-def _check_sized(plan: Plan, abilities: Abilities) -> None:
-    """What needs the job's size: the second pass's size, then the work."""
+def _check_sized(plan: Plan, abilities: Abilities, from_image: bool = False) -> None:
+    """What needs the job's size: the second pass's size, then the work. ``from_image``: the size
+    came from the input image, not from 'width' and 'height'."""
     if plan.hires_size is not None and max(plan.hires_size) > MAX_SIDE:
         width, height = plan.hires_size
+        side = max(plan.width, plan.height)
+        fits = [scale / 100 for scale in range(125, 201) if round(side * scale / 100 / 8) * 8 <= MAX_SIDE]
+        size = "give 'width' and 'height'" if from_image else "lower 'width'/'height'"
+        if fits:
+            fix = f"lower 'hires.scale' to at most {max(fits):.2f}, or {size}"
+        else:
+            fix = f"no 'hires.scale' fits: {size} to at most {MAX_SIDE * 100 // 125 // 8 * 8} a side"
         raise InputError(f"'hires.scale' {plan.hires.scale:g} makes {width}x{height} of {plan.width}x{plan.height}, "
-                         f"over {MAX_SIDE} pixels a side; lower 'hires.scale' to at most "
-                         f"{MAX_SIDE / max(plan.width, plan.height):.2f}, or the size.")
+                         f"over {MAX_SIDE} pixels a side; {fix}.")
     _check_work(plan, abilities)
 
 

@@ -197,3 +197,22 @@ def test_refusals_carry_the_code_and_headers_a_client_reads():
     assert key.headers["www-authenticate"] == "Bearer" and "retry-after" not in key.headers
     kept = replies.openai_error(Refusal(400, "'seed' is wrong.", "seed"), {"num_images": "n"})
     assert (kept["error"]["param"], kept["error"]["message"]) == ("seed", "'seed' is wrong.")
+
+
+def test_a_streamed_image_says_its_own_size_a_second_pass_makes_it_larger():
+    import asyncio
+    import base64 as b64
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (512, 384), "white").save(buffer, "PNG")
+    url = "data:image/png;base64," + b64.b64encode(buffer.getvalue()).decode()
+
+    async def events():
+        yield "result", {"images": [url], "seeds": [7], "timings": {"total": 5}}
+
+    async def collect():
+        asked = openai_images.Asked(stream=True, size="256x192")
+        return [data async for _, data in openai_images.stream_events(events(), asked, "image_generation")]
+
+    [completed] = asyncio.run(collect())
+    assert completed["size"] == "512x384" and completed["sdxl"]["seed"] == 7
