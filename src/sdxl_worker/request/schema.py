@@ -509,6 +509,8 @@ def _sentence(error) -> str:
             close = difflib.get_close_matches(key, known, n=1) if len(key) <= 64 else []
             hints.append(_show(key) + (f" (did you mean '{close[0]}'?)" if close else ""))
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        if name != "input":  # inside an object input (hires, ip_adapter, an entry of loras or controlnets)
+            return f"'{name}' has an unknown key {', '.join(hints)}{more}; it takes {', '.join(known)}."
         return f"Unknown input {', '.join(hints)}{more}; see the README for the inputs this worker takes."
     if kind == "type":
         wanted = " or ".join("a whole number" if t == "integer" else "a number" if t == "number" else t

@@ -152,6 +152,9 @@ _IMAGE_URL = "https://e.com/a.png"
 
 
 @pytest.mark.parametrize("inputs, sentence", [
+    ({"prompt": "a", "hires": {"foo": 1}}, "'hires' has an unknown key 'foo'; it takes scale, strength, steps, upscaler."),
+    ({"prompt": "a", "loras": [{"path": "a/b", "scal": 1}]},
+     "'loras[0]' has an unknown key 'scal' (did you mean 'scale'?); it takes path, scale, weight_name."),
     ({}, "'prompt' is required unless 'image' or 'image_url' is given."),
     ({"prompt": "  "}, "'prompt' is required unless 'image' or 'image_url' is given."),
     ({"prompt": "a", "image": _IMAGE_URL, "image_url": _IMAGE_URL},
