@@ -144,7 +144,6 @@ def vitpose_b_and_rt_detr_r50():
     keypoints) and RT-DETR-R50 (PekingU/rtdetr_r50vd_coco_o365's: transformers' default RT-DETR
     config), random weights; the detector's class biases set so that every query is a person, so
     ViTPose runs for the most people the preprocessor reads (10): the dearest case."""
-    import torch
     from transformers import (
         RTDetrConfig,
         RTDetrForObjectDetection,
@@ -155,13 +154,10 @@ def vitpose_b_and_rt_detr_r50():
     )
 
     from sdxl_worker.engine.pose import PoseEstimator
+    from sdxl_worker.testing.tiny_guides import sees_people
 
     detector = RTDetrForObjectDetection(RTDetrConfig(num_labels=80)).eval()
-    with torch.no_grad():
-        for name, parameter in detector.named_parameters():
-            if name.endswith("bias") and ("class_embed" in name or "enc_score_head" in name):
-                parameter.fill_(-12.0)
-                parameter[0] = 12.0
+    sees_people(detector)
     model = VitPoseForPoseEstimation(VitPoseConfig(num_labels=17)).eval()
     print(f"RT-DETR-R50: {sum(p.numel() for p in detector.parameters()) / 1e6:.1f} M parameters, "
           f"ViTPose-B: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M")

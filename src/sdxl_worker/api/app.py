@@ -71,12 +71,11 @@ def create_app(jobs: Jobs, api_key: str | None = None, health_port: int | None =
     @app.post("/v1/jobs", openapi_extra=_body({"type": "object", "required": ["input"], "properties": {
         "input": INPUT_SCHEMA, "s3Config": {"type": "object"}}}))
     async def run_job(request: Request):
-        place, stream = jobs.admit(), None
+        place = jobs.admit()
         try:
             body = await _job_body(request)
             if _EVENTS in request.headers.get("accept", ""):
-                stream = EventStream(_with_status(jobs.events(body["input"], body.get("s3Config"))), place)
-                return stream
+                return EventStream(_with_status(jobs.events(body["input"], body.get("s3Config"))), place)
             if body["input"].get("preview_steps"):
                 raise Refusal(400, "'preview_steps' needs a stream: send Accept: text/event-stream to get the "
                                    "previews as Server-Sent Events, or leave 'preview_steps' out.", "preview_steps")
@@ -85,8 +84,7 @@ def create_app(jobs: Jobs, api_key: str | None = None, health_port: int | None =
                 raise replies.failed(output)
             return JSONResponse(output)  # as it is: FastAPI's encoder would walk megabytes of base64
         finally:
-            if stream is None:  # a stream gives the place back when it ends
-                place.release()
+            place.release()  # a stream took it over, and gives it back when it ends
 
     @app.get("/v1/schema")
     async def schema():
@@ -99,26 +97,22 @@ def create_app(jobs: Jobs, api_key: str | None = None, health_port: int | None =
 
     @app.post("/v1/images/generations", openapi_extra=_body(GENERATION))
     async def generate(request: Request):
-        place, answer = jobs.admit(), None
+        place = jobs.admit()
         try:
             body = await _json(request)
             if not isinstance(body, dict):
                 raise Refusal(400, "The body must be a JSON object of the Images API's fields, e.g. {\"prompt\": ...}.")
-            answer = await _images(request, jobs, body, place, "image_generation")
-            return answer
+            return await _images(request, jobs, body, place, "image_generation")
         finally:
-            if not isinstance(answer, EventStream):  # a stream gives the place back when it ends
-                place.release()
+            place.release()
 
     @app.post("/v1/images/edits", openapi_extra=_body(EDIT, "multipart/form-data"))
     async def edit(request: Request):
-        place, answer = jobs.admit(), None
+        place = jobs.admit()
         try:
-            answer = await _images(request, jobs, await _edit_fields(request, jobs), place, "image_edit")
-            return answer
+            return await _images(request, jobs, await _edit_fields(request, jobs), place, "image_edit")
         finally:
-            if not isinstance(answer, EventStream):
-                place.release()
+            place.release()
 
     @app.exception_handler(ClientDisconnect)
     async def gone(request: Request, error: ClientDisconnect):  # a client that left mid-body: nobody to answer
@@ -170,7 +164,7 @@ async def _job_body(request: Request) -> dict:
 async def _edit_fields(request: Request, jobs: Jobs) -> dict:
     """A multipart edit request as typed fields: its images as data URLs, its mask turned to this
     worker's convention, its text fields as the schema types them."""
-    from sdxl_worker.inputs.images import transparent_to_white
+    from sdxl_worker.inputs.images import image_size, transparent_to_white
 
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "multipart/form-data":
@@ -204,7 +198,7 @@ async def _edit_fields(request: Request, jobs: Jobs) -> dict:
             mask = await asyncio.to_thread(transparent_to_white, fields["mask"], "mask", max_pixels)
         except InputError as error:
             raise Refusal(400, str(error), "mask") from None
-        size = _size_of(images[0])
+        size = image_size(images[0])
         if size is not None and mask.size not in (size, size[::-1]):  # OpenAI refuses it too (the queue path
             # stretches it); turned is allowed: a photo's header may give its size before EXIF turns it
             raise Refusal(400, f"'mask' is {mask.width}x{mask.height} and 'image' {size[0]}x{size[1]}; the mask must "
@@ -215,19 +209,6 @@ async def _edit_fields(request: Request, jobs: Jobs) -> dict:
         fields.setdefault("ip_adapter", {"image": [openai_images.data_url(image, "application/octet-stream")
                                                    for image in images[1:]]})
     return fields
-
-
-def _size_of(data: bytes) -> tuple[int, int] | None:
-    """An image file's size from its header (nothing decoded); None when it is not one (the job then
-    says so, naming the field)."""
-    import io
-
-    from PIL import Image
-
-    try:
-        return Image.open(io.BytesIO(data)).size
-    except Exception:  # Pillow raises many kinds for what is not an image
-        return None
 
 
 async def _typed(name: str, value: str):
@@ -285,6 +266,7 @@ class EventStream(Response):
 
     def __init__(self, events, place):  # sent by __call__, not Response.s machinery
         self.events, self.place = events, place
+        place.held_by_stream = True
         self.status_code, self.background = 200, None
 
     async def __call__(self, scope, receive, send):
@@ -306,7 +288,7 @@ class EventStream(Response):
         except OSError:  # the client went away as we wrote
             pass
         finally:
-            self.place.release()
+            self.place.end()
             await self.events.aclose()
 
     async def _write(self, send) -> None:

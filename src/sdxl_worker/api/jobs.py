@@ -125,12 +125,18 @@ class Jobs:
 
 
 class Place:
-    """One admitted request's place; ``release`` gives it back (once, however often it is called)."""
+    """One admitted request's place. The route gives it back when it answers (``release``), unless
+    it answered with a stream, which took the place over (``held_by_stream``) and gives it back when
+    it ends (``end``); either way once."""
 
     def __init__(self, jobs: Jobs):
-        self.jobs, self.released = jobs, False
+        self.jobs, self.released, self.held_by_stream = jobs, False, False
 
     def release(self) -> None:
+        if not self.held_by_stream:
+            self.end()
+
+    def end(self) -> None:
         if not self.released:
             self.released = True
             self.jobs.admitted -= 1

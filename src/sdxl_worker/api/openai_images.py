@@ -143,17 +143,10 @@ async def stream_events(events, asked: Asked, prefix: str):
 
 def _size_of(image: str) -> str | None:
     """A delivered data URL's size as "WxH", read from its header; None for a URL."""
-    import io
+    from sdxl_worker.inputs.images import image_size
 
-    from PIL import Image
-
-    if not image.startswith("data:"):
-        return None
-    try:
-        width, height = Image.open(io.BytesIO(base64.b64decode(image.partition(",")[2]))).size
-    except Exception:  # not an image Pillow reads: keep the size asked
-        return None
-    return f"{width}x{height}"
+    size = image_size(base64.b64decode(image.partition(",")[2])) if image.startswith("data:") else None
+    return f"{size[0]}x{size[1]}" if size else None
 
 
 def data_url(data: bytes, mime: str) -> str:

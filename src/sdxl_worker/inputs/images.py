@@ -73,6 +73,14 @@ def open_image(data: bytes, field: str, max_pixels: int = MAX_PIXELS) -> Image.I
                          f"({', '.join(IMAGE_FORMATS)}).") from None
 
 
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """An image file's (width, height) from its header, nothing decoded; None when it is not one."""
+    try:
+        return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS).size
+    except Exception:  # Pillow raises many kinds for what is not an image
+        return None
+
+
 def transparent_to_white(data: bytes, field: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """A mask in OpenAI's convention (transparent pixels are edited) in this worker's (white is
     repainted): 255 minus its alpha. A mask with no see-through pixel (an opaque RGBA file included)

@@ -114,14 +114,22 @@ def write_tiny_pose_models(folder: Path, finds_people: bool = True, seed: int = 
         encoder_layers=1, decoder_ffn_dim=64, encoder_ffn_dim=64, num_labels=80, decoder_attention_heads=2,
         encoder_attention_heads=2, num_feature_levels=3, decoder_in_channels=[32, 32, 32], num_denoising=0,
         id2label={0: "person", **{index: f"thing {index}" for index in range(1, 80)}}))
+    sees_people(detector, finds_people)
+    detector.save_pretrained(detector_folder)
+    RTDetrImageProcessor().save_pretrained(detector_folder)  # 640x640, as the published detector
+    return pose_folder, detector_folder
+
+
+def sees_people(detector, people: bool = True) -> None:
+    """Set an RT-DETR's class biases so that, random as its weights are, every query it makes is a
+    person (COCO's label 0), or none is: the detections a test or a benchmark needs to know."""
+    import torch
+
     with torch.no_grad():
         for name, parameter in detector.named_parameters():
             if name.endswith("bias") and ("class_embed" in name or "enc_score_head" in name):
                 parameter.fill_(-12.0)
-                parameter[0] = 12.0 if finds_people else -12.0  # label 0: person
-    detector.save_pretrained(detector_folder)
-    RTDetrImageProcessor().save_pretrained(detector_folder)  # 640x640, as the published detector
-    return pose_folder, detector_folder
+                parameter[0] = 12.0 if people else -12.0
 
 
 PLUS_WEIGHT = "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors"  # h94/IP-Adapter's Plus, with...
