@@ -7,7 +7,8 @@
 The models come from the same variables the worker reads at run time (Docker build args in the
 image): BASE_MODEL, REFINER_MODEL, VAE_MODEL and TAESD_MODEL; PRESETS adds the weights of those fast
 presets (sdxl_worker.request.presets), CONTROLNET_MODELS the ControlNets a job may name, and
-IP_ADAPTER_MODEL the IP-Adapter file IP_ADAPTER_WEIGHT with its image encoder. A BASE_MODEL (or REFINER_MODEL) that
+IP_ADAPTER_MODEL the IP-Adapter file IP_ADAPTER_WEIGHT with its image encoder, and UPSCALER_MODEL
+the upscaling model's file UPSCALER_WEIGHT. A BASE_MODEL (or REFINER_MODEL) that
 is a single `.safetensors` file (builder/download_checkpoint.py bakes one from BASE_MODEL_URL)
 needs only the configs and tokenizers of CHECKPOINT_CONFIG (REFINER_CHECKPOINT_CONFIG): no weights.
 Of each repository it takes the
@@ -56,8 +57,8 @@ class Wanted:
     repo: str
     skip: tuple[str, ...] = ()
     configs_only: bool = False  # a single-file checkpoint's component configs: no weights
-    weight: str | None = None  # an IP-Adapter: its weight file in the repository
-    encoder: str | None = None  # and its image encoder's folder there
+    weight: str | None = None  # an IP-Adapter or an upscaler: its weight file in the repository
+    encoder: str | None = None  # an IP-Adapter's image encoder's folder there (an upscaler has none)
     also: tuple[str, ...] = ()  # top-level files a single model needs beside config.json (a processor's)
 
 
@@ -92,6 +93,9 @@ def wanted_from_env(env=None) -> list[Wanted]:
                              ("POSE_DETECTOR", settings.pose_detector)):
         if source:
             wanted.append(Wanted(variable, source, also=("preprocessor_config.json",)))
+    # The hires pass's upscaling model: one weight file of a repository (a file path needs no download).
+    if settings.upscaler and not settings.upscaler.lower().endswith(config.UPSCALER_TYPES):
+        wanted.append(Wanted("UPSCALER_MODEL", settings.upscaler, weight=settings.upscaler_weight))
     # Local folders and the built-in test model need no download.
     return [w for w in wanted if w.repo != "tiny" and not Path(w.repo).exists()]
 
@@ -180,6 +184,16 @@ def ip_adapter_files(listing: list[str], weight: str, encoder: str, variant: str
     return sorted([weight] + [f"{encoder}/{name}" for name in files])
 
 
+def upscaler_files(listing: list[str], weight: str) -> list[str]:
+    """An upscaling model's one file, UPSCALER_WEIGHT: safetensors, or a .pth the worker reads as
+    tensors only (spandrel's restricted unpickler: no code runs)."""
+    if weight not in listing:
+        raise NothingToLoad(f"no file {weight!r} in the repository (UPSCALER_WEIGHT)")
+    if not weight.lower().endswith(config.UPSCALER_TYPES):
+        raise NothingToLoad(f"UPSCALER_WEIGHT={weight!r} is not a .safetensors or .pth file")
+    return [weight]
+
+
 def _stored_listing(folder: Path, repo: str) -> tuple[list[str], dict | None]:
     """A listing saved as <owner>__<name>.txt (one path a line, # comments), model_index beside it."""
     stem = repo.replace("/", "__")
@@ -209,7 +223,9 @@ def plan(wanted: list[Wanted], listings: Path | None = None) -> list[tuple[Wante
         listing, index = _stored_listing(listings, item.repo) if listings else _hub_listing(item.repo)
         components = pipeline_components(index) if index is not None else None
         try:
-            if item.weight:
+            if item.weight and item.encoder is None:
+                files = upscaler_files(listing, item.weight)
+            elif item.weight:
                 files = ip_adapter_files(listing, item.weight, item.encoder)
             else:
                 files = files_to_fetch(listing, components, VARIANT, item.skip, weights=not item.configs_only)
@@ -237,8 +253,8 @@ def preset_downloads(names: tuple[str, ...]) -> list[tuple[str, str, list[str]]]
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description="Download the weights the worker loads (fp16 safetensors, configs, tokenizers) "
-        "for BASE_MODEL, REFINER_MODEL, VAE_MODEL, TAESD_MODEL, PRESETS, CONTROLNET_MODELS and "
-        "IP_ADAPTER_MODEL into the Hugging Face cache.",
+        "for BASE_MODEL, REFINER_MODEL, VAE_MODEL, TAESD_MODEL, PRESETS, CONTROLNET_MODELS, "
+        "IP_ADAPTER_MODEL, the preprocessors and UPSCALER_MODEL into the Hugging Face cache.",
         epilog="Model ids come from the environment; 'none' turns REFINER_MODEL or TAESD_MODEL off, "
         "VAE_MODEL=base keeps the checkpoint's own VAE.",
     )

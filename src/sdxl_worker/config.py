@@ -217,6 +217,13 @@ _variable("POSE_MODEL", "models", "unset", f"hub id or folder of a transformers 
           "or `none`", "the pose preprocessor's keypoint model (`preprocess: pose`); with POSE_DETECTOR")
 _variable("POSE_DETECTOR", "models", "unset", f"hub id or folder of a transformers object detector on COCO's labels "
           f"(e.g. {DEFAULT_POSE_DETECTOR}), or `none`", "finds the people whose poses POSE_MODEL reads")
+DEFAULT_UPSCALER, DEFAULT_UPSCALER_WEIGHT = "ai-forever/Real-ESRGAN", "RealESRGAN_x2.pth"  # BSD-3-Clause
+UPSCALER_TYPES = (".safetensors", ".pth")  # the upscaler's files: a .pth is read as tensors only
+_variable("UPSCALER_MODEL", "models", "unset", f"hub id or folder holding UPSCALER_WEIGHT (e.g. {DEFAULT_UPSCALER}), "
+          "a `.safetensors` or `.pth` file, or `none`", "the upscaler of `hires.upscaler: model`: an ESRGAN-family "
+          "super-resolution model (2x, 4x), loaded by spandrel at start; unset: none")
+_variable("UPSCALER_WEIGHT", "models", DEFAULT_UPSCALER_WEIGHT, "a file path inside UPSCALER_MODEL",
+          "the upscaler's weights (`.safetensors`, or `.pth` read as tensors only)")
 HF_HUB_OFFLINE = _flag("HF_HUB_OFFLINE", "models", False, "huggingface_hub's own: hub ids (models, LoRAs) only "
                        "from the hub's cache, never downloaded", shown="0 (1 in the Docker image)")
 
@@ -245,6 +252,8 @@ class ModelSettings:
     depth: str | None = None  # DEPTH_MODEL: the depth preprocessor's model; None: none
     pose: str | None = None  # POSE_MODEL: the pose preprocessor's keypoint model; None: none
     pose_detector: str | None = None  # POSE_DETECTOR: its person detector
+    upscaler: str | None = None  # UPSCALER_MODEL: a hub id, folder or weight file; None: none
+    upscaler_weight: str = DEFAULT_UPSCALER_WEIGHT  # UPSCALER_WEIGHT: the file inside a hub id or folder
     hub_offline: bool = HF_HUB_OFFLINE.default  # hub ids only from the hub's cache
     hub_cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "huggingface" / "hub")
 
@@ -280,6 +289,8 @@ def _models(read: _Reader) -> ModelSettings:
         depth=read.model("DEPTH_MODEL", None),
         pose=pose,
         pose_detector=pose_detector,
+        upscaler=read.model("UPSCALER_MODEL", None),
+        upscaler_weight=read.text("UPSCALER_WEIGHT", DEFAULT_UPSCALER_WEIGHT),
         hub_offline=read.flag(HF_HUB_OFFLINE),
         hub_cache=_hub_cache(read.env),
     )
@@ -699,7 +710,8 @@ def missing_model_paths(settings: ModelSettings) -> list[str]:
     loads, so such a start stops in a second rather than after the imports."""
     named = [("BASE_MODEL", source) for _, source in settings.choices]
     named += [("REFINER_MODEL", settings.refiner), ("VAE_MODEL", settings.vae), ("TAESD_MODEL", settings.taesd),
-              ("DEPTH_MODEL", settings.depth), ("POSE_MODEL", settings.pose), ("POSE_DETECTOR", settings.pose_detector)]
+              ("DEPTH_MODEL", settings.depth), ("POSE_MODEL", settings.pose), ("POSE_DETECTOR", settings.pose_detector),
+              ("UPSCALER_MODEL", settings.upscaler)]
     return [model_not_found(variable, source, "no such file or folder", local=True)
             for variable, source in named
             if source and source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().exists()]

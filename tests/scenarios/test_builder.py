@@ -476,3 +476,32 @@ def test_the_depth_model_is_baked_with_its_image_processor_and_loads_from_what_w
     from PIL import Image
 
     assert models.depth(Image.new("RGB", (64, 48), "grey")).size == (64, 48)
+
+
+def test_the_upscaler_bakes_its_one_file_and_loads_from_what_was_baked(tmp_path):
+    """UPSCALER_MODEL: the one weight file UPSCALER_WEIGHT names, a .pth as Real-ESRGAN releases them;
+    a missing or foreign file stops the build naming it, a file path needs no download; the tiny
+    Real-ESRGAN copied as the builder would take it loads as the worker's upscaler."""
+    from sdxl_worker.config import ModelSettings
+    from sdxl_worker.engine.models import load_models
+    from sdxl_worker.testing.tiny_upscaler import write_tiny_esrgan
+    from tests.helpers.spandrel_import import import_spandrel
+
+    assert _planned({"UPSCALER_MODEL": "ai-forever/Real-ESRGAN"})["UPSCALER_MODEL"] == ["RealESRGAN_x2.pth"]
+    assert _planned({"UPSCALER_MODEL": "ai-forever/Real-ESRGAN", "UPSCALER_WEIGHT": "RealESRGAN_x4.pth"})[
+        "UPSCALER_MODEL"] == ["RealESRGAN_x4.pth"]
+    with pytest.raises(SystemExit, match=r"UPSCALER_MODEL=ai-forever/Real-ESRGAN: no file 'x3.pth' in the repository"):
+        _planned({"UPSCALER_MODEL": "ai-forever/Real-ESRGAN", "UPSCALER_WEIGHT": "x3.pth"})
+    with pytest.raises(SystemExit, match=r"UPSCALER_WEIGHT='README.md' is not a .safetensors or .pth file"):
+        _planned({"UPSCALER_MODEL": "ai-forever/Real-ESRGAN", "UPSCALER_WEIGHT": "README.md"})
+    assert "UPSCALER_MODEL" not in _planned({"UPSCALER_MODEL": "/volume/4x-model.pth"})
+    assert "UPSCALER_MODEL" not in _planned({})
+
+    import_spandrel()
+    baked = write_tiny_esrgan(tmp_path / "baked" / "RealESRGAN_x2.pth", "real-esrgan", scale=2)
+    models = load_models(ModelSettings(base="tiny", refiner=None, vae=None, taesd=None, device="cpu",
+                                       upscaler=str(baked.parent), upscaler_weight="RealESRGAN_x2.pth"))
+    from PIL import Image
+
+    assert models.upscaler.scale == 2
+    assert models.upscaler(Image.new("RGB", (40, 24), "grey"), (80, 48)).size == (80, 48)

@@ -86,6 +86,9 @@ def test_hires_refusals_name_the_field_before_anything_runs(models):
             "'hires' redraws what the base made, and a refiner-only job ('task' refine, or 'image_url')")
         over = error({"MAX_JOB_WORK": "100"}, width=1024, height=1024, hires={"scale": 2, "steps": 100, "strength": 1})
         assert "then 100 hires steps at 2048x2048" in over and over.endswith("'hires.scale' or 'hires.steps'.")
+        assert error(hires={"upscaler": "model"}) == (
+            "'hires.upscaler' model needs an upscaling model, and this worker has none; set UPSCALER_MODEL "
+            "(docs/modes.md), or use lanczos or latent.")
         assert error(hires={"steps": 2}) == ("'hires.strength' 0.35 x 'hires.steps' 2 leaves the second pass no "
                                              "step to run; raise either.")
     finally:
@@ -109,3 +112,74 @@ def test_an_inpaint_s_second_pass_keeps_what_the_mask_keeps(models):
     repainted[135:255, 165:315] = True
     assert np.abs(one - two)[kept].mean() < 12  # 6.9 for an inpaint without hires, the VAE's round trip
     assert np.abs(one - two)[repainted].mean() > 2 * np.abs(one - two)[kept].mean()
+
+
+# --- the model upscaler: UPSCALER_MODEL, an ESRGAN-family model read by spandrel ---
+
+
+@pytest.fixture(scope="module")
+def upscaling(tmp_path_factory):
+    """The tiny base with a tiny Real-ESRGAN x2 (a .pth under params_ema, as its releases) as UPSCALER_MODEL,
+    loaded as the worker loads it; and the file."""
+    from sdxl_worker.config import ModelSettings
+    from sdxl_worker.engine.models import load_models
+    from sdxl_worker.testing.tiny_upscaler import write_tiny_esrgan
+    from tests.helpers.spandrel_import import import_spandrel
+
+    import_spandrel()
+    file = write_tiny_esrgan(tmp_path_factory.mktemp("upscaler") / "RealESRGAN_x2.pth", "real-esrgan", scale=2)
+    return load_models(ModelSettings(base="tiny", refiner=None, vae=None, device="cpu", upscaler=str(file))), file
+
+
+def spandrel_upscale(file, image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The reference upscale: spandrel's own loader and call, the result to 8 bits, Lanczos to ``size``."""
+    from tests.helpers.spandrel_import import import_spandrel
+
+    model = import_spandrel().ModelLoader().load_from_file(file)
+    tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
+    out = model(tensor)[0].permute(1, 2, 0).numpy()
+    return Image.fromarray((out * 255).round().clip(0, 255).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
+
+
+@pytest.mark.parametrize("layout", ["real-esrgan x2 .pth", "esrgan x4 .safetensors"])
+def test_a_model_upscaled_hires_job_equals_diffusers_and_spandrel_calls(upscaling, tmp_path, layout):
+    """The first pass, the upscaling model (2x, or 4x then Lanczos down to 1.5x), the img2img pass:
+    the same pixels as diffusers' pipelines and spandrel's model called by hand."""
+    from dataclasses import replace
+
+    from diffusers import DDIMScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    from sdxl_worker.engine.tiny import ensure_tiny_model
+    from sdxl_worker.engine.upscaler import load_upscaler
+    from sdxl_worker.testing.tiny_upscaler import write_tiny_esrgan
+
+    models, file = upscaling
+    if layout.startswith("esrgan"):  # the original ESRGAN layout of the model sites' 4x files
+        file = write_tiny_esrgan(tmp_path / "4x-model.safetensors", "esrgan", scale=4)
+        models = replace(models, upscaler=load_upscaler(str(file), "", "cpu", torch.float32, None))
+    base = StableDiffusionXLPipeline.from_pretrained(ensure_tiny_model() / "base", add_watermarker=False)
+    redraw = StableDiffusionXLImg2ImgPipeline(**base.components, add_watermarker=False)
+    for pipe in (base, redraw):
+        pipe.scheduler = DDIMScheduler.from_config(base.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator("cpu").manual_seed(4)
+    first = base(JOB["prompt"], width=256, height=256, num_inference_steps=4, guidance_scale=7.5,
+                 generator=[generator]).images[0]
+    upscaled = spandrel_upscale(file, first, (384, 384))
+    reference = redraw(JOB["prompt"], image=[upscaled], strength=0.5, num_inference_steps=6, guidance_scale=7.5,
+                       generator=[generator]).images[0]
+    ours = final(job(models, hires={"scale": 1.5, "strength": 0.5, "steps": 6, "upscaler": "model"}))
+    assert decode(ours["images"][0]).size == (384, 384)
+    assert np.abs(pixels(ours).astype(int) - np.asarray(reference).astype(int)).max() == 0
+    # The upscale is the model's: a Lanczos upscale redrawn the same way is another image.
+    lanczos = final(job(models, hires={"scale": 1.5, "strength": 0.5, "steps": 6, "upscaler": "lanczos"}))
+    assert np.abs(pixels(lanczos).astype(int) - pixels(ours).astype(int)).mean() > 1
+
+
+def test_the_upscaling_model_counts_in_the_budget_and_in_the_sentence(upscaling):
+    models, _ = upscaling
+    # The tiny Real-ESRGAN x2 makes 124,272 operations per input pixel (engine/upscaler.py counts them):
+    # on 4 images of 1024x1024 that is 4 x 1024^2 x 124,272 / 6.76e12 = 0.077 units of work.
+    over = job(models, {"MAX_JOB_WORK": "1"}, width=1024, height=1024, num_images=4, num_inference_steps=1,
+               guidance_scale=1, hires={"steps": 1, "strength": 1, "upscaler": "model"})[0]["error"]
+    assert "then 1 hires steps at 2048x2048, 0.077 for the upscaling model)" in over

@@ -157,7 +157,7 @@ def _first_pass_output(plan) -> str:
 
 def _run_hires(models, plan, generators, first, on_step, wants_x0=None, mask=None):
     """The high-resolution pass: the first pass's images upscaled to ``plan.hires_size`` (Lanczos in
-    pixels, or the latents interpolated bilinearly) and redrawn by the base's img2img pipeline at
+    pixels, the latents interpolated bilinearly, or UPSCALER_MODEL's model) and redrawn by the base's img2img pipeline at
     ``hires.strength`` over ``hires.steps``, each image's generator going on where it was. An inpaint
     is redrawn by the inpaint pipeline with its mask upscaled, so what the mask keeps stays kept.
     The VAE works in tiles when the result is over a megapixel, so a 2048x2048 decode fits a 24 GB card."""
@@ -167,6 +167,8 @@ def _run_hires(models, plan, generators, first, on_step, wants_x0=None, mask=Non
     if plan.hires.upscaler == "latent":
         image = torch.nn.functional.interpolate(first, size=(height // 8, width // 8), mode="bilinear",
                                                 align_corners=False)
+    elif plan.hires.upscaler == "model":  # UPSCALER_MODEL, then Lanczos to the pass's size
+        image = [models.upscaler(picture, (width, height)) for picture in first]
     else:
         image = [picture.resize((width, height), Image.Resampling.LANCZOS) for picture in first]
     conditioning = encode_for_base(pipe, plan.prompt, plan.negative_prompt)

@@ -71,6 +71,7 @@ class Models:
     ip_adapter: object | None = None  # sdxl_worker.engine.ip_adapter.IpAdapter when IP_ADAPTER_MODEL is set
     depth: object | None = None  # sdxl_worker.engine.depth.DepthEstimator when DEPTH_MODEL is set
     pose: object | None = None  # sdxl_worker.engine.pose.PoseEstimator when POSE_MODEL is set
+    upscaler: object | None = None  # sdxl_worker.engine.upscaler.Upscaler when UPSCALER_MODEL is set
     shared_vae: object | None = None  # VAE_MODEL's VAE, which every checkpoint of BASE_MODELS uses
     broken: dict = field(default_factory=dict)  # BASE_MODELS name -> why it failed to load: not tried again
     broken_samplers: dict = field(default_factory=dict)  # sampler name -> why it cannot be built (self-check)
@@ -337,9 +338,11 @@ def load_models(settings: ModelSettings, speed: SpeedSettings = SpeedSettings())
     ip = lib.load_ip_adapter(base, settings, named, ModelUnavailable)
     from sdxl_worker.engine.depth import load_depth
     from sdxl_worker.engine.pose import load_pose
+    from sdxl_worker.engine.upscaler import load_upscaler
 
     depth = load_depth(settings.depth, settings.device, named)
     pose = load_pose(settings.pose, settings.pose_detector, settings.device, named)
+    upscaler = load_upscaler(settings.upscaler, settings.upscaler_weight, settings.device, dtype, named)
 
     img2img, inpaint = base_pipelines(lib, base)
     refiner, refiner_inpaint = refiner_pipelines(lib, refiner) if refiner else (None, None)
@@ -354,7 +357,8 @@ def load_models(settings: ModelSettings, speed: SpeedSettings = SpeedSettings())
     seconds = {label: spent for label, (_, spent) in loader.report.items()}
     models = Models(base, img2img, refiner, settings.device, dtype, configs, seconds,
                     inpaint=inpaint, refiner_inpaint=refiner_inpaint, name=settings.choices[0][0],
-                    settings=settings, controlnets=controlnets, ip_adapter=ip, shared_vae=vae, depth=depth, pose=pose)
+                    settings=settings, controlnets=controlnets, ip_adapter=ip, shared_vae=vae, depth=depth, pose=pose,
+                    upscaler=upscaler)
     models.preview_decoder = lib.load_preview_decoder(settings.taesd, settings.device, dtype)
     models.speedups = apply_speedups(models, Speedups.resolve(speed, settings.device, settings.vae, settings.cpu_offload))
     lib.speed_up_controlnets(list(controlnets.values()), models.speedups)

@@ -21,6 +21,9 @@ DEPTH_MAP = 0.02
 # One pose map (engine/pose.py): an RT-DETR-R50 detection at 640 pixels and a ViTPose-B pass per
 # person (at most 10) at 256x192, together under a tenth of an SDXL UNet call at 1024x1024.
 POSE_MAP = 0.1
+# One SDXL base UNet call at 1024x1024 (128x128 latents, batch 1), in floating-point operations as
+# torch's FlopCounterMode counts them on the real config: the unit the upscaling model is measured in.
+UNET_CALL_FLOPS = 6.76e12
 
 
 def model_calls(steps: dict[str, int], guidance_scale: float, controlnets: int = 0) -> float:
@@ -28,6 +31,13 @@ def model_calls(steps: dict[str, int], guidance_scale: float, controlnets: int =
     the base's steps; guidance above 1 doubles each (diffusers' CFG rule)."""
     calls = sum(steps.values()) + steps.get("base", 0) * CONTROLNET_CALL * controlnets
     return calls * (2 if guidance_scale > 1 else 1)
+
+
+def model_upscale(width: int, height: int, images: int, flops_per_pixel: float) -> float:
+    """The upscaling model's work on ``images`` first-pass images of ``width`` x ``height``: its
+    operations per input pixel (counted at start-up, engine/upscaler.py) in UNet calls. An ESRGAN x4
+    is about 5.6 units on a 1024x1024 image; a Real-ESRGAN x2, which works at half the size, 1.4."""
+    return width * height * images * flops_per_pixel / UNET_CALL_FLOPS
 
 
 def job_work(steps: dict[str, int], width: int, height: int, images: int, guidance_scale: float,

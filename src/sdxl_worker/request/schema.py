@@ -284,12 +284,13 @@ INPUT_SCHEMA: dict = {
                 "scale": {"type": "number", "minimum": 1.25, "maximum": 2, "default": 2},
                 "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": HIRES_STRENGTH},
                 "steps": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-                "upscaler": {"type": "string", "enum": ["lanczos", "latent"], "maxLength": 16, "default": "lanczos"},
+                "upscaler": {"type": "string", "enum": ["lanczos", "latent", "model"], "maxLength": 16, "default": "lanczos"},
             },
             "default": None,
             "description": (
                 "A second, high-resolution pass (docs/modes.md): the first pass's images upscaled by `scale` "
-                "(1.25-2; `upscaler` `lanczos` in pixels or `latent`) and redrawn by the base as img2img at the "
+                "(1.25-2; `upscaler` `lanczos` in pixels, `latent`, or `model`: the worker's UPSCALER_MODEL, an "
+                "ESRGAN-family model) and redrawn by the base as img2img at the "
                 "larger size, `strength` of it (default " + f"{HIRES_STRENGTH:g}" + ") over `steps` (default 20). "
                 "The result's sides stay within 2048."
             ),

@@ -51,7 +51,7 @@ class HiresInput:
     scale: float
     strength: float
     steps: int
-    upscaler: str  # lanczos | latent
+    upscaler: str  # lanczos | latent | model
 
 
 @dataclass(frozen=True)

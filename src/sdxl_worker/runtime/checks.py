@@ -44,7 +44,9 @@ class Abilities:
         presets: the fast presets whose weights are here.
         controlnets: CONTROLNET_MODELS' names; ``union_controlnets``: those that are union models, with
             how many control modes each has; ``has_ip_adapter``: IP_ADAPTER_MODEL is loaded;
-            ``has_depth``: DEPTH_MODEL is, for ``preprocess: depth``; ``has_pose``: POSE_MODEL, for ``pose``.
+            ``has_depth``: DEPTH_MODEL is, for ``preprocess: depth``; ``has_pose``: POSE_MODEL, for ``pose``;
+            ``upscaler_flops``: UPSCALER_MODEL's operations per pixel (0: none), for
+            ``hires.upscaler: model``.
         cpu_offload: CPU_OFFLOAD=1, which runs only the pipelines' own models.
         broken_samplers: schedulers the start-up self-check could not build.
         max_job_work: MAX_JOB_WORK, in units of work (engine/work.py).
@@ -64,6 +66,7 @@ class Abilities:
     union_controlnets: tuple[tuple[str, int], ...] = ()
     has_depth: bool = False
     has_pose: bool = False
+    upscaler_flops: float = 0  # the upscaling model's operations per input pixel; 0: none
     has_ip_adapter: bool = False
     cpu_offload: bool = False
     broken_samplers: tuple[str, ...] = ()
@@ -97,6 +100,9 @@ def check(request: Request, plan: Plan, abilities: Abilities) -> None:
     if plan.hires is not None and plan.task == "inpaint" and plan.hires.upscaler == "latent":
         raise InputError("'hires.upscaler' latent cannot keep an inpaint's mask (the second pass keeps the unmasked "
                          "area from the upscaled image); use lanczos.")
+    if plan.hires is not None and plan.hires.upscaler == "model" and not abilities.upscaler_flops:
+        raise InputError("'hires.upscaler' model needs an upscaling model, and this worker has none; set "
+                         "UPSCALER_MODEL (docs/modes.md), or use lanczos or latent.")
     if plan.width and plan.height:  # the size is known: the work is refused before any download
         _check_sized(plan, abilities)
     if abilities.prompt_tokenizer is not None:
@@ -281,13 +287,17 @@ def _check_work(plan: Plan, abilities: Abilities) -> None:
     first = {stage: count for stage, count in steps.items() if stage != "hires"}
     second = (work.job_work({"hires": steps["hires"]}, *plan.hires_size, images, guidance)
               if "hires" in steps and plan.hires_size else 0)  # the second pass at its own, larger size
-    total = (work.job_work(first, width, height, images, guidance, controlnets) + second + switch
+    upscale = (work.model_upscale(width, height, images, abilities.upscaler_flops)
+               if plan.hires is not None and plan.hires.upscaler == "model" else 0)
+    total = (work.job_work(first, width, height, images, guidance, controlnets) + second + upscale + switch
              + depth_maps * work.DEPTH_MAP + poses * work.POSE_MAP)
     if total <= limit:
         return
     stages = " + ".join(f"{count} {stage}" for stage, count in first.items()) + " steps"
     if second:
         stages += f", then {steps['hires']} hires steps at {plan.hires_size[0]}x{plan.hires_size[1]}"
+    if upscale:
+        stages += f", {_units(upscale)} for the upscaling model"
     guided = f", {controlnets} ControlNet(s) at {work.CONTROLNET_CALL:g} a base step each" if controlnets else ""
     lower = ["'num_images'"] if images > 1 else []
     if width * height > work.REFERENCE_PIXELS:
