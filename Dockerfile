@@ -24,11 +24,13 @@ ENV UV_PYTHON_INSTALL_DIR=/opt/python \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/models
 
-# Python (uv's standalone build: no apt packages to pin) and torch built for CUDA 12.8.
+# Python (uv's standalone build: no apt packages to pin) and torch built for CUDA 12.8, with the
+# torchvision made for it (spandrel, the hires pass's model upscaler, imports it).
 ARG TORCH_VERSION=2.13.0
+ARG TORCHVISION_VERSION=0.28.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
 RUN uv venv --python 3.12 /opt/venv \
-    && uv pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
+    && uv pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" --index-url "${TORCH_INDEX}" \
     && uv pip install huggingface_hub==2.4.0 hf_xet==1.8.0
 
 # The weights, fetched at build time: exactly the files the worker loads (builder/).
@@ -57,6 +59,10 @@ ARG DEPTH_MODEL=""
 #   --build-arg POSE_MODEL=usyd-community/vitpose-base-simple --build-arg POSE_DETECTOR=PekingU/rtdetr_r50vd_coco_o365
 ARG POSE_MODEL=""
 ARG POSE_DETECTOR=""
+# The hires pass's model upscaler (hires.upscaler: model), e.g.
+#   --build-arg UPSCALER_MODEL=ai-forever/Real-ESRGAN --build-arg UPSCALER_WEIGHT=RealESRGAN_x2.pth
+ARG UPSCALER_MODEL=""
+ARG UPSCALER_WEIGHT=RealESRGAN_x2.pth
 WORKDIR /app
 COPY builder/ builder/
 # The builder reads the model ids as the worker does, through its configuration module
@@ -69,8 +75,9 @@ RUN --mount=type=secret,id=model_token,required=false \
 
 # The libraries. OpenCV (pulled in by invisible-watermark) is swapped for its headless build,
 # which needs no X11/OpenGL system libraries.
-COPY requirements.txt .
+COPY requirements.txt requirements-upscaler.txt ./
 RUN uv pip install -r requirements.txt \
+    && uv pip install --no-deps -r requirements-upscaler.txt \
     && uv pip uninstall opencv-python \
     && uv pip install opencv-python-headless==5.0.0.93
 
@@ -87,6 +94,8 @@ ENV BASE_MODEL=${BASE_MODEL} \
     DEPTH_MODEL=${DEPTH_MODEL} \
     POSE_MODEL=${POSE_MODEL} \
     POSE_DETECTOR=${POSE_DETECTOR} \
+    UPSCALER_MODEL=${UPSCALER_MODEL} \
+    UPSCALER_WEIGHT=${UPSCALER_WEIGHT} \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
 
