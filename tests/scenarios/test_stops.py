@@ -20,12 +20,12 @@ LONG = {**FAST, "refine": "no_refiner", "num_inference_steps": 200, "width": 768
 
 
 def steps_seen(monkeypatch) -> list:
-    """The base steps the pipelines run from now on (the UNet's calls, counted in the step callback)."""
+    """The steps the pipelines run from now on, as (stage, step) (the UNet's calls, counted in the step callback)."""
     seen, real = [], generate._callback
 
     def counting(on_step, stage, scheduler, *rest):
         def counted(stage_, step, kwargs):
-            seen.append(step)
+            seen.append((stage_, step))
             if on_step is not None:
                 on_step(stage_, step, kwargs)
         return real(counted, stage, scheduler, *rest)
@@ -61,6 +61,30 @@ def test_a_cancelled_task_stops_the_denoising_within_a_step(models, monkeypatch)
     stopped_at, after = asyncio.run(scenario())
     assert "images" in after[-1], "the next job runs at once"
     assert stopped_at < 10 and len(seen) - 4 <= stopped_at + 1  # the next job's 4 steps, and at most one more
+
+
+def test_a_cancel_during_the_hires_pass_stops_it_within_a_step(models, monkeypatch):
+    seen = steps_seen(monkeypatch)
+    runner = Runner(worker_with(models))
+    second_pass = {**FAST, "refine": "no_refiner", "num_inference_steps": 2, "width": 256, "height": 256,
+                   "hires": {"scale": 2, "steps": 100, "strength": 1}}
+
+    def hires_steps() -> int:
+        return sum(stage == "hires" for stage, _ in seen)
+
+    async def scenario():
+        task = asyncio.create_task(outputs_of(runner, {"id": "cancel-hires", "input": second_pass}))
+        await until(lambda: hires_steps() >= 2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        stopped_at = hires_steps()
+        after = await outputs_of(runner, {"id": "next", "input": {**FAST, "refine": "no_refiner"}})
+        return stopped_at, after
+
+    stopped_at, after = asyncio.run(scenario())
+    assert "images" in after[-1], "the next job runs at once"
+    assert stopped_at < 10 and hires_steps() <= stopped_at + 1  # of 100 second-pass steps, at most one more
 
 
 def test_job_timeout_ends_a_long_job_with_an_error_naming_the_limit(models, monkeypatch):
