@@ -58,7 +58,8 @@ class Wanted:
     skip: tuple[str, ...] = ()
     configs_only: bool = False  # a single-file checkpoint's component configs: no weights
     weight: str | None = None  # an IP-Adapter or an upscaler: its weight file in the repository
-    encoder: str | None = None  # an IP-Adapter's image encoder's folder there (an upscaler has none)
+    encoder: str | None = None  # and an IP-Adapter's image encoder's folder there
+    one_file: bool = False  # an upscaler: ``weight`` alone
     also: tuple[str, ...] = ()  # top-level files a single model needs beside config.json (a processor's)
 
 
@@ -95,7 +96,7 @@ def wanted_from_env(env=None) -> list[Wanted]:
             wanted.append(Wanted(variable, source, also=("preprocessor_config.json",)))
     # The hires pass's upscaling model: one weight file of a repository (a file path needs no download).
     if settings.upscaler and not settings.upscaler.lower().endswith(config.UPSCALER_TYPES):
-        wanted.append(Wanted("UPSCALER_MODEL", settings.upscaler, weight=settings.upscaler_weight))
+        wanted.append(Wanted("UPSCALER_MODEL", settings.upscaler, weight=settings.upscaler_weight, one_file=True))
     # Local folders and the built-in test model need no download.
     return [w for w in wanted if w.repo != "tiny" and not Path(w.repo).exists()]
 
@@ -186,11 +187,12 @@ def ip_adapter_files(listing: list[str], weight: str, encoder: str, variant: str
 
 def upscaler_files(listing: list[str], weight: str) -> list[str]:
     """An upscaling model's one file, UPSCALER_WEIGHT: safetensors, or a .pth the worker reads as
-    tensors only (spandrel's restricted unpickler: no code runs)."""
+    tensors only (torch's weights-only unpickler: no code runs)."""
     if weight not in listing:
         raise NothingToLoad(f"no file {weight!r} in the repository (UPSCALER_WEIGHT)")
-    if not weight.lower().endswith(config.UPSCALER_TYPES):
-        raise NothingToLoad(f"UPSCALER_WEIGHT={weight!r} is not a .safetensors or .pth file")
+    refusal = config.upscaler_weight_refusal(weight)
+    if refusal:
+        raise NothingToLoad(refusal)
     return [weight]
 
 
@@ -223,7 +225,7 @@ def plan(wanted: list[Wanted], listings: Path | None = None) -> list[tuple[Wante
         listing, index = _stored_listing(listings, item.repo) if listings else _hub_listing(item.repo)
         components = pipeline_components(index) if index is not None else None
         try:
-            if item.weight and item.encoder is None:
+            if item.one_file:
                 files = upscaler_files(listing, item.weight)
             elif item.weight:
                 files = ip_adapter_files(listing, item.weight, item.encoder)

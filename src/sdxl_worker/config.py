@@ -705,6 +705,18 @@ def model_not_found(variable: str, name: str, reason: str, local: bool) -> str:
             f"{variable}={fallback}.")
 
 
+def upscaler_weight_refusal(weight: str) -> str | None:
+    """What is wrong with UPSCALER_WEIGHT, as the start of a sentence, or None: it must be a
+    ``.safetensors`` or ``.pth`` path inside UPSCALER_MODEL (the worker's and the builder's rule)."""
+    from pathlib import PurePosixPath
+
+    if PurePosixPath(weight).is_absolute() or ".." in PurePosixPath(weight).parts:
+        return f"UPSCALER_WEIGHT={weight!r} is not a path inside UPSCALER_MODEL"
+    if not weight.lower().endswith(UPSCALER_TYPES):
+        return f"UPSCALER_WEIGHT={weight!r} is not a .safetensors or .pth file"
+    return None
+
+
 def missing_model_paths(settings: ModelSettings) -> list[str]:
     """Models named by a path (absolute, or ./ ../ ~) that is not there: known before any library
     loads, so such a start stops in a second rather than after the imports."""

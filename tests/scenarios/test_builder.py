@@ -485,7 +485,7 @@ def test_the_upscaler_bakes_its_one_file_and_loads_from_what_was_baked(tmp_path)
     from sdxl_worker.config import ModelSettings
     from sdxl_worker.engine.models import load_models
     from sdxl_worker.testing.tiny_upscaler import write_tiny_esrgan
-    from tests.helpers.spandrel_import import import_spandrel
+    from tests.helpers.upscaling import import_spandrel
 
     assert _planned({"UPSCALER_MODEL": "ai-forever/Real-ESRGAN"})["UPSCALER_MODEL"] == ["RealESRGAN_x2.pth"]
     assert _planned({"UPSCALER_MODEL": "ai-forever/Real-ESRGAN", "UPSCALER_WEIGHT": "RealESRGAN_x4.pth"})[

@@ -124,21 +124,11 @@ def upscaling(tmp_path_factory):
     from sdxl_worker.config import ModelSettings
     from sdxl_worker.engine.models import load_models
     from sdxl_worker.testing.tiny_upscaler import write_tiny_esrgan
-    from tests.helpers.spandrel_import import import_spandrel
+    from tests.helpers.upscaling import import_spandrel
 
     import_spandrel()
     file = write_tiny_esrgan(tmp_path_factory.mktemp("upscaler") / "RealESRGAN_x2.pth", "real-esrgan", scale=2)
     return load_models(ModelSettings(base="tiny", refiner=None, vae=None, device="cpu", upscaler=str(file))), file
-
-
-def spandrel_upscale(file, image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """The reference upscale: spandrel's own loader and call, the result to 8 bits, Lanczos to ``size``."""
-    from tests.helpers.spandrel_import import import_spandrel
-
-    model = import_spandrel().ModelLoader().load_from_file(file)
-    tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
-    out = model(tensor)[0].permute(1, 2, 0).numpy()
-    return Image.fromarray((out * 255).round().clip(0, 255).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
 
 
 @pytest.mark.parametrize("layout", ["real-esrgan x2 .pth", "esrgan x4 .safetensors"])
@@ -152,6 +142,7 @@ def test_a_model_upscaled_hires_job_equals_diffusers_and_spandrel_calls(upscalin
     from sdxl_worker.engine.tiny import ensure_tiny_model
     from sdxl_worker.engine.upscaler import load_upscaler
     from sdxl_worker.testing.tiny_upscaler import write_tiny_esrgan
+    from tests.helpers.upscaling import reference_upscale
 
     models, file = upscaling
     if layout.startswith("esrgan"):  # the original ESRGAN layout of the model sites' 4x files
@@ -165,7 +156,7 @@ def test_a_model_upscaled_hires_job_equals_diffusers_and_spandrel_calls(upscalin
     generator = torch.Generator("cpu").manual_seed(4)
     first = base(JOB["prompt"], width=256, height=256, num_inference_steps=4, guidance_scale=7.5,
                  generator=[generator]).images[0]
-    upscaled = spandrel_upscale(file, first, (384, 384))
+    upscaled = reference_upscale(file, first).resize((384, 384), Image.Resampling.LANCZOS)
     reference = redraw(JOB["prompt"], image=[upscaled], strength=0.5, num_inference_steps=6, guidance_scale=7.5,
                        generator=[generator]).images[0]
     ours = final(job(models, hires={"scale": 1.5, "strength": 0.5, "steps": 6, "upscaler": "model"}))
@@ -176,10 +167,17 @@ def test_a_model_upscaled_hires_job_equals_diffusers_and_spandrel_calls(upscalin
     assert np.abs(pixels(lanczos).astype(int) - pixels(ours).astype(int)).mean() > 1
 
 
-def test_the_upscaling_model_counts_in_the_budget_and_in_the_sentence(upscaling):
+def test_the_upscaling_model_counts_in_the_budget(upscaling, monkeypatch):
+    """The model's work decides: the job fits the budget with Lanczos and is refused with the model."""
     models, _ = upscaling
-    # The tiny Real-ESRGAN x2 makes 124,272 operations per input pixel (engine/upscaler.py counts them):
-    # on 4 images of 1024x1024 that is 4 x 1024^2 x 124,272 / 6.76e12 = 0.077 units of work.
-    over = job(models, {"MAX_JOB_WORK": "1"}, width=1024, height=1024, num_images=4, num_inference_steps=1,
-               guidance_scale=1, hires={"steps": 1, "strength": 1, "upscaler": "model"})[0]["error"]
-    assert "then 1 hires steps at 2048x2048, 0.077 for the upscaling model)" in over
+    # As if it were the real ESRGAN x4: 37.6 T operations on a 1024x1024 image, 35.85 M a pixel (the tiny
+    # one counts 0.12 M). The job: 512x512, one base step (0.25 units), a 1024x1024 hires step (1 unit),
+    # no guidance; the model on 512x512: 512^2 x 35.85e6 / 6.76e12 = 1.39 units. Budget 2.
+    monkeypatch.setattr(models.upscaler, "flops_per_pixel", 35.85e6)
+    inputs = dict(width=512, height=512, num_inference_steps=1, guidance_scale=1)
+    assert "images" in final(job(models, {"MAX_JOB_WORK": "2"}, **inputs, hires={"steps": 1, "strength": 1}))
+    over = job(models, {"MAX_JOB_WORK": "2"}, **inputs, hires={"steps": 1, "strength": 1, "upscaler": "model"})
+    assert len(over) == 1 and over[0]["error"] == (
+        "This job is 2.6 units of work, 1.3x the worker's budget of 2 (MAX_JOB_WORK; a unit is one model call on one "
+        "1024x1024 image: 1 image(s) of 512x512, 1 base steps, then 1 hires steps at 1024x1024, 1.4 for the upscaling "
+        "model); lower 'num_inference_steps', 'hires.scale', 'hires.steps' or 'hires.upscaler' (lanczos costs nothing).")

@@ -87,6 +87,47 @@ def test_a_cancel_during_the_hires_pass_stops_it_within_a_step(models, monkeypat
     assert stopped_at < 10 and hires_steps() <= stopped_at + 1  # of 100 second-pass steps, at most one more
 
 
+def test_a_cancel_while_the_model_upscales_stops_before_the_next_tile(models, monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    import torch
+
+    from sdxl_worker.engine.upscaler import load_upscaler
+    from sdxl_worker.testing.tiny_upscaler import write_tiny_esrgan
+    from tests.helpers.upscaling import import_spandrel
+
+    import_spandrel()
+    upscaler = load_upscaler(str(write_tiny_esrgan(tmp_path / "x2.pth", "real-esrgan", scale=2)), "", "cpu",
+                             torch.float32, None)
+    tiles, seen = [], steps_seen(monkeypatch)
+
+    class Slow:  # the model, each tile taking half a second more: the cancel lands inside the first
+        scale = upscaler.scale
+
+        def __call__(self, pixels, model=upscaler.descriptor):
+            tiles.append(pixels.shape)
+            time.sleep(0.5)
+            return model(pixels)
+
+    upscaler.descriptor = Slow()
+    runner = Runner(worker_with(replace(models, upscaler=upscaler)))
+    big = {**FAST, "refine": "no_refiner", "num_inference_steps": 1, "width": 1024, "height": 1024,
+           "hires": {"scale": 1.25, "steps": 4, "upscaler": "model"}}  # 1024x1024: four tiles of 512
+
+    async def scenario():
+        task = asyncio.create_task(outputs_of(runner, {"id": "cancel-upscale", "input": big}))
+        await until(lambda: len(tiles) >= 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await outputs_of(runner, {"id": "next", "input": {**FAST, "refine": "no_refiner"}})
+
+    after = asyncio.run(scenario())
+    assert "images" in after[-1], "the next job runs at once"
+    assert len(tiles) == 1, "no tile after the cancel"
+    assert not [stage for stage, _ in seen if stage == "hires"]
+
+
 def test_job_timeout_ends_a_long_job_with_an_error_naming_the_limit(models, monkeypatch):
     # The job's clock moves only when the test says, so a loaded machine cannot time out the quick job.
     now = [0.0]

@@ -37,11 +37,13 @@ def load_depth(source: str | None, device: str, resolve) -> DepthEstimator | Non
     """DEPTH_MODEL's estimator, or None when it is unset (``resolve``: the models' name-to-folder rule)."""
     if source is None:
         return None
-    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+    from transformers import AutoModelForDepthEstimation
+
+    from sdxl_worker.engine import image_processors
 
     where = resolve(source, "")
     model, processor = loaded("DEPTH_MODEL", source, lambda: (AutoModelForDepthEstimation.from_pretrained(where),
-                                                               AutoImageProcessor.from_pretrained(where)))
+                                                               image_processors.from_pretrained(where)))
     return DepthEstimator(model.to(device).eval().requires_grad_(False), processor, device)
 
 

@@ -44,7 +44,7 @@ class Result:
 def run(models: Models, plan: Plan, init_image: Image.Image | None = None,
         on_step: StepCallback | None = None, mask: Image.Image | None = None,
         control_images: list | None = None, ip_adapter_images: list | None = None,
-        wants_x0: Callable[[str, int], bool] | None = None) -> Result:
+        wants_x0: Callable[[str, int], bool] | None = None, between: Callable[[], None] | None = None) -> Result:
     """The plan's images: the base stage, then the refiner stage, as the plan says.
 
     Args:
@@ -58,6 +58,8 @@ def run(models: Models, plan: Plan, init_image: Image.Image | None = None,
         mask: the inpaint mask (white repaints), resized to the input image.
         control_images: one prepared control image per ControlNet of ``plan.controlnets``.
         ip_adapter_images: the IP-Adapter's reference images, prepared.
+        between: called between pieces of work outside the denoising loop (the upscaling model's
+            tiles); it raises to stop the job, as ``on_step`` does in the loop.
     """
     timings: dict[str, float] = {}
     if init_image is not None:
@@ -85,7 +87,7 @@ def run(models: Models, plan: Plan, init_image: Image.Image | None = None,
             output = latents
         if plan.hires is not None:
             started = time.perf_counter()
-            output = _run_hires(models, plan, generators, output, on_step, wants_x0, mask)
+            output = _run_hires(models, plan, generators, output, on_step, wants_x0, mask, between)
             timings["hires"] = ms_since(started)
     images = list(output)
     if plan.apply_watermark:
@@ -155,7 +157,7 @@ def _first_pass_output(plan) -> str:
     return "latent" if plan.hires is not None and plan.hires.upscaler == "latent" else "pil"
 
 
-def _run_hires(models, plan, generators, first, on_step, wants_x0=None, mask=None):
+def _run_hires(models, plan, generators, first, on_step, wants_x0=None, mask=None, between=None):
     """The high-resolution pass: the first pass's images upscaled to ``plan.hires_size`` (Lanczos in
     pixels, the latents interpolated bilinearly, or UPSCALER_MODEL's model) and redrawn by the base's img2img pipeline at
     ``hires.strength`` over ``hires.steps``, each image's generator going on where it was. An inpaint
@@ -168,12 +170,12 @@ def _run_hires(models, plan, generators, first, on_step, wants_x0=None, mask=Non
         image = torch.nn.functional.interpolate(first, size=(height // 8, width // 8), mode="bilinear",
                                                 align_corners=False)
     elif plan.hires.upscaler == "model":  # UPSCALER_MODEL, then Lanczos to the pass's size
-        image = [models.upscaler(picture, (width, height)) for picture in first]
+        image = [models.upscaler(picture, (width, height), between) for picture in first]
     else:
         image = [picture.resize((width, height), Image.Resampling.LANCZOS) for picture in first]
     conditioning = encode_for_base(pipe, plan.prompt, plan.negative_prompt)
     args = dict(_common(plan, conditioning, generators), **hires_args(plan), image=image, output_type="pil")
-    if plan.task == "inpaint":  # the check pass allows only the pixel upscale here
+    if plan.task == "inpaint":  # the check pass refuses the latent upscale here
         args.update(mask_image=mask.resize((width, height), Image.Resampling.LANCZOS), width=width, height=height)
     tiled = width * height > TILE_ABOVE_PIXELS
     if tiled:

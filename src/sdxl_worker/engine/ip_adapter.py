@@ -33,6 +33,7 @@ def load_ip_adapter(base, settings, resolve, unavailable) -> IpAdapter | None:
     from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
 
     from sdxl_worker.config import ip_adapter_encoder_folder
+    from sdxl_worker.engine.image_processors import on_pil
 
     unet, where = base.unet, PurePosixPath(settings.ip_adapter_weight)
     source, encoder = resolve(settings.ip_adapter, ""), ip_adapter_encoder_folder(settings)
@@ -43,7 +44,7 @@ def load_ip_adapter(base, settings, resolve, unavailable) -> IpAdapter | None:
         base.load_ip_adapter(source, subfolder=str(where.parent), weight_name=where.name, image_encoder_folder=encoder,
                              local_files_only=Path(source).is_dir())
         _check_fits(base, unet)
-        parts = IpAdapter(base.image_encoder.eval().requires_grad_(False), base.feature_extractor,
+        parts = IpAdapter(base.image_encoder.eval().requires_grad_(False), on_pil(base.feature_extractor),
                           {name: processor for name, processor in unet.attn_processors.items()
                            if isinstance(processor, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0))},
                           unet.encoder_hid_proj)

@@ -100,16 +100,17 @@ def load_pose(model: str | None, detector: str | None, device: str, resolve) -> 
     """POSE_MODEL's and POSE_DETECTOR's estimator, or None when they are unset."""
     if model is None:
         return None
-    from transformers import AutoImageProcessor, AutoModelForObjectDetection, VitPoseForPoseEstimation
+    from transformers import AutoModelForObjectDetection, VitPoseForPoseEstimation
 
     from sdxl_worker.engine.depth import loaded
+    from sdxl_worker.engine.image_processors import from_pretrained
     from sdxl_worker.errors import StartupError
 
     found, posed = resolve(detector, ""), resolve(model, "")
     keypoints, keypoint_processor = loaded("POSE_MODEL", model, lambda: (
-        VitPoseForPoseEstimation.from_pretrained(posed), AutoImageProcessor.from_pretrained(posed)))
+        VitPoseForPoseEstimation.from_pretrained(posed), from_pretrained(posed)))
     people, people_processor = loaded("POSE_DETECTOR", detector, lambda: (
-        AutoModelForObjectDetection.from_pretrained(found), AutoImageProcessor.from_pretrained(found)))
+        AutoModelForObjectDetection.from_pretrained(found), from_pretrained(found)))
     if keypoints.config.model_type != "vitpose":
         raise StartupError(f"POSE_MODEL={model!r} is a {keypoints.config.model_type} model, not a ViTPose keypoint "
                            f"model (e.g. usyd-community/vitpose-base-simple).")

@@ -45,8 +45,8 @@ class Abilities:
         controlnets: CONTROLNET_MODELS' names; ``union_controlnets``: those that are union models, with
             how many control modes each has; ``has_ip_adapter``: IP_ADAPTER_MODEL is loaded;
             ``has_depth``: DEPTH_MODEL is, for ``preprocess: depth``; ``has_pose``: POSE_MODEL, for ``pose``;
-            ``upscaler_flops``: UPSCALER_MODEL's operations per pixel (0: none), for
-            ``hires.upscaler: model``.
+            ``has_upscaler``: UPSCALER_MODEL, for ``hires.upscaler: model``,
+            with its operations per pixel, ``upscaler_flops``.
         cpu_offload: CPU_OFFLOAD=1, which runs only the pipelines' own models.
         broken_samplers: schedulers the start-up self-check could not build.
         max_job_work: MAX_JOB_WORK, in units of work (engine/work.py).
@@ -66,7 +66,8 @@ class Abilities:
     union_controlnets: tuple[tuple[str, int], ...] = ()
     has_depth: bool = False
     has_pose: bool = False
-    upscaler_flops: float = 0  # the upscaling model's operations per input pixel; 0: none
+    has_upscaler: bool = False
+    upscaler_flops: float = 0  # the upscaling model's operations per input pixel
     has_ip_adapter: bool = False
     cpu_offload: bool = False
     broken_samplers: tuple[str, ...] = ()
@@ -99,8 +100,8 @@ def check(request: Request, plan: Plan, abilities: Abilities) -> None:
                          "'image_url') runs no base; send the image as 'image' for img2img, or leave 'hires' out.")
     if plan.hires is not None and plan.task == "inpaint" and plan.hires.upscaler == "latent":
         raise InputError("'hires.upscaler' latent cannot keep an inpaint's mask (the second pass keeps the unmasked "
-                         "area from the upscaled image); use lanczos.")
-    if plan.hires is not None and plan.hires.upscaler == "model" and not abilities.upscaler_flops:
+                         "area from the upscaled image); use lanczos or model.")
+    if plan.hires is not None and plan.hires.upscaler == "model" and not abilities.has_upscaler:
         raise InputError("'hires.upscaler' model needs an upscaling model, and this worker has none; set "
                          "UPSCALER_MODEL (docs/modes.md), or use lanczos or latent.")
     if plan.width and plan.height:  # the size is known: the work is refused before any download
@@ -308,6 +309,8 @@ def _check_work(plan: Plan, abilities: Abilities) -> None:
         lower.append("'refiner_inference_steps'")
     if second:
         lower += ["'hires.scale'", "'hires.steps'"]
+    if upscale:
+        lower.append("'hires.upscaler' (lanczos costs nothing)")
     if any(control.mode is None for control in plan.controlnets):  # a union model's images cost one call
         lower.append("the number of 'controlnets'")
     raise InputError(

@@ -59,7 +59,9 @@ def run_streamed(models: Models, plan: Plan, inputs: JobInputs, context: JobCont
         stop.check(f"before its first step (of {total})")
         return generate.run(models, plan, inputs.image, callback, mask=inputs.mask,
                             control_images=inputs.control_images, ip_adapter_images=inputs.ip_adapter_images,
-                            wants_x0=wants_preview if every > 0 else None)
+                            wants_x0=wants_preview if every > 0 else None,
+                            between=lambda: stop.check(f"while upscaling, before step {first_step['hires'] + 1} "
+                                                       f"of {total}"))
 
     events = _steps_in_thread(denoise, on_step)
     with closing(events):

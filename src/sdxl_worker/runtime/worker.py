@@ -55,6 +55,7 @@ class Worker:
             union_controlnets=tuple(control_pipelines.union_modes(models.controlnets).items()),
             has_depth=getattr(models, "depth", None) is not None,
             has_pose=getattr(models, "pose", None) is not None,
+            has_upscaler=getattr(models, "upscaler", None) is not None,
             upscaler_flops=models.upscaler.flops_per_pixel if getattr(models, "upscaler", None) else 0,
             has_ip_adapter=models.ip_adapter is not None,
             cpu_offload=bool(models.settings is not None and models.settings.cpu_offload),

@@ -7,7 +7,7 @@ the last one to RGB. The weights here are the real key layouts with fewer featur
 one block (not 23):
 
 - ``esrgan``: the original ESRGAN layout (``model.0``, ``model.1.sub.0.RDB1.conv1.0``, ...) of the
-  4x files model sites share, saved as ``.safetensors``;
+  4x files model sites share (8x: one more upsampling), saved as ``.safetensors``;
 - ``real-esrgan``: Real-ESRGAN's (``conv_first``, ``body.0.rdb1.conv1``, ``conv_up1``, ...) under
   ``params_ema``, saved as ``.pth`` like its releases; its 2x model sees the image pixel-unshuffled
   by 2 (12 input channels) and upsamples 4x, so 2x in all; ``scale=1`` unshuffles by 4 (a 1x
@@ -26,17 +26,16 @@ FEATURES, GROWTH, BLOCKS = 8, 32, 1
 
 
 def write_tiny_esrgan(path: Path, layout: str = "esrgan", scale: int = 4, seed: int = 5) -> Path:
-    """A tiny upscaler file at ``path`` (``.safetensors`` or ``.pth``); ``scale`` 4 for ``esrgan``,
+    """A tiny upscaler file at ``path`` (``.safetensors`` or ``.pth``); ``scale`` 4 or 8 for ``esrgan``,
     1, 2 or 4 for ``real-esrgan``."""
     import torch
 
     random = torch.Generator().manual_seed(seed)
     unshuffle = {4: 1, 2: 2, 1: 4}[scale] if layout == "real-esrgan" else 1
-    weights = _real_esrgan(random, 3 * unshuffle**2, unshuffle)
+    upsamplings = {4: 2, 8: 3}[scale] if layout == "esrgan" else 2
+    weights = _real_esrgan(random, 3 * unshuffle**2, unshuffle, upsamplings)
     if layout == "esrgan":
-        if scale != 4:
-            raise ValueError("the tiny ESRGAN-layout upscaler is 4x")
-        weights = _as_esrgan(weights)
+        weights = _as_esrgan(weights, upsamplings)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
@@ -48,7 +47,7 @@ def write_tiny_esrgan(path: Path, layout: str = "esrgan", scale: int = 4, seed: 
     return path
 
 
-def _real_esrgan(random, inputs: int, unshuffle: int) -> dict:
+def _real_esrgan(random, inputs: int, unshuffle: int, upsamplings: int) -> dict:
     import torch
 
     def conv(name: str, out: int, into: int, carry: int = 0, stride: int = 1) -> None:
@@ -68,14 +67,16 @@ def _real_esrgan(random, inputs: int, unshuffle: int) -> dict:
                 into = FEATURES + (index - 1) * GROWTH
                 conv(f"body.{block}.rdb{dense}.conv{index}", FEATURES if index == 5 else GROWTH, into)
     conv("conv_body", FEATURES, FEATURES)  # inside the residual: the image passes around it
-    for name in ("conv_up1", "conv_up2", "conv_hr"):
+    for name in [f"conv_up{number}" for number in range(1, upsamplings + 1)] + ["conv_hr"]:
         conv(name, FEATURES, FEATURES, carry=3)
     conv("conv_last", 3, FEATURES, carry=3)
     return weights
 
 
-def _as_esrgan(weights: dict) -> dict:
-    """Real-ESRGAN's names in the original ESRGAN layout (a 4x model: two upsamplings)."""
+def _as_esrgan(weights: dict, upsamplings: int) -> dict:
+    """Real-ESRGAN's names in the original ESRGAN layout: the trunk at ``model.1``, each upsampling
+    (nearest, conv, activation) three places on, then the high-resolution conv and the last."""
+    last = 3 * upsamplings
     renamed = {}
     for name, tensor in weights.items():
         layer, kind = name.rsplit(".", 1)
@@ -83,7 +84,28 @@ def _as_esrgan(weights: dict) -> dict:
             _, block, dense, index = layer.split(".")
             layer = f"model.1.sub.{block}.RDB{dense[3:]}.{index}.0"
         else:
-            layer = {"conv_first": "model.0", "conv_body": f"model.1.sub.{BLOCKS}", "conv_up1": "model.3",
-                     "conv_up2": "model.6", "conv_hr": "model.8", "conv_last": "model.10"}[layer]
+            places = {"conv_first": 0, "conv_hr": last + 2, "conv_last": last + 4,
+                      **{f"conv_up{number}": 3 * number for number in range(1, upsamplings + 1)}}
+            layer = f"model.1.sub.{BLOCKS}" if layer == "conv_body" else f"model.{places[layer]}"
         renamed[f"{layer}.{kind}"] = tensor.contiguous()
     return renamed
+
+
+def write_tiny_compact(path: Path, seed: int = 6) -> Path:
+    """A tiny Real-ESRGAN Compact (SRVGGNetCompact: a plain stack of convolutions and a pixel
+    shuffle, 4x) in its release layout (``body.<n>.weight``, PReLU slopes between): an upscaler
+    spandrel reads that is not of the ESRGAN family."""
+    import torch
+    from safetensors.torch import save_file
+
+    random = torch.Generator().manual_seed(seed)
+    features, convs, scale = 8, 2, 4
+    weights, index = {}, 0
+    for into, out in [(3, features)] + [(features, features)] * convs + [(features, 3 * scale * scale)]:
+        weights[f"body.{index}.weight"] = torch.randn(out, into, 3, 3, generator=random) * 0.05
+        weights[f"body.{index}.bias"] = torch.zeros(out)
+        if out == features:  # a PReLU after every conv but the last
+            weights[f"body.{index + 1}.weight"] = torch.full((features,), 0.25)
+        index += 2
+    save_file(weights, str(path))
+    return Path(path)

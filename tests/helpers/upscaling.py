@@ -1,4 +1,4 @@
-"""spandrel made importable in development and CI, where torchvision cannot be installed.
+"""spandrel made importable in development and CI, where torchvision cannot be installed; the reference upscale.
 
 spandrel imports three names from torchvision when it is imported, for two architectures the
 worker never loads: LaMa (an inpainting model: ``rotate``, ``InterpolationMode``) and RestoreFormer
@@ -42,3 +42,14 @@ def _stand_ins() -> dict:
     package.transforms, transforms.functional = transforms, functional
     return {"torchvision": package, "torchvision.transforms": transforms,
             "torchvision.transforms.functional": functional}
+
+
+def reference_upscale(file, image):
+    """What a user gets calling spandrel by hand: its own loader and call, the result rounded to 8 bits."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    model = import_spandrel().ModelLoader().load_from_file(file)
+    out = model(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255)[0].permute(1, 2, 0).numpy()
+    return Image.fromarray((out * 255).round().clip(0, 255).astype(np.uint8))
