@@ -223,7 +223,8 @@ _variable("UPSCALER_MODEL", "models", "unset", f"hub id or folder holding UPSCAL
           "a `.safetensors` or `.pth` file, or `none`", "the upscaler of `hires.upscaler: model`: an ESRGAN-family "
           "super-resolution model (2x, 4x), loaded by spandrel at start; unset: none")
 _variable("UPSCALER_WEIGHT", "models", DEFAULT_UPSCALER_WEIGHT, "a file path inside UPSCALER_MODEL",
-          "the upscaler's weights (`.safetensors`, or `.pth` read as tensors only)")
+          "the upscaler's weights (`.safetensors`, or `.pth` read as tensors only); unused when "
+          "UPSCALER_MODEL is the file itself")
 HF_HUB_OFFLINE = _flag("HF_HUB_OFFLINE", "models", False, "huggingface_hub's own: hub ids (models, LoRAs) only "
                        "from the hub's cache, never downloaded", shown="0 (1 in the Docker image)")
 

@@ -2,8 +2,8 @@
 
 transformers 5 runs an image processor on torchvision when torchvision is installed, on PIL
 otherwise, and the two resize and crop a little differently. The Docker image installs
-torchvision (spandrel, the hires pass's upscaler, imports it); development and CI cannot (there is
-no torchvision for the CPU build of torch). Named here, the PIL backend is what both run, so the
+torchvision (spandrel, the hires pass's upscaler, imports it); this project's development and CI
+machines have none for their CPU build of torch. Named here, the PIL backend is what both run, so the
 image prepares depth, pose and IP-Adapter inputs exactly as the tests check them.
 """
 

@@ -15,6 +15,8 @@ resized with Lanczos to the pass's size when its scale differs from ``hires.scal
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
@@ -29,6 +31,16 @@ MARGIN = 32  # pixels of context around each tile, cut off its output: no seams 
 SAMPLE = 64  # pixels a side of the blank image the model's operations are counted on at start-up
 FAMILY = "ESRGAN"  # spandrel's id of the architecture it runs (ESRGAN, Real-ESRGAN, BSRGAN layouts)
 SCALES = (2, 4)
+log = logging.getLogger(__name__)
+
+
+def pixels_seen(width: int, height: int) -> int:
+    """The input pixels the model works on for a ``width`` x ``height`` image: each tile with the
+    context its neighbours lend it (what the work budget counts, engine/work.py)."""
+    def seen(side: int) -> int:
+        return side + 2 * min(MARGIN, TILE) * (math.ceil(side / TILE) - 1)
+
+    return seen(width) * seen(height)
 
 
 class Upscaler:
@@ -117,10 +129,11 @@ def load_upscaler(source: str | None, weight: str, device: str, dtype, resolve) 
         raise StartupError(f"{named} is not a model spandrel can build ({_reason(error)}); use an ESRGAN-family 2x "
                            f"or 4x file (e.g. {_example()}).") from None
     scale, family = descriptor.scale, descriptor.architecture.id
-    if family != FAMILY or scale not in SCALES or descriptor.purpose != "SR" \
-            or (descriptor.input_channels, descriptor.output_channels) != (3, 3):
+    channels = (descriptor.input_channels, descriptor.output_channels)
+    if family != FAMILY or scale not in SCALES or descriptor.purpose != "SR" or channels != (3, 3):
+        images = "" if channels == (3, 3) else f" of {channels[0]}-channel images"
         raise StartupError(
-            f"{named} is a {scale}x {descriptor.purpose} model ({descriptor.architecture.name}); the hires pass runs "
+            f"{named} is a {scale}x {descriptor.purpose} model ({descriptor.architecture.name}){images}; the hires pass runs "
             f"ESRGAN-family upscalers of RGB images by 2x or 4x (ESRGAN, Real-ESRGAN, BSRGAN files); use one "
             f"(e.g. {_example()}).")
     import torch
@@ -128,7 +141,10 @@ def load_upscaler(source: str | None, weight: str, device: str, dtype, resolve) 
     supported = {torch.float16: descriptor.supports_half, torch.bfloat16: descriptor.supports_bfloat16}
     run_as = dtype if supported.get(dtype, True) else torch.float32
     descriptor.to(device).to(run_as).eval()
-    return Upscaler(descriptor, device, run_as)
+    upscaler = Upscaler(descriptor, device, run_as)
+    log.info("Upscaler %s: %s %dx (%s), %s, %.1f M operations a pixel", source, descriptor.architecture.name, scale,
+             " ".join(descriptor.tags), str(run_as).replace("torch.", ""), upscaler.flops_per_pixel / 1e6)
+    return upscaler
 
 
 def _read(path: str) -> dict:

@@ -33,11 +33,12 @@ def model_calls(steps: dict[str, int], guidance_scale: float, controlnets: int =
     return calls * (2 if guidance_scale > 1 else 1)
 
 
-def model_upscale(width: int, height: int, images: int, flops_per_pixel: float) -> float:
-    """The upscaling model's work on ``images`` first-pass images of ``width`` x ``height``: its
-    operations per input pixel (counted at start-up, engine/upscaler.py) in UNet calls. An ESRGAN x4
-    is about 5.6 units on a 1024x1024 image; a Real-ESRGAN x2, which works at half the size, 1.4."""
-    return width * height * images * flops_per_pixel / UNET_CALL_FLOPS
+def model_upscale(pixels: int, images: int, flops_per_pixel: float) -> float:
+    """The upscaling model's work on ``images`` first-pass images of which it sees ``pixels`` each
+    (its tiles with their margins, engine.upscaler.pixels_seen): its operations per input pixel,
+    counted at start-up, in UNet calls. An ESRGAN x4 is about 5.6 units on a 1024x1024 image (6.3
+    with its tiles' margins); a Real-ESRGAN x2, which works at half the size inside, a quarter of it."""
+    return pixels * images * flops_per_pixel / UNET_CALL_FLOPS
 
 
 def job_work(steps: dict[str, int], width: int, height: int, images: int, guidance_scale: float,

@@ -25,6 +25,7 @@ from sdxl_worker.engine import work
 from sdxl_worker.engine.plan import MAX_SIDE, MIN_SIDE, Plan, fits_the_range, with_image_size
 from sdxl_worker.engine.prompts import check_prompts
 from sdxl_worker.engine.switch import broken_model_sentence
+from sdxl_worker.engine.upscaler import pixels_seen
 from sdxl_worker.errors import InputError, quoted
 from sdxl_worker.request.schema import MAX_SEED, UNION_MODES
 from sdxl_worker.request.types import Request
@@ -288,7 +289,7 @@ def _check_work(plan: Plan, abilities: Abilities) -> None:
     first = {stage: count for stage, count in steps.items() if stage != "hires"}
     second = (work.job_work({"hires": steps["hires"]}, *plan.hires_size, images, guidance)
               if "hires" in steps and plan.hires_size else 0)  # the second pass at its own, larger size
-    upscale = (work.model_upscale(width, height, images, abilities.upscaler_flops)
+    upscale = (work.model_upscale(pixels_seen(width, height), images, abilities.upscaler_flops)
                if plan.hires is not None and plan.hires.upscaler == "model" else 0)
     total = (work.job_work(first, width, height, images, guidance, controlnets) + second + upscale + switch
              + depth_maps * work.DEPTH_MAP + poses * work.POSE_MAP)

@@ -25,15 +25,15 @@ from pathlib import Path
 FEATURES, GROWTH, BLOCKS = 8, 32, 1
 
 
-def write_tiny_esrgan(path: Path, layout: str = "esrgan", scale: int = 4, seed: int = 5) -> Path:
+def write_tiny_esrgan(path: Path, layout: str = "esrgan", scale: int = 4, seed: int = 5, channels: int = 3) -> Path:
     """A tiny upscaler file at ``path`` (``.safetensors`` or ``.pth``); ``scale`` 4 or 8 for ``esrgan``,
-    1, 2 or 4 for ``real-esrgan``."""
+    1, 2 or 4 for ``real-esrgan``; ``channels`` 3 (RGB) or 1 (a greyscale model)."""
     import torch
 
     random = torch.Generator().manual_seed(seed)
     unshuffle = {4: 1, 2: 2, 1: 4}[scale] if layout == "real-esrgan" else 1
     upsamplings = {4: 2, 8: 3}[scale] if layout == "esrgan" else 2
-    weights = _real_esrgan(random, 3 * unshuffle**2, unshuffle, upsamplings)
+    weights = _real_esrgan(random, channels * unshuffle**2, unshuffle, upsamplings, channels)
     if layout == "esrgan":
         weights = _as_esrgan(weights, upsamplings)
     path = Path(path)
@@ -47,7 +47,7 @@ def write_tiny_esrgan(path: Path, layout: str = "esrgan", scale: int = 4, seed: 
     return path
 
 
-def _real_esrgan(random, inputs: int, unshuffle: int, upsamplings: int) -> dict:
+def _real_esrgan(random, inputs: int, unshuffle: int, upsamplings: int, channels: int = 3) -> dict:
     import torch
 
     def conv(name: str, out: int, into: int, carry: int = 0, stride: int = 1) -> None:
@@ -60,7 +60,7 @@ def _real_esrgan(random, inputs: int, unshuffle: int, upsamplings: int) -> dict:
         weights[f"{name}.bias"] = torch.randn(out, generator=random) * 0.01
 
     weights: dict = {}
-    conv("conv_first", FEATURES, inputs, carry=3, stride=unshuffle**2)  # unshuffled: channel c is c * s^2
+    conv("conv_first", FEATURES, inputs, carry=channels, stride=unshuffle**2)  # unshuffled: channel c is c * s^2
     for block in range(BLOCKS):
         for dense in range(1, 4):
             for index in range(1, 6):
@@ -69,7 +69,7 @@ def _real_esrgan(random, inputs: int, unshuffle: int, upsamplings: int) -> dict:
     conv("conv_body", FEATURES, FEATURES)  # inside the residual: the image passes around it
     for name in [f"conv_up{number}" for number in range(1, upsamplings + 1)] + ["conv_hr"]:
         conv(name, FEATURES, FEATURES, carry=3)
-    conv("conv_last", 3, FEATURES, carry=3)
+    conv("conv_last", channels, FEATURES, carry=channels)
     return weights
 
 

@@ -49,6 +49,14 @@ def test_an_image_larger_than_a_tile_comes_out_as_the_whole_image_would(tmp_path
     assert np.abs(tiled[504:520] - whole[504:520]).max() <= 1  # and down
 
 
+def test_the_pixels_the_model_sees_are_its_tiles_with_their_margins():
+    from sdxl_worker.engine.upscaler import pixels_seen
+
+    assert pixels_seen(512, 384) == 512 * 384  # one tile: no margins
+    assert pixels_seen(1024, 1024) == 1088 * 1088  # 2 x 2 tiles: 32 more on each side of the seam
+    assert pixels_seen(1632, 600) == (1632 + 3 * 64) * (600 + 64)  # 4 tiles across (3 seams), 2 down
+
+
 def test_the_work_is_the_model_s_operations_per_pixel(tmp_path):
     """The tiny ESRGAN x4 (8 features, 32 growth channels, one block), multiply-adds per input pixel:
     first conv 9x3x8 = 216; three dense blocks of 9x(8x32 + 40x32 + 72x32 + 104x32 + 136x8) = 74,304;
@@ -66,10 +74,12 @@ FAMILY_ONLY = ("the hires pass runs ESRGAN-family upscalers of RGB images by 2x 
     (lambda folder: write_tiny_esrgan(folder / "1x.pth", "real-esrgan", scale=1), "a 1x Restoration model (ESRGAN)"),
     (lambda folder: write_tiny_esrgan(folder / "8x.safetensors", "esrgan", scale=8), "a 8x SR model (ESRGAN)"),
     (lambda folder: write_tiny_compact(folder / "compact.safetensors"), "a 4x SR model (RealESRGAN Compact)"),
+    (lambda folder: write_tiny_esrgan(folder / "grey.safetensors", "esrgan", scale=4, channels=1),
+     "a 4x SR model (ESRGAN) of 1-channel images"),
 ])
 def test_a_model_that_is_not_a_2x_or_4x_esrgan_is_refused(tmp_path, made, what):
-    """A 1x restoration model, an 8x (a 1600-pixel image would be 12,800 pixels a side), and an upscaler
-    of another architecture (whose tiling needs differ) stop the start."""
+    """A 1x restoration model, an 8x (a 1600-pixel image would be 12,800 pixels a side), an upscaler
+    of another architecture (whose tiling needs differ) and one of greyscale images stop the start."""
     file = made(tmp_path)
     assert refusal(file) == f"UPSCALER_MODEL='{file}' is {what}; {FAMILY_ONLY}"
 
