@@ -162,21 +162,23 @@ def _read(path: str) -> dict:
 def _weight_file(source: str, weight: str, resolve) -> str:
     """The weight file on disk: ``source`` itself, ``weight`` inside a folder or a baked hub id, or
     ``weight`` fetched from the hub (which HF_HUB_OFFLINE forbids, as for every model)."""
+    local = Path(source).expanduser()
     if source.lower().endswith(UPSCALER_TYPES):
-        return str(Path(source).expanduser())
-    if Path(source).expanduser().is_file():
+        return str(local)
+    if local.is_file():
         raise StartupError(f"UPSCALER_MODEL={source!r} is a file, but not a .safetensors or .pth one; convert it, "
                            f"or name a folder or hub id holding one with UPSCALER_WEIGHT.")
     refusal = upscaler_weight_refusal(weight)
     if refusal:
         raise StartupError(f"{refusal}; name the upscaler's weight file inside UPSCALER_MODEL (e.g. {_example()}).")
-    if Path(source).expanduser().is_dir():  # a folder of the user's: the file must be there
-        if not (Path(source).expanduser() / weight).is_file():
+    if local.is_dir():  # a folder of the user's: the file must be there
+        if not (local / weight).is_file():
             raise _unreadable(source, weight, f"no file {weight!r} in it")
-        return str(Path(source).expanduser() / weight)
+        return str(local / weight)
     snapshot = resolve(source, "")  # a hub id baked into the image, or in RunPod's cache: its folder
-    if snapshot != source and (Path(snapshot) / PurePosixPath(weight)).is_file():
-        return str(Path(snapshot) / PurePosixPath(weight))
+    baked = Path(snapshot) / PurePosixPath(weight)
+    if snapshot != source and baked.is_file():
+        return str(baked)
     from huggingface_hub import hf_hub_download
 
     try:
